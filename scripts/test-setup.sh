@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the system packages the test suite needs, so `npm test` works on a fresh Debian 12 machine.
+# Idempotent and quiet when everything is already there.
+set -euo pipefail
+
+# qemu: real guests (TCG) and images made by qemu-img; cpio/busybox/xz: the test guest's initramfs;
+# e2fsprogs/dosfstools: mkfs.* and e2fsck; attr: getfattr/setfattr; libnbd-bin: an independent NBD peer.
+packages=(
+  qemu-system-x86 qemu-utils
+  cpio busybox-static xz-utils
+  e2fsprogs dosfstools
+  attr
+  libnbd-bin
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+  echo "test-setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# apt-get download (used by the test guest builder) needs package lists.
+if [[ ! -d /var/lib/apt/lists ]] || [[ -z "$(ls /var/lib/apt/lists 2>/dev/null | grep -v lock | head -1)" ]]; then
+  apt-get update -qq
+fi
