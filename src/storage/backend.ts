@@ -1,0 +1,48 @@
+// The one small interface every storage location implements (local disk now; SFTP, FTP, S3, REST later).
+//
+// Guarantees a backend must give, which the repository relies on:
+// - save() is atomic: a reader sees either no object or the whole object, never a part. Saving a name
+//   that exists with the same bytes succeeds (uploads are idempotent and retryable); objects are never
+//   modified after they are written, so the repository never asks to overwrite with other bytes.
+// - After save() resolves the object is durable (fsync'd or acknowledged by the store) and visible to
+//   load/stat/list from any client (read-after-write).
+// - list() may run concurrently with saves by other writers; it returns some consistent subset.
+// - Errors: a missing object rejects with an error for which isNotFound() is true. Permanent errors
+//   (permission denied, no space) are distinguishable from transient ones by isPermanent().
+
+export type FileType = 'config' | 'keys' | 'data' | 'index' | 'snapshots' | 'locks';
+
+export const FILE_TYPES: readonly FileType[] = ['config', 'keys', 'data', 'index', 'snapshots', 'locks'];
+
+export interface Handle {
+  type: FileType;
+  /** Object name: a lowercase hex content hash, except for `config` whose name is empty. */
+  name: string;
+}
+
+export interface FileInfo {
+  name: string;
+  size: number;
+}
+
+export interface BackendProperties {
+  /** How many requests the repository should keep in flight against this backend. */
+  connections: number;
+  /** A human-readable location for messages, with no secrets in it. */
+  location: string;
+}
+
+export interface Backend {
+  readonly properties: BackendProperties;
+  /** Creates the layout (folders) of a new repository; fails if a config already exists. */
+  create(): Promise<void>;
+  save(h: Handle, data: Uint8Array): Promise<void>;
+  /** Reads the whole object, or `length` bytes from `offset`. */
+  load(h: Handle, offset?: number, length?: number): Promise<Buffer>;
+  stat(h: Handle): Promise<FileInfo>;
+  list(type: FileType): AsyncIterable<FileInfo>;
+  remove(h: Handle): Promise<void>;
+  isNotFound(err: unknown): boolean;
+  isPermanent(err: unknown): boolean;
+  close(): Promise<void>;
+}
