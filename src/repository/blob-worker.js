@@ -1,0 +1,58 @@
+// Worker thread: the CPU-heavy half of storing and loading blobs (zstd + AES-256-GCM), so both cores
+// work. Plain JavaScript so it runs the same from src/ (tests) and dist/ (installed), with no build step.
+// Wire format of a sealed object: nonce(12) ‖ ciphertext ‖ tag(16) — see repository/crypto.ts.
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { Buffer } from 'node:buffer';
+import { parentPort, workerData } from 'node:worker_threads';
+import { Compressor, decompress } from 'zstd-napi';
+
+const encKey = Buffer.from(workerData.encKey);
+const level = workerData.zstdLevel;
+const compressor = new Compressor();
+compressor.setParameters({ compressionLevel: level });
+
+function seal(plain) {
+  const nonce = randomBytes(12);
+  const cipher = createCipheriv('aes-256-gcm', encKey, nonce);
+  const body = cipher.update(plain);
+  const fin = cipher.final();
+  return Buffer.concat([nonce, body, fin, cipher.getAuthTag()], 28 + plain.length);
+}
+
+function unseal(sealed) {
+  const decipher = createDecipheriv('aes-256-gcm', encKey, sealed.subarray(0, 12));
+  decipher.setAuthTag(sealed.subarray(sealed.length - 16));
+  const a = decipher.update(sealed.subarray(12, sealed.length - 16));
+  const b = decipher.final();
+  return b.length ? Buffer.concat([a, b]) : a;
+}
+
+parentPort.on('message', (msg) => {
+  try {
+    if (msg.op === 'seal') {
+      const plain = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
+      let body = plain;
+      let ulen = 0;
+      if (msg.compress) {
+        const z = compressor.compress(plain);
+        // Incompressible data is stored raw: saves the decompression on restore and never grows a blob.
+        if (z.length < plain.length - (plain.length >> 5)) {
+          body = z;
+          ulen = plain.length;
+        }
+      }
+      const sealed = seal(body);
+      parentPort.postMessage({ seq: msg.seq, sealed, ulen }, [sealed.buffer]);
+    } else if (msg.op === 'open') {
+      const sealed = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
+      let plain = unseal(sealed);
+      if (msg.ulen > 0) plain = decompress(plain);
+      // Copy into an own ArrayBuffer so it can be transferred (zstd/crypto results may share a pool).
+      const out = new Uint8Array(plain.length);
+      out.set(plain);
+      parentPort.postMessage({ seq: msg.seq, plain: out }, [out.buffer]);
+    }
+  } catch (err) {
+    parentPort.postMessage({ seq: msg.seq, error: err instanceof Error ? err.message : String(err) });
+  }
+});

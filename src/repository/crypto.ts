@@ -1,0 +1,91 @@
+// Authenticated encryption and keyed ids. Everything written to storage except key files is sealed with
+// the master key; key files seal the master key with a key derived from a password.
+import { createCipheriv, createDecipheriv, createHmac, randomBytes, scrypt as scryptCb, timingSafeEqual } from 'node:crypto';
+import { compress, decompress } from 'zstd-napi';
+import { BulwarkError } from '../util/errors.js';
+import { DOC_PLAIN, DOC_ZSTD, KEY_BYTES, NONCE_BYTES, SEAL_OVERHEAD, TAG_BYTES } from './format.js';
+
+export interface MasterKey {
+  /** AES-256-GCM key for every sealed object. */
+  encrypt: Buffer;
+  /** HMAC-SHA256 key for blob ids, so ids say nothing about content to someone without the key. */
+  id: Buffer;
+}
+
+export class IntegrityError extends BulwarkError {
+  constructor(what: string) {
+    super('repository-corrupt', `${what} failed authentication (damaged or tampered with)`, {
+      hint: "run 'bulwark check --read-data' to find what is affected",
+    });
+  }
+}
+
+export function newMasterKey(): MasterKey {
+  return { encrypt: randomBytes(KEY_BYTES), id: randomBytes(KEY_BYTES) };
+}
+
+export function blobId(key: MasterKey, plaintext: Uint8Array): Buffer {
+  return createHmac('sha256', key.id).update(plaintext).digest();
+}
+
+export function seal(encKey: Buffer, plaintext: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(plaintext.length + SEAL_OVERHEAD);
+  const nonce = randomBytes(NONCE_BYTES);
+  nonce.copy(out, 0);
+  const cipher = createCipheriv('aes-256-gcm', encKey, nonce);
+  const a = cipher.update(plaintext);
+  a.copy(out, NONCE_BYTES);
+  const b = cipher.final();
+  b.copy(out, NONCE_BYTES + a.length);
+  cipher.getAuthTag().copy(out, NONCE_BYTES + a.length + b.length);
+  return out;
+}
+
+export function unseal(encKey: Buffer, sealed: Uint8Array, what: string): Buffer {
+  if (sealed.length < SEAL_OVERHEAD) throw new IntegrityError(what);
+  const buf = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.length);
+  const decipher = createDecipheriv('aes-256-gcm', encKey, buf.subarray(0, NONCE_BYTES));
+  decipher.setAuthTag(buf.subarray(buf.length - TAG_BYTES));
+  try {
+    const a = decipher.update(buf.subarray(NONCE_BYTES, buf.length - TAG_BYTES));
+    const b = decipher.final();
+    return b.length === 0 ? a : Buffer.concat([a, b]);
+  } catch {
+    throw new IntegrityError(what);
+  }
+}
+
+/** JSON documents (config, index, snapshots, locks) are framed with one format byte, then sealed. */
+export function sealDocument(encKey: Buffer, doc: unknown): Buffer {
+  const json = Buffer.from(JSON.stringify(doc), 'utf8');
+  const z = compress(json, { compressionLevel: 3 });
+  const framed = z.length < json.length ? Buffer.concat([Buffer.from([DOC_ZSTD]), z]) : Buffer.concat([Buffer.from([DOC_PLAIN]), json]);
+  return seal(encKey, framed);
+}
+
+export function unsealDocument<T>(encKey: Buffer, sealed: Uint8Array, what: string): T {
+  const framed = unseal(encKey, sealed, what);
+  const body = framed.subarray(1);
+  let json: Buffer;
+  if (framed[0] === DOC_PLAIN) json = body;
+  else if (framed[0] === DOC_ZSTD) json = decompress(body);
+  else throw new BulwarkError('repository-corrupt', `${what} has unknown document format ${framed[0]}`);
+  return JSON.parse(json.toString('utf8')) as T;
+}
+
+export interface ScryptParams {
+  N: number;
+  r: number;
+  p: number;
+}
+
+export function deriveKey(password: string, salt: Buffer, params: ScryptParams): Promise<Buffer> {
+  const maxmem = 128 * params.N * params.r * 2 + 1024 * 1024;
+  return new Promise((resolve, reject) => {
+    scryptCb(password.normalize('NFC'), salt, KEY_BYTES, { ...params, maxmem }, (err, key) => (err ? reject(err) : resolve(key)));
+  });
+}
+
+export function equalIds(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}

@@ -1,0 +1,135 @@
+// Locks are sealed documents in locks/. Backups take shared locks, prune takes the exclusive one.
+//
+// | held \ wanted | shared | exclusive |
+// | shared        | ok     | wait/fail |
+// | exclusive     | fail   | fail      |
+//
+// A lock is a lease: its holder re-writes it (new file, then removes the old one: files are never
+// modified) every REFRESH interval. A lock older than STALE without refresh, or one whose process is
+// gone on this same host, is stale: it no longer blocks anyone, and `unlock` removes it.
+import { hostname, userInfo } from 'node:os';
+import { BulwarkError } from '../util/errors.js';
+import type { Repository } from './repository.js';
+
+export const LOCK_REFRESH_MS = 5 * 60 * 1000;
+export const LOCK_STALE_MS = 30 * 60 * 1000;
+
+export interface LockDocument {
+  time: string;
+  exclusive: boolean;
+  hostname: string;
+  username: string;
+  pid: number;
+  /** What holds it, for messages: "backup", "prune", … */
+  purpose: string;
+}
+
+export interface LockInfo extends LockDocument {
+  id: string;
+  stale: boolean;
+}
+
+export class RepositoryLockedError extends BulwarkError {
+  constructor(holder: LockInfo, wanted: string) {
+    const age = Math.round((Date.now() - Date.parse(holder.time)) / 1000);
+    super('repository-locked', `repository is locked ${holder.exclusive ? 'exclusively' : 'shared'} by ${holder.purpose} (pid ${holder.pid} on ${holder.hostname}, refreshed ${age}s ago); cannot ${wanted}`, {
+      hint: "wait for it to finish; if that process is gone, 'bulwark unlock' removes stale locks",
+    });
+  }
+}
+
+type LockRepo = Pick<Repository, 'saveDocument' | 'loadDocument' | 'backend' | 'clock'>;
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export function isStale(doc: LockDocument, nowMs: number): boolean {
+  if (nowMs - Date.parse(doc.time) > LOCK_STALE_MS) return true;
+  return doc.hostname === hostname() && doc.pid !== process.pid && !processAlive(doc.pid);
+}
+
+export async function listLocks(repo: LockRepo): Promise<LockInfo[]> {
+  const out: LockInfo[] = [];
+  const now = repo.clock.now().getTime();
+  for await (const f of repo.backend.list('locks')) {
+    try {
+      const doc = await repo.loadDocument<LockDocument>('locks', f.name);
+      out.push({ ...doc, id: f.name, stale: isStale(doc, now) });
+    } catch (err) {
+      if (!repo.backend.isNotFound(err)) throw err; // removed meanwhile: its holder finished
+    }
+  }
+  return out;
+}
+
+export class Lock {
+  private timer: NodeJS.Timeout | undefined;
+  private refreshing: Promise<void> = Promise.resolve();
+
+  private constructor(
+    private readonly repo: LockRepo,
+    private id: string,
+    private readonly doc: LockDocument,
+  ) {}
+
+  static async acquire(repo: LockRepo, exclusive: boolean, purpose: string): Promise<Lock> {
+    const conflict = (l: LockInfo): boolean => !l.stale && (exclusive || l.exclusive);
+    const before = (await listLocks(repo)).find(conflict);
+    if (before) throw new RepositoryLockedError(before, purpose);
+    let username = 'unknown';
+    try {
+      username = userInfo().username;
+    } catch {
+      // keep 'unknown'
+    }
+    const doc: LockDocument = { time: repo.clock.now().toISOString(), exclusive, hostname: hostname(), username, pid: process.pid, purpose };
+    const id = await repo.saveDocument('locks', doc);
+    // Two writers may pass the first check at once; looking again after writing our own lock means at
+    // least one of them sees the other and backs off.
+    const after = (await listLocks(repo)).find((l) => l.id !== id && conflict(l));
+    if (after) {
+      await repo.backend.remove({ type: 'locks', name: id });
+      throw new RepositoryLockedError(after, purpose);
+    }
+    const lock = new Lock(repo, id, doc);
+    lock.timer = setInterval(() => {
+      lock.refreshing = lock.refresh().catch(() => undefined);
+    }, LOCK_REFRESH_MS);
+    lock.timer.unref();
+    return lock;
+  }
+
+  private async refresh(): Promise<void> {
+    const old = this.id;
+    this.id = await this.repo.saveDocument('locks', { ...this.doc, time: this.repo.clock.now().toISOString() });
+    await this.repo.backend.remove({ type: 'locks', name: old }).catch(() => undefined);
+  }
+
+  async release(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    await this.refreshing;
+    try {
+      await this.repo.backend.remove({ type: 'locks', name: this.id });
+    } catch (err) {
+      if (!this.repo.backend.isNotFound(err)) throw err;
+    }
+  }
+}
+
+/** Removes stale locks (or all locks with `all`); returns the ids removed. */
+export async function removeLocks(repo: LockRepo, all = false): Promise<LockInfo[]> {
+  const removed: LockInfo[] = [];
+  for (const l of await listLocks(repo)) {
+    if (!all && !l.stale) continue;
+    await repo.backend.remove({ type: 'locks', name: l.id });
+    removed.push(l);
+  }
+  return removed;
+}

@@ -1,0 +1,297 @@
+// The repository: keys, config, blobs in packs, the index, and sealed documents (snapshots, locks).
+//
+// Crash safety rests on the write order, packs → index → snapshot: a pack is listed in an index file
+// only after the pack is durable, and a snapshot is written only after flush() made every blob it
+// references durable and indexed. A crash at any point leaves unreferenced packs (removed by prune),
+// never a snapshot that points at missing data.
+import { createHash, randomBytes } from 'node:crypto';
+import type { Backend, FileType } from '../storage/backend.js';
+import { Budget } from '../util/budget.js';
+import type { Clock } from '../util/clock.js';
+import { systemClock } from '../util/clock.js';
+import { BulwarkError, unable } from '../util/errors.js';
+import { blobId, newMasterKey, sealDocument, unsealDocument, type MasterKey } from './crypto.js';
+import {
+  DEFAULT_BLOCK_SIZE,
+  DEFAULT_PACK_SIZE,
+  DEFAULT_ZSTD_LEVEL,
+  REPOSITORY_VERSION,
+  type BlobType,
+} from './format.js';
+import { MasterIndex, type IndexFile } from './index.js';
+import { openWithPassword, writeKey } from './keys.js';
+import { buildPack, type PackBlob } from './pack.js';
+import { BlobWorkers } from './workers.js';
+
+export interface RepositoryConfig {
+  version: number;
+  id: string;
+  created: string;
+  chunker: { seed: string; minSize: number; avgSize: number; maxSize: number };
+  blockSize: number;
+  zstdLevel: number;
+  packSize: number;
+}
+
+export interface InitOptions {
+  clock?: Clock;
+  blockSize?: number;
+  zstdLevel?: number;
+  packSize?: number;
+  chunker?: { minSize: number; avgSize: number; maxSize: number };
+  /** Lower scrypt cost, for tests only. */
+  kdf?: { N: number; r: number; p: number };
+}
+
+export interface OpenOptions {
+  clock?: Clock;
+  workers?: number;
+}
+
+export interface SaveResult {
+  id: string;
+  /** True when the blob was new and is being stored; false when it was already there (deduplicated). */
+  stored: boolean;
+}
+
+export class RepositoryNotFoundError extends BulwarkError {
+  constructor(location: string, cause?: unknown) {
+    super('repository-not-found', `no repository at '${location}'`, {
+      hint: "check --repo / BULWARK_REPOSITORY, or create one with 'bulwark init'",
+      cause,
+    });
+  }
+}
+
+const INDEX_PACKS_PER_FILE = 64;
+/** Bookkeeping charged per blob on top of its bytes. */
+const BLOB_OVERHEAD = 256;
+
+export class Repository {
+  readonly index = new MasterIndex();
+  private readonly workers: BlobWorkers;
+  private readonly packers = new Map<BlobType, { blobs: PackBlob[]; bytes: number; budget: number }>();
+  private readonly pendingBlobs = new Set<string>();
+  private readonly pendingIndex: IndexFile['packs'] = [];
+  private readonly tasks = new Set<Promise<void>>();
+  private readonly budget: Budget;
+  private failure: unknown;
+  private closed = false;
+  /** Bytes of new packs written by this process (for summaries). */
+  bytesWritten = 0;
+
+  private constructor(
+    readonly backend: Backend,
+    readonly key: MasterKey,
+    readonly keyId: string,
+    readonly config: RepositoryConfig,
+    readonly clock: Clock,
+    workers?: number,
+  ) {
+    this.workers = new BlobWorkers(key.encrypt, config.zstdLevel, workers);
+    this.budget = new Budget(config.packSize * (2 + backend.properties.connections) + 64 * 1024 * 1024);
+  }
+
+  static async init(backend: Backend, password: string, opts: InitOptions = {}): Promise<Repository> {
+    const clock = opts.clock ?? systemClock;
+    const master = newMasterKey();
+    const config: RepositoryConfig = {
+      version: REPOSITORY_VERSION,
+      id: randomBytes(32).toString('hex'),
+      created: clock.now().toISOString(),
+      chunker: { seed: randomBytes(32).toString('hex'), ...(opts.chunker ?? { minSize: 512 * 1024, avgSize: 1024 * 1024, maxSize: 8 * 1024 * 1024 }) },
+      blockSize: opts.blockSize ?? DEFAULT_BLOCK_SIZE,
+      zstdLevel: opts.zstdLevel ?? DEFAULT_ZSTD_LEVEL,
+      packSize: opts.packSize ?? DEFAULT_PACK_SIZE,
+    };
+    await backend.create();
+    const keyId = await writeKey(backend, master, password, clock, opts.kdf);
+    // The config is written last: a repository without config is not a repository, so an interrupted
+    // init never leaves something that half-opens.
+    await backend.save({ type: 'config', name: '' }, sealDocument(master.encrypt, config));
+    return new Repository(backend, master, keyId, config, clock);
+  }
+
+  static async open(backend: Backend, password: string, opts: OpenOptions = {}): Promise<Repository> {
+    try {
+      await backend.stat({ type: 'config', name: '' });
+    } catch (err) {
+      if (backend.isNotFound(err)) throw new RepositoryNotFoundError(backend.properties.location, err);
+      throw unable('open', 'repository', backend.properties.location, err, 'io');
+    }
+    const { master, keyId } = await openWithPassword(backend, password);
+    const config = unsealDocument<RepositoryConfig>(master.encrypt, await backend.load({ type: 'config', name: '' }), 'repository config');
+    if (config.version !== REPOSITORY_VERSION) {
+      throw new BulwarkError('failed', `repository format version ${config.version} is not supported by this Bulwark (supports ${REPOSITORY_VERSION})`, {
+        hint: 'upgrade Bulwark',
+      });
+    }
+    return new Repository(backend, master, keyId, config, opts.clock ?? systemClock, opts.workers);
+  }
+
+  // ---- index ----
+
+  async loadIndex(): Promise<void> {
+    const names: string[] = [];
+    for await (const f of this.backend.list('index')) names.push(f.name);
+    const queue = [...names];
+    const loadOne = async (): Promise<void> => {
+      for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
+        this.index.addFile(await this.loadDocument<IndexFile>('index', name));
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(8, queue.length) }, loadOne));
+  }
+
+  blobId(plain: Uint8Array): string {
+    return blobId(this.key, plain).toString('hex');
+  }
+
+  /** Known to the repository or being stored by this process. */
+  hasBlob(id: string): boolean {
+    return this.index.has(id) || this.pendingBlobs.has(id);
+  }
+
+  // ---- blobs ----
+
+  /**
+   * Stores a blob unless an identical one exists. Returns once the blob is queued: sealing and upload
+   * continue in the background, bounded by a byte budget, and become durable at flush(). A background
+   * failure is thrown by the next saveBlob or flush.
+   */
+  async saveBlob(type: BlobType, plain: Buffer, knownId?: string): Promise<SaveResult> {
+    this.throwIfFailed();
+    const id = knownId ?? this.blobId(plain);
+    if (this.hasBlob(id)) return { id, stored: false };
+    this.pendingBlobs.add(id);
+    // Memory accounting: the plaintext is charged until it is sealed, then only the sealed bytes until
+    // their pack is written. Charging plaintext until the upload would deadlock on compressible data:
+    // the budget fills with blobs whose sealed form never adds up to a full pack.
+    const cost = plain.length + BLOB_OVERHEAD;
+    await this.budget.acquire(cost);
+    this.track(
+      (async () => {
+        let held = cost;
+        try {
+          const { sealed, ulen } = await this.workers.seal(plain, true);
+          const kept = Math.min(held, sealed.length + BLOB_OVERHEAD);
+          this.budget.release(held - kept);
+          held = 0; // the packer owns the charge from here; writePack releases it, also on failure
+          await this.addToPacker({ type, id: Buffer.from(id, 'hex'), sealed, ulen }, kept);
+        } finally {
+          if (held > 0) this.budget.release(held);
+        }
+      })(),
+    );
+    return { id, stored: true };
+  }
+
+  async loadBlob(type: BlobType, id: string): Promise<Buffer> {
+    const e = this.index.lookup(id);
+    if (!e) {
+      throw new BulwarkError('repository-corrupt', `${type} blob ${id} is not in the index`, { hint: "run 'bulwark check' to see what is affected" });
+    }
+    let sealed: Buffer;
+    try {
+      sealed = await this.backend.load({ type: 'data', name: e.pack }, e.offset, e.length);
+    } catch (err) {
+      throw unable('load', 'pack', e.pack, err, this.backend.isNotFound(err) ? 'repository-corrupt' : 'io');
+    }
+    const plain = await this.workers.open(sealed, e.ulen, `${type} blob ${id}`);
+    // A blob is only trusted if it hashes back to its id: catches damage that still authenticates
+    // (a wrong blob at a valid position, e.g. a broken index).
+    if (this.blobId(plain) !== id) throw new BulwarkError('repository-corrupt', `${type} blob ${id} has wrong content`, { hint: "run 'bulwark check --read-data'" });
+    return plain;
+  }
+
+  private async addToPacker(blob: PackBlob, cost: number): Promise<void> {
+    let p = this.packers.get(blob.type);
+    if (!p) {
+      p = { blobs: [], bytes: 0, budget: 0 };
+      this.packers.set(blob.type, p);
+    }
+    p.blobs.push(blob);
+    p.bytes += blob.sealed.length;
+    p.budget += cost;
+    if (p.bytes >= this.config.packSize) await this.writePack(blob.type);
+  }
+
+  private async writePack(type: BlobType): Promise<void> {
+    const p = this.packers.get(type);
+    if (!p || p.blobs.length === 0) return;
+    this.packers.delete(type);
+    const pack = buildPack(this.key.encrypt, p.blobs);
+    try {
+      await this.backend.save({ type: 'data', name: pack.id }, pack.bytes);
+    } catch (err) {
+      throw unable('save', 'pack', pack.id, err, 'io');
+    } finally {
+      this.budget.release(p.budget);
+    }
+    this.bytesWritten += pack.bytes.length;
+    this.pendingIndex.push({ id: pack.id, type, blobs: pack.entries.map(({ id, offset, length, ulen }) => ({ id, offset, length, ulen })) });
+    this.index.addFile({ version: 1, packs: [this.pendingIndex[this.pendingIndex.length - 1]!] });
+    for (const e of pack.entries) this.pendingBlobs.delete(e.id);
+    if (this.pendingIndex.length >= INDEX_PACKS_PER_FILE) await this.writeIndex();
+  }
+
+  private async writeIndex(): Promise<void> {
+    if (this.pendingIndex.length === 0) return;
+    const packs = this.pendingIndex.splice(0);
+    await this.saveDocument('index', { version: 1, packs } satisfies IndexFile);
+  }
+
+  private track(task: Promise<void>): void {
+    const t = task.catch((err: unknown) => {
+      this.failure ??= err;
+    });
+    this.tasks.add(t);
+    void t.finally(() => this.tasks.delete(t));
+  }
+
+  private throwIfFailed(): void {
+    if (this.failure !== undefined) throw this.failure;
+  }
+
+  /** Makes every blob saved so far durable and indexed. Must precede writing a snapshot that uses them. */
+  async flush(): Promise<void> {
+    while (this.tasks.size > 0) await Promise.all([...this.tasks]);
+    this.throwIfFailed();
+    for (const type of [...this.packers.keys()]) await this.writePack(type);
+    while (this.tasks.size > 0) await Promise.all([...this.tasks]);
+    this.throwIfFailed();
+    await this.writeIndex();
+  }
+
+  // ---- sealed documents: index, snapshots, locks ----
+
+  async saveDocument(type: Exclude<FileType, 'config' | 'keys' | 'data'>, doc: unknown): Promise<string> {
+    const bytes = sealDocument(this.key.encrypt, doc);
+    const name = createHash('sha256').update(bytes).digest('hex');
+    try {
+      await this.backend.save({ type, name }, bytes);
+    } catch (err) {
+      throw unable('save', type.replace(/s$/, ''), name, err, 'io');
+    }
+    return name;
+  }
+
+  async loadDocument<T>(type: Exclude<FileType, 'config' | 'keys' | 'data'>, name: string): Promise<T> {
+    const bytes = await this.backend.load({ type, name });
+    if (createHash('sha256').update(bytes).digest('hex') !== name) {
+      throw new BulwarkError('repository-corrupt', `${type} file ${name} does not match its name (damaged)`, { hint: "run 'bulwark check'" });
+    }
+    return unsealDocument<T>(this.key.encrypt, bytes, `${type} file ${name}`);
+  }
+
+  async addKey(password: string, kdf?: InitOptions['kdf']): Promise<string> {
+    return writeKey(this.backend, this.key, password, this.clock, kdf);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.workers.close();
+    await this.backend.close();
+  }
+}

@@ -1,0 +1,97 @@
+// A small pool of worker threads for sealing and opening blobs. Requests go to the least-busy worker;
+// callers bound how much they keep in flight (the repository does), so memory stays flat.
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { IntegrityError } from './crypto.js';
+
+interface Pending {
+  resolve(v: WorkerReply): void;
+  reject(e: Error): void;
+  what: string;
+}
+
+interface WorkerReply {
+  seq: number;
+  sealed?: Uint8Array;
+  ulen?: number;
+  plain?: Uint8Array;
+  error?: string;
+}
+
+interface Slot {
+  worker: Worker;
+  busy: number;
+}
+
+export interface SealResult {
+  sealed: Buffer;
+  /** Plaintext length when stored compressed, 0 when stored raw. */
+  ulen: number;
+}
+
+export class BlobWorkers {
+  private readonly slots: Slot[] = [];
+  private readonly pending = new Map<number, Pending>();
+  private seq = 0;
+  private closed = false;
+
+  constructor(encKey: Buffer, zstdLevel: number, threads = Math.max(1, Math.min(availableParallelism(), 8))) {
+    const url = new URL('./blob-worker.js', import.meta.url);
+    for (let i = 0; i < threads; i++) {
+      const worker = new Worker(url, { workerData: { encKey: new Uint8Array(encKey), zstdLevel } });
+      worker.unref();
+      const slot: Slot = { worker, busy: 0 };
+      worker.on('message', (msg: WorkerReply) => {
+        slot.busy--;
+        const p = this.pending.get(msg.seq);
+        if (!p) return;
+        this.pending.delete(msg.seq);
+        if (msg.error !== undefined) p.reject(msg.error.includes('authenticate') ? new IntegrityError(p.what) : new Error(`${p.what}: ${msg.error}`));
+        else p.resolve(msg);
+      });
+      worker.on('error', (err) => this.failAll(err));
+      this.slots.push(slot);
+    }
+  }
+
+  get size(): number {
+    return this.slots.length;
+  }
+
+  /** Compresses (when asked and worthwhile) and seals. The input buffer is copied, not transferred, so callers keep it. */
+  async seal(data: Uint8Array, compress: boolean): Promise<SealResult> {
+    const r = await this.post({ op: 'seal', data, compress }, 'seal blob');
+    const s = r.sealed!;
+    return { sealed: Buffer.from(s.buffer, s.byteOffset, s.byteLength), ulen: r.ulen ?? 0 };
+  }
+
+  async open(sealed: Uint8Array, ulen: number, what: string): Promise<Buffer> {
+    const r = await this.post({ op: 'open', data: sealed, ulen }, what);
+    const p = r.plain!;
+    return Buffer.from(p.buffer, p.byteOffset, p.byteLength);
+  }
+
+  private post(msg: Record<string, unknown>, what: string): Promise<WorkerReply> {
+    if (this.closed) return Promise.reject(new Error('blob workers are closed'));
+    let slot = this.slots[0]!;
+    for (const s of this.slots) if (s.busy < slot.busy) slot = s;
+    const seq = ++this.seq;
+    slot.busy++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(seq, { resolve, reject, what });
+      slot.worker.postMessage({ ...msg, seq });
+    });
+  }
+
+  private failAll(err: Error): void {
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.failAll(new Error('blob workers closed'));
+    await Promise.all(this.slots.map((s) => s.worker.terminate()));
+  }
+}
