@@ -1,0 +1,99 @@
+// backup files | backup disk
+import { readFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import { backupDiskImage, backupFiles, type BackupJobResult } from '../../jobs/backup.js';
+import { BulwarkError } from '../../util/errors.js';
+import { Context } from '../context.js';
+import { bytes, duration, rate, shortId } from '../format.js';
+import { progressView } from '../progress.js';
+
+const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
+
+function summaryText(r: BackupJobResult & { reused?: boolean }): string {
+  const s = r.snapshot.summary;
+  const lines: string[] = [];
+  if (s.filesNew !== undefined) {
+    lines.push(`Files: ${s.filesNew} new, ${s.filesChanged} changed, ${s.filesUnmodified} unmodified; ${s.dirs} folders`);
+  }
+  if (r.reused) lines.push('Disk image unchanged since the parent snapshot: its index was reused without reading.');
+  lines.push(`Read ${bytes(s.bytesRead)} in ${duration(s.durationMs)} (${rate(s.bytesRead, s.durationMs)}); added ${bytes(s.bytesNew)} of new data (${s.blobsNew} blobs)`);
+  for (const e of r.errors) lines.push(`error: ${e.path}: ${e.message}`);
+  for (const c of r.changed) lines.push(`warning: ${c}: changed while being read (stored as last read)`);
+  lines.push(`snapshot ${shortId(r.snapshot.id)} saved${r.parent ? ` (parent ${shortId(r.parent)})` : ''}`);
+  if (r.errors.length > 0) lines.push(`${r.errors.length} item(s) could not be read and are not in the snapshot.`);
+  return lines.join('\n');
+}
+
+export function register(program: Command): void {
+  const backup = program.command('backup').description('create a restore point (files, disk images, VMs)');
+
+  backup
+    .command('files')
+    .description('versioned file backup')
+    .argument('<path...>', 'files and folders to back up')
+    .option('-e, --exclude <glob>', 'exclude matching entries (repeatable)', collect, [])
+    .option('--exclude-file <file>', 'read exclude patterns from a file, one per line', collect, [])
+    .option('-x, --one-file-system', 'do not cross file system boundaries')
+    .option('--tag <tag>', 'tag the snapshot (repeatable)', collect, [])
+    .option('--host <name>', 'host name to record (default: this host)')
+    .option('--force', 'read every file, ignoring the parent snapshot')
+    .addHelpText('after', '\nExample:\n  bulwark -r /backup/repo backup files /etc /srv --exclude "*.tmp" --tag nightly')
+    .action(async (paths: string[], o: { exclude: string[]; excludeFile: string[]; oneFileSystem?: boolean; tag: string[]; host?: string; force?: boolean }, cmd: Command) => {
+      const ctx = Context.from(cmd);
+      const excludes = [...o.exclude];
+      for (const f of o.excludeFile) {
+        const text = await readFile(f, 'utf8').catch((err: Error) => {
+          throw new BulwarkError('usage', `cannot read exclude file '${f}': ${err.message}`);
+        });
+        excludes.push(...text.split('\n'));
+      }
+      await ctx.withRepo(async (repo) => {
+        const view = progressView(ctx.opts, 'backup');
+        try {
+          const r = await backupFiles(repo, {
+            paths,
+            excludes,
+            oneFileSystem: o.oneFileSystem ?? false,
+            tags: o.tag,
+            noParent: o.force ?? false,
+            ...(o.host ? { host: o.host } : {}),
+            onProgress: (p) => view.update(p),
+          });
+          view.stop();
+          if (r.errors.length > 0 || r.changed.length > 0) ctx.markPartial();
+          ctx.print({ snapshot: r.snapshot.id, parent: r.parent, summary: r.snapshot.summary, errors: r.errors, changed: r.changed }, () => summaryText(r));
+        } finally {
+          view.stop();
+        }
+      });
+    });
+
+  backup
+    .command('disk')
+    .description("back up disk images or block devices, sparse-aware; the disk's name is the file's base name")
+    .argument('<image-or-device...>', 'raw image files or block devices')
+    .option('--tag <tag>', 'tag the snapshot (repeatable)', collect, [])
+    .option('--host <name>', 'host name to record (default: this host)')
+    .option('--name <name>', 'disk name in the snapshot (one image only)')
+    .option('--force', 'read the whole image even if it is unchanged since the parent')
+    .addHelpText('after', '\nExample:\n  bulwark -r /backup/repo backup disk /var/lib/libvirt/images/web01.img')
+    .action(async (images: string[], o: { tag: string[]; host?: string; name?: string; force?: boolean }, cmd: Command) => {
+      const ctx = Context.from(cmd);
+      if (o.name && images.length > 1) throw new BulwarkError('usage', '--name can only be used with one image');
+      await ctx.withRepo(async (repo) => {
+        const results = [];
+        for (const path of images) {
+          const view = progressView(ctx.opts, `backup ${path}`);
+          try {
+            const r = await backupDiskImage(repo, { path, tags: o.tag, noParent: o.force ?? false, ...(o.host ? { host: o.host } : {}), ...(o.name ? { name: o.name } : {}), onProgress: (p) => view.update(p) });
+            view.stop();
+            results.push(r);
+            if (!ctx.opts.json) ctx.print(r, summaryText);
+          } finally {
+            view.stop();
+          }
+        }
+        if (ctx.opts.json) ctx.print({ snapshots: results.map((r) => ({ snapshot: r.snapshot.id, parent: r.parent, source: r.snapshot.source, reused: r.reused, summary: r.snapshot.summary })) }, () => '');
+      });
+    });
+}

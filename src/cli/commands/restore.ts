@@ -1,0 +1,82 @@
+// restore <snapshot>[:<path>] | restore vm <snapshot>
+import type { Command } from 'commander';
+import { restoreDisks, restoreFiles } from '../../jobs/restore.js';
+import { BulwarkError } from '../../util/errors.js';
+import { Context } from '../context.js';
+import { bytes, shortId } from '../format.js';
+import { progressView } from '../progress.js';
+
+const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
+
+function filterOpts(o: { host?: string; tag?: string[]; source?: string }): { hostname?: string; tags?: string[]; source?: string } {
+  return { ...(o.host ? { hostname: o.host } : {}), ...(o.tag && o.tag.length ? { tags: o.tag } : {}), ...(o.source ? { source: o.source } : {}) };
+}
+
+export function register(program: Command): void {
+  const restore = program
+    .command('restore')
+    .description('restore files from a snapshot (also single files); "restore vm" restores whole disks')
+    .argument('<snapshot[:path]>', "snapshot id, unique prefix, or 'latest', optionally with a path inside it")
+    // Not requiredOption: commander would then demand it of 'restore vm' too (it checks parents).
+    .option('-t, --target <dir>', 'folder to restore into (created if missing; required)')
+    .option('-i, --include <glob>', 'restore only matching entries (repeatable)', collect, [])
+    .option('--verify', 're-read restored files and check them against the snapshot')
+    .option('--host <name>', "narrow 'latest' to this host")
+    .option('--tag <tag>', "narrow 'latest' to snapshots with this tag", collect, [])
+    .option('--source <source>', "narrow 'latest' to a source, e.g. files or disk:web01")
+    .addHelpText('after', '\nExamples:\n  bulwark restore latest --target /tmp/restore\n  bulwark restore 1a2b3c4d:/etc/nginx/nginx.conf --target /tmp/restore')
+    .action(async (ref: string, o: { target?: string; include: string[]; verify?: boolean; host?: string; tag: string[]; source?: string }, cmd: Command) => {
+      const ctx = Context.from(cmd);
+      const target = o.target;
+      if (!target) throw new BulwarkError('usage', "required option '-t, --target <dir>' not specified", { hint: 'bulwark restore <snapshot> --target <dir>' });
+      const colon = ref.indexOf(':');
+      const snap = colon >= 0 ? ref.slice(0, colon) : ref;
+      const path = colon >= 0 ? ref.slice(colon + 1) : undefined;
+      await ctx.withRepo(async (repo) => {
+        const view = progressView(ctx.opts, 'restore');
+        try {
+          const r = await restoreFiles(repo, { ref: snap, target, includes: o.include, verify: o.verify ?? false, filter: filterOpts(o), ...(path ? { path } : {}), onProgress: (p) => view.update(p) });
+          view.stop();
+          const mismatches = r.verified?.mismatches ?? [];
+          if (r.errors.length > 0) ctx.markPartial();
+          if (mismatches.length > 0) throw new BulwarkError('failed', `verification failed for ${mismatches.length} file(s): ${mismatches.slice(0, 10).join(', ')}`);
+          ctx.print(r, () =>
+            [
+              `restored ${r.files} files and ${r.dirs} folders (${bytes(r.bytes)}) from snapshot ${shortId(r.snapshot)} to ${target}`,
+              ...(r.verified ? [`verified ${r.verified.files} files: all match`] : []),
+              ...r.errors.map((e) => `error: ${e.path}: ${e.message}`),
+            ].join('\n'),
+          );
+        } finally {
+          view.stop();
+        }
+      });
+    });
+
+  // --target, --host, --tag and --source belong to 'restore' itself: commander gives options of a parent
+  // command to it wherever they stand, so 'restore vm' reads them from there.
+  restore
+    .command('vm')
+    .description('restore whole disks of a VM or disk snapshot as <dir>/<disk>.<format> (takes --target, --host, --tag, --source)')
+    .argument('<snapshot>', "snapshot id, unique prefix, or 'latest'")
+    .option('--format <format>', 'raw or qcow2', 'raw')
+    .option('--disk <name>', 'only this disk (repeatable)', collect, [])
+    .addHelpText('after', '\nExample:\n  bulwark restore vm latest --source disk:web01 --target /var/lib/libvirt/images/restore')
+    .action(async (ref: string, _o: unknown, cmd: Command) => {
+      const ctx = Context.from(cmd);
+      const o = cmd.optsWithGlobals<{ target?: string; format: string; disk: string[]; host?: string; tag: string[]; source?: string }>();
+      if (!o.target) throw new BulwarkError('usage', "required option '-t, --target <dir>' not specified", { hint: 'bulwark restore vm <snapshot> --target <dir>' });
+      if (o.format !== 'raw' && o.format !== 'qcow2') throw new BulwarkError('usage', `unknown format '${o.format}'`, { hint: 'use --format raw or --format qcow2' });
+      const target = o.target;
+      await ctx.withRepo(async (repo) => {
+        const view = progressView(ctx.opts, 'restore');
+        try {
+          const r = await restoreDisks(repo, { ref, target, format: o.format as 'raw' | 'qcow2', disks: o.disk, filter: filterOpts(o), onProgress: (p) => view.update(p) });
+          view.stop();
+          ctx.print({ snapshot: r.snapshot.id, disks: r.disks }, () => r.disks.map((d) => `restored disk ${d.path} (${bytes(d.size)}, ${bytes(d.bytesWritten)} written, the rest left sparse)`).join('\n'));
+        } finally {
+          view.stop();
+        }
+      });
+    });
+}

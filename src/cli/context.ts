@@ -1,0 +1,95 @@
+// What every command shares: global options, opening the repository, and printing results.
+import type { Command } from 'commander';
+import { Repository, RepositoryNotFoundError, type InitOptions } from '../repository/repository.js';
+import { openBackend } from '../storage/open.js';
+import { BulwarkError } from '../util/errors.js';
+import { readPassword } from './password.js';
+
+export interface GlobalOptions {
+  repo?: string;
+  passwordFile?: string;
+  json: boolean;
+  quiet: boolean;
+  verbose: boolean;
+}
+
+export class Context {
+  /** Set when a command finished with some items not read or not restored: the process exits 3. */
+  static partialSeen = false;
+
+  markPartial(): void {
+    Context.partialSeen = true;
+  }
+
+  constructor(readonly opts: GlobalOptions) {}
+
+  static from(cmd: Command): Context {
+    const o = cmd.optsWithGlobals<Partial<GlobalOptions>>();
+    return new Context({
+      ...(o.repo !== undefined ? { repo: o.repo } : {}),
+      ...(o.passwordFile !== undefined ? { passwordFile: o.passwordFile } : {}),
+      json: o.json ?? false,
+      quiet: o.quiet ?? false,
+      verbose: o.verbose ?? false,
+    });
+  }
+
+  get location(): string {
+    const loc = this.opts.repo ?? process.env['BULWARK_REPOSITORY'];
+    if (!loc) throw new BulwarkError('usage', 'no repository given', { hint: 'pass -r/--repo <path> or set BULWARK_REPOSITORY' });
+    return loc;
+  }
+
+  async open(): Promise<Repository> {
+    const backend = openBackend(this.location);
+    // The location is checked before asking for a password: a typo should not cost a prompt.
+    try {
+      await backend.stat({ type: 'config', name: '' });
+    } catch (err) {
+      if (backend.isNotFound(err)) {
+        await backend.close();
+        throw new RepositoryNotFoundError(backend.properties.location, err);
+      }
+    }
+    const password = await readPassword(this.opts.passwordFile !== undefined ? { passwordFile: this.opts.passwordFile } : {});
+    return Repository.open(backend, password);
+  }
+
+  async init(opts: InitOptions): Promise<Repository> {
+    const backend = openBackend(this.location);
+    const password = await readPassword(this.opts.passwordFile !== undefined ? { passwordFile: this.opts.passwordFile } : {}, { confirm: true, what: 'password for the new repository' });
+    return Repository.init(backend, password, opts);
+  }
+
+  /** Runs fn with an open repository and always closes it. */
+  async withRepo<T>(fn: (repo: Repository) => Promise<T>): Promise<T> {
+    const repo = await this.open();
+    try {
+      return await fn(repo);
+    } finally {
+      await repo.close();
+    }
+  }
+
+  /** Prints a result: JSON as one document, else the text rendering. */
+  print<T>(result: T, text: (r: T) => string): void {
+    if (this.opts.json) process.stdout.write(JSON.stringify({ type: 'summary', ...result }, null, 0) + '\n');
+    else if (!this.opts.quiet) {
+      const t = text(result);
+      if (t) process.stdout.write(t.endsWith('\n') ? t : t + '\n');
+    }
+  }
+
+  /** Plain JSON document (no summary tag) for listing commands. */
+  printData<T>(data: T, text: (r: T) => string): void {
+    if (this.opts.json) process.stdout.write(JSON.stringify(data) + '\n');
+    else {
+      const t = text(data);
+      if (t) process.stdout.write(t.endsWith('\n') ? t : t + '\n');
+    }
+  }
+
+  info(line: string): void {
+    if (!this.opts.quiet && !this.opts.json) process.stderr.write(line + '\n');
+  }
+}

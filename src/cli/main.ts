@@ -1,0 +1,70 @@
+// Entry point: parses the command line, runs the command, and maps every outcome to an exit code.
+import { Command, CommanderError } from 'commander';
+import { BulwarkError } from '../util/errors.js';
+import { register as registerBackup } from './commands/backup.js';
+import { register as registerInspect } from './commands/inspect.js';
+import { register as registerRepo } from './commands/repo.js';
+import { register as registerRestore } from './commands/restore.js';
+import { Context } from './context.js';
+import { EXIT, exitCodeFor } from './exit-codes.js';
+
+export function buildProgram(): Command {
+  const program = new Command('bulwark')
+    .description('Live, consistent backup for virtual machines and servers')
+    .version('0.1.0')
+    .option('-r, --repo <path-or-url>', 'repository location (or BULWARK_REPOSITORY)')
+    .option('--password-file <file>', 'file holding the repository password (or BULWARK_PASSWORD_FILE / BULWARK_PASSWORD)')
+    .option('--json', 'machine-readable output')
+    .option('-q, --quiet', 'less output')
+    .option('-v, --verbose', 'more output')
+    .showHelpAfterError('(run with --help for usage)')
+    .configureHelp({ showGlobalOptions: true })
+    .addHelpText(
+      'after',
+      '\nExit codes: 0 ok, 1 failed, 2 usage error, 3 finished with some items not read or not restored,\n            10 repository not found, 11 wrong password, 12 repository locked.',
+    );
+  registerRepo(program);
+  registerBackup(program);
+  registerInspect(program);
+  registerRestore(program);
+  const applyExit = (cmd: Command): void => {
+    cmd.exitOverride();
+    cmd.commands.forEach(applyExit);
+  };
+  applyExit(program);
+  return program;
+}
+
+function report(err: unknown, json: boolean): number {
+  if (err instanceof CommanderError) {
+    // help and version end here too, with exit code 0
+    return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+  }
+  if (err instanceof BulwarkError) {
+    if (json) process.stdout.write(JSON.stringify({ type: 'error', code: err.code, message: err.message, ...(err.hint ? { hint: err.hint } : {}) }) + '\n');
+    process.stderr.write(`bulwark: ${err.message}\n${err.hint ? `  hint: ${err.hint}\n` : ''}`);
+    return exitCodeFor(err.code);
+  }
+  const e = err as NodeJS.ErrnoException;
+  if (e?.code === 'ENOSPC') {
+    process.stderr.write(`bulwark: no space left on device: ${e.message}\n  hint: free space on the repository's disk; the repository itself is unharmed\n`);
+    return EXIT.failed;
+  }
+  // Not a user error: a bug. Show the stack so it can be reported.
+  process.stderr.write(`bulwark: internal error: ${e?.stack ?? String(err)}\n  please report this\n`);
+  return EXIT.failed;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    return report(err, argv.includes('--json'));
+  }
+  if (process.exitCode !== undefined && process.exitCode !== 0) return Number(process.exitCode);
+  return Context.partialSeen ? EXIT.partial : EXIT.ok;
+}
+
+const code = await main(process.argv);
+process.exitCode = code;

@@ -1,0 +1,162 @@
+// Read-only views of a repository: ls, diff, stats.
+import type { Repository } from '../repository/repository.js';
+import { decodePage } from '../repository/fixed-index.js';
+import { findSnapshot, listSnapshots, type SnapshotWithId } from '../repository/snapshot.js';
+import { displayName, nodeName, type TreeNode } from '../repository/tree.js';
+import { loadTree, lookupPath, walk } from '../repository/walk.js';
+import { BulwarkError } from '../util/errors.js';
+
+export interface LsEntry {
+  path: string;
+  type: TreeNode['type'] | 'disk';
+  size: number;
+  mode?: number;
+  mtime?: string;
+  uid?: number;
+  gid?: number;
+  linkTarget?: string;
+}
+
+export async function ls(repo: Repository, ref: string, path = '/', recursive = true): Promise<{ snapshot: SnapshotWithId; entries: LsEntry[] }> {
+  await repo.loadIndex();
+  const sn = await findSnapshot(repo, ref);
+  const entries: LsEntry[] = [];
+  if (!sn.tree) {
+    if (path !== '/' && path !== '') {
+      throw new BulwarkError('usage', 'browsing files inside disk snapshots is not available yet', { hint: 'restore the disk with restore vm, or list the disks without a path' });
+    }
+    for (const d of sn.disks ?? []) entries.push({ path: `/${d.name}`, type: 'disk', size: d.size });
+    return { snapshot: sn, entries };
+  }
+  const found = await lookupPath(repo, sn.tree, path);
+  if (!found) throw new BulwarkError('not-found', `'${path}' is not in snapshot ${sn.id.slice(0, 8)}`);
+  const prefix = path === '/' ? '' : path.replace(/\/+$/, '');
+  const toEntry = (p: string, n: TreeNode): LsEntry => ({
+    path: p,
+    type: n.type,
+    size: n.size,
+    mode: n.mode,
+    mtime: new Date(Number(BigInt(n.mtimeNs) / 1000000n)).toISOString(),
+    uid: n.uid,
+    gid: n.gid,
+    ...(n.linkTarget !== undefined ? { linkTarget: n.linkTarget } : {}),
+  });
+  if (found.node && found.node.type !== 'dir') {
+    entries.push(toEntry(prefix, found.node));
+  } else if (found.tree) {
+    if (found.node) entries.push(toEntry(prefix, found.node));
+    if (recursive) for await (const e of walk(repo, found.tree, prefix)) entries.push(toEntry(e.path, e.node));
+    else for (const n of (await loadTree(repo, found.tree)).nodes) entries.push(toEntry(`${prefix}/${displayName(nodeName(n))}`, n));
+  }
+  return { snapshot: sn, entries };
+}
+
+export interface DiffResult {
+  from: string;
+  to: string;
+  added: string[];
+  removed: string[];
+  modified: string[];
+  metadata: string[];
+  /** For disk snapshots: per disk, how many blocks differ. */
+  disks?: { name: string; changedBlocks: number; blockSize: number; changedBytes: number }[];
+}
+
+export async function diff(repo: Repository, refA: string, refB: string): Promise<DiffResult> {
+  await repo.loadIndex();
+  const a = await findSnapshot(repo, refA);
+  const b = await findSnapshot(repo, refB);
+  const out: DiffResult = { from: a.id, to: b.id, added: [], removed: [], modified: [], metadata: [] };
+  if (a.tree && b.tree) await diffTrees(repo, a.tree, b.tree, '', out);
+  else if (a.disks && b.disks) {
+    out.disks = [];
+    for (const db of b.disks) {
+      const da = a.disks.find((d) => d.name === db.name);
+      const ia = da ? await blockIds(repo, da.pages) : [];
+      const ib = await blockIds(repo, db.pages);
+      let changed = 0;
+      for (let i = 0; i < Math.max(ia.length, ib.length); i++) if (ia[i] !== ib[i]) changed++;
+      out.disks.push({ name: db.name, changedBlocks: changed, blockSize: db.blockSize, changedBytes: changed * db.blockSize });
+    }
+  } else throw new BulwarkError('usage', 'can only compare two file snapshots or two disk snapshots');
+  return out;
+}
+
+async function blockIds(repo: Repository, pages: string[]): Promise<(string | null)[]> {
+  const out: (string | null)[] = [];
+  for (const p of pages) out.push(...decodePage(await repo.loadBlob('tree', p), p));
+  return out;
+}
+
+async function diffTrees(repo: Repository, ta: string, tb: string, prefix: string, out: DiffResult): Promise<void> {
+  if (ta === tb) return; // identical subtrees: nothing below differs
+  const na = new Map((await loadTree(repo, ta)).nodes.map((n) => [displayName(nodeName(n)), n]));
+  const nb = new Map((await loadTree(repo, tb)).nodes.map((n) => [displayName(nodeName(n)), n]));
+  const all = [...new Set([...na.keys(), ...nb.keys()])].sort();
+  for (const name of all) {
+    const x = na.get(name);
+    const y = nb.get(name);
+    const p = `${prefix}/${name}`;
+    if (!x && y) {
+      out.added.push(p);
+      if (y.subtree) for await (const e of walk(repo, y.subtree, p)) out.added.push(e.path);
+    } else if (x && !y) {
+      out.removed.push(p);
+      if (x.subtree) for await (const e of walk(repo, x.subtree, p)) out.removed.push(e.path);
+    } else if (x && y) {
+      if (x.type !== y.type || JSON.stringify(x.content ?? []) !== JSON.stringify(y.content ?? []) || x.linkTarget !== y.linkTarget) out.modified.push(p);
+      else if (x.mode !== y.mode || x.uid !== y.uid || x.gid !== y.gid || x.mtimeNs !== y.mtimeNs || JSON.stringify(x.xattrs) !== JSON.stringify(y.xattrs)) out.metadata.push(p);
+      if (x.type === 'dir' && y.type === 'dir' && x.subtree && y.subtree) await diffTrees(repo, x.subtree, y.subtree, p, out);
+    }
+  }
+}
+
+export interface StatsResult {
+  snapshots: number;
+  packs: number;
+  blobs: number;
+  storedBytes: number;
+  /** Sum of the logical sizes of the snapshots. */
+  logicalBytes: number;
+  /** logicalBytes / storedBytes */
+  dedupRatio: number;
+  snapshot?: { id: string; totalSize: number; uniqueBlobs: number; blobBytes: number };
+}
+
+export async function stats(repo: Repository, ref?: string): Promise<StatsResult> {
+  await repo.loadIndex();
+  const sns = await listSnapshots(repo);
+  let storedBytes = 0;
+  for await (const f of repo.backend.list('data')) storedBytes += f.size;
+  const logicalBytes = sns.reduce((s, x) => s + (x.summary.totalSize ?? 0), 0);
+  const out: StatsResult = {
+    snapshots: sns.length,
+    packs: repo.index.packs.size,
+    blobs: repo.index.blobCount,
+    storedBytes,
+    logicalBytes,
+    dedupRatio: storedBytes > 0 ? logicalBytes / storedBytes : 0,
+  };
+  if (ref) {
+    const sn = await findSnapshot(repo, ref);
+    const seen = new Set<string>();
+    const add = (id: string): void => {
+      seen.add(id);
+    };
+    if (sn.tree) {
+      add(sn.tree);
+      for await (const e of walk(repo, sn.tree)) {
+        if (e.node.subtree) add(e.node.subtree);
+        e.node.content?.forEach(add);
+      }
+    }
+    for (const d of sn.disks ?? []) {
+      d.pages.forEach(add);
+      for (const id of await blockIds(repo, d.pages)) if (id) add(id);
+    }
+    let blobBytes = 0;
+    for (const id of seen) blobBytes += repo.index.lookup(id)?.length ?? 0;
+    out.snapshot = { id: sn.id, totalSize: sn.summary.totalSize, uniqueBlobs: seen.size, blobBytes };
+  }
+  return out;
+}
