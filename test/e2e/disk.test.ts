@@ -1,0 +1,101 @@
+// backup disk / restore vm of raw images made by mkfs.ext4 and qemu-img: byte-identical, sparse,
+// unchanged images skipped, changed blocks found, other containers refused clearly.
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, stat, writeFile } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { jsonResult, runCli } from '../helpers/cli.js';
+import { tempDir } from '../helpers/repo.js';
+import { patternBytes } from '../fixtures/tree.js';
+
+let tmp: { path: string; cleanup(): Promise<void> };
+let env: Record<string, string>;
+let image: string;
+
+async function sha256(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+beforeAll(async () => {
+  tmp = await tempDir();
+  env = { BULWARK_REPOSITORY: `${tmp.path}/repo`, BULWARK_PASSWORD: 'disk pw' };
+  expect((await runCli(['init'], { env })).code).toBe(0);
+  // A real ext4 file system holding real files, in a 256 MiB raw image that is mostly empty.
+  const fill = `${tmp.path}/fill`;
+  await mkdir(fill);
+  execFileSync('cp', ['-r', '/usr/share/doc', `${fill}/doc`]);
+  await writeFile(`${fill}/noise.bin`, patternBytes(8 * 1024 * 1024, 3));
+  image = `${tmp.path}/web01.img`;
+  execFileSync('mkfs.ext4', ['-q', '-F', '-d', fill, image, '256M']);
+});
+
+afterAll(async () => {
+  await tmp.cleanup();
+});
+
+describe('disk images', () => {
+  it('backs up a raw image and restores it byte-identical and sparse', async () => {
+    const b = await runCli(['backup', 'disk', image, '--json'], { env });
+    expect(b.code, b.stderr).toBe(0);
+    const s = jsonResult<{ snapshots: { snapshot: string; source: string; summary: { bytesRead: number; bytesNew: number } }[] }>(b).snapshots[0]!;
+    expect(s.source).toBe('disk:web01');
+    expect(s.summary.bytesRead).toBe(256 * 1024 * 1024);
+    // Empty blocks are holes, not data.
+    expect(s.summary.bytesNew).toBeLessThan(200 * 1024 * 1024);
+
+    const out = `${tmp.path}/restored`;
+    const r = await runCli(['restore', 'vm', 'latest', '--target', out], { env });
+    expect(r.code, r.stderr).toBe(0);
+    expect(await sha256(`${out}/web01.raw`)).toBe(await sha256(image));
+    const st = await stat(`${out}/web01.raw`);
+    expect(st.size).toBe(256 * 1024 * 1024);
+    expect(st.blocks * 512).toBeLessThan(st.size / 2);
+    execFileSync('e2fsck', ['-fn', `${out}/web01.raw`], { stdio: 'pipe' });
+
+    // Restore never overwrites a disk.
+    const again = await runCli(['restore', 'vm', 'latest', '--target', out], { env });
+    expect(again.code).toBe(1);
+    expect(again.stderr).toMatch(/already exists; restore never overwrites a disk/);
+  });
+
+  it('reuses an unchanged image without reading it, and finds exactly the changed blocks', async () => {
+    const b = jsonResult<{ snapshots: { snapshot: string; reused: boolean; summary: { bytesRead: number } }[] }>(await runCli(['backup', 'disk', image, '--json'], { env })).snapshots[0]!;
+    expect(b.reused).toBe(true);
+    expect(b.summary.bytesRead).toBe(0);
+
+    const fh = await open(image, 'r+');
+    await fh.write(patternBytes(4096, 77), 0, 4096, 100 * 1024 * 1024 + 5);
+    await fh.write(patternBytes(4096, 78), 0, 4096, 200 * 1024 * 1024);
+    await fh.close();
+    const c = jsonResult<{ snapshots: { snapshot: string; reused: boolean; summary: { bytesNew: number } }[] }>(await runCli(['backup', 'disk', image, '--json'], { env })).snapshots[0]!;
+    expect(c.reused).toBe(false);
+    expect(c.summary.bytesNew).toBeLessThanOrEqual(3 * 1024 * 1024);
+    const d = jsonResult<{ disks: { name: string; changedBlocks: number }[] }>(await runCli(['diff', b.snapshot, c.snapshot, '--json'], { env }));
+    expect(d.disks).toEqual([expect.objectContaining({ name: 'web01', changedBlocks: 2 })]);
+
+    const out = `${tmp.path}/restored-2`;
+    expect((await runCli(['restore', 'vm', c.snapshot, '--target', out, '--format', 'qcow2'], { env })).code).toBe(0);
+    execFileSync('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', `${out}/web01.qcow2`, image], { stdio: 'pipe' });
+  });
+
+  it('refuses container formats it cannot read yet, with a hint (exit 2)', async () => {
+    const q = `${tmp.path}/vm.qcow2`;
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', q, '64M']);
+    const r = await runCli(['backup', 'disk', q], { env });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/is a qcow2 image/);
+    expect(r.stderr).toMatch(/qemu-img convert/);
+    const m = await runCli(['backup', 'disk', `${tmp.path}/missing.img`], { env });
+    expect(m.code).toBe(1);
+    expect(m.stderr).toMatch(/missing\.img/);
+  });
+
+  it('check --read-data passes and names nothing', async () => {
+    const c = await runCli(['check', '--read-data', '--json'], { env });
+    expect(c.code, c.stdout).toBe(0);
+    expect(jsonResult<{ ok: boolean; problems: unknown[] }>(c).problems).toEqual([]);
+  });
+});

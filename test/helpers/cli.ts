@@ -1,0 +1,55 @@
+// Runs the real CLI (the built dist/, as users run it) in a child process.
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const BIN = `${ROOT}bin/bulwark.js`;
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface CliOptions {
+  env?: Record<string, string | undefined>;
+  /** Run as another user (uid:gid) through setpriv, e.g. to meet files root could always read. */
+  as?: { uid: number; gid: number };
+  timeoutMs?: number;
+  /** Called with the child, e.g. to kill it midway. */
+  onSpawn?: (pid: number) => void;
+}
+
+export function runCli(args: string[], opts: CliOptions = {}): Promise<CliResult> {
+  if (!existsSync(`${ROOT}dist/cli/main.js`)) throw new Error("dist/ is missing: run 'npm run build' first (npm test does)");
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries({ ...process.env, ...opts.env })) if (v !== undefined) env[k] = v;
+  const cmd = opts.as ? 'setpriv' : process.execPath;
+  const argv = opts.as ? [`--reuid=${opts.as.uid}`, `--regid=${opts.as.gid}`, '--clear-groups', process.execPath, BIN, ...args] : [BIN, ...args];
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, argv, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    if (child.pid !== undefined) opts.onSpawn?.(child.pid);
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 120_000);
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr });
+    });
+  });
+}
+
+/** Parses the JSON lines a --json command printed and returns the final summary (or the only document). */
+export function jsonResult<T = Record<string, unknown>>(r: CliResult): T {
+  const docs = r.stdout
+    .split('\n')
+    .filter((l) => l.trim().startsWith('{') || l.trim().startsWith('['))
+    .map((l) => JSON.parse(l) as T & { type?: string });
+  const last = docs.filter((d) => (d as { type?: string }).type !== 'progress').pop();
+  if (!last) throw new Error(`no JSON result in output:\n${r.stdout}\n${r.stderr}`);
+  return last;
+}
