@@ -27,6 +27,14 @@ function unseal(sealed) {
   return b.length ? Buffer.concat([a, b]) : a;
 }
 
+/** Small Buffers live in a shared pool that must not be transferred: copy those into an own buffer. */
+function own(buf) {
+  if (buf.byteOffset === 0 && buf.byteLength === buf.buffer.byteLength) return buf;
+  const out = new Uint8Array(buf.byteLength);
+  out.set(buf);
+  return out;
+}
+
 parentPort.on('message', (msg) => {
   try {
     if (msg.op === 'seal') {
@@ -41,15 +49,13 @@ parentPort.on('message', (msg) => {
           ulen = plain.length;
         }
       }
-      const sealed = seal(body);
+      const sealed = own(seal(body));
       parentPort.postMessage({ seq: msg.seq, sealed, ulen }, [sealed.buffer]);
     } else if (msg.op === 'open') {
       const sealed = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
       let plain = unseal(sealed);
       if (msg.ulen > 0) plain = decompress(plain);
-      // Copy into an own ArrayBuffer so it can be transferred (zstd/crypto results may share a pool).
-      const out = new Uint8Array(plain.length);
-      out.set(plain);
+      const out = own(plain);
       parentPort.postMessage({ seq: msg.seq, plain: out }, [out.buffer]);
     }
   } catch (err) {

@@ -29,6 +29,16 @@ export interface SealResult {
   ulen: number;
 }
 
+/**
+ * A copy of exactly these bytes in an ArrayBuffer of its own, to transfer to a worker. Posting a view
+ * instead would clone its whole underlying buffer (a 16 MiB read buffer for every small chunk).
+ */
+function owned(view: Uint8Array): Uint8Array {
+  const copy = new Uint8Array(view.byteLength);
+  copy.set(view);
+  return copy;
+}
+
 export class BlobWorkers {
   private readonly slots: Slot[] = [];
   private readonly pending = new Map<number, Pending>();
@@ -58,20 +68,20 @@ export class BlobWorkers {
     return this.slots.length;
   }
 
-  /** Compresses (when asked and worthwhile) and seals. The input buffer is copied, not transferred, so callers keep it. */
+  /** Compresses (when asked and worthwhile) and seals. The caller keeps its buffer: the bytes are copied. */
   async seal(data: Uint8Array, compress: boolean): Promise<SealResult> {
-    const r = await this.post({ op: 'seal', data, compress }, 'seal blob');
+    const r = await this.post({ op: 'seal', data: owned(data), compress }, 'seal blob');
     const s = r.sealed!;
     return { sealed: Buffer.from(s.buffer, s.byteOffset, s.byteLength), ulen: r.ulen ?? 0 };
   }
 
   async open(sealed: Uint8Array, ulen: number, what: string): Promise<Buffer> {
-    const r = await this.post({ op: 'open', data: sealed, ulen }, what);
+    const r = await this.post({ op: 'open', data: owned(sealed), ulen }, what);
     const p = r.plain!;
     return Buffer.from(p.buffer, p.byteOffset, p.byteLength);
   }
 
-  private post(msg: Record<string, unknown>, what: string): Promise<WorkerReply> {
+  private post(msg: Record<string, unknown> & { data: Uint8Array }, what: string): Promise<WorkerReply> {
     if (this.closed) return Promise.reject(new Error('blob workers are closed'));
     let slot = this.slots[0]!;
     for (const s of this.slots) if (s.busy < slot.busy) slot = s;
@@ -79,7 +89,7 @@ export class BlobWorkers {
     slot.busy++;
     return new Promise((resolve, reject) => {
       this.pending.set(seq, { resolve, reject, what });
-      slot.worker.postMessage({ ...msg, seq });
+      slot.worker.postMessage({ ...msg, seq }, [msg.data.buffer as ArrayBuffer]);
     });
   }
 
