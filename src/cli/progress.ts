@@ -8,6 +8,11 @@ export interface ProgressView {
   stop(): void;
 }
 
+/** Totals are worth a scan only where someone sees them: a progress bar, or JSON events. */
+export function wantsTotals(mode: { json: boolean; quiet: boolean }): boolean {
+  return mode.json || (!mode.quiet && process.stderr.isTTY === true);
+}
+
 export function progressView(mode: { json: boolean; quiet: boolean }, label: string): ProgressView {
   const started = Date.now();
   if (mode.json) {
@@ -27,28 +32,39 @@ export function progressView(mode: { json: boolean; quiet: boolean }, label: str
     const bar = new cliProgress.SingleBar(
       {
         stream: process.stderr,
-        format: `${label} [{bar}] {percentage}% | {done} | {files} files | {rate} | ETA {eta_formatted}`,
+        format: `${label} [{bar}] {pct} | {done} | {files} files | {rate} | ETA {etaText}`,
         hideCursor: true,
         clearOnComplete: true,
-        etaBuffer: 50,
       },
       cliProgress.Presets.shades_classic,
     );
     let startedBar = false;
     return {
       update(p) {
-        const total = p.bytesTotal ?? Math.max(p.bytesDone, 1);
-        const payload = { done: bytes(p.bytesDone), files: p.files, rate: rate(p.bytesDone, Date.now() - started) };
+        const elapsed = Date.now() - started;
+        // Until the scan ahead knows the total, the bar stays empty and says so rather than guess.
+        const known = p.bytesTotal !== undefined && p.bytesTotal > 0;
+        const total = known ? p.bytesTotal! : 1;
+        const value = known ? Math.min(p.bytesDone, total) : 0;
+        const speed = elapsed > 0 ? p.bytesDone / elapsed : 0;
+        const payload = {
+          pct: known ? `${Math.floor((100 * value) / total)}%` : '?%',
+          done: bytes(p.bytesDone),
+          files: p.files,
+          rate: rate(p.bytesDone, elapsed),
+          etaText: known && speed > 0 ? duration((total - value) / speed) : '?',
+        };
         if (!startedBar) {
-          bar.start(total, p.bytesDone, payload);
+          bar.start(total, value, payload);
           startedBar = true;
         } else {
           bar.setTotal(total);
-          bar.update(p.bytesDone, payload);
+          bar.update(value, payload);
         }
       },
       stop() {
         if (startedBar) bar.stop();
+        startedBar = false;
       },
     };
   }

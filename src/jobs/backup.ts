@@ -20,6 +20,8 @@ export interface FilesBackupJobOptions extends CommonBackupOptions {
   oneFileSystem?: boolean;
   /** Ignore the parent: read every file (the "--force" of other tools). */
   noParent?: boolean;
+  /** Scan ahead for totals (for a progress bar with ETA). */
+  estimate?: boolean;
 }
 
 export interface BackupJobResult {
@@ -67,6 +69,7 @@ export async function backupFiles(repo: Repository, opts: FilesBackupJobOptions)
       oneFileSystem: opts.oneFileSystem ?? false,
       ...(parent?.tree ? { parentTree: parent.tree } : {}),
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+      estimate: opts.estimate ?? false,
     });
     const r = await archiver.run();
     const sn: Snapshot = {

@@ -5,7 +5,7 @@ import { backupDiskImage, backupFiles, type BackupJobResult } from '../../jobs/b
 import { BulwarkError } from '../../util/errors.js';
 import { Context } from '../context.js';
 import { bytes, duration, rate, shortId } from '../format.js';
-import { progressView } from '../progress.js';
+import { progressView, wantsTotals } from '../progress.js';
 
 const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
 
@@ -56,6 +56,7 @@ export function register(program: Command): void {
             oneFileSystem: o.oneFileSystem ?? false,
             tags: o.tag,
             noParent: o.force ?? false,
+            estimate: wantsTotals(ctx.opts),
             ...(o.host ? { host: o.host } : {}),
             onProgress: (p) => view.update(p),
           });

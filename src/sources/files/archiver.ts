@@ -13,6 +13,7 @@ import { compileGlobs, type Matcher } from '../../util/glob.js';
 import { newProgress, type Progress, type ProgressSink } from '../progress.js';
 import { DirHandle } from '../../util/dirhandle.js';
 import { nodeFromStat, readXattrs, sameContent } from './metadata.js';
+import { scanTotals, type ScanTotals } from './scan.js';
 
 export type ArchiveRepo = Pick<Repository, 'saveBlob' | 'loadBlob' | 'blobId' | 'hasBlob' | 'config'>;
 
@@ -23,6 +24,8 @@ export interface FilesBackupOptions {
   /** Root tree of the parent snapshot: unchanged files are taken from it without reading. */
   parentTree?: string;
   onProgress?: ProgressSink;
+  /** Walk the tree's metadata alongside, so progress has totals (percent, ETA). */
+  estimate?: boolean;
 }
 
 export interface ItemError {
@@ -69,6 +72,7 @@ export class FilesArchiver {
   private bytesRead = 0;
   private rootDevs = new Set<number>();
   private lastEmit = 0;
+  private totals: ScanTotals | undefined;
 
   constructor(
     private readonly repo: ArchiveRepo,
@@ -94,7 +98,18 @@ export class FilesArchiver {
     }
     if (root.selected) throw new BulwarkError('usage', "backing up '/' as a whole is not supported yet", { hint: 'name the top-level folders to back up' });
     const parent = this.opts.parentTree ? await this.loadTree(this.opts.parentTree) : undefined;
-    const tree = await this.selectionTree(Buffer.from('/'), root, parent);
+    let finished = false;
+    const totals: ScanTotals = { files: 0, bytes: 0, done: false };
+    if (this.opts.onProgress && this.opts.estimate) {
+      this.totals = totals;
+      void scanTotals(this.opts.paths, this.excluded, totals, () => finished).catch(() => undefined);
+    }
+    let tree: string;
+    try {
+      tree = await this.selectionTree(Buffer.from('/'), root, parent);
+    } finally {
+      finished = true;
+    }
     this.emit(true);
     return {
       tree,
@@ -305,6 +320,10 @@ export class FilesArchiver {
     const now = Date.now();
     if (!force && now - this.lastEmit < 100) return;
     this.lastEmit = now;
+    if (this.totals?.done) {
+      this.progress.filesTotal = this.totals.files;
+      this.progress.bytesTotal = Math.max(this.totals.bytes, this.progress.bytesDone);
+    }
     this.opts.onProgress(this.progress);
   }
 }
