@@ -55,10 +55,17 @@ function report(err: unknown, json: boolean): number {
   return EXIT.failed;
 }
 
+/** `bulwark help backup files` → `bulwark backup files --help` (commander's help looks one level deep). */
+function rewriteHelp(argv: string[]): string[] {
+  const i = argv.indexOf('help', 2);
+  if (i !== 2 || argv.length <= 3) return argv;
+  return [...argv.slice(0, 2), ...argv.slice(3), '--help'];
+}
+
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
   try {
-    await program.parseAsync(argv);
+    await program.parseAsync(rewriteHelp(argv));
   } catch (err) {
     return report(err, argv.includes('--json'));
   }
