@@ -10,7 +10,8 @@ import { Budget } from '../util/budget.js';
 import type { Clock } from '../util/clock.js';
 import { systemClock } from '../util/clock.js';
 import { BulwarkError, unable } from '../util/errors.js';
-import { blobId, newMasterKey, sealDocument, unsealDocument, type MasterKey } from './crypto.js';
+import { decompress } from 'zstd-napi';
+import { blobId, newMasterKey, sealDocument, unseal, unsealDocument, type MasterKey } from './crypto.js';
 import {
   DEFAULT_BLOCK_SIZE,
   DEFAULT_PACK_SIZE,
@@ -64,6 +65,8 @@ export class RepositoryNotFoundError extends BulwarkError {
 }
 
 const INDEX_PACKS_PER_FILE = 64;
+/** Memory for whole tree packs kept while walking snapshots. */
+const TREE_CACHE_BYTES = 64 * 1024 * 1024;
 /** Bookkeeping charged per blob on top of its bytes. */
 const BLOB_OVERHEAD = 256;
 
@@ -76,6 +79,8 @@ export class Repository {
   private readonly tasks = new Set<Promise<void>>();
   private readonly budget: Budget;
   private failure: unknown;
+  private readonly treePacks = new Map<string, Promise<Buffer>>();
+  private treePackBytes = 0;
   private closed = false;
   /** Bytes of new packs written by this process (for summaries). */
   bytesWritten = 0;
@@ -191,17 +196,54 @@ export class Repository {
     if (!e) {
       throw new BulwarkError('repository-corrupt', `${type} blob ${id} is not in the index`, { hint: "run 'bulwark check' to see what is affected" });
     }
-    let sealed: Buffer;
-    try {
-      sealed = await this.backend.load({ type: 'data', name: e.pack }, e.offset, e.length);
-    } catch (err) {
-      throw unable('load', 'pack', e.pack, err, this.backend.isNotFound(err) ? 'repository-corrupt' : 'io');
+    let plain: Buffer;
+    if (e.type === 'tree') {
+      // Trees are small and read in bursts (a whole snapshot's folders): whole tree packs are cached and
+      // trees opened here, which saves a storage request and a worker round trip per folder.
+      const pack = await this.treePack(e.pack);
+      const sealed = pack ? pack.subarray(e.offset, e.offset + e.length) : await this.loadRange(e.pack, e.offset, e.length);
+      const body = unseal(this.key.encrypt, sealed, `${type} blob ${id}`);
+      plain = e.ulen > 0 ? decompress(body) : body;
+    } else {
+      plain = await this.workers.open(await this.loadRange(e.pack, e.offset, e.length), e.ulen, `${type} blob ${id}`);
     }
-    const plain = await this.workers.open(sealed, e.ulen, `${type} blob ${id}`);
     // A blob is only trusted if it hashes back to its id: catches damage that still authenticates
     // (a wrong blob at a valid position, e.g. a broken index).
     if (this.blobId(plain) !== id) throw new BulwarkError('repository-corrupt', `${type} blob ${id} has wrong content`, { hint: "run 'bulwark check --read-data'" });
     return plain;
+  }
+
+  private async loadRange(pack: string, offset: number, length: number): Promise<Buffer> {
+    try {
+      return await this.backend.load({ type: 'data', name: pack }, offset, length);
+    } catch (err) {
+      throw unable('load', 'pack', pack, err, this.backend.isNotFound(err) ? 'repository-corrupt' : 'io');
+    }
+  }
+
+  /** A whole tree pack from the cache (loading it once, however many callers ask at the same time). */
+  private async treePack(pack: string): Promise<Buffer | undefined> {
+    const size = this.index.packs.get(pack) ?? Infinity;
+    if (size > TREE_CACHE_BYTES / 4) return undefined;
+    let p = this.treePacks.get(pack);
+    if (p) {
+      this.treePacks.delete(pack); // re-insert: most recently used last
+      this.treePacks.set(pack, p);
+      return p;
+    }
+    p = this.loadRange(pack, 0, size);
+    this.treePacks.set(pack, p);
+    this.treePackBytes += size;
+    p.catch(() => {
+      this.treePacks.delete(pack);
+      this.treePackBytes -= size;
+    });
+    for (const [name] of this.treePacks) {
+      if (this.treePackBytes <= TREE_CACHE_BYTES || name === pack) break;
+      this.treePacks.delete(name);
+      this.treePackBytes -= this.index.packs.get(name) ?? 0;
+    }
+    return p;
   }
 
   private async addToPacker(blob: PackBlob, cost: number): Promise<void> {

@@ -15,7 +15,11 @@ export interface TreeNode {
   gid: number;
   /** Nanoseconds since the epoch, as decimal strings (JSON numbers cannot hold them exactly). */
   mtimeNs: string;
-  atimeNs: string;
+  /**
+   * Not written: reading a file for the backup changes its access time, so recording it would make
+   * every tree new on every run and defeat deduplication of unchanged folders. Restores use mtime.
+   */
+  atimeNs?: string;
   ctimeNs: string;
   size: number;
   inode: number;

@@ -224,7 +224,7 @@ export class FilesRestorer {
         await fh.close();
       }
     }
-    await fsp.lutimes(path, toUtimes(node.atimeNs), toUtimes(node.mtimeNs));
+    await fsp.lutimes(path, toUtimes(node.atimeNs ?? node.mtimeNs), toUtimes(node.mtimeNs));
   }
 
   /**

@@ -2,7 +2,7 @@
 //
 // Memory stays bounded by one directory listing per level of depth plus a fixed read buffer: file
 // contents are streamed through the chunker, never held whole.
-import { promises as fsp, type BigIntStats } from 'node:fs';
+import { closeSync, fstatSync, lstatSync, openSync, promises as fsp, readdirSync, readlinkSync, readSync, type BigIntStats } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { Chunker, gearTable } from '../../repository/chunker.js';
 import type { Repository } from '../../repository/repository.js';
@@ -12,7 +12,7 @@ import { BulwarkError } from '../../util/errors.js';
 import { compileGlobs, type Matcher } from '../../util/glob.js';
 import { newProgress, type Progress, type ProgressSink } from '../progress.js';
 import { DirHandle } from '../../util/dirhandle.js';
-import { nodeFromStat, readXattrs, sameContent } from './metadata.js';
+import { nodeFromStat, readXattrsSync, sameContent } from './metadata.js';
 import { scanTotals, type ScanTotals } from './scan.js';
 
 export type ArchiveRepo = Pick<Repository, 'saveBlob' | 'loadBlob' | 'blobId' | 'hasBlob' | 'config'>;
@@ -45,6 +45,8 @@ export interface FilesBackupResult {
 /** How often a file that changes while it is read is read again before it is reported. */
 const READ_ATTEMPTS = 3;
 const READ_SIZE = 4 * 1024 * 1024;
+/** Files up to this size are read in one call (capped at the chunker's minimum, so they are one chunk either way). */
+const SMALL_FILE_MAX = 256 * 1024;
 
 interface SelectionDir {
   children: Map<string, SelectionDir>;
@@ -72,6 +74,8 @@ export class FilesArchiver {
   private bytesRead = 0;
   private rootDevs = new Set<number>();
   private lastEmit = 0;
+  private sinceYield = 0;
+  private readonly smallFile: number;
   private totals: ScanTotals | undefined;
 
   constructor(
@@ -82,6 +86,7 @@ export class FilesArchiver {
     this.chunker = new Chunker({ minSize: c.minSize, avgSize: c.avgSize, maxSize: c.maxSize }, gearTable(Buffer.from(c.seed, 'hex')));
     this.buf = Buffer.allocUnsafe(Math.max(READ_SIZE, c.maxSize) + c.maxSize);
     this.excluded = compileGlobs(opts.excludes ?? []);
+    this.smallFile = Math.min(SMALL_FILE_MAX, c.minSize);
   }
 
   async run(): Promise<FilesBackupResult> {
@@ -144,7 +149,7 @@ export class FilesArchiver {
       }
       let st: BigIntStats;
       try {
-        st = await fsp.lstat(childPath, { bigint: true });
+        st = lstatSync(childPath, { bigint: true });
       } catch (err) {
         this.fail(childPath, err);
         continue;
@@ -159,11 +164,16 @@ export class FilesArchiver {
 
   /** `path` reaches the entry (possibly through a directory handle); `logical` is its real path, for people and excludes. */
   private async entry(path: Buffer, logical: Buffer, name: Buffer, prev: TreeNode | undefined, isRoot = false): Promise<TreeNode | undefined> {
+    // The walk itself is synchronous; let worker replies and uploads through now and then.
+    if (++this.sinceYield >= 256) {
+      this.sinceYield = 0;
+      await new Promise<void>((r) => setImmediate(r));
+    }
     const shown = displayName(logical);
     if (!isRoot && this.excluded(shown)) return undefined;
     let st: BigIntStats;
     try {
-      st = await fsp.lstat(path, { bigint: true });
+      st = lstatSync(path, { bigint: true });
     } catch (err) {
       this.fail(logical, err);
       return undefined;
@@ -171,7 +181,9 @@ export class FilesArchiver {
     const node = nodeFromStat(name, st);
     if (isRoot) this.rootDevs.add(node.dev);
     try {
-      const xattrs = await readXattrs(path, node.type);
+      // Setting an xattr changes ctime: same inode and ctime as in the parent means the same xattrs.
+      const same = prev !== undefined && prev.type === node.type && prev.inode === node.inode && prev.ctimeNs === node.ctimeNs;
+      const xattrs = same ? prev.xattrs : readXattrsSync(path, node.type);
       if (xattrs) node.xattrs = xattrs;
       switch (node.type) {
         case 'file':
@@ -186,7 +198,7 @@ export class FilesArchiver {
           this.progress.dirs++;
           break;
         case 'symlink': {
-          const target = await fsp.readlink(path, { encoding: 'buffer' });
+          const target = readlinkSync(path, { encoding: 'buffer' });
           const t = target.toString('utf8');
           if (Buffer.from(t, 'utf8').equals(target)) node.linkTarget = t;
           else node.linkTargetB64 = target.toString('base64');
@@ -203,9 +215,9 @@ export class FilesArchiver {
   }
 
   private async dir(path: Buffer, logical: Buffer, prevTreeId: string | undefined): Promise<string> {
-    const handle = await DirHandle.open(path);
+    const handle = DirHandle.openSync(path);
     try {
-      const names = (await fsp.readdir(handle.path, { encoding: 'buffer' })).sort(compareNames);
+      const names = readdirSync(handle.path, { encoding: 'buffer' }).sort(compareNames);
       const prev = prevTreeId ? await this.loadTree(prevTreeId) : undefined;
       const nodes: TreeNode[] = [];
       for (const name of names) {
@@ -214,7 +226,7 @@ export class FilesArchiver {
       }
       return await this.saveTree({ nodes });
     } finally {
-      await handle.close();
+      handle.closeSync();
     }
   }
 
@@ -231,7 +243,7 @@ export class FilesArchiver {
     }
     let before = st;
     for (let attempt = 1; ; attempt++) {
-      const { content, after, bytes } = await this.readFile(path);
+      const { content, after, bytes } = await this.readFile(path, before.size);
       const stable = sameContent({ size: before.size, mtimeNs: before.mtimeNs, ctimeNs: before.ctimeNs, inode: before.ino }, { size: after.size, mtimeNs: after.mtimeNs, ctimeNs: after.ctimeNs, inode: after.ino }) && BigInt(bytes) === after.size;
       if (stable || attempt === READ_ATTEMPTS) {
         node.content = content;
@@ -253,7 +265,8 @@ export class FilesArchiver {
     this.emit();
   }
 
-  private async readFile(path: Buffer): Promise<{ content: string[]; after: BigIntStats; bytes: number }> {
+  private async readFile(path: Buffer, size: bigint): Promise<{ content: string[]; after: BigIntStats; bytes: number }> {
+    if (size < BigInt(this.smallFile)) return this.readSmallFile(path);
     const fh = await fsp.open(path, 'r');
     try {
       const content: string[] = [];
@@ -295,6 +308,35 @@ export class FilesArchiver {
     } finally {
       await fh.close();
     }
+  }
+
+  /**
+   * Files below the chunker's minimum are one chunk: read in one synchronous call (cheaper than three
+   * thread-pool round trips). A file that grew past the buffer meanwhile is read again the long way.
+   */
+  private async readSmallFile(path: Buffer): Promise<{ content: string[]; after: BigIntStats; bytes: number }> {
+    const fd = openSync(path, 'r');
+    let n: number;
+    let after: BigIntStats;
+    try {
+      n = readSync(fd, this.buf, 0, this.smallFile + 1, 0);
+      after = fstatSync(fd, { bigint: true });
+    } finally {
+      closeSync(fd);
+    }
+    if (n > this.smallFile) return this.readFile(path, BigInt(n));
+    this.bytesRead += n;
+    this.progress.bytesDone += n;
+    const content: string[] = [];
+    if (n > 0) {
+      const r = await this.repo.saveBlob('data', this.buf.subarray(0, n));
+      if (r.stored) {
+        this.blobsNew++;
+        this.progress.bytesNew += n;
+      }
+      content.push(r.id);
+    }
+    return { content, after, bytes: n };
   }
 
   private async saveTree(tree: Tree): Promise<string> {

@@ -1,6 +1,6 @@
 // Reads what a file system entry is, beyond its bytes: type, owner, mode, times, links, xattrs.
-import { constants, promises as fsp, type BigIntStats } from 'node:fs';
-import { listAttributes, getAttribute } from 'fs-xattr';
+import { closeSync, constants, openSync, type BigIntStats } from 'node:fs';
+import { getAttributeSync, listAttributesSync } from 'fs-xattr';
 import type { NodeType, TreeNode } from '../../repository/tree.js';
 import { encodeName } from '../../repository/tree.js';
 import { O_PATH } from '../../util/dirhandle.js';
@@ -26,7 +26,6 @@ export function nodeFromStat(name: Buffer, st: BigIntStats): TreeNode {
     uid: Number(st.uid),
     gid: Number(st.gid),
     mtimeNs: st.mtimeNs.toString(),
-    atimeNs: st.atimeNs.toString(),
     ctimeNs: st.ctimeNs.toString(),
     size: type === 'file' ? Number(st.size) : 0,
     inode: Number(st.ino),
@@ -40,23 +39,37 @@ export function nodeFromStat(name: Buffer, st: BigIntStats): TreeNode {
 /**
  * Extended attributes of an entry, read through an O_PATH fd so that names which are not valid UTF-8
  * work (the xattr binding only takes string paths) and fifos are not opened. Symlinks carry none we keep.
+ * Synchronous on purpose: these are microsecond syscalls, and a thread-pool round trip for each of
+ * them costs more than the call itself when walking tens of thousands of files.
  */
-export async function readXattrs(path: Buffer, type: NodeType): Promise<{ name: string; value: string }[] | undefined> {
+export function readXattrsSync(path: Buffer, type: NodeType): { name: string; value: string }[] | undefined {
   if (type === 'symlink' || type === 'socket') return undefined;
-  const fh = await fsp.open(path, O_PATH | constants.O_NOFOLLOW);
+  // The binding takes text paths: a name that is valid UTF-8 is used directly (one syscall); other
+  // names are reached through an O_PATH fd. Not symlinks here, so following the path is safe.
+  const text = path.toString('utf8');
+  if (Buffer.byteLength(text) === path.length && Buffer.from(text).equals(path)) {
+    try {
+      const names = listAttributesSync(text);
+      if (names.length === 0) return undefined;
+      return names.sort().map((name) => ({ name, value: getAttributeSync(text, name).toString('base64') }));
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOTSUP' || code === 'EOPNOTSUPP') return undefined;
+      throw err;
+    }
+  }
+  const fd = openSync(path, O_PATH | constants.O_NOFOLLOW);
   try {
-    const p = `/proc/self/fd/${fh.fd}`;
-    const names = await listAttributes(p);
+    const p = `/proc/self/fd/${fd}`;
+    const names = listAttributesSync(p);
     if (names.length === 0) return undefined;
-    const out: { name: string; value: string }[] = [];
-    for (const name of names.sort()) out.push({ name, value: (await getAttribute(p, name)).toString('base64') });
-    return out;
+    return names.sort().map((name) => ({ name, value: getAttributeSync(p, name).toString('base64') }));
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOTSUP' || code === 'EOPNOTSUPP') return undefined;
     throw err;
   } finally {
-    await fh.close();
+    closeSync(fd);
   }
 }
 
