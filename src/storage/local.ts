@@ -136,19 +136,27 @@ export class LocalBackend implements Backend {
       if (!LAYOUT_DIRS.includes(entry) || (await this.holdsObjects(entry))) strangers.push(entry);
     }
     if (strangers.length > 0) {
-      throw new BulwarkError('usage', `'${this.root}' is not empty and not a repository (it holds ${strangers.slice(0, 3).join(', ')}${strangers.length > 3 ? ', …' : ''})`, {
+      throw new BulwarkError('usage', `the folder is not empty and not a repository (it holds ${strangers.slice(0, 3).join(', ')}${strangers.length > 3 ? ', …' : ''})`, {
         hint: 'create a repository in an empty or new folder (if an earlier init was interrupted, remove the folder and run init again)',
       });
     }
   }
 
   private async holdsObjects(layoutDir: string): Promise<boolean> {
+    // A file where a layout folder belongs counts as "holding something".
+    const visible = (dir: string) =>
+      fsp.readdir(dir).then(
+        (names) => names.filter((n) => !n.startsWith('.')),
+        (err: unknown) => {
+          if (errnoCode(err) === 'ENOTDIR') return ['(a file)'];
+          throw err;
+        },
+      );
     const dir = join(this.root, layoutDir);
-    const entries = (await fsp.readdir(dir)).filter((e) => !e.startsWith('.'));
+    const entries = await visible(dir);
     if (layoutDir !== 'data') return entries.length > 0;
     for (const e of entries) {
-      if (!DATA_SUBDIRS.includes(e)) return true;
-      if ((await fsp.readdir(join(dir, e))).some((f) => !f.startsWith('.'))) return true;
+      if (!DATA_SUBDIRS.includes(e) || (await visible(join(dir, e))).length > 0) return true;
     }
     return false;
   }

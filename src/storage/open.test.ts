@@ -1,0 +1,56 @@
+import { resolve } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { BulwarkError } from '../util/errors.js';
+import { LocalBackend } from './local.js';
+import { openBackend } from './open.js';
+
+describe('openBackend', () => {
+  it('opens plain paths, absolute or relative, as local folders', () => {
+    for (const [loc, want] of [
+      ['/srv/backup/repo', '/srv/backup/repo'],
+      ['repo', resolve('repo')],
+      ['./a/../b', resolve('b')],
+      ['./odd:name', resolve('odd:name')],
+      ['/mnt/usb/x:y', '/mnt/usb/x:y'],
+      ['C:\\repo', resolve('C:\\repo')],
+    ]) {
+      const b = openBackend(loc!);
+      expect(b, loc).toBeInstanceOf(LocalBackend);
+      expect(b.properties.location, loc).toBe(want);
+    }
+  });
+
+  it('opens local: locations', () => {
+    expect(openBackend('local:/srv/repo').properties.location).toBe('/srv/repo');
+    expect(openBackend('local:rel/repo').properties.location).toBe(resolve('rel/repo'));
+    expect(openBackend('LOCAL:/srv/repo').properties.location).toBe('/srv/repo');
+  });
+
+  it('says which remote backends are not available yet', () => {
+    for (const loc of ['sftp:user@host:/srv/repo', 'ftp://host/repo', 's3:s3.amazonaws.com/bucket', 'rest:http://host:8000/', 'https://host/repo']) {
+      let err: unknown;
+      try {
+        openBackend(loc);
+      } catch (e) {
+        err = e;
+      }
+      expect(err, loc).toBeInstanceOf(BulwarkError);
+      expect(err, loc).toMatchObject({ code: 'usage', message: expect.stringMatching(/not available yet/) });
+      expect((err as BulwarkError).hint).toBeTruthy();
+    }
+  });
+
+  it('refuses unknown schemes, empty locations, and never echoes credentials', () => {
+    expect(() => openBackend('sfpt:host:/x')).toThrow(/unknown repository location scheme 'sfpt:'/);
+    expect(() => openBackend('')).toThrow(/empty/);
+    expect(() => openBackend('local:')).toThrow(/no path/);
+    let message = '';
+    try {
+      openBackend('rest:https://alice:s3cret@host/repo');
+    } catch (e) {
+      message = (e as Error).message;
+    }
+    expect(message).toMatch(/rest backend is not available yet/);
+    expect(message).not.toContain('s3cret');
+  });
+});
