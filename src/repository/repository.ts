@@ -65,6 +65,8 @@ export class RepositoryNotFoundError extends BulwarkError {
 }
 
 const INDEX_PACKS_PER_FILE = 64;
+/** Blobs up to this size are opened on the calling thread rather than in a worker. */
+const INLINE_OPEN_BYTES = 64 * 1024;
 /** Memory for whole tree packs kept while walking snapshots. */
 const TREE_CACHE_BYTES = 64 * 1024 * 1024;
 /** Bookkeeping charged per blob on top of its bytes. */
@@ -197,10 +199,11 @@ export class Repository {
       throw new BulwarkError('repository-corrupt', `${type} blob ${id} is not in the index`, { hint: "run 'bulwark check' to see what is affected" });
     }
     let plain: Buffer;
-    if (e.type === 'tree') {
+    if (e.type === 'tree' || e.length <= INLINE_OPEN_BYTES) {
       // Trees are small and read in bursts (a whole snapshot's folders): whole tree packs are cached and
-      // trees opened here, which saves a storage request and a worker round trip per folder.
-      const pack = await this.treePack(e.pack);
+      // trees opened here, which saves a storage request and a worker round trip per folder. Small data
+      // blobs are opened here too: a worker round trip would cost more than the work.
+      const pack = e.type === 'tree' ? await this.treePack(e.pack) : undefined;
       const sealed = pack ? pack.subarray(e.offset, e.offset + e.length) : await this.loadRange(e.pack, e.offset, e.length);
       const body = unseal(this.key.encrypt, sealed, `${type} blob ${id}`);
       plain = e.ulen > 0 ? decompress(body) : body;

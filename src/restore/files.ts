@@ -13,12 +13,18 @@ import type { Repository } from '../repository/repository.js';
 import { decodeTree, displayName, linkTarget, nodeName, validateName, type Tree, type TreeNode } from '../repository/tree.js';
 import { newProgress, type Progress, type ProgressSink } from '../sources/progress.js';
 import { BulwarkError, unable } from '../util/errors.js';
+import { Budget } from '../util/budget.js';
 import { DirHandle, O_PATH } from '../util/dirhandle.js';
 import { compileGlobs, type Matcher } from '../util/glob.js';
 import { orderedMap } from '../util/ordered.js';
 import { writeSparse } from '../util/sparse.js';
 
 const run = promisify(execFile);
+
+/** Files restored at the same time within one folder. */
+const FILES_IN_FLIGHT = 16;
+/** Loaded-but-unwritten blob bytes, whatever the number of files in flight. */
+const RESTORE_MEMORY = 128 * 1024 * 1024;
 
 export type RestoreRepo = Pick<Repository, 'loadBlob' | 'index'>;
 
@@ -75,6 +81,8 @@ export class FilesRestorer {
   private readonly links = new Map<string, Buffer>();
   private readonly includes: Matcher | undefined;
   private lastEmit = 0;
+  /** Bytes of blobs loaded and not yet written, across all files being restored. */
+  private readonly budget = new Budget(RESTORE_MEMORY);
 
   constructor(
     private readonly repo: RestoreRepo,
@@ -105,19 +113,41 @@ export class FilesRestorer {
    * is its ordinary path, needed only as the source of hard links.
    */
   private async restoreNodes(dir: DirHandle, real: Buffer, nodes: TreeNode[], logicalDir: string, includes: Matcher | undefined): Promise<void> {
-    for (const node of nodes) {
-      const name = nodeName(node);
-      validateName(name);
-      const logical = `${logicalDir}/${displayName(name)}`;
-      const path = dir.child(name);
-      if (includes && node.type !== 'dir' && !includes(logical)) continue;
-      try {
-        if (node.type === 'dir') await this.dir(path, join(real, name), node, logical, includes);
-        else await this.leaf(path, join(real, name), node);
-      } catch (err) {
-        this.errors.push({ path: logical, message: err instanceof Error ? err.message : String(err) });
-        this.progress.errors++;
+    // Files of one folder are restored several at a time: each is a chain of small waits (create,
+    // load, write, owner, mode, times) that would otherwise leave the disk and the CPU idle.
+    const running = new Set<Promise<void>>();
+    const drain = async (): Promise<void> => {
+      await Promise.all(running);
+    };
+    try {
+      for (const node of nodes) {
+        const name = nodeName(node);
+        validateName(name);
+        const logical = `${logicalDir}/${displayName(name)}`;
+        const path = dir.child(name);
+        if (includes && node.type !== 'dir' && !includes(logical)) continue;
+        const task = (async () => {
+          try {
+            if (node.type === 'dir') await this.dir(path, join(real, name), node, logical, includes);
+            else await this.leaf(path, join(real, name), node);
+          } catch (err) {
+            this.errors.push({ path: logical, message: err instanceof Error ? err.message : String(err) });
+            this.progress.errors++;
+          }
+        })();
+        // Folders one at a time (they hold a handle each, and recurse); hard links in order, after the
+        // file they link to exists.
+        if (node.type === 'dir' || node.links > 1) {
+          await drain();
+          await task;
+          continue;
+        }
+        running.add(task);
+        void task.finally(() => running.delete(task));
+        if (running.size >= FILES_IN_FLIGHT) await Promise.race(running);
       }
+    } finally {
+      await drain();
     }
   }
 
@@ -198,9 +228,24 @@ export class FilesRestorer {
     try {
       let pos = 0;
       const ids = node.content ?? [];
-      for await (const data of orderedMap(ids, this.opts.prefetch ?? 8, (id) => this.repo.loadBlob('data', id))) {
+      const load = async (id: string): Promise<{ data: Buffer; cost: number }> => {
+        const e = this.repo.index.lookup(id);
+        const cost = e ? e.ulen || e.length : 0;
+        await this.budget.acquire(cost);
+        try {
+          return { data: await this.repo.loadBlob('data', id), cost };
+        } catch (err) {
+          this.budget.release(cost);
+          throw err;
+        }
+      };
+      for await (const { data, cost } of orderedMap(ids, this.opts.prefetch ?? 8, load, (r) => this.budget.release(r.cost))) {
         // Zero pages become holes: sparse files come back sparse.
-        await writeSparse(fh, data, pos);
+        try {
+          await writeSparse(fh, data, pos);
+        } finally {
+          this.budget.release(cost);
+        }
         pos += data.length;
         this.progress.bytesDone += data.length;
         this.emit();

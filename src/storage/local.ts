@@ -5,6 +5,16 @@ import { dirname, join, resolve } from 'node:path';
 import { BulwarkError, errnoCode, unable, type ErrorCode } from '../util/errors.js';
 import { FILE_TYPES, type Backend, type BackendProperties, type FileInfo, type FileType, type Handle } from './backend.js';
 
+interface ReadHandle {
+  fh: fsp.FileHandle;
+  size: number;
+  users: number;
+  /** Still in the cache; when false, the last reader closes it. */
+  cached: boolean;
+}
+
+/** Pack files kept open for ranged reads. */
+const READ_HANDLES = 64;
 const NAME = /^[0-9a-f]{64}$/;
 const TEMP_PREFIX = '.tmp-';
 const DIR_MODE = 0o700;
@@ -77,6 +87,7 @@ export interface LocalBackendOptions {
 export class LocalBackend implements Backend {
   readonly properties: BackendProperties;
   private readonly root: string;
+  private readonly readHandles = new Map<string, Promise<ReadHandle>>();
 
   constructor(path: string, opts: LocalBackendOptions = {}) {
     const connections = opts.connections ?? 4;
@@ -258,18 +269,18 @@ export class LocalBackend implements Backend {
         throw fsError('read', object, path, err);
       }
     }
-    let fh: fsp.FileHandle | undefined;
+    const handle = await this.acquireRead(h, path).catch((err: unknown) => {
+      throw fsError('read', object, path, err);
+    });
     try {
-      fh = await fsp.open(path, 'r');
-      const size = (await fh.stat()).size;
       const start = offset ?? 0;
-      const len = length ?? Math.max(0, size - start);
+      const len = length ?? Math.max(0, handle.size - start);
       // Checked before allocating: a bogus length from a damaged index must not become a huge buffer.
-      if (start + len > size) throw beyondEnd(size, start, len);
+      if (start + len > handle.size) throw beyondEnd(handle.size, start, len);
       const buf = Buffer.allocUnsafe(len);
       let got = 0;
       while (got < len) {
-        const { bytesRead } = await fh.read(buf, got, len - got, start + got);
+        const { bytesRead } = await handle.fh.read(buf, got, len - got, start + got);
         if (bytesRead === 0) throw beyondEnd(start + got, start, len);
         got += bytesRead;
       }
@@ -277,8 +288,50 @@ export class LocalBackend implements Backend {
     } catch (err) {
       throw fsError('read', object, path, err);
     } finally {
-      await fh?.close();
+      this.releaseRead(handle);
     }
+  }
+
+  /**
+   * Ranged reads of packs share one open handle per pack: a restore reads many blobs from each pack,
+   * and opening, stat-ing and closing it for every blob would cost more than the read. Objects never
+   * change after they are written, so a cached handle never sees stale bytes. Handles are reference
+   * counted so an evicted one closes only when its last reader is done.
+   */
+  private async acquireRead(h: Handle, path: string): Promise<ReadHandle> {
+    let p = h.type === 'data' ? this.readHandles.get(path) : undefined;
+    if (p) {
+      this.readHandles.delete(path); // most recently used goes last
+      this.readHandles.set(path, p);
+    } else {
+      p = fsp.open(path, 'r').then(async (fh) => ({ fh, size: (await fh.stat()).size, users: 0, cached: h.type === 'data' }));
+      if (h.type === 'data') {
+        this.readHandles.set(path, p);
+        p.catch(() => this.readHandles.delete(path));
+        while (this.readHandles.size > READ_HANDLES) this.evict(this.readHandles.keys().next().value as string);
+      }
+    }
+    const handle = await p;
+    handle.users++;
+    return handle;
+  }
+
+  private releaseRead(handle: ReadHandle): void {
+    handle.users--;
+    if (handle.users === 0 && !handle.cached) void handle.fh.close().catch(() => undefined);
+  }
+
+  private evict(path: string): void {
+    const p = this.readHandles.get(path);
+    if (!p) return;
+    this.readHandles.delete(path);
+    void p.then(
+      (handle) => {
+        handle.cached = false;
+        if (handle.users === 0) void handle.fh.close().catch(() => undefined);
+      },
+      () => undefined,
+    );
   }
 
   async stat(h: Handle): Promise<FileInfo> {
@@ -335,6 +388,7 @@ export class LocalBackend implements Backend {
   async remove(h: Handle): Promise<void> {
     const { dir, path } = this.pathOf(h);
     const object = OBJECT_WORD[h.type];
+    this.evict(path);
     try {
       await fsp.unlink(path);
     } catch (err) {
@@ -361,7 +415,9 @@ export class LocalBackend implements Backend {
     return true;
   }
 
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    for (const path of [...this.readHandles.keys()]) this.evict(path);
+  }
 }
 
 function beyondEnd(size: number, offset: number, length: number): BulwarkError {

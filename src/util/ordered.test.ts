@@ -32,4 +32,18 @@ describe('orderedMap', () => {
     ).rejects.toThrow('boom at 3');
     expect(got).toEqual([0, 1, 2]);
   });
+
+  it('hands results computed ahead but never consumed to onDiscard', async () => {
+    const computed: number[] = [];
+    const consumed: number[] = [];
+    const discarded: number[] = [];
+    for await (const r of orderedMap([1, 2, 3, 4, 5, 6, 7], 3, async (i) => (computed.push(i), i), (r) => discarded.push(r))) {
+      consumed.push(r);
+      if (r === 2) break;
+    }
+    await new Promise((res) => setTimeout(res, 10));
+    expect(consumed).toEqual([1, 2]);
+    expect(discarded.length).toBeGreaterThan(0);
+    expect([...consumed, ...discarded].sort()).toEqual(computed.sort());
+  });
 });
