@@ -5,6 +5,8 @@ import { fileURLToPath } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const BIN = `${ROOT}bin/bulwark.js`;
+/** The Node that runs the CLI: the test runner's own, or another version (BULWARK_TEST_NODE) to check 22 and 24. */
+export const NODE = process.env['BULWARK_TEST_NODE'] || process.execPath;
 
 export interface CliResult {
   code: number;
@@ -25,8 +27,8 @@ export function runCli(args: string[], opts: CliOptions = {}): Promise<CliResult
   if (!existsSync(`${ROOT}dist/cli/main.js`)) throw new Error("dist/ is missing: run 'npm run build' first (npm test does)");
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries({ ...process.env, ...opts.env })) if (v !== undefined) env[k] = v;
-  const cmd = opts.as ? 'setpriv' : process.execPath;
-  const argv = opts.as ? [`--reuid=${opts.as.uid}`, `--regid=${opts.as.gid}`, '--clear-groups', process.execPath, BIN, ...args] : [BIN, ...args];
+  const cmd = opts.as ? 'setpriv' : NODE;
+  const argv = opts.as ? [`--reuid=${opts.as.uid}`, `--regid=${opts.as.gid}`, '--clear-groups', NODE, BIN, ...args] : [BIN, ...args];
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, argv, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     if (child.pid !== undefined) opts.onSpawn?.(child.pid);
