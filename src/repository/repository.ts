@@ -95,7 +95,7 @@ export class Repository {
     readonly clock: Clock,
     workers?: number,
   ) {
-    this.workers = new BlobWorkers(key.encrypt, config.zstdLevel, workers);
+    this.workers = new BlobWorkers(key, config.zstdLevel, workers);
     // Two packs being filled (data and tree) plus room for blobs being sealed. More buys no speed here
     // (measured: 160 MiB and 64 MiB back up a 2 GiB image equally fast) and costs memory.
     this.budget = new Budget(2 * config.packSize + 32 * 1024 * 1024);
@@ -201,6 +201,7 @@ export class Repository {
       throw new BulwarkError('repository-corrupt', `${type} blob ${id} is not in the index`, { hint: "run 'bulwark check' to see what is affected" });
     }
     let plain: Buffer;
+    let actualId: string;
     if (e.type === 'tree' || e.length <= INLINE_OPEN_BYTES) {
       // Trees are small and read in bursts (a whole snapshot's folders): whole tree packs are cached and
       // trees opened here, which saves a storage request and a worker round trip per folder. Small data
@@ -209,12 +210,13 @@ export class Repository {
       const sealed = pack ? pack.subarray(e.offset, e.offset + e.length) : await this.loadRange(e.pack, e.offset, e.length);
       const body = unseal(this.key.encrypt, sealed, `${type} blob ${id}`);
       plain = e.ulen > 0 ? decompress(body) : body;
+      actualId = this.blobId(plain);
     } else {
-      plain = await this.workers.open(await this.loadRange(e.pack, e.offset, e.length), e.ulen, `${type} blob ${id}`);
+      ({ plain, id: actualId } = await this.workers.open(await this.loadRange(e.pack, e.offset, e.length), e.ulen, `${type} blob ${id}`));
     }
     // A blob is only trusted if it hashes back to its id: catches damage that still authenticates
     // (a wrong blob at a valid position, e.g. a broken index).
-    if (this.blobId(plain) !== id) throw new BulwarkError('repository-corrupt', `${type} blob ${id} has wrong content`, { hint: "run 'bulwark check --read-data'" });
+    if (actualId !== id) throw new BulwarkError('repository-corrupt', `${type} blob ${id} has wrong content`, { hint: "run 'bulwark check --read-data'" });
     return plain;
   }
 

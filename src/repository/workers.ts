@@ -15,6 +15,8 @@ interface WorkerReply {
   sealed?: Uint8Array;
   ulen?: number;
   plain?: Uint8Array;
+  /** HMAC id of the opened plaintext. */
+  id?: string;
   error?: string;
 }
 
@@ -45,10 +47,10 @@ export class BlobWorkers {
   private seq = 0;
   private closed = false;
 
-  constructor(encKey: Buffer, zstdLevel: number, threads = Math.max(1, Math.min(availableParallelism(), 8))) {
+  constructor(key: { encrypt: Buffer; id: Buffer }, zstdLevel: number, threads = Math.max(1, Math.min(availableParallelism(), 8))) {
     const url = new URL('./blob-worker.js', import.meta.url);
     for (let i = 0; i < threads; i++) {
-      const worker = new Worker(url, { workerData: { encKey: new Uint8Array(encKey), zstdLevel } });
+      const worker = new Worker(url, { workerData: { encKey: new Uint8Array(key.encrypt), idKey: new Uint8Array(key.id), zstdLevel } });
       worker.unref();
       const slot: Slot = { worker, busy: 0 };
       worker.on('message', (msg: WorkerReply) => {
@@ -75,10 +77,11 @@ export class BlobWorkers {
     return { sealed: Buffer.from(s.buffer, s.byteOffset, s.byteLength), ulen: r.ulen ?? 0 };
   }
 
-  async open(sealed: Uint8Array, ulen: number, what: string): Promise<Buffer> {
+  /** Decrypts and decompresses; also returns the plaintext's blob id, computed in the worker. */
+  async open(sealed: Uint8Array, ulen: number, what: string): Promise<{ plain: Buffer; id: string }> {
     const r = await this.post({ op: 'open', data: owned(sealed), ulen }, what);
     const p = r.plain!;
-    return Buffer.from(p.buffer, p.byteOffset, p.byteLength);
+    return { plain: Buffer.from(p.buffer, p.byteOffset, p.byteLength), id: r.id! };
   }
 
   private post(msg: Record<string, unknown> & { data: Uint8Array }, what: string): Promise<WorkerReply> {

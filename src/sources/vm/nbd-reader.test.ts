@@ -19,7 +19,7 @@ async function readAll(opts: { bitmap?: string; parent?: NbdDiskReadResult }): P
   const server = await startQemuNbd({ image, format: 'qcow2', socket: `${tmp.path}/nbd.sock`, ...(opts.bitmap ? { bitmaps: [opts.bitmap] } : {}) });
   try {
     const context = opts.bitmap ? `qemu:dirty-bitmap:${opts.bitmap}` : undefined;
-    const nbd = await NbdClient.connect({ path: server.socket }, { exportName: server.exportName, metaContexts: ['base:allocation', ...(context ? [context] : [])] });
+    const nbd = await NbdClient.connect({ path: server.socket! }, { exportName: server.exportName, metaContexts: ['base:allocation', ...(context ? [context] : [])] });
     try {
       return await readDiskOverNbd(t.repo, nbd, {
         blockSize: t.repo.config.blockSize,
