@@ -5,6 +5,7 @@ import { register as registerBackup } from './commands/backup.js';
 import { register as registerInspect } from './commands/inspect.js';
 import { register as registerRepo } from './commands/repo.js';
 import { register as registerRestore } from './commands/restore.js';
+import { register as registerVm } from './commands/vm.js';
 import { Context } from './context.js';
 import { EXIT, exitCodeFor } from './exit-codes.js';
 
@@ -27,6 +28,7 @@ export function buildProgram(): Command {
   registerBackup(program);
   registerInspect(program);
   registerRestore(program);
+  registerVm(program);
   const applyExit = (cmd: Command): void => {
     cmd.exitOverride();
     cmd.commands.forEach(applyExit);

@@ -1,0 +1,192 @@
+// What Bulwark sees of VMs (vm list) and the pre-flight checks that catch what breaks VM backups
+// before it does (doctor, and before every VM job). Each finding has a severity and a fix.
+import { statfs } from 'node:fs/promises';
+import { freemem } from 'node:os';
+import type { VmEndpoint } from '../hypervisors/registry.js';
+import { QgaClient, type QgaFilesystem } from '../protocols/qga/client.js';
+import { QmpClient, type QmpBlockInfo } from '../protocols/qmp/client.js';
+import { BulwarkError } from '../util/errors.js';
+
+export interface VmDisk {
+  device: string;
+  node: string;
+  format: string;
+  size: number;
+  file: string;
+  bitmaps: { name: string; recording: boolean; persistent: boolean; inconsistent: boolean; busy: boolean; granularity: number }[];
+}
+
+export type AgentState = 'responding' | 'not responding' | 'not configured';
+
+export interface VmInfo {
+  name: string;
+  qmp: string;
+  qga?: string;
+  status: string;
+  qemuVersion: string;
+  disks: VmDisk[];
+  agent: { state: AgentState; version?: string; error?: string; filesystems?: QgaFilesystem[] };
+}
+
+export type Severity = 'error' | 'warning' | 'info';
+
+export interface Finding {
+  severity: Severity;
+  check: string;
+  /** The VM, disk or path the finding is about. */
+  object: string;
+  message: string;
+  fix?: string;
+}
+
+const GiB = 1024 ** 3;
+/** File systems the guest agent cannot freeze (no freeze_fs in the kernel driver). */
+const UNFREEZABLE = new Set(['vfat', 'msdos', 'exfat', 'fuseblk', 'ntfs', 'ntfs3', 'iso9660', 'squashfs']);
+
+function disksOf(blocks: QmpBlockInfo[]): VmDisk[] {
+  return blocks
+    .filter((b) => b.inserted && !b.inserted.ro)
+    .map((b) => {
+      const ins = b.inserted!;
+      const bitmaps = ((b['dirty-bitmaps'] ?? ins['dirty-bitmaps'] ?? []) as Record<string, unknown>[]).map((m) => ({
+        name: String(m['name']),
+        recording: Boolean(m['recording']),
+        persistent: Boolean(m['persistent']),
+        inconsistent: Boolean(m['inconsistent']),
+        busy: Boolean(m['busy']),
+        granularity: Number(m['granularity'] ?? 0),
+      }));
+      return { device: b.qdev ?? b.device, node: ins['node-name'], format: ins.image.format, size: ins.image['virtual-size'], file: ins.image.filename, bitmaps };
+    });
+}
+
+export async function inspectVm(endpoint: VmEndpoint, opts: { agentTimeoutMs?: number } = {}): Promise<VmInfo> {
+  const qmp = await QmpClient.connect(endpoint.qmp, { timeoutMs: 5000, commandTimeoutMs: 5000 }).catch((err: unknown) => {
+    throw new BulwarkError((err as BulwarkError).code ?? 'failed', `cannot reach QEMU at '${endpoint.qmp}': ${(err as Error).message}`, {
+      hint: 'is the VM running, and is this its QMP socket (-qmp unix:…,server=on,wait=off)?',
+      cause: err,
+    });
+  });
+  try {
+    const [status, named, version, blocks] = await Promise.all([qmp.execute('query-status'), qmp.execute('query-name'), qmp.execute('query-version'), qmp.execute('query-block')]);
+    const q = version.qemu;
+    const info: VmInfo = {
+      name: endpoint.name ?? named.name ?? endpoint.qmp,
+      qmp: endpoint.qmp,
+      ...(endpoint.qga ? { qga: endpoint.qga } : {}),
+      status: status.status,
+      qemuVersion: `${q.major}.${q.minor}.${q.micro}`,
+      disks: disksOf(blocks),
+      agent: { state: 'not configured' },
+    };
+    if (endpoint.qga) {
+      let qga: QgaClient | undefined;
+      try {
+        const t = opts.agentTimeoutMs ?? 3000;
+        qga = await QgaClient.connect(endpoint.qga, { timeoutMs: t, commandTimeoutMs: t });
+        const gi = await qga.info();
+        info.agent = { state: 'responding', version: gi.version };
+        if (gi.commands.some((c) => c.name === 'guest-get-fsinfo' && c.enabled)) info.agent.filesystems = await qga.getFsinfo();
+      } catch (err) {
+        info.agent = { state: 'not responding', error: (err as Error).message };
+      } finally {
+        await qga?.close().catch(() => undefined);
+      }
+    }
+    return info;
+  } finally {
+    await qmp.close();
+  }
+}
+
+/** Free bytes of the file system holding `dir`. */
+async function freeBytes(dir: string): Promise<{ free: number; total: number }> {
+  const s = await statfs(dir);
+  return { free: s.bavail * s.bsize, total: s.blocks * s.bsize };
+}
+
+/** The scratch space a VM's backup may need for its fleecing images (the shadow-storage rule of thumb). */
+export function scratchNeeded(diskBytes: number, expectedWrites = 0): number {
+  return Math.max(10 * GiB, 0.15 * diskBytes) + 2 * expectedWrites;
+}
+
+export interface DoctorOptions {
+  scratchDir: string;
+  /** Bytes the VM is expected to write during a backup, from its measured change rate (0 if unknown). */
+  expectedWrites?: number;
+}
+
+export function checkVm(vm: VmInfo, scratch: { free: number }, opts: DoctorOptions): Finding[] {
+  const f: Finding[] = [];
+  const obj = vm.name;
+  if (vm.status !== 'running' && vm.status !== 'paused') {
+    f.push({ severity: 'warning', check: 'vm-state', object: obj, message: `VM is ${vm.status}`, fix: 'a VM that is not running is backed up crash-consistent, without the agent' });
+  }
+  if (vm.agent.state === 'not configured') {
+    f.push({ severity: 'warning', check: 'agent', object: obj, message: 'no guest agent socket given: backups will be crash-consistent', fix: 'install qemu-guest-agent in the guest, add a virtio-serial channel org.qemu.guest_agent.0, and pass qga=<socket>' });
+  } else if (vm.agent.state === 'not responding') {
+    f.push({ severity: 'error', check: 'agent', object: obj, message: `guest agent does not answer: ${vm.agent.error ?? 'no reply'}`, fix: 'start qemu-guest-agent in the guest (systemctl start qemu-guest-agent), or back up with --consistency crash' });
+  } else if (vm.agent.version) {
+    const guestMajor = Number(vm.agent.version.split('.')[0]);
+    const hostMajor = Number(vm.qemuVersion.split('.')[0]);
+    if (Number.isFinite(guestMajor) && hostMajor - guestMajor >= 3) {
+      f.push({ severity: 'warning', check: 'agent-version', object: obj, message: `guest agent ${vm.agent.version} is much older than the host's QEMU ${vm.qemuVersion}`, fix: 'update qemu-guest-agent in the guest' });
+    }
+    for (const fs of vm.agent.filesystems ?? []) {
+      if (UNFREEZABLE.has(fs.type)) {
+        f.push({ severity: 'warning', check: 'freeze', object: `${obj}:${fs.mountpoint}`, message: `${fs.type} file system cannot be frozen; its data will be crash-consistent`, fix: 'keep application data on ext4/xfs/btrfs, or unmount it during backups' });
+      }
+    }
+  }
+  let total = 0;
+  for (const d of vm.disks) {
+    total += d.size;
+    if (d.format === 'raw') {
+      f.push({ severity: 'warning', check: 'bitmaps', object: `${obj}/${d.device}`, message: 'raw disk: no persistent dirty bitmap, every backup reads the whole disk (changed data is still deduplicated)', fix: `convert to qcow2 (qemu-img convert -O qcow2 '${d.file}' …) for incrementals that read only what changed` });
+    }
+    for (const b of d.bitmaps) {
+      if (b.inconsistent) {
+        f.push({ severity: 'error', check: 'bitmaps', object: `${obj}/${d.device}`, message: `dirty bitmap '${b.name}' is inconsistent (not stored properly, e.g. after a host crash)`, fix: `remove it: block-dirty-bitmap-remove node=${d.node} name=${b.name}; the next backup reads the whole disk` });
+      }
+    }
+  }
+  const need = scratchNeeded(total, opts.expectedWrites ?? 0);
+  if (scratch.free < need) {
+    f.push({ severity: 'error', check: 'scratch', object: opts.scratchDir, message: `scratch space for fleecing images: ${(scratch.free / GiB).toFixed(1)} GiB free, ${(need / GiB).toFixed(1)} GiB needed (max(10 GiB, 15% of ${(total / GiB).toFixed(1)} GiB of disks) + 2 × expected writes)`, fix: 'free space there or choose another --scratch-dir on a large, fast file system' });
+  }
+  return f;
+}
+
+export async function doctor(endpoints: VmEndpoint[], opts: DoctorOptions & { repository?: string }): Promise<{ vms: VmInfo[]; findings: Finding[] }> {
+  const findings: Finding[] = [];
+  const vms: VmInfo[] = [];
+  let scratch = { free: 0, total: 0 };
+  try {
+    scratch = await freeBytes(opts.scratchDir);
+  } catch (err) {
+    findings.push({ severity: 'error', check: 'scratch', object: opts.scratchDir, message: `scratch folder is not usable: ${(err as Error).message}`, fix: 'create it, or pass --scratch-dir' });
+  }
+  if (opts.repository && !/^[a-z0-9]+:/i.test(opts.repository)) {
+    try {
+      const repo = await freeBytes(opts.repository);
+      if (repo.free < Math.max(GiB, 0.05 * repo.total)) {
+        findings.push({ severity: 'warning', check: 'repository-space', object: opts.repository, message: `repository disk has ${(repo.free / GiB).toFixed(1)} GiB free`, fix: 'free space, or prune old restore points (forget --prune)' });
+      }
+    } catch {
+      // a missing local repository is reported by the commands that need it
+    }
+  }
+  if (freemem() < 256 * 1024 * 1024) {
+    findings.push({ severity: 'warning', check: 'memory', object: 'host', message: `only ${Math.round(freemem() / 1048576)} MiB of host memory free`, fix: 'backups need about 400 MiB; free memory or run fewer jobs at once' });
+  }
+  for (const e of endpoints) {
+    try {
+      const vm = await inspectVm(e);
+      vms.push(vm);
+      findings.push(...checkVm(vm, scratch, opts));
+    } catch (err) {
+      findings.push({ severity: 'error', check: 'qmp', object: e.name ?? e.qmp, message: (err as Error).message, ...((err as BulwarkError).hint ? { fix: (err as BulwarkError).hint! } : {}) });
+    }
+  }
+  return { vms, findings };
+}
