@@ -13,9 +13,25 @@ export interface DiskRecord {
   pages: string[];
   /** Where it was read from and in what container format. */
   source: string;
-  format: 'raw';
+  format: string;
   /** File identity at backup time, so an unchanged image can be skipped next time. */
   fileIdentity?: { size: number; mtimeNs: string; ctimeNs: string; ino: number; dev: number };
+  /** VM disks: the dirty bitmap started at this snapshot's point in time; the next incremental reads what it marks. */
+  bitmap?: string;
+  /** How this disk was read: 'full' or 'incremental' (dirty blocks only). */
+  read?: 'full' | 'incremental';
+}
+
+/** What is needed to bring a VM back: enough to define it again. */
+export interface VmConfig {
+  name: string;
+  uuid?: string;
+  machine?: string;
+  memoryBytes?: number;
+  cpus?: number;
+  disks: { name: string; device: string; format: string; size: number; file: string }[];
+  nics?: { id: string; mac?: string; model?: string }[];
+  qemuVersion?: string;
 }
 
 export interface SnapshotSummary {
@@ -46,6 +62,9 @@ export interface Snapshot {
   tree?: string;
   disks?: DiskRecord[];
   consistency?: Consistency;
+  /** VM snapshots: the VM's configuration and how long its I/O was held (ms). */
+  vm?: VmConfig;
+  freezeMs?: number;
   summary: SnapshotSummary;
 }
 
