@@ -1,10 +1,13 @@
 // Worker thread: the CPU-heavy half of storing and loading blobs (zstd + AES-256-GCM), so both cores
 // work. Plain JavaScript so it runs the same from src/ (tests) and dist/ (installed), with no build step.
 // Wire format of a sealed object: nonce(12) ‖ ciphertext ‖ tag(16) — see repository/crypto.ts.
-import { createCipheriv, createDecipheriv, createHmac, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createRequire } from 'node:module';
 import { Buffer } from 'node:buffer';
 import { parentPort, workerData } from 'node:worker_threads';
 import { Compressor, decompress } from 'zstd-napi';
+
+const { Blake3Hasher } = createRequire(import.meta.url)('@napi-rs/blake-hash');
 
 const encKey = Buffer.from(workerData.encKey);
 const idKey = Buffer.from(workerData.idKey);
@@ -57,7 +60,7 @@ parentPort.on('message', (msg) => {
       let plain = unseal(sealed);
       if (msg.ulen > 0) plain = decompress(plain);
       // The blob id is checked here too, off the main thread: a restore verifies every byte it writes.
-      const id = createHmac('sha256', idKey).update(plain).digest('hex');
+      const id = Blake3Hasher.newKeyed(idKey).update(plain).digestBuffer().toString('hex');
       const out = own(plain);
       parentPort.postMessage({ seq: msg.seq, plain: out, id }, [out.buffer]);
     }

@@ -23,8 +23,10 @@ describe('format constants and test vectors (docs §12)', () => {
     expect(FIXED_INDEX_HEADER_BYTES).toBe(12);
   });
 
-  it('blob id = HMAC-SHA256(id key, plaintext)', () => {
-    expect(blobId({ id: Buffer.alloc(32, 0x11), encrypt: Buffer.alloc(32) }, Buffer.from('bulwark')).toString('hex')).toBe('1e4e319e448f1fc0db706aeba03800ca4963d26187f9c0d6eb590bb74dcef5eb');
+  it('blob id = keyed BLAKE3(id key, plaintext)', () => {
+    expect(blobId({ id: Buffer.alloc(32, 0x11) }, Buffer.from('bulwark')).toString('hex')).toBe('da71df984eda2a1d451ac9d4e4229d7f34a16acae37a54f9d6ec2c6390026337');
+    // BLAKE3's published keyed_hash vector for empty input: proves the mode, not just our own output.
+    expect(blobId({ id: Buffer.from('whats the Elvish word for friend') }, Buffer.alloc(0)).toString('hex')).toBe('92b2b75604ed3c761f9d6f62392c8a9227ad0ea3f09573e783f1498a4ed60d26');
   });
 
   it('seal = nonce ‖ AES-256-GCM ciphertext ‖ tag', () => {

@@ -15,7 +15,7 @@ interface WorkerReply {
   sealed?: Uint8Array;
   ulen?: number;
   plain?: Uint8Array;
-  /** HMAC id of the opened plaintext. */
+  /** Blob id (keyed BLAKE3) of the opened plaintext. */
   id?: string;
   error?: string;
 }
@@ -47,10 +47,17 @@ export class BlobWorkers {
   private seq = 0;
   private closed = false;
 
-  constructor(key: { encrypt: Buffer; id: Buffer }, zstdLevel: number, threads = Math.max(1, Math.min(availableParallelism(), 8))) {
+  constructor(
+    private readonly key: { encrypt: Buffer; id: Buffer },
+    private readonly zstdLevel: number,
+    private readonly threads = Math.max(1, Math.min(availableParallelism(), 8)),
+  ) {}
+
+  /** Workers start on first use: commands that seal and open nothing (an unchanged backup, ls) never pay for them. */
+  private start(): void {
     const url = new URL('./blob-worker.js', import.meta.url);
-    for (let i = 0; i < threads; i++) {
-      const worker = new Worker(url, { workerData: { encKey: new Uint8Array(key.encrypt), idKey: new Uint8Array(key.id), zstdLevel } });
+    for (let i = 0; i < this.threads; i++) {
+      const worker = new Worker(url, { workerData: { encKey: new Uint8Array(this.key.encrypt), idKey: new Uint8Array(this.key.id), zstdLevel: this.zstdLevel } });
       worker.unref();
       const slot: Slot = { worker, busy: 0 };
       worker.on('message', (msg: WorkerReply) => {
@@ -67,7 +74,7 @@ export class BlobWorkers {
   }
 
   get size(): number {
-    return this.slots.length;
+    return this.threads;
   }
 
   /** Compresses (when asked and worthwhile) and seals. The caller keeps its buffer: the bytes are copied. */
@@ -86,6 +93,7 @@ export class BlobWorkers {
 
   private post(msg: Record<string, unknown> & { data: Uint8Array }, what: string): Promise<WorkerReply> {
     if (this.closed) return Promise.reject(new Error('blob workers are closed'));
+    if (this.slots.length === 0) this.start();
     let slot = this.slots[0]!;
     for (const s of this.slots) if (s.busy < slot.busy) slot = s;
     const seq = ++this.seq;

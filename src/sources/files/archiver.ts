@@ -45,6 +45,8 @@ export interface FilesBackupResult {
 /** How often a file that changes while it is read is read again before it is reported. */
 const READ_ATTEMPTS = 3;
 const READ_SIZE = 4 * 1024 * 1024;
+/** Folders with paths shorter than this are read by path: a name (≤ 255 bytes) more stays under PATH_MAX. */
+const SHORT_PATH = 3800;
 /** Files up to this size are read in one call (capped at the chunker's minimum, so they are one chunk either way). */
 const SMALL_FILE_MAX = 256 * 1024;
 
@@ -215,18 +217,27 @@ export class FilesArchiver {
   }
 
   private async dir(path: Buffer, logical: Buffer, prevTreeId: string | undefined): Promise<string> {
-    const handle = DirHandle.openSync(path);
+    // Ordinary paths are resolved about twice as fast as /proc/self/fd links, so they are used while
+    // every child's path fits in PATH_MAX; deeper folders are reached through a directory handle.
+    const handle = logical.length < SHORT_PATH ? undefined : DirHandle.openSync(path);
+    const base = handle ? handle.path : logical;
     try {
-      const names = readdirSync(handle.path, { encoding: 'buffer' }).sort(compareNames);
+      const names = readdirSync(base, { encoding: 'buffer' }).sort(compareNames);
       const prev = prevTreeId ? await this.loadTree(prevTreeId) : undefined;
       const nodes: TreeNode[] = [];
+      let unchanged = prev !== undefined && prev.nodes.length === names.length;
       for (const name of names) {
-        const n = await this.entry(handle.child(name), join(logical, name), name, prev ? findNode(prev, name) : undefined);
+        const childLogical = join(logical, name);
+        const before = prev ? findNode(prev, name) : undefined;
+        const n = await this.entry(handle ? handle.child(name) : childLogical, childLogical, name, before);
         if (n) nodes.push(n);
+        if (unchanged && !(n && before && sameNode(n, before))) unchanged = false;
       }
+      // Every entry as in the parent: its tree is this folder's tree, no need to encode and hash it again.
+      if (unchanged && prevTreeId) return prevTreeId;
       return await this.saveTree({ nodes });
     } finally {
-      handle.closeSync();
+      handle?.closeSync();
     }
   }
 
@@ -368,6 +379,14 @@ export class FilesArchiver {
     }
     this.opts.onProgress(this.progress);
   }
+}
+
+/**
+ * Same entry as in the parent, metadata included: any change of mode, owner, xattrs, link count or
+ * content moves ctime, so identity, ctime, mtime and size (and a folder's own tree) decide.
+ */
+function sameNode(a: TreeNode, b: TreeNode): boolean {
+  return a.type === b.type && a.inode === b.inode && a.dev === b.dev && a.ctimeNs === b.ctimeNs && a.mtimeNs === b.mtimeNs && a.size === b.size && a.subtree === b.subtree;
 }
 
 function findNode(tree: Tree, name: Buffer): TreeNode | undefined {
