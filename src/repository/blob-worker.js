@@ -7,7 +7,8 @@ import { Buffer } from 'node:buffer';
 import { parentPort, workerData } from 'node:worker_threads';
 import { Compressor, decompress } from 'zstd-napi';
 
-const { Blake3Hasher } = createRequire(import.meta.url)('@napi-rs/blake-hash');
+// The platform binding directly, as in repository/blake3.ts (which this plain-JS worker cannot import).
+const { Blake3Hasher } = createRequire(import.meta.url)('@napi-rs/blake-hash-linux-x64-gnu');
 
 const encKey = Buffer.from(workerData.encKey);
 const idKey = Buffer.from(workerData.idKey);

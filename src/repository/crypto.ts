@@ -1,9 +1,9 @@
 // Authenticated encryption and keyed ids. Everything written to storage except key files is sealed with
 // the master key; key files seal the master key with a key derived from a password.
 import { createCipheriv, createDecipheriv, randomBytes, scrypt as scryptCb, timingSafeEqual } from 'node:crypto';
-import { Blake3Hasher } from '@napi-rs/blake-hash';
 import { compress, decompress } from 'zstd-napi';
 import { BulwarkError } from '../util/errors.js';
+import { keyedBlake3 } from './blake3.js';
 import { DOC_PLAIN, DOC_ZSTD, KEY_BYTES, NONCE_BYTES, SEAL_OVERHEAD, TAG_BYTES } from './format.js';
 
 export interface MasterKey {
@@ -27,7 +27,7 @@ export function newMasterKey(): MasterKey {
 
 /** Blob id: keyed BLAKE3 (native, ~10 GB/s here against ~2 GB/s for HMAC-SHA256: ids are on the hot path). */
 export function blobId(key: Pick<MasterKey, 'id'>, plaintext: Uint8Array): Buffer {
-  return Blake3Hasher.newKeyed(key.id).update(Buffer.from(plaintext.buffer, plaintext.byteOffset, plaintext.byteLength)).digestBuffer();
+  return keyedBlake3(key.id, plaintext);
 }
 
 export function seal(encKey: Buffer, plaintext: Uint8Array): Buffer {
