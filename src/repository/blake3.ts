@@ -12,7 +12,7 @@ function load(): Blake3Binding {
   try {
     return require('@napi-rs/blake-hash-linux-x64-gnu') as Blake3Binding;
   } catch (err) {
-    throw new Error(`the native BLAKE3 binding is not available for ${process.platform}-${process.arch}: ${(err as Error).message}`);
+    throw new Error(`the native BLAKE3 binding is not available for ${process.platform}-${process.arch}: ${(err as Error).message}`, { cause: err });
   }
 }
 
