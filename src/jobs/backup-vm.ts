@@ -47,7 +47,9 @@ export interface ProviderSession {
 }
 
 export interface SnapshotProvider {
-  cleanupLeftovers(qmp: QmpClient): Promise<void>;
+  cleanupLeftovers(qmp: QmpClient, scratchDir: string): Promise<void>;
+  /** Our bitmaps on a disk other than the incremental base (left by a killed run): merged into the base and removed. */
+  dropStaleBitmaps(qmp: QmpClient, disk: ProviderDisk, base: string | undefined): Promise<void>;
   inspect(qmp: QmpClient): Promise<{ disks: ProviderDisk[]; config: VmConfig }>;
   prepare(qmp: QmpClient, disks: ProviderDisk[], opts: { scratchDir: string; newBitmap: string }): Promise<ProviderSession>;
 }
@@ -110,10 +112,13 @@ function username(): string {
 async function prepareVm(repo: Repository, provider: SnapshotProvider, endpoint: VmEndpoint, opts: VmBackupOptions, host: string): Promise<Prepared> {
   const qmp = await QmpClient.connect(endpoint.qmp);
   try {
-    await provider.cleanupLeftovers(qmp);
-    const { disks, config } = await provider.inspect(qmp);
+    await provider.cleanupLeftovers(qmp, opts.scratchDir);
+    let { disks, config } = await provider.inspect(qmp);
     const name = endpoint.name ?? config.name;
-    const parent = opts.full ? undefined : (await listSnapshots(repo, { hostname: host, source: `vm:${name}` })).pop();
+    // The parent is looked up even for --full: its bitmap is the one to keep (and to replace on success).
+    const parent = (await listSnapshots(repo, { hostname: host, source: `vm:${name}` })).pop();
+    for (const d of disks) await provider.dropStaleBitmaps(qmp, d, parent?.disks?.find((x) => x.name === d.name)?.bitmap);
+    ({ disks, config } = await provider.inspect(qmp));
     const bases = new Map<string, DiskRecord>();
     const reasons = new Map<string, string>();
     for (const d of disks) {

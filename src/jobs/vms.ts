@@ -4,17 +4,11 @@ import { statfs } from 'node:fs/promises';
 import { freemem } from 'node:os';
 import type { VmEndpoint } from '../hypervisors/registry.js';
 import { QgaClient, type QgaFilesystem } from '../protocols/qga/client.js';
-import { QmpClient, type QmpBlockInfo } from '../protocols/qmp/client.js';
+import { QmpClient } from '../protocols/qmp/client.js';
+import { disksOf, type QemuDisk } from '../hypervisors/qemu/inspect.js';
 import { BulwarkError } from '../util/errors.js';
 
-export interface VmDisk {
-  device: string;
-  node: string;
-  format: string;
-  size: number;
-  file: string;
-  bitmaps: { name: string; recording: boolean; persistent: boolean; inconsistent: boolean; busy: boolean; granularity: number }[];
-}
+export type VmDisk = QemuDisk;
 
 export type AgentState = 'responding' | 'not responding' | 'not configured';
 
@@ -42,23 +36,6 @@ export interface Finding {
 const GiB = 1024 ** 3;
 /** File systems the guest agent cannot freeze (no freeze_fs in the kernel driver). */
 const UNFREEZABLE = new Set(['vfat', 'msdos', 'exfat', 'fuseblk', 'ntfs', 'ntfs3', 'iso9660', 'squashfs']);
-
-function disksOf(blocks: QmpBlockInfo[]): VmDisk[] {
-  return blocks
-    .filter((b) => b.inserted && !b.inserted.ro)
-    .map((b) => {
-      const ins = b.inserted!;
-      const bitmaps = ((b['dirty-bitmaps'] ?? ins['dirty-bitmaps'] ?? []) as Record<string, unknown>[]).map((m) => ({
-        name: String(m['name']),
-        recording: Boolean(m['recording']),
-        persistent: Boolean(m['persistent']),
-        inconsistent: Boolean(m['inconsistent']),
-        busy: Boolean(m['busy']),
-        granularity: Number(m['granularity'] ?? 0),
-      }));
-      return { device: b.qdev ?? b.device, node: ins['node-name'], format: ins.image.format, size: ins.image['virtual-size'], file: ins.image.filename, bitmaps };
-    });
-}
 
 export async function inspectVm(endpoint: VmEndpoint, opts: { agentTimeoutMs?: number } = {}): Promise<VmInfo> {
   const qmp = await QmpClient.connect(endpoint.qmp, { timeoutMs: 5000, commandTimeoutMs: 5000 }).catch((err: unknown) => {

@@ -2,6 +2,11 @@
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { backupDiskImage, backupFiles, type BackupJobResult } from '../../jobs/backup.js';
+import { backupVms, type ConsistencyPolicy } from '../../jobs/backup-vm.js';
+import { qemuProvider } from '../../jobs/qemu-provider.js';
+import { endpointsFrom, type VmEndpoint } from '../../hypervisors/registry.js';
+import { QmpClient } from '../../protocols/qmp/client.js';
+import { quiesceAndSnapshot } from '../../quiesce/protocol.js';
 import { BulwarkError } from '../../util/errors.js';
 import { Context } from '../context.js';
 import { bytes, duration, rate, shortId } from '../format.js';
@@ -97,4 +102,80 @@ export function register(program: Command): void {
         if (ctx.opts.json) ctx.print({ snapshots: results.map((r) => ({ snapshot: r.snapshot.id, parent: r.parent, source: r.snapshot.source, reused: r.reused, summary: r.snapshot.summary })) }, () => '');
       });
     });
+
+  backup
+    .command('vm')
+    .description('live, consistent backup of running QEMU VMs; --group takes one point in time for all named VMs')
+    .argument('<name...>', 'VMs by name (from --connect …,name= or the VM list)')
+    .option('--connect <uri>', 'qmp:/path/qmp.sock[,qga=/path/qga.sock][,name=N][,hooks=PATH] or file:/path/vms.json (repeatable)', collect, [])
+    .option('--group', 'freeze all named VMs, snapshot all, thaw all: one point in time')
+    .option('--consistency <policy>', 'application | auto | crash', 'auto')
+    .option('--mode <mode>', 'snapshot (live) | suspend (pause vCPUs around the snapshot point)', 'snapshot')
+    .option('--full', 'read whole disks even where a dirty bitmap allows an incremental')
+    .option('--scratch-dir <dir>', 'where fleecing images go during the backup', '/var/tmp')
+    .option('--tag <tag>', 'tag the snapshots (repeatable)', collect, [])
+    .option('--host <name>', 'host name to record (default: this host)')
+    .addHelpText('after', '\nExample:\n  bulwark backup vm web01 db01 --group --connect file:/etc/bulwark/vms.json')
+    .action(async (names: string[], o: { connect: string[]; group?: boolean; consistency: string; mode: string; full?: boolean; scratchDir: string; tag: string[]; host?: string }, cmd: Command) => {
+      const ctx = Context.from(cmd);
+      if (!['application', 'auto', 'crash'].includes(o.consistency)) throw new BulwarkError('usage', `unknown --consistency '${o.consistency}'`, { hint: 'application, auto or crash' });
+      if (o.mode === 'stop') throw new BulwarkError('usage', "--mode stop is not available yet", { hint: 'use --mode snapshot (live) or suspend' });
+      if (!['snapshot', 'suspend'].includes(o.mode)) throw new BulwarkError('usage', `unknown --mode '${o.mode}'`, { hint: 'snapshot or suspend' });
+      const endpoints = await selectEndpoints(await endpointsFrom(o.connect), names);
+      await ctx.withRepo(async (repo) => {
+        const view = progressView(ctx.opts, 'backup');
+        let results;
+        try {
+          results = await backupVms(repo, qemuProvider, (targets, policy, snap) => quiesceAndSnapshot(targets, policy, snap), {
+            endpoints,
+            group: o.group ?? false,
+            policy: o.consistency as ConsistencyPolicy,
+            mode: o.mode as 'snapshot' | 'suspend',
+            full: o.full ?? false,
+            scratchDir: o.scratchDir,
+            tags: o.tag,
+            ...(o.host ? { host: o.host } : {}),
+            onProgress: (p) => view.update(p),
+          });
+        } finally {
+          view.stop();
+        }
+        const out = results.map((r) => ({ vm: r.vm, snapshot: r.snapshot?.id, error: r.error, consistency: r.consistency, freezeMs: r.freezeMs, warnings: r.warnings, disks: r.disks }));
+        ctx.print({ results: out }, () =>
+          results
+            .map((r) =>
+              r.error
+                ? `VM ${r.vm}: FAILED: ${r.error}`
+                : [
+                    `VM ${r.vm}: snapshot ${shortId(r.snapshot!.id)}, ${r.consistency}-consistent, I/O held ${r.freezeMs} ms`,
+                    ...r.disks.map((d) => `  ${d.name}: ${d.read} read of ${bytes(d.bytesRead)}, ${bytes(d.bytesNew)} new${d.reason ? ` (${d.reason})` : ''}`),
+                    ...r.warnings.map((w) => `  warning: ${w}`),
+                  ].join('\n'),
+            )
+            .join('\n'),
+        );
+        const failed = results.filter((r) => r.error).length;
+        if (failed === results.length) process.exitCode = 1;
+        else if (failed > 0) ctx.markPartial();
+      });
+    });
+}
+
+/** Endpoints for the VM names asked for; endpoints without a name are asked for theirs over QMP. */
+async function selectEndpoints(all: VmEndpoint[], names: string[]): Promise<VmEndpoint[]> {
+  const named: VmEndpoint[] = [];
+  for (const e of all) {
+    if (e.name) named.push(e);
+    else {
+      const qmp = await QmpClient.connect(e.qmp).catch(() => undefined);
+      const n = qmp ? (await qmp.execute('query-name').catch(() => ({}) as { name?: string })).name : undefined;
+      await qmp?.close();
+      named.push(n ? { ...e, name: n } : e);
+    }
+  }
+  return names.map((n) => {
+    const e = named.find((x) => x.name === n);
+    if (!e) throw new BulwarkError('usage', `no VM named '${n}' among the connected VMs (${named.map((x) => x.name ?? x.qmp).join(', ') || 'none'})`, { hint: "add --connect qmp:…,name=NAME, or see 'bulwark vm list'" });
+    return e;
+  });
 }
