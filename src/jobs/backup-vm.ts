@@ -58,6 +58,8 @@ export interface QuiesceOutcome {
   name: string;
   consistency: Consistency;
   freezeMs: number;
+  frozenFrom?: number;
+  frozenTo?: number;
   warnings: string[];
   error?: BulwarkError;
 }
@@ -84,6 +86,10 @@ export interface VmBackupResult {
   warnings: string[];
   consistency?: Consistency;
   freezeMs?: number;
+  /** Wall-clock interval the guest's file systems were frozen (absent for crash consistency). */
+  frozen?: { from: number; to: number };
+  /** When the VM's snapshot transaction ran. */
+  snapshotAt?: number;
   disks: { name: string; read: 'full' | 'incremental'; bytesRead: number; bytesNew: number; reason?: string }[];
 }
 
@@ -99,6 +105,7 @@ interface Prepared {
   reasons: Map<string, string>;
   session: ProviderSession;
   newBitmap: string;
+  snapshotAt?: number;
 }
 
 function username(): string {
@@ -145,7 +152,15 @@ async function prepareVm(repo: Repository, provider: SnapshotProvider, endpoint:
 }
 
 async function transferVm(repo: Repository, p: Prepared, outcome: QuiesceOutcome, opts: VmBackupOptions, host: string, started: number): Promise<VmBackupResult> {
-  const result: VmBackupResult = { vm: p.name, warnings: [...outcome.warnings], consistency: outcome.consistency, freezeMs: outcome.freezeMs, disks: [] };
+  const result: VmBackupResult = {
+    vm: p.name,
+    warnings: [...outcome.warnings],
+    consistency: outcome.consistency,
+    freezeMs: outcome.freezeMs,
+    ...(outcome.frozenFrom !== undefined && outcome.frozenTo !== undefined ? { frozen: { from: outcome.frozenFrom, to: outcome.frozenTo } } : {}),
+    ...(p.snapshotAt !== undefined ? { snapshotAt: p.snapshotAt } : {}),
+    disks: [],
+  };
   const incremental = [...p.bases.values()].length > 0;
   const previousBitmap = incremental ? [...p.bases.values()][0]!.bitmap : undefined;
   const exp = await p.session.export(previousBitmap);
@@ -244,7 +259,10 @@ async function backupBatch(repo: Repository, provider: SnapshotProvider, quiesce
       async () => {
         if (pause) for (const p of prepared) await p.qmp.execute('stop');
         try {
-          for (const p of prepared) await p.qmp.execute('transaction', { actions: p.session.actions });
+          for (const p of prepared) {
+            await p.qmp.execute('transaction', { actions: p.session.actions });
+            p.snapshotAt = Date.now();
+          }
         } finally {
           if (pause) for (const p of prepared) await p.qmp.execute('cont').catch(() => undefined);
         }

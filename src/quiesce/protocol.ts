@@ -21,6 +21,9 @@ export interface QuiesceOutcome {
   name: string;
   consistency: Consistency;
   freezeMs: number;
+  /** Wall-clock ms when the freeze began and the thaw completed: a group's windows all overlap. */
+  frozenFrom?: number;
+  frozenTo?: number;
   warnings: string[];
   error?: BulwarkError;
 }
@@ -82,6 +85,7 @@ export async function quiesceAndSnapshot(
     for (const s of states) {
       if (s.expected === 'crash' || !s.guardian) continue;
       s.frozenAt = performance.now();
+      s.outcome.frozenFrom = Date.now();
       try {
         await s.guardian.freeze();
         s.outcome.consistency = s.expected;
@@ -102,6 +106,7 @@ export async function quiesceAndSnapshot(
           s.outcome.warnings.push(`thaw failed (${(err as Error).message}); the guardian retries`);
         }
         s.outcome.freezeMs = Math.round((performance.now() - s.frozenAt) * 10) / 10;
+        s.outcome.frozenTo = Date.now();
       }
     }
     return states.map((s) => s.outcome);

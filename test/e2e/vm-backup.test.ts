@@ -15,7 +15,7 @@ let env: Record<string, string>;
 const guests: RunningGuest[] = [];
 
 interface VmBackupJson {
-  results: { vm: string; snapshot?: string; error?: string; consistency?: string; freezeMs?: number; warnings: string[]; disks: { name: string; read: string; bytesRead: number }[] }[];
+  results: { vm: string; snapshot?: string; error?: string; consistency?: string; freezeMs?: number; frozen?: { from: number; to: number }; snapshotAt?: number; warnings: string[]; disks: { name: string; read: string; bytesRead: number }[] }[];
 }
 
 async function boot(name: string, opts: { agent?: boolean; writerKiB?: number } = {}): Promise<{ guest: RunningGuest; connect: string }> {
@@ -68,6 +68,7 @@ describe('live VM backup', () => {
     expect(first.consistency).toBe('application');
     expect(first.freezeMs).toBeGreaterThan(0);
     expect(first.freezeMs).toBeLessThan(1000);
+    console.log(`freeze window: ${first.freezeMs} ms`);
     expect(await frozenStatus(web.guest)).toBe('thawed');
 
     const raw = await restoredDisk(first.snapshot!, `${tmp.path}/r1`);
@@ -91,6 +92,29 @@ describe('live VM backup', () => {
     const raw = await restoredDisk(inc.snapshot!, `${tmp.path}/r2`);
     execFileSync('e2fsck', ['-fn', raw], { stdio: 'pipe' });
     expect(verifyWriterLog(await readFileFromExt4Image(raw, '/log.txt')).torn).toBe(0);
+
+    // The same point in time read both ways: with the vCPUs stopped nothing changes between an
+    // incremental and a full read, so their restores must be identical to the byte.
+    await new Promise((r) => setTimeout(r, 4000));
+    // The harness's own monitor: qmp.sock serves one client, and Bulwark needs it.
+    const qmp = await QmpClient.connect(`${web.guest.dir}/harness.sock`);
+    await qmp.execute('stop');
+    try {
+      const args = ['backup', 'vm', 'web01', '--connect', web.connect, '--consistency', 'crash', '--scratch-dir', `${tmp.path}/scratch`, '--json'];
+      const i2 = jsonResult<VmBackupJson>(await runCli(args, { env })).results[0]!;
+      const f2 = jsonResult<VmBackupJson>(await runCli([...args, '--full'], { env })).results[0]!;
+      expect(i2.error, i2.error).toBeUndefined();
+      expect(f2.error, f2.error).toBeUndefined();
+      expect(i2.disks[0]!.read).toBe('incremental');
+      expect(f2.disks[0]!.read).toBe('full');
+      expect(i2.disks[0]!.bytesRead).toBeLessThan(f2.disks[0]!.bytesRead);
+      const a = await restoredDisk(i2.snapshot!, `${tmp.path}/same-inc`);
+      const b = await restoredDisk(f2.snapshot!, `${tmp.path}/same-full`);
+      execFileSync('cmp', [a, b]);
+    } finally {
+      await qmp.execute('cont');
+      await qmp.close();
+    }
   });
 
   it('without an agent: auto gives crash consistency with a warning, application fails the VM; never frozen', async () => {
@@ -135,6 +159,13 @@ describe('live VM backup', () => {
     expect(r.code, r.stderr).toBe(0);
     const results = jsonResult<VmBackupJson>(r).results;
     expect(results.map((x) => x.consistency)).toEqual(['application', 'application']);
+    // One window: both guests were frozen before either snapshot transaction and thawed after both.
+    const [w, d] = results;
+    const lastFreeze = Math.max(w!.frozen!.from, d!.frozen!.from);
+    const firstThaw = Math.min(w!.frozen!.to, d!.frozen!.to);
+    expect(lastFreeze).toBeLessThanOrEqual(Math.min(w!.snapshotAt!, d!.snapshotAt!));
+    expect(Math.max(w!.snapshotAt!, d!.snapshotAt!)).toBeLessThanOrEqual(firstThaw);
+    console.log(`group freeze windows: ${w!.freezeMs} ms and ${d!.freezeMs} ms`);
     // Both guests froze before either snapshot and thawed after both: every freeze precedes every thaw.
     const a = readHookLog(await readFileFromExt4Image(await restoredDisk(results[0]!.snapshot!, `${tmp.path}/g1`), '/hooks.log'));
     const b = readHookLog(await readFileFromExt4Image(await restoredDisk(results[1]!.snapshot!, `${tmp.path}/g2`), '/hooks.log'));

@@ -140,7 +140,7 @@ export function register(program: Command): void {
         } finally {
           view.stop();
         }
-        const out = results.map((r) => ({ vm: r.vm, snapshot: r.snapshot?.id, error: r.error, consistency: r.consistency, freezeMs: r.freezeMs, warnings: r.warnings, disks: r.disks }));
+        const out = results.map((r) => ({ vm: r.vm, snapshot: r.snapshot?.id, error: r.error, consistency: r.consistency, freezeMs: r.freezeMs, frozen: r.frozen, snapshotAt: r.snapshotAt, warnings: r.warnings, disks: r.disks }));
         ctx.print({ results: out }, () =>
           results
             .map((r) =>
