@@ -12,6 +12,7 @@
 // part is tested on its own against a real guest.
 import { hostname as osHostname, userInfo } from 'node:os';
 import { randomBytes } from 'node:crypto';
+import { statfs } from 'node:fs/promises';
 import type { VmEndpoint } from '../hypervisors/registry.js';
 import { NbdClient } from '../protocols/nbd/client.js';
 import { QmpClient } from '../protocols/qmp/client.js';
@@ -21,6 +22,7 @@ import { listSnapshots, type Consistency, type DiskRecord, type Snapshot, type S
 import type { ProgressSink } from '../sources/progress.js';
 import { readDiskOverNbd } from '../sources/vm/nbd-reader.js';
 import { BulwarkError } from '../util/errors.js';
+import { scratchNeeded } from './vms.js';
 
 export type ConsistencyPolicy = 'application' | 'auto' | 'crash';
 export type BackupMode = 'snapshot' | 'suspend' | 'stop';
@@ -141,6 +143,18 @@ async function prepareVm(repo: Repository, provider: SnapshotProvider, endpoint:
       else if (prev.size !== d.size) reasons.set(d.name, 'disk size changed');
       else if (!prev.pages.every((p) => repo.hasBlob(p))) reasons.set(d.name, 'the last backup of this disk is incomplete in the repository');
       else bases.set(d.name, prev);
+    }
+    // The fleecing images take the old data of every block the guest writes during the backup. Running
+    // out of that space must not be discovered mid-backup: check it first (DESIGN §2's rule of thumb).
+    const total = disks.reduce((n, d) => n + d.size, 0);
+    const { bavail, bsize } = await statfs(opts.scratchDir).catch((err: unknown) => {
+      throw new BulwarkError('usage', `scratch folder '${opts.scratchDir}' is not usable: ${(err as Error).message}`, { hint: 'create it, or pass --scratch-dir' });
+    });
+    const need = scratchNeeded(total);
+    if (bavail * bsize < need) {
+      throw new BulwarkError('failed', `not enough scratch space for VM ${name}: ${(bavail * bsize / 2 ** 30).toFixed(1)} GiB free in '${opts.scratchDir}', ${(need / 2 ** 30).toFixed(1)} GiB needed`, {
+        hint: "free space there or pass another --scratch-dir ('bulwark doctor' shows the rule)",
+      });
     }
     const newBitmap = `bulwark-${randomBytes(8).toString('hex')}`;
     const session = await provider.prepare(qmp, disks, { scratchDir: opts.scratchDir, newBitmap });

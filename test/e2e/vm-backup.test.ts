@@ -128,6 +128,20 @@ describe('live VM backup', () => {
     expect(await frozenStatus(web.guest)).toBe('thawed');
   });
 
+  it('refuses to start when the scratch space is too small, before anything is frozen or changed', async () => {
+    const small = `${tmp.path}/small-scratch`;
+    await mkdir(small);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', small]);
+    try {
+      const r = await runCli(['backup', 'vm', 'web01', '--connect', web.connect, '--scratch-dir', small, '--json'], { env });
+      expect(r.code).toBe(1);
+      expect(jsonResult<VmBackupJson>(r).results[0]!.error).toMatch(/not enough scratch space for VM web01/);
+      expect(await frozenStatus(web.guest)).toBe('thawed');
+    } finally {
+      execFileSync('umount', ['-l', small]);
+    }
+  });
+
   it('a killed backup leaves the guest thawed and running; the next run cleans up and is correct', async () => {
     for (const delay of [600, 2500]) {
       let pid = 0;
