@@ -13,31 +13,25 @@
 import { hostname as osHostname, userInfo } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { statfs } from 'node:fs/promises';
+import type { QemuDisk } from '../hypervisors/qemu/inspect.js';
 import type { VmEndpoint } from '../hypervisors/registry.js';
+import type { ConsistencyPolicy, QuiesceOutcome, QuiesceTarget } from '../quiesce/protocol.js';
 import { NbdClient } from '../protocols/nbd/client.js';
 import { QmpClient } from '../protocols/qmp/client.js';
 import { Lock } from '../repository/lock.js';
 import type { Repository } from '../repository/repository.js';
 import { listSnapshots, type Consistency, type DiskRecord, type Snapshot, type SnapshotWithId, type VmConfig } from '../repository/snapshot.js';
+
+export type { ConsistencyPolicy } from '../quiesce/protocol.js';
 import type { ProgressSink } from '../sources/progress.js';
 import { readDiskOverNbd } from '../sources/vm/nbd-reader.js';
 import { BulwarkError } from '../util/errors.js';
 import { scratchNeeded } from './vms.js';
 
-export type ConsistencyPolicy = 'application' | 'auto' | 'crash';
 export type BackupMode = 'snapshot' | 'suspend' | 'stop';
 
-export interface ProviderDisk {
-  /** Name in the snapshot: vda, vdb, … */
-  name: string;
-  device: string;
-  node: string;
-  format: string;
-  size: number;
-  file: string;
-  /** Bitmaps present on the disk node. */
-  bitmaps: { name: string; inconsistent: boolean }[];
-}
+/** A disk as the provider reports it: name in the snapshot (vda…), node, format, size, bitmaps. */
+export type ProviderDisk = QemuDisk;
 
 export interface ProviderSession {
   /** QMP transaction actions to run while the VM is frozen. */
@@ -56,17 +50,8 @@ export interface SnapshotProvider {
   prepare(qmp: QmpClient, disks: ProviderDisk[], opts: { scratchDir: string; newBitmap: string }): Promise<ProviderSession>;
 }
 
-export interface QuiesceOutcome {
-  name: string;
-  consistency: Consistency;
-  freezeMs: number;
-  frozenFrom?: number;
-  frozenTo?: number;
-  warnings: string[];
-  error?: BulwarkError;
-}
 
-export type Quiescer = (targets: { name: string; qgaSocket?: string; hookPaths?: string[] }[], policy: ConsistencyPolicy, snapshot: () => Promise<void>) => Promise<QuiesceOutcome[]>;
+export type Quiescer = (targets: QuiesceTarget[], policy: ConsistencyPolicy, snapshot: () => Promise<void>) => Promise<QuiesceOutcome[]>;
 
 export interface VmBackupOptions {
   endpoints: VmEndpoint[];

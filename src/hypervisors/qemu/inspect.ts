@@ -1,6 +1,7 @@
 // What a running QEMU VM is made of, from QMP: its writable disks (named vda, vdb, … in the order
 // QEMU lists them) with their bitmaps, and the configuration needed to define it again.
 import type { QmpBlockInfo, QmpClient } from '../../protocols/qmp/client.js';
+import type { VmConfig } from '../../repository/snapshot.js';
 
 export interface QemuDisk {
   name: string;
@@ -12,16 +13,8 @@ export interface QemuDisk {
   bitmaps: { name: string; recording: boolean; persistent: boolean; inconsistent: boolean; busy: boolean; granularity: number }[];
 }
 
-export interface QemuVmConfig {
-  name: string;
-  uuid?: string;
-  machine?: string;
-  memoryBytes?: number;
-  cpus?: number;
-  disks: { name: string; device: string; format: string; size: number; file: string }[];
-  nics?: { id: string; mac?: string; model?: string }[];
-  qemuVersion?: string;
-}
+/** The configuration recorded with a VM snapshot. */
+export type QemuVmConfig = VmConfig;
 
 export function disksOf(blocks: QmpBlockInfo[]): QemuDisk[] {
   return blocks
