@@ -27,3 +27,11 @@ export function rate(bytesDone: number, ms: number): string {
 export function shortId(id: string): string {
   return id.slice(0, 8);
 }
+
+/** A size as people write it: 512, 64K, 10G, 1.5GiB, 20 MB (binary units; B optional). */
+export function parseSize(text: string): number | undefined {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$/i.exec(text);
+  if (!m) return undefined;
+  const exp = ' kmgtp'.indexOf((m[2] || ' ').toLowerCase());
+  return Math.round(Number(m[1]) * 1024 ** exp);
+}

@@ -34,10 +34,12 @@ export type BackupMode = 'snapshot' | 'suspend' | 'stop';
 export type ProviderDisk = QemuDisk;
 
 export interface ProviderSession {
-  /** QMP transaction actions to run while the VM is frozen. */
-  actions: unknown[];
+  /** The point in time, taken inside the freeze window; `paused` when the caller has stopped the vCPUs. */
+  takePoint(opts: { paused: boolean }): Promise<void>;
   /** After the transaction: serve the point-in-time disks over NBD. */
   export(previousBitmap: string | undefined): Promise<{ socket: string; disks: { name: string; exportName: string; dirtyContext?: string }[] }>;
+  /** After a failed read: the provider's explanation, when it has one (scratch space ran out). */
+  diagnose(): Promise<string | undefined>;
   /** Tear everything down; `ok` decides what happens to the bitmaps. */
   finish(ok: boolean): Promise<void>;
 }
@@ -60,6 +62,8 @@ export interface VmBackupOptions {
   mode: BackupMode;
   full: boolean;
   scratchDir: string;
+  /** Free scratch space required before starting (default: scratchNeeded of the VM's disks). */
+  scratchMin?: number;
   tags?: string[];
   host?: string;
   onProgress?: ProgressSink;
@@ -135,10 +139,10 @@ async function prepareVm(repo: Repository, provider: SnapshotProvider, endpoint:
     const { bavail, bsize } = await statfs(opts.scratchDir).catch((err: unknown) => {
       throw new BulwarkError('usage', `scratch folder '${opts.scratchDir}' is not usable: ${(err as Error).message}`, { hint: 'create it, or pass --scratch-dir' });
     });
-    const need = scratchNeeded(total);
+    const need = opts.scratchMin ?? scratchNeeded(total);
     if (bavail * bsize < need) {
       throw new BulwarkError('failed', `not enough scratch space for VM ${name}: ${(bavail * bsize / 2 ** 30).toFixed(1)} GiB free in '${opts.scratchDir}', ${(need / 2 ** 30).toFixed(1)} GiB needed`, {
-        hint: "free space there or pass another --scratch-dir ('bulwark doctor' shows the rule)",
+        hint: "free space there or pass another --scratch-dir ('bulwark doctor' shows the rule); --scratch-min sets the requirement",
       });
     }
     const newBitmap = `bulwark-${randomBytes(8).toString('hex')}`;
@@ -259,7 +263,7 @@ async function backupBatch(repo: Repository, provider: SnapshotProvider, quiesce
         if (pause) for (const p of prepared) await p.qmp.execute('stop');
         try {
           for (const p of prepared) {
-            await p.qmp.execute('transaction', { actions: p.session.actions });
+            await p.session.takePoint({ paused: pause });
             p.snapshotAt = Date.now();
           }
         } finally {
@@ -279,8 +283,9 @@ async function backupBatch(repo: Repository, provider: SnapshotProvider, quiesce
         await finish(p, true);
         results.push(r);
       } catch (err) {
+        const why = await p.session.diagnose().catch(() => undefined);
         await finish(p, false).catch(() => undefined);
-        results.push({ vm: p.name, error: (err as Error).message, warnings: outcome.warnings, consistency: outcome.consistency, freezeMs: outcome.freezeMs, disks: [] });
+        results.push({ vm: p.name, error: why ? `${why}. Free space there or pass a larger --scratch-dir; the next backup still catches every change (${(err as Error).message})` : (err as Error).message, warnings: outcome.warnings, consistency: outcome.consistency, freezeMs: outcome.freezeMs, disks: [] });
       }
     }
     return results;

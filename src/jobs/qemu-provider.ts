@@ -1,5 +1,5 @@
 // The QEMU snapshot provider for the VM backup job: inspection and image fleecing from hypervisors/qemu.
-import { cleanupLeftovers, dropStaleBitmaps, prepareFleece } from '../hypervisors/qemu/fleece.js';
+import { cleanupLeftovers, dropStaleBitmaps, isOurNode, prepareFleece } from '../hypervisors/qemu/fleece.js';
 import { inspectQemu } from '../hypervisors/qemu/inspect.js';
 import type { SnapshotProvider } from './backup-vm.js';
 
@@ -8,10 +8,10 @@ export const qemuProvider: SnapshotProvider = {
   dropStaleBitmaps: (qmp, disk, base) =>
     dropStaleBitmaps(
       qmp,
-      disk.node,
+      disk.bitmapNode,
       disk.bitmaps.map((b) => b.name),
       base,
     ),
-  inspect: (qmp) => inspectQemu(qmp),
+  inspect: (qmp) => inspectQemu(qmp, isOurNode),
   prepare: (qmp, disks, opts) => prepareFleece(qmp, disks, opts),
 };

@@ -5,7 +5,8 @@ import { freemem } from 'node:os';
 import type { VmEndpoint } from '../hypervisors/registry.js';
 import { QgaClient, type QgaFilesystem } from '../protocols/qga/client.js';
 import { QmpClient } from '../protocols/qmp/client.js';
-import { disksOf, type QemuDisk } from '../hypervisors/qemu/inspect.js';
+import { isOurNode } from '../hypervisors/qemu/fleece.js';
+import { inspectDisks, type QemuDisk } from '../hypervisors/qemu/inspect.js';
 import { BulwarkError } from '../util/errors.js';
 
 export type VmDisk = QemuDisk;
@@ -45,7 +46,7 @@ export async function inspectVm(endpoint: VmEndpoint, opts: { agentTimeoutMs?: n
     });
   });
   try {
-    const [status, named, version, blocks] = await Promise.all([qmp.execute('query-status'), qmp.execute('query-name'), qmp.execute('query-version'), qmp.execute('query-block')]);
+    const [status, named, version, disks] = await Promise.all([qmp.execute('query-status'), qmp.execute('query-name'), qmp.execute('query-version'), inspectDisks(qmp, isOurNode)]);
     const q = version.qemu;
     const info: VmInfo = {
       name: endpoint.name ?? named.name ?? endpoint.qmp,
@@ -53,7 +54,7 @@ export async function inspectVm(endpoint: VmEndpoint, opts: { agentTimeoutMs?: n
       ...(endpoint.qga ? { qga: endpoint.qga } : {}),
       status: status.status,
       qemuVersion: `${q.major}.${q.minor}.${q.micro}`,
-      disks: disksOf(blocks),
+      disks,
       agent: { state: 'not configured' },
     };
     if (endpoint.qga) {
@@ -123,7 +124,7 @@ export function checkVm(vm: VmInfo, scratch: { free: number }, opts: DoctorOptio
     }
     for (const b of d.bitmaps) {
       if (b.inconsistent) {
-        f.push({ severity: 'error', check: 'bitmaps', object: `${obj}/${d.device}`, message: `dirty bitmap '${b.name}' is inconsistent (not stored properly, e.g. after a host crash)`, fix: `remove it: block-dirty-bitmap-remove node=${d.node} name=${b.name}; the next backup reads the whole disk` });
+        f.push({ severity: 'error', check: 'bitmaps', object: `${obj}/${d.device}`, message: `dirty bitmap '${b.name}' is inconsistent (not stored properly, e.g. after a host crash)`, fix: `remove it: block-dirty-bitmap-remove node=${d.bitmapNode} name=${b.name}; the next backup reads the whole disk` });
       }
     }
   }

@@ -1,7 +1,7 @@
 // Issue "Live, consistent VM backup": live backups of a real guest (qemu-guest-agent, fsfreeze hook,
 // a writer appending checksummed records) through the real CLI.
 import { execFileSync } from 'node:child_process';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QgaClient } from '../../src/protocols/qga/client.js';
 import { QmpClient } from '../../src/protocols/qmp/client.js';
@@ -128,6 +128,33 @@ describe('live VM backup', () => {
     expect(await frozenStatus(web.guest)).toBe('thawed');
   });
 
+  it('with a hanging agent (vCPUs stopped): auto gives crash consistency with a warning; the guest is not left frozen', async () => {
+    const harness = await QmpClient.connect(`${web.guest.dir}/harness.sock`);
+    await harness.execute('stop');
+    let r;
+    try {
+      r = await runCli(['backup', 'vm', 'web01', '--connect', web.connect, '--consistency', 'auto', '--scratch-dir', `${tmp.path}/scratch`, '--json'], { env });
+    } finally {
+      await harness.execute('cont');
+    }
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    const res = jsonResult<VmBackupJson>(r).results[0]!;
+    expect(res.consistency).toBe('crash');
+    expect(res.warnings.join(' ')).toMatch(/agent/);
+    await harness.execute('stop');
+    let app;
+    try {
+      app = await runCli(['backup', 'vm', 'web01', '--connect', web.connect, '--consistency', 'application', '--scratch-dir', `${tmp.path}/scratch`, '--json'], { env });
+    } finally {
+      await harness.execute('cont');
+    }
+    expect(app.code).toBe(1);
+    expect(jsonResult<VmBackupJson>(app).results[0]!.error).toMatch(/cannot be backed up application-consistent: guest agent does not answer/);
+    await harness.close();
+    await new Promise((w) => setTimeout(w, 2000));
+    expect(await frozenStatus(web.guest)).toBe('thawed');
+  });
+
   it('refuses to start when the scratch space is too small, before anything is frozen or changed', async () => {
     const small = `${tmp.path}/small-scratch`;
     await mkdir(small);
@@ -165,6 +192,74 @@ describe('live VM backup', () => {
     await qmp.close();
     const raw = await restoredDisk(jsonResult<VmBackupJson>(next).results[0]!.snapshot!, `${tmp.path}/r3`);
     execFileSync('e2fsck', ['-fn', raw], { stdio: 'pipe' });
+  });
+
+  it('scratch space running out mid-backup fails the backup, never the guest; the next backup is correct', async () => {
+    // A disk holding 256 MiB of data, so reading it takes a while, and a guest overwriting it hard.
+    const img = await ensureGuestBuilt();
+    const fill = `${tmp.path}/bulk-fill`;
+    await mkdir(fill);
+    execFileSync('cp', ['-a', `${img.sampleDir}/.`, fill]);
+    execFileSync('dd', ['if=/dev/urandom', `of=${fill}/big.bin`, 'bs=1M', 'count=256', 'status=none']);
+    const disk = `${tmp.path}/bulk01.qcow2`;
+    await makeDataDisk(disk, { sizeMiB: 512, format: 'qcow2', fill });
+    const guest = await startGuest({ dir: `${tmp.path}/bulk01`, name: 'bulk01', disks: [{ path: disk, format: 'qcow2' }], writer: { kibPerSec: 256 } });
+    guests.push(guest);
+    const connect = `qmp:${guest.qmpSocket},name=bulk01,hooks=${HOOK},qga=${guest.qgaSocket}`;
+    const qga = await QgaClient.connect(guest.qgaSocket, { timeoutMs: 10_000 });
+    const loop = 'while :; do if dd if=/dev/zero of=/data/big.bin bs=1M count=64 oflag=direct conv=notrunc 2>>/data/dd.err; then echo ok >>/data/dd.log; else echo FAIL >>/data/dd.log; fi; done';
+    const { pid: loopPid } = await qga.execute<{ pid: number }>('guest-exec', { path: '/bin/sh', arg: ['-c', loop] });
+    await qga.close();
+
+    // Scratch on a small file system with 3 MiB left: the first few MiB of old data fill it.
+    const small = `${tmp.path}/full-scratch`;
+    await mkdir(small);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=32m', 'tmpfs', small]);
+    let r;
+    try {
+      execFileSync('dd', ['if=/dev/zero', `of=${small}/filler`, 'bs=1M', 'count=29', 'status=none']);
+      r = await runCli(['backup', 'vm', 'bulk01', '--connect', connect, '--scratch-dir', small, '--scratch-min', '0', '--json'], { env });
+    } finally {
+      execFileSync('umount', ['-l', small]);
+    }
+    expect(r.code, r.stdout + r.stderr).toBe(1);
+    const failed = jsonResult<VmBackupJson>(r).results[0]!;
+    expect(failed.snapshot).toBeUndefined();
+    expect(failed.error).toMatch(/scratch space in '.*full-scratch' ran out/);
+    expect(failed.error).toMatch(/guest's own writes were not affected/);
+
+    // The guest never saw an error: still running, no I/O error on its disk, its writes all succeeded.
+    const harness = await QmpClient.connect(`${guest.dir}/harness.sock`);
+    try {
+      expect((await harness.execute('query-status')).status).toBe('running');
+      const blocks = await harness.execute<{ 'io-status'?: string }[]>('query-block');
+      expect(blocks.map((b) => b['io-status'] ?? 'ok')).toEqual(blocks.map(() => 'ok'));
+      const nodes = await harness.execute<{ 'node-name': string }[]>('query-named-block-nodes');
+      expect(nodes.filter((n) => n['node-name'].startsWith('bulwark'))).toEqual([]);
+    } finally {
+      await harness.close();
+    }
+    const qga2 = await QgaClient.connect(guest.qgaSocket, { timeoutMs: 10_000 });
+    try {
+      expect(await qga2.fsfreezeStatus()).toBe('thawed');
+      const ddLog = (await qga2.readFile('/data/dd.log')).toString();
+      expect(ddLog).toMatch(/ok/);
+      expect(ddLog).not.toMatch(/FAIL/);
+      await qga2.execute('guest-exec', { path: '/bin/sh', arg: ['-c', `kill ${loopPid}; killall dd; true`] });
+    } finally {
+      await qga2.close();
+    }
+    const kernelLog = await readFile(guest.consoleLog, 'utf8');
+    expect(kernelLog).not.toMatch(/I\/O error|EXT4-fs error|Buffer I\/O/);
+
+    // The next backup, with room to work, is complete and clean.
+    const next = await runCli(['backup', 'vm', 'bulk01', '--connect', connect, '--scratch-dir', `${tmp.path}/scratch`, '--json'], { env });
+    expect(next.code, next.stdout + next.stderr).toBe(0);
+    const raw = await restoredDisk(jsonResult<VmBackupJson>(next).results[0]!.snapshot!, `${tmp.path}/r-bulk`);
+    execFileSync('e2fsck', ['-fn', raw], { stdio: 'pipe' });
+    const log = verifyWriterLog(await readFileFromExt4Image(raw, '/log.txt'));
+    expect(log.torn).toBe(0);
+    expect(log.seqBreaks).toBe(0);
   });
 
   it('a group of two VMs shares one freeze window', async () => {

@@ -9,7 +9,7 @@ import { QmpClient } from '../../protocols/qmp/client.js';
 import { quiesceAndSnapshot } from '../../quiesce/protocol.js';
 import { BulwarkError } from '../../util/errors.js';
 import { Context } from '../context.js';
-import { bytes, duration, rate, shortId } from '../format.js';
+import { bytes, duration, parseSize, rate, shortId } from '../format.js';
 import { progressView, wantsTotals } from '../progress.js';
 
 const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
@@ -113,14 +113,17 @@ export function register(program: Command): void {
     .option('--mode <mode>', 'snapshot (live) | suspend (pause vCPUs around the snapshot point)', 'snapshot')
     .option('--full', 'read whole disks even where a dirty bitmap allows an incremental')
     .option('--scratch-dir <dir>', 'where fleecing images go during the backup', '/var/tmp')
+    .option('--scratch-min <size>', 'free scratch space required to start (default: max(10G, 15% of the disks)); running out later fails the backup, not the guest')
     .option('--tag <tag>', 'tag the snapshots (repeatable)', collect, [])
     .option('--host <name>', 'host name to record (default: this host)')
     .addHelpText('after', '\nExample:\n  bulwark backup vm web01 db01 --group --connect file:/etc/bulwark/vms.json')
-    .action(async (names: string[], o: { connect: string[]; group?: boolean; consistency: string; mode: string; full?: boolean; scratchDir: string; tag: string[]; host?: string }, cmd: Command) => {
+    .action(async (names: string[], o: { connect: string[]; group?: boolean; consistency: string; mode: string; full?: boolean; scratchDir: string; scratchMin?: string; tag: string[]; host?: string }, cmd: Command) => {
       const ctx = Context.from(cmd);
       if (!['application', 'auto', 'crash'].includes(o.consistency)) throw new BulwarkError('usage', `unknown --consistency '${o.consistency}'`, { hint: 'application, auto or crash' });
       if (o.mode === 'stop') throw new BulwarkError('usage', "--mode stop is not available yet", { hint: 'use --mode snapshot (live) or suspend' });
       if (!['snapshot', 'suspend'].includes(o.mode)) throw new BulwarkError('usage', `unknown --mode '${o.mode}'`, { hint: 'snapshot or suspend' });
+      const scratchMin = o.scratchMin === undefined ? undefined : parseSize(o.scratchMin);
+      if (o.scratchMin !== undefined && scratchMin === undefined) throw new BulwarkError('usage', `--scratch-min '${o.scratchMin}' is not a size`, { hint: 'e.g. 0, 512M, 20G' });
       const endpoints = await selectEndpoints(await endpointsFrom(o.connect), names);
       await ctx.withRepo(async (repo) => {
         const view = progressView(ctx.opts, 'backup');
@@ -133,6 +136,7 @@ export function register(program: Command): void {
             mode: o.mode as 'snapshot' | 'suspend',
             full: o.full ?? false,
             scratchDir: o.scratchDir,
+            ...(scratchMin !== undefined ? { scratchMin } : {}),
             tags: o.tag,
             ...(o.host ? { host: o.host } : {}),
             onProgress: (p) => view.update(p),

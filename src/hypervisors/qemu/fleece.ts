@@ -1,40 +1,43 @@
-// Point-in-time images of a running QEMU VM's disks by image fleecing (QEMU 7.2), exported over NBD.
+// Point-in-time images of a running QEMU VM's disks by image fleecing, exported over NBD.
 //
-// Before the freeze (slow work): an empty qcow2 overlay per disk in the scratch folder, added as a
-// node whose backing is the disk. During the freeze (one QMP transaction): a `blockdev-backup
-// sync=none` per disk into its overlay, so every guest write first copies the old data there, and a
-// new persistent dirty bitmap per qcow2 disk. After the thaw: an NBD export of each overlay, which
-// reads as the disk at the freeze point; for incrementals the previous bitmap is exposed through it.
+// The fleecing layer is QEMU's copy-before-write filter (7.1+) with `on-cbw-error: break-snapshot`:
+// before a guest write lands, the filter copies the old data into a scratch image; when that copy
+// fails (the scratch space is full) or takes longer than `cbw-timeout`, the *snapshot* breaks and
+// the guest's write goes on. Running out of scratch space therefore fails the backup, never the
+// guest. (`blockdev-backup sync=none`, the older way, fails the guest's write instead.)
+//
+// Before the freeze (slow work): per disk, an empty qcow2 scratch image and a copy-before-write node
+// above the disk's node, not yet in the guest's path. During the freeze: the new dirty bitmaps (one
+// transaction), then each device is switched onto its filter (`qom-set drive`, which drains the
+// device's I/O): that switch is the point in time. A VM with several disks is paused for the
+// switches unless already paused, so all its disks share one instant. After the thaw: a
+// snapshot-access node per disk, which reads as the disk at the point, exported over NBD.
 //
 // Everything is named with PREFIX so a killed run's leftovers can be found and removed next time.
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readdir, rm } from 'node:fs/promises';
+import { readdir, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { QmpClient } from '../../protocols/qmp/client.js';
 import { BulwarkError } from '../../util/errors.js';
+import { readBlockGraph } from './block-graph.js';
+import type { QemuDisk } from './inspect.js';
 
 const run = promisify(execFile);
 export const PREFIX = 'bulwark-';
+/** Longest a guest write may wait for its old data to be copied before the snapshot gives way. */
+const CBW_TIMEOUT_S = 20;
 
-export interface FleeceDisk {
-  name: string;
-  node: string;
-  format: string;
-  size: number;
-}
+export const isOurNode = (node: string): boolean => node.startsWith(PREFIX);
 
 export interface FleeceSession {
-  actions: unknown[];
+  /** Runs inside the freeze window: new bitmaps, then every device onto its filter. */
+  takePoint(opts: { paused: boolean }): Promise<void>;
   export(previousBitmap: string | undefined): Promise<{ socket: string; disks: { name: string; exportName: string; dirtyContext?: string }[] }>;
+  /** After a failed read: why, if the scratch space is the reason. */
+  diagnose(): Promise<string | undefined>;
   finish(ok: boolean): Promise<void>;
-}
-
-interface Leftovers {
-  exports: string[];
-  jobs: string[];
-  nodes: string[];
 }
 
 async function quiet<T>(p: Promise<T>): Promise<T | undefined> {
@@ -54,28 +57,43 @@ async function waitJobGone(qmp: QmpClient, id: string, timeoutMs = 10_000): Prom
   }
 }
 
-async function leftovers(qmp: QmpClient): Promise<Leftovers> {
-  const exports = ((await quiet(qmp.execute<{ id: string }[]>('query-block-exports'))) ?? []).map((e) => e.id).filter((id) => id.startsWith(PREFIX));
-  const jobs = (await qmp.execute<{ id?: string; device: string }[]>('query-block-jobs')).map((j) => j.id ?? j.device).filter((id) => id.startsWith(PREFIX));
-  const nodes = (await qmp.execute<{ 'node-name': string }[]>('query-named-block-nodes', { flat: true })).map((n) => n['node-name']).filter((n) => n.startsWith(PREFIX));
-  return { exports, jobs, nodes: [...new Set(nodes)] };
-}
+// Deletion order: a node goes before the nodes it uses (access → filter → scratch image → its file).
+const KIND_ORDER = ['sa-', 'cbw-', 'fl-', 'fp-'];
+const kindRank = (node: string): number => {
+  const i = KIND_ORDER.findIndex((k) => node.startsWith(`${PREFIX}${k}`));
+  return i < 0 ? KIND_ORDER.length : i;
+};
 
-/** Removes exports, the NBD server, jobs, nodes and scratch files a killed run left behind. */
+/** Removes the exports, NBD server, jobs, filters and scratch files a killed run left behind. */
 export async function cleanupLeftovers(qmp: QmpClient, scratchDir?: string): Promise<void> {
-  const l = await leftovers(qmp);
-  for (const id of l.exports) await quiet(qmp.execute('block-export-del', { id, mode: 'hard' }));
-  if (l.exports.length > 0 || l.nodes.length > 0) await quiet(qmp.execute('nbd-server-stop'));
-  for (const id of l.jobs) {
+  const exports = ((await quiet(qmp.execute<{ id: string }[]>('query-block-exports'))) ?? []).map((e) => e.id).filter(isOurNode);
+  for (const id of exports) await quiet(qmp.execute('block-export-del', { id, mode: 'hard' }));
+  // Jobs: blockdev-backup fleecing of Bulwark before 0.2.
+  const jobs = (await qmp.execute<{ id?: string; device: string }[]>('query-block-jobs')).map((j) => j.id ?? j.device).filter(isOurNode);
+  for (const id of jobs) {
     await quiet(qmp.execute('block-job-cancel', { device: id, force: true }));
     await waitJobGone(qmp, id);
   }
-  // Formats before their files: the overlay's protocol node (…-fp-…) is its child.
-  const isProto = (n: string): number => Number(n.startsWith(`${PREFIX}fp-`));
-  for (const node of l.nodes.sort((a, b) => isProto(a) - isProto(b))) await quiet(qmp.execute('blockdev-del', { 'node-name': node }));
+  let graph = await readBlockGraph(qmp);
+  const ours = [...graph.nodes.keys()].filter(isOurNode);
+  if (exports.length > 0 || ours.length > 0) await quiet(qmp.execute('nbd-server-stop'));
+  for (const node of ours.filter((n) => n.startsWith(`${PREFIX}sa-`))) await quiet(qmp.execute('blockdev-del', { 'node-name': node }));
+  // Devices still on a filter of ours go back onto their disk before the filter can go.
+  graph = await readBlockGraph(qmp);
+  for (const d of graph.devices) {
+    if (!isOurNode(d.root)) continue;
+    let disk = d.root;
+    while (isOurNode(disk)) {
+      const next = graph.children.get(disk)?.get('file');
+      if (!next) break;
+      disk = next;
+    }
+    if (!isOurNode(disk)) await qmp.execute('qom-set', { path: d.qomPath, property: 'drive', value: disk });
+  }
+  for (const node of ours.filter((n) => !n.startsWith(`${PREFIX}sa-`)).sort((a, b) => kindRank(a) - kindRank(b))) await quiet(qmp.execute('blockdev-del', { 'node-name': node }));
   if (scratchDir) {
-    const inUse = new Set((await leftovers(qmp)).nodes);
-    if (inUse.size === 0) {
+    const left = [...(await readBlockGraph(qmp)).nodes.keys()].filter(isOurNode);
+    if (left.length === 0) {
       for (const f of (await quiet(readdir(scratchDir))) ?? []) if (f.startsWith(PREFIX) && f.endsWith('.qcow2')) await rm(join(scratchDir, f), { force: true });
     }
   }
@@ -84,84 +102,134 @@ export async function cleanupLeftovers(qmp: QmpClient, scratchDir?: string): Pro
 /** Bitmaps of ours that are not the incremental base (a killed run's new bitmap): merged into the base, then removed. */
 export async function dropStaleBitmaps(qmp: QmpClient, node: string, bitmaps: string[], base: string | undefined): Promise<void> {
   for (const b of bitmaps) {
-    if (!b.startsWith(PREFIX) || b === base) continue;
+    if (!isOurNode(b) || b === base) continue;
     if (base && bitmaps.includes(base)) await quiet(qmp.execute('block-dirty-bitmap-merge', { node, target: base, bitmaps: [b] }));
     await quiet(qmp.execute('block-dirty-bitmap-remove', { node, name: b }));
   }
 }
 
-export async function prepareFleece(qmp: QmpClient, disks: FleeceDisk[], opts: { scratchDir: string; newBitmap: string }): Promise<FleeceSession> {
+export async function prepareFleece(qmp: QmpClient, disks: QemuDisk[], opts: { scratchDir: string; newBitmap: string }): Promise<FleeceSession> {
   const tag = randomBytes(4).toString('hex');
   const items = disks.map((d) => ({
     d,
     file: join(opts.scratchDir, `${PREFIX}${tag}-${d.name}.qcow2`),
     // QEMU allows node names of at most 31 characters.
-    fleece: `${PREFIX}fl-${tag}-${d.name}`,
+    scratch: `${PREFIX}fl-${tag}-${d.name}`,
     proto: `${PREFIX}fp-${tag}-${d.name}`,
-    job: `${PREFIX}j-${tag}-${d.name}`,
+    filter: `${PREFIX}cbw-${tag}-${d.name}`,
+    access: `${PREFIX}sa-${tag}-${d.name}`,
     exportId: `${PREFIX}e-${tag}-${d.name}`,
+    switched: false,
+    accessAdded: false,
   }));
   const added: typeof items = [];
   try {
     for (const it of items) {
       await run('qemu-img', ['create', '-q', '-f', 'qcow2', it.file, String(it.d.size)]);
-      await qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': it.fleece, file: { driver: 'file', filename: it.file, 'node-name': it.proto }, backing: it.d.node });
+      await qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': it.scratch, file: { driver: 'file', filename: it.file, 'node-name': it.proto } });
       added.push(it);
+      await qmp.execute('blockdev-add', { driver: 'copy-before-write', 'node-name': it.filter, file: it.d.node, target: it.scratch, 'on-cbw-error': 'break-snapshot', 'cbw-timeout': CBW_TIMEOUT_S });
     }
   } catch (err) {
-    for (const it of added) await quiet(qmp.execute('blockdev-del', { 'node-name': it.fleece }));
+    for (const it of added) {
+      await quiet(qmp.execute('blockdev-del', { 'node-name': it.filter }));
+      await quiet(qmp.execute('blockdev-del', { 'node-name': it.scratch }));
+    }
     for (const it of items) await rm(it.file, { force: true });
-    throw new BulwarkError('failed', `cannot prepare fleecing images in '${opts.scratchDir}': ${(err as Error).message}`, { hint: "check free space there ('bulwark doctor'), or choose another --scratch-dir", cause: err });
-  }
-  const actions: unknown[] = [];
-  for (const it of items) {
-    actions.push({ type: 'blockdev-backup', data: { device: it.d.node, target: it.fleece, sync: 'none', 'job-id': it.job, 'auto-finalize': true, 'auto-dismiss': true } });
-    if (it.d.format === 'qcow2') actions.push({ type: 'block-dirty-bitmap-add', data: { node: it.d.node, name: opts.newBitmap, persistent: true } });
+    throw new BulwarkError('failed', `cannot prepare fleecing for ${disks.map((d) => d.name).join(', ')} in '${opts.scratchDir}': ${(err as Error).message}`, {
+      hint: "check free space there ('bulwark doctor'), or choose another --scratch-dir; copy-before-write fleecing needs QEMU 7.1 or newer",
+      cause: err,
+    });
   }
   const socket = join(opts.scratchDir, `${PREFIX}${tag}.nbd`);
   let exported = false;
   let previous: string | undefined;
 
   return {
-    actions,
+    async takePoint({ paused }) {
+      const bitmaps = items.filter((it) => it.d.format === 'qcow2').map((it) => ({ type: 'block-dirty-bitmap-add', data: { node: it.d.bitmapNode, name: opts.newBitmap, persistent: true } }));
+      // Added before the switch, the new bitmap also sees writes just before the point: a superset.
+      if (bitmaps.length > 0) await qmp.execute('transaction', { actions: bitmaps });
+      const pause = items.length > 1 && !paused;
+      if (pause) await qmp.execute('stop');
+      try {
+        for (const it of items) {
+          await qmp.execute('qom-set', { path: it.d.qomPath, property: 'drive', value: it.filter });
+          it.switched = true;
+        }
+      } finally {
+        if (pause) await qmp.execute('cont');
+      }
+    },
     async export(previousBitmap) {
       previous = previousBitmap;
+      for (const it of items) {
+        await qmp.execute('blockdev-add', { driver: 'snapshot-access', 'node-name': it.access, file: it.filter });
+        it.accessAdded = true;
+      }
       await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: socket } } });
       exported = true;
       const out: { name: string; exportName: string; dirtyContext?: string }[] = [];
       for (const it of items) {
         const bitmaps: string[] = [];
         if (previousBitmap && it.d.format === 'qcow2') {
-          // The export shows the fleece node; a disabled copy of the base bitmap there carries what
-          // changed since the base (a superset from the freeze on, which only costs a little reading).
-          await qmp.execute('block-dirty-bitmap-add', { node: it.fleece, name: previousBitmap, disabled: true, persistent: false });
-          await qmp.execute('block-dirty-bitmap-merge', { node: it.fleece, target: previousBitmap, bitmaps: [{ node: it.d.node, name: previousBitmap }] });
+          // A disabled copy of the base bitmap on the exported node carries what changed since the
+          // base (a superset from the point on, which only costs a little reading).
+          await qmp.execute('block-dirty-bitmap-add', { node: it.access, name: previousBitmap, disabled: true, persistent: false });
+          await qmp.execute('block-dirty-bitmap-merge', { node: it.access, target: previousBitmap, bitmaps: [{ node: it.d.bitmapNode, name: previousBitmap }] });
           bitmaps.push(previousBitmap);
         }
-        await qmp.execute('block-export-add', { type: 'nbd', id: it.exportId, 'node-name': it.fleece, name: it.d.name, writable: false, ...(bitmaps.length ? { bitmaps } : {}) });
+        await qmp.execute('block-export-add', { type: 'nbd', id: it.exportId, 'node-name': it.access, name: it.d.name, writable: false, ...(bitmaps.length ? { bitmaps } : {}) });
         out.push({ name: it.d.name, exportName: it.d.name, ...(bitmaps.length ? { dirtyContext: `qemu:dirty-bitmap:${previousBitmap}` } : {}) });
       }
       return { socket, disks: out };
     },
+    async diagnose() {
+      const s = await quiet(statfs(opts.scratchDir));
+      if (!s) return undefined;
+      const free = s.bavail * s.bsize;
+      // The filter copies in clusters of 64 KiB to 1 MiB: with less than a few MiB left, a copy failed.
+      if (free >= 4 * 1024 * 1024) return undefined;
+      return `the scratch space in '${opts.scratchDir}' ran out while the guest wrote (${Math.round(free / 1024)} KiB free), so the point-in-time image broke; the guest's own writes were not affected`;
+    },
     async finish(ok) {
       for (const it of items) await quiet(qmp.execute('block-export-del', { id: it.exportId, mode: 'hard' }));
       if (exported) await quiet(qmp.execute('nbd-server-stop'));
+      for (const it of items) if (it.accessAdded) await quiet(qmp.execute('blockdev-del', { 'node-name': it.access }));
+      let stuck: Error | undefined;
       for (const it of items) {
-        await quiet(qmp.execute('block-job-cancel', { device: it.job, force: true }));
-        await quiet(waitJobGone(qmp, it.job));
-        await quiet(qmp.execute('blockdev-del', { 'node-name': it.fleece }));
+        // The device goes back onto its disk (draining its I/O) before the filter can be removed.
+        if (it.switched) {
+          try {
+            await qmp.execute('qom-set', { path: it.d.qomPath, property: 'drive', value: it.d.node });
+          } catch (err) {
+            stuck = err as Error;
+            continue;
+          }
+        }
+        await quiet(qmp.execute('blockdev-del', { 'node-name': it.filter }));
+        await quiet(qmp.execute('blockdev-del', { 'node-name': it.scratch }));
         await rm(it.file, { force: true });
+      }
+      for (const it of items) {
         if (it.d.format !== 'qcow2') continue;
+        const node = it.d.bitmapNode;
         if (ok) {
           // The new bitmap is the base of the next incremental; the old base has served.
-          if (previous) await quiet(qmp.execute('block-dirty-bitmap-remove', { node: it.d.node, name: previous }));
+          if (previous) await quiet(qmp.execute('block-dirty-bitmap-remove', { node, name: previous }));
         } else {
           // Nothing may be missed: what the new bitmap saw goes back into the base, then it goes.
-          if (previous) await quiet(qmp.execute('block-dirty-bitmap-merge', { node: it.d.node, target: previous, bitmaps: [opts.newBitmap] }));
-          await quiet(qmp.execute('block-dirty-bitmap-remove', { node: it.d.node, name: opts.newBitmap }));
+          if (previous) await quiet(qmp.execute('block-dirty-bitmap-merge', { node, target: previous, bitmaps: [opts.newBitmap] }));
+          await quiet(qmp.execute('block-dirty-bitmap-remove', { node, name: opts.newBitmap }));
         }
       }
       await rm(socket, { force: true });
+      if (stuck) {
+        throw new BulwarkError('failed', `a disk could not be switched back from its fleecing filter: ${stuck.message}`, {
+          hint: 'the guest runs on through the filter unharmed; the next backup removes it',
+          cause: stuck,
+        });
+      }
     },
   };
 }
