@@ -11,7 +11,6 @@
 // The snapshot provider and the quiescer are passed in, so the job reads as the protocol and each
 // part is tested on its own against a real guest.
 import { hostname as osHostname, userInfo } from 'node:os';
-import { randomBytes } from 'node:crypto';
 import { statfs } from 'node:fs/promises';
 import type { QemuDisk } from '../hypervisors/qemu/inspect.js';
 import type { VmEndpoint } from '../hypervisors/registry.js';
@@ -26,7 +25,7 @@ export type { ConsistencyPolicy } from '../quiesce/protocol.js';
 import type { ProgressSink } from '../sources/progress.js';
 import { readDiskOverNbd } from '../sources/vm/nbd-reader.js';
 import { BulwarkError } from '../util/errors.js';
-import { scratchNeeded } from './vms.js';
+import { expectedWrites, newBitmapName, scratchNeeded } from './vms.js';
 
 export type BackupMode = 'snapshot' | 'suspend' | 'stop';
 
@@ -139,13 +138,13 @@ async function prepareVm(repo: Repository, provider: SnapshotProvider, endpoint:
     const { bavail, bsize } = await statfs(opts.scratchDir).catch((err: unknown) => {
       throw new BulwarkError('usage', `scratch folder '${opts.scratchDir}' is not usable: ${(err as Error).message}`, { hint: 'create it, or pass --scratch-dir' });
     });
-    const need = opts.scratchMin ?? scratchNeeded(total);
+    const need = opts.scratchMin ?? scratchNeeded(total, expectedWrites(disks).bytes);
     if (bavail * bsize < need) {
       throw new BulwarkError('failed', `not enough scratch space for VM ${name}: ${(bavail * bsize / 2 ** 30).toFixed(1)} GiB free in '${opts.scratchDir}', ${(need / 2 ** 30).toFixed(1)} GiB needed`, {
         hint: "free space there or pass another --scratch-dir ('bulwark doctor' shows the rule); --scratch-min sets the requirement",
       });
     }
-    const newBitmap = `bulwark-${randomBytes(8).toString('hex')}`;
+    const newBitmap = newBitmapName();
     const session = await provider.prepare(qmp, disks, { scratchDir: opts.scratchDir, newBitmap });
     return { endpoint, name, qmp, disks, config, ...(parent ? { parent } : {}), bases, reasons, session, newBitmap };
   } catch (err) {

@@ -1,5 +1,6 @@
 // What Bulwark sees of VMs (vm list) and the pre-flight checks that catch what breaks VM backups
 // before it does (doctor, and before every VM job). Each finding has a severity and a fix.
+import { randomBytes } from 'node:crypto';
 import { statfs } from 'node:fs/promises';
 import { freemem } from 'node:os';
 import type { VmEndpoint } from '../hypervisors/registry.js';
@@ -88,9 +89,38 @@ export function scratchNeeded(diskBytes: number, expectedWrites = 0): number {
   return Math.max(10 * GiB, 0.15 * diskBytes) + 2 * expectedWrites;
 }
 
+/** Name of a new incremental base bitmap: it carries its creation time, so its dirty count gives a rate. */
+export function newBitmapName(now = Date.now()): string {
+  return `bulwark-${Math.floor(now / 1000).toString(16)}-${randomBytes(4).toString('hex')}`;
+}
+
+/** Reading speed assumed when estimating how long a backup keeps its point-in-time image open. */
+const ASSUMED_READ_BYTES_PER_S = 100 * 1024 ** 2;
+
+/**
+ * Bytes the guest is expected to write while a backup of these disks runs: each disk's change rate,
+ * measured by Bulwark's dirty bitmap (bytes dirty since the bitmap's creation time), times the time a
+ * full read of the disk takes at a modest 100 MiB/s. 0 when no disk has such a bitmap yet.
+ */
+export function expectedWrites(disks: VmDisk[], now = Date.now()): { bytes: number; bytesPerSecond: number } {
+  let bytes = 0;
+  let rate = 0;
+  for (const d of disks) {
+    let best = 0;
+    for (const b of d.bitmaps) {
+      const m = /^bulwark-([0-9a-f]{8,})-[0-9a-f]+$/.exec(b.name);
+      const age = m ? now / 1000 - parseInt(m[1]!, 16) : 0;
+      if (b.recording && age >= 60) best = Math.max(best, b.count / age);
+    }
+    rate += best;
+    bytes += best * (d.size / ASSUMED_READ_BYTES_PER_S);
+  }
+  return { bytes: Math.round(bytes), bytesPerSecond: rate };
+}
+
 export interface DoctorOptions {
   scratchDir: string;
-  /** Bytes the VM is expected to write during a backup, from its measured change rate (0 if unknown). */
+  /** Bytes the VM is expected to write during a backup (default: from its measured change rate, see expectedWrites). */
   expectedWrites?: number;
 }
 
@@ -120,17 +150,20 @@ export function checkVm(vm: VmInfo, scratch: { free: number }, opts: DoctorOptio
   for (const d of vm.disks) {
     total += d.size;
     if (d.format === 'raw') {
-      f.push({ severity: 'warning', check: 'bitmaps', object: `${obj}/${d.device}`, message: 'raw disk: no persistent dirty bitmap, every backup reads the whole disk (changed data is still deduplicated)', fix: `convert to qcow2 (qemu-img convert -O qcow2 '${d.file}' …) for incrementals that read only what changed` });
+      f.push({ severity: 'warning', check: 'bitmaps', object: `${obj}/${d.name}`, message: 'raw disk: no persistent dirty bitmap, every backup reads the whole disk (changed data is still deduplicated)', fix: `convert to qcow2 (qemu-img convert -O qcow2 '${d.file}' …) for incrementals that read only what changed` });
     }
     for (const b of d.bitmaps) {
       if (b.inconsistent) {
-        f.push({ severity: 'error', check: 'bitmaps', object: `${obj}/${d.device}`, message: `dirty bitmap '${b.name}' is inconsistent (not stored properly, e.g. after a host crash)`, fix: `remove it: block-dirty-bitmap-remove node=${d.bitmapNode} name=${b.name}; the next backup reads the whole disk` });
+        f.push({ severity: 'error', check: 'bitmaps', object: `${obj}/${d.name}`, message: `dirty bitmap '${b.name}' is inconsistent (not stored properly, e.g. after a host crash)`, fix: `remove it: block-dirty-bitmap-remove node=${d.bitmapNode} name=${b.name}; the next backup reads the whole disk` });
       }
     }
   }
-  const need = scratchNeeded(total, opts.expectedWrites ?? 0);
+  const measured = expectedWrites(vm.disks);
+  const writes = opts.expectedWrites ?? measured.bytes;
+  const need = scratchNeeded(total, writes);
   if (scratch.free < need) {
-    f.push({ severity: 'error', check: 'scratch', object: opts.scratchDir, message: `scratch space for fleecing images: ${(scratch.free / GiB).toFixed(1)} GiB free, ${(need / GiB).toFixed(1)} GiB needed (max(10 GiB, 15% of ${(total / GiB).toFixed(1)} GiB of disks) + 2 × expected writes)`, fix: 'free space there or choose another --scratch-dir on a large, fast file system' });
+    const rate = opts.expectedWrites === undefined && measured.bytesPerSecond > 0 ? `, measured change rate ${(measured.bytesPerSecond / 1024 ** 2).toFixed(2)} MiB/s` : '';
+    f.push({ severity: 'error', check: 'scratch', object: opts.scratchDir, message: `scratch space for fleecing images: ${(scratch.free / GiB).toFixed(1)} GiB free, ${(need / GiB).toFixed(1)} GiB needed (max(10 GiB, 15% of ${(total / GiB).toFixed(1)} GiB of disks) + 2 × ${(writes / GiB).toFixed(1)} GiB expected writes${rate})`, fix: 'free space there or choose another --scratch-dir on a large, fast file system' });
   }
   return f;
 }

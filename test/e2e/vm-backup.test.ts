@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdir, readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QgaClient } from '../../src/protocols/qga/client.js';
-import { QmpClient } from '../../src/protocols/qmp/client.js';
+import { QmpClient, type QmpEvent } from '../../src/protocols/qmp/client.js';
 import { jsonResult, runCli } from '../helpers/cli.js';
 import { tempDir } from '../helpers/repo.js';
 import { ensureGuestBuilt, makeDataDisk, readFileFromExt4Image, readHookLog, startGuest, verifyWriterLog, type RunningGuest } from '../guest/guest.js';
@@ -153,6 +153,27 @@ describe('live VM backup', () => {
     await harness.close();
     await new Promise((w) => setTimeout(w, 2000));
     expect(await frozenStatus(web.guest)).toBe('thawed');
+  });
+
+  it('--mode suspend pauses the vCPUs around the point in time only, and the VM runs on', async () => {
+    const harness = await QmpClient.connect(`${web.guest.dir}/harness.sock`);
+    const events: { event: string; at: number }[] = [];
+    harness.on('event', (e: QmpEvent) => events.push({ event: e.event, at: e.timestamp.seconds * 1000 + e.timestamp.microseconds / 1000 }));
+    try {
+      const r = await runCli(['backup', 'vm', 'web01', '--connect', web.connect, '--mode', 'suspend', '--consistency', 'crash', '--scratch-dir', `${tmp.path}/scratch`, '--json'], { env });
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+      const res = jsonResult<VmBackupJson>(r).results[0]!;
+      const stops = events.filter((e) => e.event === 'STOP');
+      const resumes = events.filter((e) => e.event === 'RESUME');
+      expect(stops).toHaveLength(1);
+      expect(resumes).toHaveLength(1);
+      expect(stops[0]!.at).toBeLessThanOrEqual(res.snapshotAt!);
+      expect(res.snapshotAt!).toBeLessThanOrEqual(resumes[0]!.at + 1);
+      console.log(`suspend mode: vCPUs paused ${(resumes[0]!.at - stops[0]!.at).toFixed(1)} ms`);
+      expect((await harness.execute('query-status')).status).toBe('running');
+    } finally {
+      await harness.close();
+    }
   });
 
   it('refuses to start when the scratch space is too small, before anything is frozen or changed', async () => {

@@ -1,0 +1,37 @@
+import { describe, expect, it } from 'vitest';
+import { checkVm, expectedWrites, newBitmapName, type VmDisk, type VmInfo } from './vms.js';
+
+const GiB = 1024 ** 3;
+const now = Date.UTC(2026, 10, 25, 12);
+
+function disk(size: number, bitmaps: { name: string; count: number; recording?: boolean }[]): VmDisk {
+  return {
+    name: 'vda', device: 'vd0', qomPath: '/machine/peripheral/vd0', node: 'disk0', bitmapNode: 'disk0', format: 'qcow2', size, file: '/img/a.qcow2', layered: false,
+    bitmaps: bitmaps.map((b) => ({ granularity: 65536, recording: b.recording ?? true, persistent: true, busy: false, inconsistent: false, ...b })),
+  };
+}
+
+describe('expectedWrites', () => {
+  it('is the change rate since the base bitmap was made times a full read of the disk', () => {
+    const made = newBitmapName(now - 3600_000); // an hour ago
+    // 3.6 GiB dirty in an hour = 1 MiB/s; a 100 GiB disk reads in 1024 s at 100 MiB/s.
+    const e = expectedWrites([disk(100 * GiB, [{ name: made, count: 3.6 * GiB }])], now);
+    expect(e.bytesPerSecond).toBeCloseTo(1.024 * 1024 ** 2, -2);
+    expect(e.bytes / GiB).toBeCloseTo(1.024, 2);
+  });
+  it('is 0 without a timed bitmap of ours, or with one too young to measure', () => {
+    expect(expectedWrites([disk(GiB, [{ name: 'bulwark-0123456789abcdef', count: GiB }, { name: 'user-bitmap', count: GiB }])], now).bytes).toBe(0);
+    expect(expectedWrites([disk(GiB, [{ name: newBitmapName(now - 10_000), count: GiB }])], now).bytes).toBe(0);
+  });
+});
+
+describe('checkVm scratch rule', () => {
+  const vm = (disks: VmDisk[]): VmInfo => ({ name: 'web01', qmp: '/q', status: 'running', qemuVersion: '7.2.0', disks, agent: { state: 'responding', version: '7.2.0' } });
+  it('adds twice the expected writes to max(10 GiB, 15 %) and names the measured rate', () => {
+    const busy = disk(100 * GiB, [{ name: newBitmapName(Date.now() - 3600_000), count: 36 * GiB }]); // ~10 MiB/s
+    const findings = checkVm(vm([busy]), { free: 16 * GiB }, { scratchDir: '/var/tmp' });
+    const f = findings.find((x) => x.check === 'scratch');
+    expect(f?.message).toMatch(/35\.\d GiB needed \(max.*\+ 2 × 10\.\d GiB expected writes, measured change rate 10\.\d+ MiB\/s\)/);
+    expect(checkVm(vm([disk(100 * GiB, [])]), { free: 16 * GiB }, { scratchDir: '/var/tmp' }).some((x) => x.check === 'scratch')).toBe(false);
+  });
+});
