@@ -73,8 +73,12 @@ export class Guardian {
   /** Closing its stdin tells the guardian to thaw if needed and exit. */
   async close(): Promise<void> {
     if (this.child.exitCode !== null) return;
+    let timer: NodeJS.Timeout | undefined;
     const exited = new Promise<void>((r) => this.child.once('exit', () => r()));
     this.child.stdin!.end();
-    await Promise.race([exited, new Promise((r) => setTimeout(r, 15_000))]);
+    // A guardian still thawing a slow guest is left to finish on its own after 15 s; the timer must
+    // not keep this process alive once the guardian has exited.
+    await Promise.race([exited, new Promise((r) => (timer = setTimeout(r, 15_000)))]);
+    clearTimeout(timer);
   }
 }
