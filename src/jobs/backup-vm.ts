@@ -25,6 +25,7 @@ export type { ConsistencyPolicy } from '../quiesce/protocol.js';
 import type { ProgressSink } from '../sources/progress.js';
 import { readDiskOverNbd } from '../sources/vm/nbd-reader.js';
 import { BulwarkError } from '../util/errors.js';
+import { RateLimiter } from '../util/rate-limit.js';
 import { expectedWrites, newBitmapName, scratchNeeded } from './vms.js';
 
 export type BackupMode = 'snapshot' | 'suspend' | 'stop';
@@ -61,6 +62,8 @@ export interface VmBackupOptions {
   mode: BackupMode;
   full: boolean;
   scratchDir: string;
+  /** Bytes per second read from the VMs' disks at most. */
+  limitRead?: number;
   /** Free scratch space required before starting (default: scratchNeeded of the VM's disks). */
   scratchMin?: number;
   tags?: string[];
@@ -166,6 +169,7 @@ async function transferVm(repo: Repository, p: Prepared, outcome: QuiesceOutcome
   const incremental = [...p.bases.values()].length > 0;
   const previousBitmap = incremental ? [...p.bases.values()][0]!.bitmap : undefined;
   const exp = await p.session.export(previousBitmap);
+  const limiter = opts.limitRead ? new RateLimiter(opts.limitRead) : undefined;
   const records: DiskRecord[] = [];
   let bytesRead = 0;
   let bytesNew = 0;
@@ -182,6 +186,7 @@ async function transferVm(repo: Repository, p: Prepared, outcome: QuiesceOutcome
         blockSize: repo.config.blockSize,
         ...(base && context ? { incremental: { context, parentPages: base.pages, parentSize: base.size } } : {}),
         ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+        ...(limiter ? { limiter } : {}),
       });
       const read = base && context ? 'incremental' : 'full';
       const reason = p.reasons.get(d.name);

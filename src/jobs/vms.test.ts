@@ -34,4 +34,9 @@ describe('checkVm scratch rule', () => {
     expect(f?.message).toMatch(/35\.\d GiB needed \(max.*\+ 2 × 10\.\d GiB expected writes, measured change rate 10\.\d+ MiB\/s\)/);
     expect(checkVm(vm([disk(100 * GiB, [])]), { free: 16 * GiB }, { scratchDir: '/var/tmp' }).some((x) => x.check === 'scratch')).toBe(false);
   });
+  it('reports a fleecing filter an interrupted backup left in the write path', () => {
+    const left = { ...disk(GiB, []), layered: true };
+    const f = checkVm(vm([left]), { free: 100 * GiB }, { scratchDir: '/var/tmp' }).find((x) => x.check === 'leftovers');
+    expect(f?.fix).toMatch(/bulwark backup vm web01/);
+  });
 });

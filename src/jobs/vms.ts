@@ -149,6 +149,9 @@ export function checkVm(vm: VmInfo, scratch: { free: number }, opts: DoctorOptio
   let total = 0;
   for (const d of vm.disks) {
     total += d.size;
+    if (d.layered) {
+      f.push({ severity: 'warning', check: 'leftovers', object: `${obj}/${d.name}`, message: 'a fleecing filter of an interrupted backup is still in the guest\'s write path (harmless, but it keeps copying old data to the scratch folder)', fix: `run 'bulwark backup vm ${obj}' (it removes the filter first)` });
+    }
     if (d.format === 'raw') {
       f.push({ severity: 'warning', check: 'bitmaps', object: `${obj}/${d.name}`, message: 'raw disk: no persistent dirty bitmap, every backup reads the whole disk (changed data is still deduplicated)', fix: `convert to qcow2 (qemu-img convert -O qcow2 '${d.file}' …) for incrementals that read only what changed` });
     }

@@ -191,12 +191,19 @@ describe('live VM backup', () => {
   });
 
   it('a killed backup leaves the guest thawed and running; the next run cleans up and is correct', async () => {
+    // A full read at 4 MiB/s takes seconds: killed at 0.6 s (around the point in time) and at 2.5 s (mid-read).
     for (const delay of [600, 2500]) {
       let pid = 0;
-      const run = runCli(['backup', 'vm', 'web01', '--connect', web.connect, '--scratch-dir', `${tmp.path}/scratch`], { env, onSpawn: (p) => (pid = p) });
+      const run = runCli(['backup', 'vm', 'web01', '--connect', web.connect, '--full', '--limit-read', '4M', '--scratch-dir', `${tmp.path}/scratch`], { env, onSpawn: (p) => (pid = p) });
       await new Promise((r) => setTimeout(r, delay));
+      if (delay === 2500) {
+        const h = await QmpClient.connect(`${web.guest.dir}/harness.sock`);
+        const roots = (await h.execute<{ inserted?: { 'node-name': string } }[]>('query-block')).map((b) => b.inserted?.['node-name'] ?? '');
+        await h.close();
+        expect(roots.some((n) => n.startsWith('bulwark-cbw-')), 'the backup is mid-read: the device runs through the fleecing filter').toBe(true);
+      }
       process.kill(pid, 'SIGKILL');
-      await run;
+      expect((await run).code, 'killed before it finished').toBe(128);
       await new Promise((r) => setTimeout(r, 2500));
       expect(await frozenStatus(web.guest)).toBe('thawed');
       const qmp = await QmpClient.connect(web.guest.qmpSocket);
@@ -239,7 +246,8 @@ describe('live VM backup', () => {
     let r;
     try {
       execFileSync('dd', ['if=/dev/zero', `of=${small}/filler`, 'bs=1M', 'count=29', 'status=none']);
-      r = await runCli(['backup', 'vm', 'bulk01', '--connect', connect, '--scratch-dir', small, '--scratch-min', '0', '--json'], { env });
+      // At 32 MiB/s the read lasts seconds, well past the moment the guest's overwrites fill the scratch.
+      r = await runCli(['backup', 'vm', 'bulk01', '--connect', connect, '--scratch-dir', small, '--scratch-min', '0', '--limit-read', '32M', '--json'], { env });
     } finally {
       execFileSync('umount', ['-l', small]);
     }

@@ -114,16 +114,19 @@ export function register(program: Command): void {
     .option('--full', 'read whole disks even where a dirty bitmap allows an incremental')
     .option('--scratch-dir <dir>', 'where fleecing images go during the backup', '/var/tmp')
     .option('--scratch-min <size>', 'free scratch space required to start (default: max(10G, 15% of the disks)); running out later fails the backup, not the guest')
+    .option('--limit-read <size>', 'read at most this much per second from the VMs\' disks, e.g. 50M (leaves the guests\' storage room to work)')
     .option('--tag <tag>', 'tag the snapshots (repeatable)', collect, [])
     .option('--host <name>', 'host name to record (default: this host)')
     .addHelpText('after', '\nExample:\n  bulwark backup vm web01 db01 --group --connect file:/etc/bulwark/vms.json')
-    .action(async (names: string[], o: { connect: string[]; group?: boolean; consistency: string; mode: string; full?: boolean; scratchDir: string; scratchMin?: string; tag: string[]; host?: string }, cmd: Command) => {
+    .action(async (names: string[], o: { connect: string[]; group?: boolean; consistency: string; mode: string; full?: boolean; scratchDir: string; scratchMin?: string; limitRead?: string; tag: string[]; host?: string }, cmd: Command) => {
       const ctx = Context.from(cmd);
       if (!['application', 'auto', 'crash'].includes(o.consistency)) throw new BulwarkError('usage', `unknown --consistency '${o.consistency}'`, { hint: 'application, auto or crash' });
       if (o.mode === 'stop') throw new BulwarkError('usage', "--mode stop is not available yet", { hint: 'use --mode snapshot (live) or suspend' });
       if (!['snapshot', 'suspend'].includes(o.mode)) throw new BulwarkError('usage', `unknown --mode '${o.mode}'`, { hint: 'snapshot or suspend' });
       const scratchMin = o.scratchMin === undefined ? undefined : parseSize(o.scratchMin);
       if (o.scratchMin !== undefined && scratchMin === undefined) throw new BulwarkError('usage', `--scratch-min '${o.scratchMin}' is not a size`, { hint: 'e.g. 0, 512M, 20G' });
+      const limitRead = o.limitRead === undefined ? undefined : parseSize(o.limitRead);
+      if (o.limitRead !== undefined && !limitRead) throw new BulwarkError('usage', `--limit-read '${o.limitRead}' is not a positive size per second`, { hint: 'e.g. 50M' });
       const endpoints = await selectEndpoints(await endpointsFrom(o.connect), names);
       await ctx.withRepo(async (repo) => {
         const view = progressView(ctx.opts, 'backup');
@@ -137,6 +140,7 @@ export function register(program: Command): void {
             full: o.full ?? false,
             scratchDir: o.scratchDir,
             ...(scratchMin !== undefined ? { scratchMin } : {}),
+            ...(limitRead ? { limitRead } : {}),
             tags: o.tag,
             ...(o.host ? { host: o.host } : {}),
             onProgress: (p) => view.update(p),

@@ -13,6 +13,7 @@ import { BASE_ALLOCATION, NBD_STATE_DIRTY, NBD_STATE_HOLE, NBD_STATE_ZERO } from
 import type { NbdClient } from '../../protocols/nbd/client.js';
 import { BulwarkError } from '../../util/errors.js';
 import { orderedMap } from '../../util/ordered.js';
+import type { RateLimiter } from '../../util/rate-limit.js';
 import { newProgress, type ProgressSink } from '../progress.js';
 
 export type NbdDiskRepo = Pick<Repository, 'saveBlob' | 'loadBlob' | 'hasBlob' | 'config'>;
@@ -24,6 +25,8 @@ export interface NbdDiskReadOptions {
   onProgress?: ProgressSink;
   /** Blocks read ahead over NBD. */
   readAhead?: number;
+  /** Caps the read rate, so the backup leaves the VM's storage room to work. */
+  limiter?: RateLimiter;
 }
 
 export interface NbdDiskReadResult {
@@ -96,7 +99,12 @@ export async function readDiskOverNbd(repo: NbdDiskRepo, nbd: NbdClient, opts: N
 
   let lastEmit = 0;
   const window = opts.readAhead ?? 8;
-  for await (const item of orderedMap(plan(), window, async (p) => ({ p, data: p.read ? await nbd.read(p.index * blockSize, Math.min(blockSize, size - p.index * blockSize)) : undefined }))) {
+  for await (const item of orderedMap(plan(), window, async (p) => {
+    if (!p.read) return { p, data: undefined };
+    const len = Math.min(blockSize, size - p.index * blockSize);
+    await opts.limiter?.take(len);
+    return { p, data: await nbd.read(p.index * blockSize, len) };
+  })) {
     const { p, data } = item;
     if (data) {
       result.bytesRead += data.length;
