@@ -50,6 +50,10 @@ export interface SnapshotProvider {
   dropStaleBitmaps(qmp: QmpClient, disk: ProviderDisk, base: string | undefined): Promise<void>;
   inspect(qmp: QmpClient): Promise<{ disks: ProviderDisk[]; config: VmConfig }>;
   prepare(qmp: QmpClient, disks: ProviderDisk[], opts: { scratchDir: string; newBitmap: string }): Promise<ProviderSession>;
+  /** --mode stop: a clean shutdown of the guest, the VM kept paused; resolves with how it was asked. */
+  shutdown(qmp: QmpClient, opts: { qmpSocket: string; qgaSocket?: string; timeoutMs: number }): Promise<string>;
+  /** --mode stop: the guest boots again; `settled` when the VM's own settings are back as they were. */
+  startAgain(qmp: QmpClient, opts: { qgaSocket?: string }): Promise<{ settled: Promise<void> }>;
 }
 
 
@@ -60,6 +64,8 @@ export interface VmBackupOptions {
   group: boolean;
   policy: ConsistencyPolicy;
   mode: BackupMode;
+  /** --mode stop: how long a guest may take to shut down. */
+  stopTimeoutMs?: number;
   full: boolean;
   scratchDir: string;
   /** Bytes per second read from the VMs' disks at most. */
@@ -99,6 +105,8 @@ interface Prepared {
   session: ProviderSession;
   newBitmap: string;
   snapshotAt?: number;
+  /** --mode stop: done once the restarted guest's settings are put back (awaited before disconnecting). */
+  settling?: Promise<void>;
 }
 
 function username(): string {
@@ -222,6 +230,55 @@ async function transferVm(repo: Repository, p: Prepared, outcome: QuiesceOutcome
   return result;
 }
 
+/**
+ * Mode stop: every VM of the batch shut down cleanly, the points taken while all are down, every VM
+ * started again whatever failed. The consistency is `application`: every application was stopped.
+ */
+async function stopAndSnapshot(provider: SnapshotProvider, prepared: Prepared[], opts: VmBackupOptions): Promise<QuiesceOutcome[]> {
+  const outcomes: QuiesceOutcome[] = prepared.map((p) => ({ name: p.name, consistency: 'application', freezeMs: 0, warnings: [] }));
+  const down: { p: Prepared; o: QuiesceOutcome; t0: number }[] = [];
+  try {
+    for (const [i, p] of prepared.entries()) {
+      const o = outcomes[i]!;
+      const t0 = performance.now();
+      o.frozenFrom = Date.now();
+      try {
+        const via = await provider.shutdown(p.qmp, { qmpSocket: p.endpoint.qmp, ...(p.endpoint.qga ? { qgaSocket: p.endpoint.qga } : {}), timeoutMs: opts.stopTimeoutMs ?? 300_000 });
+        down.push({ p, o, t0 });
+        o.warnings.push(`shut down for the backup (through the ${via === 'agent' ? 'guest agent' : 'ACPI power button'}) and started again`);
+      } catch (err) {
+        o.error = err instanceof BulwarkError ? err : new BulwarkError('failed', (err as Error).message);
+        // A group's point is common to all: one VM that cannot stop fails the group.
+        if (opts.group) break;
+      }
+    }
+    const failed = outcomes.find((o) => o.error);
+    for (const d of down) {
+      if (opts.group && failed) {
+        d.o.error = new BulwarkError('failed', `VM ${failed.name} of the group could not be shut down: ${failed.error!.message}`);
+        continue;
+      }
+      try {
+        await d.p.session.takePoint({ paused: true });
+        d.p.snapshotAt = Date.now();
+      } catch (err) {
+        d.o.error = new BulwarkError('failed', `cannot take the point in time: ${(err as Error).message}`, { cause: err });
+      }
+    }
+  } finally {
+    for (const d of down) {
+      try {
+        d.p.settling = (await provider.startAgain(d.p.qmp, d.p.endpoint.qga ? { qgaSocket: d.p.endpoint.qga } : {})).settled;
+      } catch (err) {
+        d.o.error ??= new BulwarkError('failed', `VM ${d.p.name} was shut down for the backup and could not be started again: ${(err as Error).message}`, { hint: "start it with QMP 'system_reset' then 'cont'" });
+      }
+      d.o.freezeMs = Math.round(performance.now() - d.t0);
+      d.o.frozenTo = Date.now();
+    }
+  }
+  return outcomes;
+}
+
 /** Backs up VMs one after another (default) or as one group (one point in time for all). */
 export async function backupVms(repo: Repository, provider: SnapshotProvider, quiesce: Quiescer, opts: VmBackupOptions): Promise<VmBackupResult[]> {
   const lock = await Lock.acquire(repo, false, 'backup');
@@ -260,7 +317,7 @@ async function backupBatch(repo: Repository, provider: SnapshotProvider, quiesce
     // suspend mode, and crash-consistent groups: pause the vCPUs around the snapshot so the point in
     // time is one instant for all VMs; they run on right after the transactions.
     const pause = opts.mode === 'suspend' || (opts.group && opts.policy === 'crash');
-    const outcomes = await quiesce(
+    const outcomes = opts.mode === 'stop' ? await stopAndSnapshot(provider, prepared, opts) : await quiesce(
       prepared.map((p) => ({ name: p.name, ...(p.endpoint.qga ? { qgaSocket: p.endpoint.qga } : {}), ...(p.endpoint.hookPaths ? { hookPaths: p.endpoint.hookPaths } : {}) })),
       opts.policy,
       async () => {
@@ -298,6 +355,7 @@ async function backupBatch(repo: Repository, provider: SnapshotProvider, quiesce
     // of ours stays in QEMU and every new bitmap is merged back.
     for (const p of prepared) {
       if (!finished.has(p)) await p.session.finish(false).catch(() => undefined);
+      await p.settling?.catch(() => undefined);
       await p.qmp.close().catch(() => undefined);
     }
   }

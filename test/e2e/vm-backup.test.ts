@@ -291,6 +291,35 @@ describe('live VM backup', () => {
     expect(log.seqBreaks).toBe(0);
   });
 
+  it('--mode stop: a clean shutdown, the point while the guest is down, the guest started again', async () => {
+    const r = await runCli(['backup', 'vm', 'web01', '--connect', web.connect, '--mode', 'stop', '--stop-timeout', '60', '--scratch-dir', `${tmp.path}/scratch`, '--json'], { env });
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    const res = jsonResult<VmBackupJson>(r).results[0]!;
+    expect(res.consistency).toBe('application');
+    expect(res.warnings.join(' ')).toMatch(/shut down for the backup \(through the guest agent\) and started again/);
+    console.log(`stop mode: guest down ${res.freezeMs} ms`);
+    const harness = await QmpClient.connect(`${web.guest.dir}/harness.sock`);
+    try {
+      expect((await harness.execute('query-status')).status).toBe('running');
+    } finally {
+      await harness.close();
+    }
+    // The guest boots again in the same QEMU process: its agent answers.
+    let answered = false;
+    for (let i = 0; i < 60 && !answered; i++) {
+      answered = await frozenStatus(web.guest).then((s) => s === 'thawed', () => false);
+      if (!answered) await new Promise((w) => setTimeout(w, 1000));
+    }
+    expect(answered).toBe(true);
+    // A clean point: the file system needs no journal recovery.
+    const raw = await restoredDisk(res.snapshot!, `${tmp.path}/r-stop`);
+    const header = execFileSync('dumpe2fs', ['-h', raw], { stdio: 'pipe' }).toString();
+    expect(header).toMatch(/Filesystem state:\s+clean/);
+    expect(header).not.toMatch(/needs_recovery/);
+    execFileSync('e2fsck', ['-fn', raw], { stdio: 'pipe' });
+    expect(verifyWriterLog(await readFileFromExt4Image(raw, '/log.txt')).torn).toBe(0);
+  });
+
   it('a group of two VMs shares one freeze window', async () => {
     const db = await boot('db01');
     const r = await runCli(['backup', 'vm', 'web01', 'db01', '--group', '--connect', web.connect, '--connect', db.connect, '--scratch-dir', `${tmp.path}/scratch`, '--json'], { env });

@@ -210,7 +210,22 @@ BEGIN {
   }
 }
 WRITER
-chmod +x "$ir/init" "$ir/usr/bin/bulwark-fsfreeze-hook"
+# qemu-ga's guest-shutdown runs `/sbin/shutdown -h -P +0 <message>`. The writer keeps /data busy, so
+# instead of unmounting, /data is frozen: ext4 then flushes its journal and marks it clean, so a copy
+# taken now needs no recovery, and the writer stops between records. In the background, because the
+# agent waits for this command to exit.
+cat >"$ir/sbin/shutdown" <<'SHUTDOWN'
+#!/bin/sh
+(
+  sleep 0.2
+  sync
+  fsfreeze --freeze /data
+  echo "bulwark-guest: powering off" >/dev/console
+  poweroff -f
+) </dev/null >/dev/null 2>&1 &
+exit 0
+SHUTDOWN
+chmod +x "$ir/init" "$ir/usr/bin/bulwark-fsfreeze-hook" "$ir/sbin/shutdown"
 
 mkdir -p "$work/out"
 (cd "$ir" && find . -print0 | sort -z | cpio --null -o -H newc --quiet) | gzip -6 >"$work/out/initrd.gz"

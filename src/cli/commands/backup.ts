@@ -110,7 +110,8 @@ export function register(program: Command): void {
     .option('--connect <uri>', 'qmp:/path/qmp.sock[,qga=/path/qga.sock][,name=N][,hooks=PATH] or file:/path/vms.json (repeatable)', collect, [])
     .option('--group', 'freeze all named VMs, snapshot all, thaw all: one point in time')
     .option('--consistency <policy>', 'application | auto | crash', 'auto')
-    .option('--mode <mode>', 'snapshot (live) | suspend (pause vCPUs around the snapshot point)', 'snapshot')
+    .option('--mode <mode>', 'snapshot (live) | suspend (pause vCPUs around the snapshot point) | stop (clean shutdown, point, start again)', 'snapshot')
+    .option('--stop-timeout <seconds>', 'with --mode stop: how long a guest may take to shut down', '300')
     .option('--full', 'read whole disks even where a dirty bitmap allows an incremental')
     .option('--scratch-dir <dir>', 'where fleecing images go during the backup', '/var/tmp')
     .option('--scratch-min <size>', 'free scratch space required to start (default: max(10G, 15% of the disks)); running out later fails the backup, not the guest')
@@ -118,11 +119,12 @@ export function register(program: Command): void {
     .option('--tag <tag>', 'tag the snapshots (repeatable)', collect, [])
     .option('--host <name>', 'host name to record (default: this host)')
     .addHelpText('after', '\nExample:\n  bulwark backup vm web01 db01 --group --connect file:/etc/bulwark/vms.json')
-    .action(async (names: string[], o: { connect: string[]; group?: boolean; consistency: string; mode: string; full?: boolean; scratchDir: string; scratchMin?: string; limitRead?: string; tag: string[]; host?: string }, cmd: Command) => {
+    .action(async (names: string[], o: { connect: string[]; group?: boolean; consistency: string; mode: string; stopTimeout: string; full?: boolean; scratchDir: string; scratchMin?: string; limitRead?: string; tag: string[]; host?: string }, cmd: Command) => {
       const ctx = Context.from(cmd);
       if (!['application', 'auto', 'crash'].includes(o.consistency)) throw new BulwarkError('usage', `unknown --consistency '${o.consistency}'`, { hint: 'application, auto or crash' });
-      if (o.mode === 'stop') throw new BulwarkError('usage', "--mode stop is not available yet", { hint: 'use --mode snapshot (live) or suspend' });
-      if (!['snapshot', 'suspend'].includes(o.mode)) throw new BulwarkError('usage', `unknown --mode '${o.mode}'`, { hint: 'snapshot or suspend' });
+      if (!['snapshot', 'suspend', 'stop'].includes(o.mode)) throw new BulwarkError('usage', `unknown --mode '${o.mode}'`, { hint: 'snapshot, suspend or stop' });
+      const stopTimeout = Number(o.stopTimeout);
+      if (!(stopTimeout > 0)) throw new BulwarkError('usage', `--stop-timeout '${o.stopTimeout}' is not a number of seconds`);
       const scratchMin = o.scratchMin === undefined ? undefined : parseSize(o.scratchMin);
       if (o.scratchMin !== undefined && scratchMin === undefined) throw new BulwarkError('usage', `--scratch-min '${o.scratchMin}' is not a size`, { hint: 'e.g. 0, 512M, 20G' });
       const limitRead = o.limitRead === undefined ? undefined : parseSize(o.limitRead);
@@ -136,7 +138,8 @@ export function register(program: Command): void {
             endpoints,
             group: o.group ?? false,
             policy: o.consistency as ConsistencyPolicy,
-            mode: o.mode as 'snapshot' | 'suspend',
+            mode: o.mode as 'snapshot' | 'suspend' | 'stop',
+            stopTimeoutMs: stopTimeout * 1000,
             full: o.full ?? false,
             scratchDir: o.scratchDir,
             ...(scratchMin !== undefined ? { scratchMin } : {}),
@@ -155,7 +158,7 @@ export function register(program: Command): void {
               r.error
                 ? `VM ${r.vm}: FAILED: ${r.error}`
                 : [
-                    `VM ${r.vm}: snapshot ${shortId(r.snapshot!.id)}, ${r.consistency}-consistent, I/O held ${r.freezeMs} ms`,
+                    `VM ${r.vm}: snapshot ${shortId(r.snapshot!.id)}, ${r.consistency}-consistent, ${o.mode === 'stop' ? `down ${duration(r.freezeMs ?? 0)}` : `I/O held ${r.freezeMs} ms`}`,
                     ...r.disks.map((d) => `  ${d.name}: ${d.read} read of ${bytes(d.bytesRead)}, ${bytes(d.bytesNew)} new${d.reason ? ` (${d.reason})` : ''}`),
                     ...r.warnings.map((w) => `  warning: ${w}`),
                   ].join('\n'),

@@ -195,6 +195,23 @@ export class QgaClient {
     return Buffer.concat(parts);
   }
 
+  /**
+   * Asks the guest to shut down (guest-shutdown). The agent does not answer a request it carries out,
+   * so silence for `waitMs` is success; an error reply (e.g. the command is disabled) is thrown.
+   */
+  requestShutdown(mode: 'powerdown' | 'halt' | 'reboot' = 'powerdown', waitMs = 1000): Promise<void> {
+    return this.serialise(async (deadline) => {
+      if (this.needsSync) await this.doSync(deadline);
+      const payload = JSON.stringify({ execute: 'guest-shutdown', arguments: { mode } }) + '\n';
+      try {
+        await this.await({ mode: 'reply', command: 'guest-shutdown' }, payload, Math.min(deadline, Date.now() + waitMs));
+      } catch (err) {
+        if (err instanceof BulwarkError && err.code === 'timeout') return;
+        throw err;
+      }
+    }, {});
+  }
+
   /** Any agent command. Commands without a reply (guest-shutdown, guest-suspend-*) are not supported here. */
   execute<T = unknown>(command: string, args?: Record<string, unknown>, opts: QgaCallOptions = {}): Promise<T> {
     return this.serialise(async (deadline) => {
