@@ -118,7 +118,8 @@ function username(): string {
 }
 
 async function prepareVm(repo: Repository, provider: SnapshotProvider, endpoint: VmEndpoint, opts: VmBackupOptions, host: string): Promise<Prepared> {
-  const qmp = await QmpClient.connect(endpoint.qmp);
+  // A monitor briefly held by another tool (QEMU serves one client at a time) must not fail a backup.
+  const qmp = await QmpClient.connect(endpoint.qmp, { timeoutMs: 5000, retryForMs: 60_000 });
   try {
     await provider.cleanupLeftovers(qmp, opts.scratchDir);
     let { disks, config } = await provider.inspect(qmp);
@@ -222,6 +223,7 @@ async function transferVm(repo: Repository, p: Prepared, outcome: QuiesceOutcome
     consistency: outcome.consistency,
     vm: p.config,
     freezeMs: outcome.freezeMs,
+    mode: opts.mode,
     summary: { bytesRead, bytesNew, blobsNew, totalSize, durationMs: Date.now() - started, warnings: result.warnings },
   };
   await repo.flush();

@@ -29,6 +29,8 @@ export interface VmConfig {
   machine?: string;
   memoryBytes?: number;
   cpus?: number;
+  /** QEMU's CPU model, e.g. host, max, Skylake-Server. */
+  cpuModel?: string;
   disks: { name: string; device: string; format: string; size: number; file: string }[];
   nics?: { id: string; mac?: string; model?: string }[];
   qemuVersion?: string;
@@ -65,6 +67,8 @@ export interface Snapshot {
   /** VM snapshots: the VM's configuration and how long its I/O was held (ms). */
   vm?: VmConfig;
   freezeMs?: number;
+  /** How a VM snapshot was taken: live (snapshot), vCPUs paused (suspend), guest shut down (stop). */
+  mode?: 'snapshot' | 'suspend' | 'stop';
   summary: SnapshotSummary;
 }
 

@@ -71,6 +71,14 @@ describe('live VM backup', () => {
     console.log(`freeze window: ${first.freezeMs} ms`);
     expect(await frozenStatus(web.guest)).toBe('thawed');
 
+    // The record holds what a restore needs to define the VM again, and the next incremental's base.
+    const records = jsonResult<{ id: string; mode?: string; vm?: { machine?: string; memoryBytes?: number; cpus?: number; cpuModel?: string; disks: { name: string; format: string }[] }; disks: { bitmap?: string }[] }[]>(await runCli(['snapshots', '--source', 'vm:web01', '--json'], { env }));
+    const rec = records.find((x) => x.id === first.snapshot)!;
+    expect(rec.mode).toBe('snapshot');
+    expect(rec.vm).toMatchObject({ memoryBytes: 256 * 1024 * 1024, cpus: 1, cpuModel: 'max', disks: [{ name: 'vda', format: 'qcow2' }] });
+    expect(rec.vm!.machine).toMatch(/q35/);
+    expect(rec.disks[0]!.bitmap).toMatch(/^bulwark-[0-9a-f]{8,}-[0-9a-f]+$/);
+
     const raw = await restoredDisk(first.snapshot!, `${tmp.path}/r1`);
     execFileSync('e2fsck', ['-fn', raw], { stdio: 'pipe' });
     const hooks = readHookLog(await readFileFromExt4Image(raw, '/hooks.log'));

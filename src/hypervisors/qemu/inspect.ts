@@ -85,12 +85,17 @@ export async function inspectQemu(qmp: QmpClient, isOurs: (node: string) => bool
     const mac = await optional(qmp.execute<string>('qom-get', { path: `/machine/peripheral/${p.name}`, property: 'mac' }));
     if (typeof mac === 'string') nics.push({ id: p.name, mac, model });
   }
+  // QOM types of CPUs are '<model>-<arch>-cpu', e.g. max-x86_64-cpu, Skylake-Server-x86_64-cpu.
+  const firstCpu = (cpus as { 'qom-path'?: string }[] | undefined)?.[0]?.['qom-path'];
+  const cpuType = firstCpu ? await optional(qmp.execute<string>('qom-get', { path: firstCpu, property: 'type' })) : undefined;
+  const cpuModel = cpuType?.replace(/-[a-z0-9_]+-cpu$/, '');
   const config: QemuVmConfig = {
     name: named.name ?? 'unnamed',
     ...(uuid && uuid.UUID !== '00000000-0000-0000-0000-000000000000' ? { uuid: uuid.UUID } : {}),
     ...(machine ? { machine: machine.replace(/-machine$/, '') } : {}),
     ...(mem ? { memoryBytes: mem['base-memory'] + (mem['plugged-memory'] ?? 0) } : {}),
     ...(cpus ? { cpus: cpus.length } : {}),
+    ...(cpuModel ? { cpuModel } : {}),
     disks: disks.map(({ name, device, format, size, file }) => ({ name, device, format, size, file })),
     ...(nics.length > 0 ? { nics } : {}),
     qemuVersion: `${version.qemu.major}.${version.qemu.minor}.${version.qemu.micro}`,

@@ -95,6 +95,17 @@ describe('QmpClient against QEMU', () => {
     expect((err as BulwarkError).hint).toMatch(/one client/);
     expect(Date.now() - started).toBeLessThan(3000);
   });
+
+  it('with retryForMs, connects once the client holding the monitor leaves', async () => {
+    const holder = qmp;
+    setTimeout(() => void holder.close(), 1500);
+    const second = await QmpClient.connect(guest!.qmpSocket, { timeoutMs: 500, retryForMs: 10_000 });
+    try {
+      expect((await second.execute('query-status')).status).toBe('running');
+    } finally {
+      await second.close();
+    }
+  });
 });
 
 // Behaviour QEMU will not show on demand (no reply, out-of-order replies, a dropped connection),

@@ -78,6 +78,11 @@ export interface QmpConnectOptions {
   timeoutMs?: number;
   /** Default per-command timeout for execute(). Default 30 s. */
   commandTimeoutMs?: number;
+  /**
+   * Keep trying this long when the monitor is busy (another client holds it: QEMU serves one at a
+   * time) or not there yet (QEMU starting): each attempt gets `timeoutMs`. Default 0: one attempt.
+   */
+  retryForMs?: number;
 }
 
 export interface QmpExecuteOptions {
@@ -119,6 +124,22 @@ export class QmpClient extends EventEmitter {
 
   /** Connects, reads the greeting and leaves capabilities negotiation mode. */
   static async connect(socketPath: string, opts: QmpConnectOptions = {}): Promise<QmpClient> {
+    const until = Date.now() + (opts.retryForMs ?? 0);
+    for (let wait = 100; ; wait = Math.min(wait * 2, 2000)) {
+      try {
+        return await QmpClient.connectOnce(socketPath, opts);
+      } catch (err) {
+        // Only a monitor that is busy (no greeting, or its listen queue full: EAGAIN) or not
+        // listening yet is worth another try.
+        const cause = err instanceof BulwarkError ? (err.cause as NodeJS.ErrnoException | undefined) : undefined;
+        const retriable = err instanceof BulwarkError && (err.code === 'timeout' || err.code === 'not-found' || cause?.code === 'ECONNREFUSED' || cause?.code === 'EAGAIN');
+        if (!retriable || Date.now() + wait >= until) throw err;
+        await new Promise((r) => setTimeout(r, wait));
+      }
+    }
+  }
+
+  private static async connectOnce(socketPath: string, opts: QmpConnectOptions): Promise<QmpClient> {
     const timeoutMs = opts.timeoutMs ?? 10_000;
     const deadline = Date.now() + timeoutMs;
     const socket = await openSocket(socketPath, timeoutMs);
