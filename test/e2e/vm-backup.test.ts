@@ -184,6 +184,23 @@ describe('live VM backup', () => {
     }
   });
 
+  it('fails clearly, before freezing, when another tool runs QEMU\'s NBD server; leaves nothing behind', async () => {
+    const harness = await QmpClient.connect(`${web.guest.dir}/harness.sock`);
+    await harness.execute('nbd-server-start', { addr: { type: 'unix', data: { path: `${tmp.path}/other.nbd` } } });
+    try {
+      const r = await runCli(['backup', 'vm', 'web01', '--connect', web.connect, '--scratch-dir', `${tmp.path}/scratch`, '--json'], { env });
+      expect(r.code).toBe(1);
+      const res = jsonResult<VmBackupJson>(r).results[0]!;
+      expect(res.error).toMatch(/QEMU already runs an NBD server that Bulwark did not start/);
+      expect(res.freezeMs).toBeUndefined();
+      const nodes = await harness.execute<{ 'node-name': string }[]>('query-named-block-nodes');
+      expect(nodes.filter((n) => n['node-name'].startsWith('bulwark'))).toEqual([]);
+    } finally {
+      await harness.execute('nbd-server-stop');
+      await harness.close();
+    }
+  });
+
   it('refuses to start when the scratch space is too small, before anything is frozen or changed', async () => {
     const small = `${tmp.path}/small-scratch`;
     await mkdir(small);

@@ -123,6 +123,8 @@ export async function prepareFleece(qmp: QmpClient, disks: QemuDisk[], opts: { s
     accessAdded: false,
   }));
   const added: typeof items = [];
+  const socket = join(opts.scratchDir, `${PREFIX}${tag}.nbd`);
+  let serverStarted = false;
   try {
     for (const it of items) {
       await run('qemu-img', ['create', '-q', '-f', 'qcow2', it.file, String(it.d.size)]);
@@ -130,19 +132,30 @@ export async function prepareFleece(qmp: QmpClient, disks: QemuDisk[], opts: { s
       added.push(it);
       await qmp.execute('blockdev-add', { driver: 'copy-before-write', 'node-name': it.filter, file: it.d.node, target: it.scratch, 'on-cbw-error': 'break-snapshot', 'cbw-timeout': CBW_TIMEOUT_S });
     }
+    // Started before the freeze, so a server that cannot start fails the VM before anything is frozen.
+    await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: socket } } }).catch((err: unknown) => {
+      if (!/already running/i.test((err as Error).message)) throw err;
+      // QEMU runs one NBD server; one that is not ours belongs to another tool (libvirt's backup
+      // job, a storage migration) and cannot be shared without knowing its address.
+      throw new BulwarkError('failed', 'QEMU already runs an NBD server that Bulwark did not start (another backup or a migration is using the VM)', {
+        hint: "wait for the other job to end, or stop it with QMP 'nbd-server-stop' if nothing uses it",
+        cause: err,
+      });
+    });
+    serverStarted = true;
   } catch (err) {
+    if (serverStarted) await quiet(qmp.execute('nbd-server-stop'));
     for (const it of added) {
       await quiet(qmp.execute('blockdev-del', { 'node-name': it.filter }));
       await quiet(qmp.execute('blockdev-del', { 'node-name': it.scratch }));
     }
     for (const it of items) await rm(it.file, { force: true });
+    if (err instanceof BulwarkError && err.code === 'failed') throw err;
     throw new BulwarkError('failed', `cannot prepare fleecing for ${disks.map((d) => d.name).join(', ')} in '${opts.scratchDir}': ${(err as Error).message}`, {
       hint: "check free space there ('bulwark doctor'), or choose another --scratch-dir; copy-before-write fleecing needs QEMU 7.1 or newer",
       cause: err,
     });
   }
-  const socket = join(opts.scratchDir, `${PREFIX}${tag}.nbd`);
-  let exported = false;
   let previous: string | undefined;
 
   return {
@@ -167,8 +180,6 @@ export async function prepareFleece(qmp: QmpClient, disks: QemuDisk[], opts: { s
         await qmp.execute('blockdev-add', { driver: 'snapshot-access', 'node-name': it.access, file: it.filter });
         it.accessAdded = true;
       }
-      await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: socket } } });
-      exported = true;
       const out: { name: string; exportName: string; dirtyContext?: string }[] = [];
       for (const it of items) {
         const bitmaps: string[] = [];
@@ -194,7 +205,7 @@ export async function prepareFleece(qmp: QmpClient, disks: QemuDisk[], opts: { s
     },
     async finish(ok) {
       for (const it of items) await quiet(qmp.execute('block-export-del', { id: it.exportId, mode: 'hard' }));
-      if (exported) await quiet(qmp.execute('nbd-server-stop'));
+      if (serverStarted) await quiet(qmp.execute('nbd-server-stop'));
       for (const it of items) if (it.accessAdded) await quiet(qmp.execute('blockdev-del', { 'node-name': it.access }));
       let stuck: Error | undefined;
       for (const it of items) {
