@@ -25,7 +25,8 @@ META=$OUT/meta.txt
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
-has() { command -v "$1" >/dev/null 2>&1; }
+# shellcheck source=lib/common.sh
+. "$BENCH_DIR/lib/common.sh"
 
 # ---------------------------------------------------------------------------------------------- tools
 ensure_packages() {
@@ -324,16 +325,6 @@ version_of() {
     restic) restic version 2>/dev/null | cut -d' ' -f1-2 ;;
     borg) borg --version 2>/dev/null ;;
   esac
-}
-
-# Share of CPU time idle over 2 seconds, from /proc/stat (idle + iowait of all CPUs).
-idle_pct() {
-  local a b
-  a=$(head -n 1 /proc/stat)
-  sleep 2
-  b=$(head -n 1 /proc/stat)
-  printf '%s\n%s\n' "$a" "$b" | awk '{t = 0; for (i = 2; i <= NF; i++) t += $i; tot[NR] = t; idle[NR] = $5 + $6}
-    END {printf "%.0f", 100 * (idle[2] - idle[1]) / (tot[2] - tot[1])}'
 }
 
 write_meta() {

@@ -14,6 +14,8 @@ demo=${BULWARK_DEMO_DIR:-$PWD/.cache/demo}
 export BULWARK_REPOSITORY=$demo/repo
 export BULWARK_PASSWORD=${BULWARK_PASSWORD:-demo-password-change-me}
 bulwark() { node bin/bulwark.js "$@"; }
+# shellcheck source=../test/guest/qemu.sh
+. test/guest/qemu.sh
 say() { printf '\n== %s\n' "$*"; }
 
 mkdir -p "$demo"
@@ -49,18 +51,8 @@ vm_demo() {
   qemu-img convert -f raw -O qcow2 "$vm/data.raw" "$vm/data.qcow2" && rm -f "$vm/data.raw"
   rm -f "$vm"/*.sock
   say "booting VM demo01 (TCG) with a QMP socket and a guest agent socket"
-  qemu-system-x86_64 -name guest=demo01 -accel tcg -cpu max -machine q35 -m 256 -smp 1 \
-    -display none -nodefaults -no-user-config -no-reboot \
-    -kernel "$guest/vmlinuz" -initrd "$guest/initrd.gz" -append 'console=ttyS0 quiet panic=-1 bulwark.writer_kib_per_s=256' \
-    -chardev "file,id=console,path=$vm/console.log" -serial chardev:console \
-    -qmp "unix:$vm/qmp.sock,server=on,wait=off" \
-    -device virtio-serial-pci,id=vser0 \
-    -chardev "socket,id=qga0,path=$vm/qga.sock,server=on,wait=off" \
-    -device virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0 \
-    -blockdev "{\"driver\":\"file\",\"filename\":\"$vm/data.qcow2\",\"node-name\":\"file0\"}" \
-    -blockdev '{"driver":"qcow2","file":"file0","node-name":"disk0"}' \
-    -device '{"driver":"virtio-blk-pci","drive":"disk0","id":"vd0"}' &
-  qemu_pid=$!
+  guest_qemu_start "$vm" "$vm/data.qcow2" "$guest/vmlinuz" "$guest/initrd.gz" 'console=ttyS0 quiet panic=-1 bulwark.writer_kib_per_s=256' demo01 256
+  qemu_pid=$GUEST_QEMU_PID
   trap 'kill '"$qemu_pid"' 2>/dev/null; wait '"$qemu_pid"' 2>/dev/null || true' EXIT
   local connect="qmp:$vm/qmp.sock,qga=$vm/qga.sock,name=demo01,hooks=/usr/bin/bulwark-fsfreeze-hook"
   local i
