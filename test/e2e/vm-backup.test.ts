@@ -345,6 +345,38 @@ describe('live VM backup', () => {
     expect(verifyWriterLog(await readFileFromExt4Image(raw, '/log.txt')).torn).toBe(0);
   });
 
+  it('a VM with two disks (qcow2 and raw): one instant for both, each restored', async () => {
+    const img = await ensureGuestBuilt();
+    const d0 = `${tmp.path}/multi-a.qcow2`;
+    const d1 = `${tmp.path}/multi-b.raw`;
+    await makeDataDisk(d0, { sizeMiB: 64, format: 'qcow2', fill: img.sampleDir });
+    await makeDataDisk(d1, { sizeMiB: 32, format: 'raw', fill: img.sampleDir });
+    const guest = await startGuest({ dir: `${tmp.path}/multi01`, name: 'multi01', disks: [{ path: d0, format: 'qcow2' }, { path: d1, format: 'raw' }] });
+    guests.push(guest);
+    const connect = `qmp:${guest.qmpSocket},name=multi01,hooks=${HOOK},qga=${guest.qgaSocket}`;
+    const harness = await QmpClient.connect(`${guest.dir}/harness.sock`);
+    const events: string[] = [];
+    harness.on('event', (e: QmpEvent) => events.push(e.event));
+    let r;
+    try {
+      r = await runCli(['backup', 'vm', 'multi01', '--connect', connect, '--scratch-dir', `${tmp.path}/scratch`, '--json'], { env });
+      expect((await harness.execute('query-status')).status).toBe('running');
+    } finally {
+      await harness.close();
+    }
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    const res = jsonResult<VmBackupJson>(r).results[0]!;
+    expect(res.consistency).toBe('application');
+    expect(res.disks.map((d) => d.name)).toEqual(['vda', 'vdb']);
+    // The disks are switched onto their filters with the vCPUs paused: one instant for both.
+    expect(events.filter((e) => e === 'STOP' || e === 'RESUME')).toEqual(['STOP', 'RESUME']);
+    const out = `${tmp.path}/r-multi`;
+    expect((await runCli(['restore', 'vm', res.snapshot!, '--target', out], { env })).code).toBe(0);
+    execFileSync('e2fsck', ['-fn', `${out}/vda.raw`], { stdio: 'pipe' });
+    // vdb is not mounted in the guest: its restore is the image itself, byte for byte.
+    execFileSync('cmp', [`${out}/vdb.raw`, d1]);
+  });
+
   it('a group of two VMs shares one freeze window', async () => {
     const db = await boot('db01');
     const r = await runCli(['backup', 'vm', 'web01', 'db01', '--group', '--connect', web.connect, '--connect', db.connect, '--scratch-dir', `${tmp.path}/scratch`, '--json'], { env });
