@@ -13,6 +13,7 @@
 import { hostname as osHostname, userInfo } from 'node:os';
 import { statfs } from 'node:fs/promises';
 import type { QemuDisk } from '../hypervisors/qemu/inspect.js';
+import type { RunPhase } from '../hypervisors/qemu/run-guardian.js';
 import type { VmEndpoint } from '../hypervisors/registry.js';
 import type { ConsistencyPolicy, QuiesceOutcome, QuiesceTarget } from '../quiesce/protocol.js';
 import { NbdClient } from '../protocols/nbd/client.js';
@@ -33,9 +34,19 @@ export type BackupMode = 'snapshot' | 'suspend' | 'stop';
 /** A disk as the provider reports it: name in the snapshot (vda…), node, format, size, bitmaps. */
 export type ProviderDisk = QemuDisk;
 
+/** What must happen to a VM if this process dies now: the provider's watchdog acts on the phase. */
+export interface RunGuard {
+  phase(p: RunPhase): void;
+  /** The VM runs as before: the watchdog ends without acting. */
+  release(): Promise<void>;
+}
+
 export interface ProviderSession {
-  /** The point in time, taken inside the freeze window; `paused` when the caller has stopped the vCPUs. */
-  takePoint(opts: { paused: boolean }): Promise<void>;
+  /**
+   * The point in time, taken inside the freeze window; `paused` when the caller has stopped the
+   * vCPUs. `onPause` is told when the provider itself pauses and resumes them.
+   */
+  takePoint(opts: { paused: boolean; onPause?: (paused: boolean) => void }): Promise<void>;
   /** After the transaction: serve the point-in-time disks over NBD. */
   export(previousBitmap: string | undefined): Promise<{ socket: string; disks: { name: string; exportName: string; dirtyContext?: string }[] }>;
   /** After a failed read: the provider's explanation, when it has one (scratch space ran out). */
@@ -50,6 +61,8 @@ export interface SnapshotProvider {
   dropStaleBitmaps(qmp: QmpClient, disk: ProviderDisk, base: string | undefined): Promise<void>;
   inspect(qmp: QmpClient): Promise<{ disks: ProviderDisk[]; config: VmConfig }>;
   prepare(qmp: QmpClient, disks: ProviderDisk[], opts: { scratchDir: string; newBitmap: string }): Promise<ProviderSession>;
+  /** A watchdog that keeps the VM running if this process dies while it is paused or shut down. */
+  guard(qmp: QmpClient, opts: { qmpSocket: string; qgaSocket?: string; stopTimeoutMs: number }): Promise<RunGuard>;
   /** --mode stop: a clean shutdown of the guest, the VM kept paused; resolves with how it was asked. */
   shutdown(qmp: QmpClient, opts: { qmpSocket: string; qgaSocket?: string; timeoutMs: number }): Promise<string>;
   /** --mode stop: the guest boots again; `settled` when the VM's own settings are back as they were. */
@@ -107,6 +120,7 @@ interface Prepared {
   snapshotAt?: number;
   /** --mode stop: done once the restarted guest's settings are put back (awaited before disconnecting). */
   settling?: Promise<void>;
+  guard: RunGuard;
 }
 
 function username(): string {
@@ -117,9 +131,12 @@ function username(): string {
   }
 }
 
+const NO_GUARD: RunGuard = { phase: () => undefined, release: async () => undefined };
+
 async function prepareVm(repo: Repository, provider: SnapshotProvider, endpoint: VmEndpoint, opts: VmBackupOptions, host: string): Promise<Prepared> {
   // A monitor briefly held by another tool (QEMU serves one client at a time) must not fail a backup.
   const qmp = await QmpClient.connect(endpoint.qmp, { timeoutMs: 5000, retryForMs: 60_000 });
+  let guard: RunGuard | undefined;
   try {
     await provider.cleanupLeftovers(qmp, opts.scratchDir);
     let { disks, config } = await provider.inspect(qmp);
@@ -157,9 +174,14 @@ async function prepareVm(repo: Repository, provider: SnapshotProvider, endpoint:
       });
     }
     const newBitmap = newBitmapName();
+    // A watchdog process only where this run pauses or shuts the VM down (it costs a process per VM):
+    // started now, not inside the freeze window.
+    const pauses = opts.mode !== 'snapshot' || (opts.group && opts.policy === 'crash') || disks.length > 1;
+    guard = pauses ? await provider.guard(qmp, { qmpSocket: endpoint.qmp, ...(endpoint.qga ? { qgaSocket: endpoint.qga } : {}), stopTimeoutMs: opts.stopTimeoutMs ?? 300_000 }) : NO_GUARD;
     const session = await provider.prepare(qmp, disks, { scratchDir: opts.scratchDir, newBitmap });
-    return { endpoint, name, qmp, disks, config, ...(parent ? { parent } : {}), bases, reasons, session, newBitmap };
+    return { endpoint, name, qmp, disks, config, ...(parent ? { parent } : {}), bases, reasons, session, newBitmap, guard };
   } catch (err) {
+    await guard?.release();
     await qmp.close();
     throw err;
   }
@@ -245,10 +267,14 @@ async function stopAndSnapshot(provider: SnapshotProvider, prepared: Prepared[],
       const t0 = performance.now();
       o.frozenFrom = Date.now();
       try {
+        p.guard.phase('stopping');
         const via = await provider.shutdown(p.qmp, { qmpSocket: p.endpoint.qmp, ...(p.endpoint.qga ? { qgaSocket: p.endpoint.qga } : {}), timeoutMs: opts.stopTimeoutMs ?? 300_000 });
+        p.guard.phase('down');
         down.push({ p, o, t0 });
         o.warnings.push(`shut down for the backup (through the ${via === 'agent' ? 'guest agent' : 'ACPI power button'}) and started again`);
       } catch (err) {
+        // The shutdown action is the VM's own again: a guest still shutting down ends as it would anyway.
+        p.guard.phase('none');
         o.error = err instanceof BulwarkError ? err : new BulwarkError('failed', (err as Error).message);
         // A group's point is common to all: one VM that cannot stop fails the group.
         if (opts.group) break;
@@ -271,6 +297,9 @@ async function stopAndSnapshot(provider: SnapshotProvider, prepared: Prepared[],
     for (const d of down) {
       try {
         d.p.settling = (await provider.startAgain(d.p.qmp, d.p.endpoint.qga ? { qgaSocket: d.p.endpoint.qga } : {})).settled;
+        d.p.guard.phase('restarted');
+        const g = d.p.guard;
+        void d.p.settling.then(() => g.phase('none'), () => undefined);
       } catch (err) {
         d.o.error ??= new BulwarkError('failed', `VM ${d.p.name} was shut down for the backup and could not be started again: ${(err as Error).message}`, { hint: "start it with QMP 'system_reset' then 'cont'" });
       }
@@ -323,14 +352,24 @@ async function backupBatch(repo: Repository, provider: SnapshotProvider, quiesce
       prepared.map((p) => ({ name: p.name, ...(p.endpoint.qga ? { qgaSocket: p.endpoint.qga } : {}), ...(p.endpoint.hookPaths ? { hookPaths: p.endpoint.hookPaths } : {}) })),
       opts.policy,
       async () => {
-        if (pause) for (const p of prepared) await p.qmp.execute('stop');
+        if (pause) {
+          for (const p of prepared) {
+            p.guard.phase('paused');
+            await p.qmp.execute('stop');
+          }
+        }
         try {
           for (const p of prepared) {
-            await p.session.takePoint({ paused: pause });
+            await p.session.takePoint({ paused: pause, onPause: (on) => p.guard.phase(on ? 'paused' : 'none') });
             p.snapshotAt = Date.now();
           }
         } finally {
-          if (pause) for (const p of prepared) await p.qmp.execute('cont').catch(() => undefined);
+          if (pause) {
+            for (const p of prepared) {
+              await p.qmp.execute('cont').catch(() => undefined);
+              p.guard.phase('none');
+            }
+          }
         }
       },
     );
@@ -358,6 +397,7 @@ async function backupBatch(repo: Repository, provider: SnapshotProvider, quiesce
     for (const p of prepared) {
       if (!finished.has(p)) await p.session.finish(false).catch(() => undefined);
       await p.settling?.catch(() => undefined);
+      await p.guard.release().catch(() => undefined);
       await p.qmp.close().catch(() => undefined);
     }
   }

@@ -2,6 +2,7 @@
 import { cleanupLeftovers, dropStaleBitmaps, isOurNode, prepareFleece } from '../hypervisors/qemu/fleece.js';
 import { inspectQemu } from '../hypervisors/qemu/inspect.js';
 import { powerActionsOf, shutdownGuest, startGuestAgain, type PowerActions } from '../hypervisors/qemu/power.js';
+import { RunGuardian } from '../hypervisors/qemu/run-guardian.js';
 import type { QmpClient } from '../protocols/qmp/client.js';
 import type { SnapshotProvider } from './backup-vm.js';
 
@@ -19,10 +20,11 @@ export const qemuProvider: SnapshotProvider = {
     ),
   inspect: (qmp) => inspectQemu(qmp, isOurNode),
   prepare: (qmp, disks, opts) => prepareFleece(qmp, disks, opts),
-  shutdown: async (qmp, opts) => {
+  guard: async (qmp, opts) => {
     const actions = await powerActionsOf(opts.qmpSocket);
     actionsBefore.set(qmp, actions);
-    return shutdownGuest(qmp, { ...opts, actions });
+    return RunGuardian.start(qmp, actions, opts);
   },
+  shutdown: (qmp, opts) => shutdownGuest(qmp, { ...opts, actions: actionsBefore.get(qmp) ?? { shutdown: 'poweroff', reboot: 'reset' } }),
   startAgain: (qmp, opts) => startGuestAgain(qmp, actionsBefore.get(qmp) ?? { shutdown: 'poweroff', reboot: 'reset' }, { ...opts, settleMs: opts.qgaSocket ? 120_000 : 30_000 }),
 };

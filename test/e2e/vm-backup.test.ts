@@ -345,6 +345,37 @@ describe('live VM backup', () => {
     expect(verifyWriterLog(await readFileFromExt4Image(raw, '/log.txt')).torn).toBe(0);
   });
 
+  it('--mode stop with Bulwark killed while the guest powers off: the VM starts again by itself', async () => {
+    const boots = async (): Promise<number> => (await readFile(web.guest.consoleLog, 'utf8')).split('starting qemu-ga').length;
+    const offs = async (): Promise<number> => (await readFile(web.guest.consoleLog, 'utf8')).split('powering off').length;
+    const [boots0, offs0] = [await boots(), await offs()];
+    let pid = 0;
+    const run = runCli(['backup', 'vm', 'web01', '--connect', web.connect, '--mode', 'stop', '--scratch-dir', `${tmp.path}/scratch`], { env, onSpawn: (p) => (pid = p) });
+    // The moment the guest starts to power off, Bulwark is waiting for the shutdown: kill it there.
+    for (let i = 0; i < 1000 && (await offs()) === offs0; i++) await new Promise((w) => setTimeout(w, 10));
+    process.kill(pid, 'SIGKILL');
+    expect((await run).code, 'killed before it finished').toBe(128);
+    expect(await offs()).toBe(offs0 + 1);
+    // The run guardian holds the QMP connection now: it waits for the shutdown, then boots the guest.
+    for (let i = 0; i < 60 && (await boots()) === boots0; i++) await new Promise((w) => setTimeout(w, 1000));
+    expect(await boots()).toBe(boots0 + 1);
+    let answered = false;
+    for (let i = 0; i < 60 && !answered; i++) {
+      answered = await frozenStatus(web.guest).then((st) => st === 'thawed', () => false);
+      if (!answered) await new Promise((w) => setTimeout(w, 1000));
+    }
+    expect(answered).toBe(true);
+    const harness = await QmpClient.connect(`${web.guest.dir}/harness.sock`);
+    try {
+      expect((await harness.execute('query-status')).status).toBe('running');
+    } finally {
+      await harness.close();
+    }
+    expect((await runCli(['unlock'], { env })).code).toBe(0);
+    const next = await runCli(['backup', 'vm', 'web01', '--connect', web.connect, '--scratch-dir', `${tmp.path}/scratch`, '--json'], { env });
+    expect(next.code, next.stdout + next.stderr).toBe(0);
+  });
+
   it('a VM with two disks (qcow2 and raw): one instant for both, each restored', async () => {
     const img = await ensureGuestBuilt();
     const d0 = `${tmp.path}/multi-a.qcow2`;

@@ -33,7 +33,7 @@ export const isOurNode = (node: string): boolean => node.startsWith(PREFIX);
 
 export interface FleeceSession {
   /** Runs inside the freeze window: new bitmaps, then every device onto its filter. */
-  takePoint(opts: { paused: boolean }): Promise<void>;
+  takePoint(opts: { paused: boolean; onPause?: (paused: boolean) => void }): Promise<void>;
   export(previousBitmap: string | undefined): Promise<{ socket: string; disks: { name: string; exportName: string; dirtyContext?: string }[] }>;
   /** After a failed read: why, if the scratch space is the reason. */
   diagnose(): Promise<string | undefined>;
@@ -159,19 +159,25 @@ export async function prepareFleece(qmp: QmpClient, disks: QemuDisk[], opts: { s
   let previous: string | undefined;
 
   return {
-    async takePoint({ paused }) {
+    async takePoint({ paused, onPause }) {
       const bitmaps = items.filter((it) => it.d.format === 'qcow2').map((it) => ({ type: 'block-dirty-bitmap-add', data: { node: it.d.bitmapNode, name: opts.newBitmap, persistent: true } }));
       // Added before the switch, the new bitmap also sees writes just before the point: a superset.
       if (bitmaps.length > 0) await qmp.execute('transaction', { actions: bitmaps });
       const pause = items.length > 1 && !paused;
-      if (pause) await qmp.execute('stop');
+      if (pause) {
+        onPause?.(true);
+        await qmp.execute('stop');
+      }
       try {
         for (const it of items) {
           await qmp.execute('qom-set', { path: it.d.qomPath, property: 'drive', value: it.filter });
           it.switched = true;
         }
       } finally {
-        if (pause) await qmp.execute('cont');
+        if (pause) {
+          await qmp.execute('cont');
+          onPause?.(false);
+        }
       }
     },
     async export(previousBitmap) {

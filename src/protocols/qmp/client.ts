@@ -158,6 +158,18 @@ export class QmpClient extends EventEmitter {
     }
   }
 
+  /**
+   * The connection's file descriptor, for a watchdog process to inherit and take over if this
+   * process dies. The watchdog must not read it while this client is in use.
+   */
+  socketForWatchdog(): number {
+    // The descriptor number, not the socket object: spawn() stops reading a stream passed in stdio,
+    // which would starve this client. Unix sockets always have one on the platforms we run on.
+    const fd = (this.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) throw new BulwarkError('failed', 'the QMP connection has no file descriptor to share');
+    return fd;
+  }
+
   /** What QEMU announced on connect (version, capabilities). */
   get greeting(): QmpGreeting {
     if (!this.greetingValue) throw new Error('QmpClient used before connect() finished');
