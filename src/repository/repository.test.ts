@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createTestRepository, TEST_PASSWORD, type TestRepository } from '../../test/helpers/repo.js';
 import { LocalBackend } from '../storage/local.js';
@@ -108,5 +109,17 @@ describe('Repository memory budget', () => {
     }
     await r.repo.flush();
     expect(r.repo.index.blobCount).toBe(50);
+  }, 30_000);
+
+  it('does not stall when a data pack and a tree pack filling side by side hold the whole budget', async () => {
+    // 24 MiB packs: the budget is 40 MiB. 23 MiB of tree blobs park in a tree pack that is not full,
+    // then data blobs fill a data pack: both together need more than the budget, so a partial pack
+    // must be written early or the next saveBlob waits forever.
+    const r = await createTestRepository({ packSize: 24 * 1024 * 1024 });
+    t = r;
+    for (let i = 0; i < 23; i++) await r.repo.saveBlob('tree', randomBytes(1024 * 1024));
+    for (let i = 0; i < 30; i++) await r.repo.saveBlob('data', randomBytes(1024 * 1024));
+    await r.repo.flush();
+    expect(r.repo.index.blobCount).toBe(53);
   }, 30_000);
 });
