@@ -27,7 +27,7 @@ import type { ProgressSink } from '../sources/progress.js';
 import { readDiskOverNbd } from '../sources/vm/nbd-reader.js';
 import { BulwarkError } from '../util/errors.js';
 import { RateLimiter } from '../util/rate-limit.js';
-import { expectedWrites, newBitmapName, scratchNeeded } from './vms.js';
+import { expectedWrites, newBitmapName, qemuCanFleece, scratchNeeded } from './vms.js';
 
 export type BackupMode = 'snapshot' | 'suspend' | 'stop';
 
@@ -140,6 +140,11 @@ async function prepareVm(repo: Repository, provider: SnapshotProvider, endpoint:
   try {
     await provider.cleanupLeftovers(qmp, opts.scratchDir);
     let { disks, config } = await provider.inspect(qmp);
+    if (config.qemuVersion && !qemuCanFleece(config.qemuVersion)) {
+      throw new BulwarkError('failed', `QEMU ${config.qemuVersion} is too old for safe live backups (copy-before-write with break-snapshot needs QEMU 7.1)`, {
+        hint: "upgrade QEMU and restart the VM, or back its disks up offline with 'bulwark backup disk'",
+      });
+    }
     const name = endpoint.name ?? config.name;
     // The parent is looked up even for --full: its bitmap is the one to keep (and to replace on success).
     const parent = (await listSnapshots(repo, { hostname: host, source: `vm:${name}` })).pop();

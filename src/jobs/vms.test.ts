@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { checkVm, expectedWrites, newBitmapName, type VmDisk, type VmInfo } from './vms.js';
+import { checkVm, expectedWrites, newBitmapName, qemuCanFleece, type VmDisk, type VmInfo } from './vms.js';
 
 const GiB = 1024 ** 3;
 const now = Date.UTC(2026, 10, 25, 12);
@@ -38,5 +38,14 @@ describe('checkVm scratch rule', () => {
     const left = { ...disk(GiB, []), layered: true };
     const f = checkVm(vm([left]), { free: 100 * GiB }, { scratchDir: '/var/tmp' }).find((x) => x.check === 'leftovers');
     expect(f?.fix).toMatch(/bulwark backup vm web01/);
+  });
+  it('refuses QEMU older than 7.1, which cannot break the snapshot instead of the guest', () => {
+    expect(qemuCanFleece('7.2.22')).toBe(true);
+    expect(qemuCanFleece('8.0.0')).toBe(true);
+    expect(qemuCanFleece('7.0.0')).toBe(false);
+    expect(qemuCanFleece('6.2.0')).toBe(false);
+    const old = { ...vm([disk(GiB, [])]), qemuVersion: '6.2.0' };
+    expect(checkVm(old, { free: 100 * GiB }, { scratchDir: '/var/tmp' }).find((x) => x.check === 'qemu-version')?.severity).toBe('error');
+    expect(checkVm(vm([disk(GiB, [])]), { free: 100 * GiB }, { scratchDir: '/var/tmp' }).some((x) => x.check === 'qemu-version')).toBe(false);
   });
 });

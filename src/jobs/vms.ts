@@ -84,6 +84,12 @@ async function freeBytes(dir: string): Promise<{ free: number; total: number }> 
   return { free: s.bavail * s.bsize, total: s.blocks * s.bsize };
 }
 
+/** QEMU 7.1 brought copy-before-write's on-cbw-error=break-snapshot, which fleecing relies on. */
+export function qemuCanFleece(version: string): boolean {
+  const [major = 0, minor = 0] = version.split('.').map(Number);
+  return major > 7 || (major === 7 && minor >= 1);
+}
+
 /** The scratch space a VM's backup may need for its fleecing images (the shadow-storage rule of thumb). */
 export function scratchNeeded(diskBytes: number, expectedWrites = 0): number {
   return Math.max(10 * GiB, 0.15 * diskBytes) + 2 * expectedWrites;
@@ -129,6 +135,9 @@ export function checkVm(vm: VmInfo, scratch: { free: number }, opts: DoctorOptio
   const obj = vm.name;
   if (vm.status !== 'running' && vm.status !== 'paused') {
     f.push({ severity: 'warning', check: 'vm-state', object: obj, message: `VM is ${vm.status}`, fix: 'a VM that is not running is backed up crash-consistent, without the agent' });
+  }
+  if (!qemuCanFleece(vm.qemuVersion)) {
+    f.push({ severity: 'error', check: 'qemu-version', object: obj, message: `QEMU ${vm.qemuVersion} is too old for safe live backups: the copy-before-write filter that fails the backup rather than the guest's writes when scratch space runs out needs QEMU 7.1`, fix: 'upgrade QEMU to 7.1 or newer (Debian 12 ships 7.2), then restart the VM; or back it up offline with backup disk' });
   }
   if (vm.agent.state === 'not configured') {
     f.push({ severity: 'warning', check: 'agent', object: obj, message: 'no guest agent socket given: backups will be crash-consistent', fix: 'install qemu-guest-agent in the guest, add a virtio-serial channel org.qemu.guest_agent.0, and pass qga=<socket>' });
