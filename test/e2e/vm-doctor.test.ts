@@ -40,6 +40,8 @@ describe('vm list and doctor', () => {
       ['raw', 16 * 1024 * 1024],
     ]);
     expect(vm!.agent.state).toBe('responding');
+    const text = await runCli(['vm', 'list', '--connect', connect]);
+    expect(text.stdout).toMatch(/vda qcow2 64\.0 MiB \(incremental\), vdb raw 16\.0 MiB \(full reads\)/);
     expect(vm!.agent.version).toMatch(/^\d+\.\d+/);
   });
 

@@ -39,7 +39,7 @@ export function register(program: Command): void {
       ctx.printData(rows, (vms) =>
         table(
           ['Name', 'State', 'Disks', 'Agent', 'QMP'],
-          vms.map((v) => [v.name, v.status, v.disks.map((d) => `${d.name} ${d.format} ${bytes(d.size)}`).join(', ') || '-', v.agent.state + ('version' in v.agent && v.agent.version ? ` ${v.agent.version}` : ''), v.qmp]),
+          vms.map((v) => [v.name, v.status, v.disks.map((d) => `${d.name} ${d.format} ${bytes(d.size)}${d.format === 'qcow2' ? ' (incremental)' : ' (full reads)'}`).join(', ') || '-', v.agent.state + ('version' in v.agent && v.agent.version ? ` ${v.agent.version}` : ''), v.qmp]),
         ),
       );
     });
