@@ -1,4 +1,7 @@
 // Restore jobs: pick what to restore from a snapshot and hand it to the restorers.
+import { writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { fileNameOf, qemuScript } from '../hypervisors/qemu/command-line.js';
 import type { Repository } from '../repository/repository.js';
 import { findSnapshot, type SnapshotFilter, type SnapshotWithId } from '../repository/snapshot.js';
 import type { TreeNode } from '../repository/tree.js';
@@ -59,9 +62,11 @@ export interface RestoreDisksJobOptions {
   disks?: string[];
   filter?: SnapshotFilter;
   onProgress?: ProgressSink;
+  /** VM snapshots: also write <target>/<vm>.qemu.sh, a QEMU command line on the restored disks. */
+  define?: boolean;
 }
 
-export async function restoreDisks(repo: Repository, opts: RestoreDisksJobOptions): Promise<{ snapshot: SnapshotWithId; disks: DiskRestoreResult[] }> {
+export async function restoreDisks(repo: Repository, opts: RestoreDisksJobOptions): Promise<{ snapshot: SnapshotWithId; disks: DiskRestoreResult[]; definition?: string }> {
   await repo.loadIndex();
   const sn = await findSnapshot(repo, opts.ref, opts.filter);
   if (!sn.disks || sn.disks.length === 0) {
@@ -69,10 +74,18 @@ export async function restoreDisks(repo: Repository, opts: RestoreDisksJobOption
   }
   const wanted = opts.disks && opts.disks.length > 0 ? sn.disks.filter((d) => opts.disks!.includes(d.name)) : sn.disks;
   if (wanted.length === 0) throw new BulwarkError('not-found', `snapshot ${sn.id.slice(0, 8)} has no disk named ${opts.disks!.join(', ')}`, { hint: `its disks: ${sn.disks.map((d) => d.name).join(', ')}` });
+  if (opts.define && !sn.vm) {
+    throw new BulwarkError('usage', `snapshot ${sn.id.slice(0, 8)} is not a VM snapshot: there is no configuration to define`, { hint: 'leave out --define' });
+  }
   await prepareTarget(opts.target);
   const disks: DiskRestoreResult[] = [];
   for (const d of wanted) {
     disks.push(await restoreDisk(repo, d, { targetDir: opts.target, format: opts.format ?? 'raw', ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) }));
   }
-  return { snapshot: sn, disks };
+  if (!opts.define || !sn.vm) return { snapshot: sn, disks };
+  const dir = resolve(opts.target);
+  const definition = join(dir, `${fileNameOf(sn.vm.name)}.qemu.sh`);
+  const restored = wanted.map((d, i) => ({ name: d.name, path: resolve(disks[i]!.path), format: opts.format ?? 'raw' }));
+  await writeFile(definition, qemuScript(sn.vm, restored, { dir }), { mode: 0o755 });
+  return { snapshot: sn, disks, definition };
 }

@@ -1,6 +1,6 @@
 // Issue "Live, consistent VM backup": live backups of a real guest (qemu-guest-agent, fsfreeze hook,
 // a writer appending checksummed records) through the real CLI.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdir, readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QgaClient } from '../../src/protocols/qga/client.js';
@@ -78,6 +78,29 @@ describe('live VM backup', () => {
     expect(rec.vm).toMatchObject({ memoryBytes: 256 * 1024 * 1024, cpus: 1, cpuModel: 'max', disks: [{ name: 'vda', format: 'qcow2' }] });
     expect(rec.vm!.machine).toMatch(/q35/);
     expect(rec.disks[0]!.bitmap).toMatch(/^bulwark-[0-9a-f]{8,}-[0-9a-f]+$/);
+
+    // restore vm --define: the recorded machine, defined again on the restored disk, starts in QEMU.
+    const def = `${tmp.path}/r-define`;
+    const dr = jsonResult<{ definition: string; disks: { path: string }[] }>(await runCli(['restore', 'vm', first.snapshot!, '--target', def, '--format', 'qcow2', '--define', '--json'], { env }));
+    expect(dr.definition).toBe(`${def}/web01.qemu.sh`);
+    const qemu = spawn('sh', [dr.definition, '-S', '-display', 'none'], { env: { ...process.env, ACCEL: 'tcg' }, stdio: 'ignore' });
+    try {
+      let qmp: QmpClient | undefined;
+      for (let i = 0; i < 100 && !qmp; i++) {
+        qmp = await QmpClient.connect(`${def}/web01.qmp`, { timeoutMs: 1000 }).catch(() => undefined);
+        if (!qmp) await new Promise((w) => setTimeout(w, 100));
+      }
+      expect(qmp, 'the defined VM did not start').toBeDefined();
+      const blocks = await qmp!.execute<{ qdev?: string; inserted?: { file: string } }[]>('query-block');
+      expect(blocks.map((b) => b.inserted?.file)).toContain(`${def}/vda.qcow2`);
+      expect(blocks.some((b) => b.qdev?.includes('vd0'))).toBe(true);
+      expect((await qmp!.execute<{ 'base-memory': number }>('query-memory-size-summary'))['base-memory']).toBe(256 * 1024 * 1024);
+      expect(await qmp!.execute<string>('qom-get', { path: '/machine', property: 'type' })).toMatch(/q35/);
+      await qmp!.execute('quit').catch(() => undefined);
+      await qmp!.close().catch(() => undefined);
+    } finally {
+      qemu.kill('SIGKILL');
+    }
 
     const raw = await restoredDisk(first.snapshot!, `${tmp.path}/r1`);
     execFileSync('e2fsck', ['-fn', raw], { stdio: 'pipe' });

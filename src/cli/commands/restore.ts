@@ -61,19 +61,25 @@ export function register(program: Command): void {
     .argument('<snapshot>', "snapshot id, unique prefix, or 'latest'")
     .option('--format <format>', 'raw or qcow2', 'raw')
     .option('--disk <name>', 'only this disk (repeatable)', collect, [])
+    .option('--define', "VM snapshots: also write <dir>/<vm>.qemu.sh, a QEMU command line that boots the restored disks with the recorded machine")
     .addHelpText('after', '\nExample:\n  bulwark restore vm latest --source disk:web01 --target /var/lib/libvirt/images/restore')
     .action(async (ref: string, _o: unknown, cmd: Command) => {
       const ctx = Context.from(cmd);
-      const o = cmd.optsWithGlobals<{ target?: string; format: string; disk: string[]; host?: string; tag: string[]; source?: string }>();
+      const o = cmd.optsWithGlobals<{ target?: string; format: string; disk: string[]; define?: boolean; host?: string; tag: string[]; source?: string }>();
       if (!o.target) throw new BulwarkError('usage', "required option '-t, --target <dir>' not specified", { hint: 'bulwark restore vm <snapshot> --target <dir>' });
       if (o.format !== 'raw' && o.format !== 'qcow2') throw new BulwarkError('usage', `unknown format '${o.format}'`, { hint: 'use --format raw or --format qcow2' });
       const target = o.target;
       await ctx.withRepo(async (repo) => {
         const view = progressView(ctx.opts, 'restore');
         try {
-          const r = await restoreDisks(repo, { ref, target, format: o.format as 'raw' | 'qcow2', disks: o.disk, filter: filterOpts(o), onProgress: (p) => view.update(p) });
+          const r = await restoreDisks(repo, { ref, target, format: o.format as 'raw' | 'qcow2', disks: o.disk, filter: filterOpts(o), define: o.define ?? false, onProgress: (p) => view.update(p) });
           view.stop();
-          ctx.print({ snapshot: r.snapshot.id, disks: r.disks }, () => r.disks.map((d) => `restored disk ${d.path} (${bytes(d.size)}, ${bytes(d.bytesWritten)} written, the rest left sparse)`).join('\n'));
+          ctx.print({ snapshot: r.snapshot.id, disks: r.disks, ...(r.definition ? { definition: r.definition } : {}) }, () =>
+            [
+              ...r.disks.map((d) => `restored disk ${d.path} (${bytes(d.size)}, ${bytes(d.bytesWritten)} written, the rest left sparse)`),
+              ...(r.definition ? [`VM definition ${r.definition}: review it, then run it to boot the restored VM`] : []),
+            ].join('\n'),
+          );
         } finally {
           view.stop();
         }
