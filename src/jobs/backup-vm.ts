@@ -47,6 +47,8 @@ export interface ProviderSession {
    * vCPUs. `onPause` is told when the provider itself pauses and resumes them.
    */
   takePoint(opts: { paused: boolean; onPause?: (paused: boolean) => void }): Promise<void>;
+  /** takePoint pauses the vCPUs itself (several disks switched at one instant) unless already paused. */
+  readonly pausesVcpus: boolean;
   /** After the transaction: serve the point-in-time disks over NBD. */
   export(previousBitmap: string | undefined): Promise<{ socket: string; disks: { name: string; exportName: string; dirtyContext?: string }[] }>;
   /** After a failed read: the provider's explanation, when it has one (scratch space ran out). */
@@ -131,12 +133,21 @@ function username(): string {
   }
 }
 
+/**
+ * Suspend mode, and crash-consistent groups: the vCPUs are paused around the snapshot so the point in
+ * time is one instant for all VMs; they run on right after.
+ */
+function batchPauses(opts: VmBackupOptions): boolean {
+  return opts.mode === 'suspend' || (opts.group && opts.policy === 'crash');
+}
+
 const NO_GUARD: RunGuard = { phase: () => undefined, release: async () => undefined };
 
 async function prepareVm(repo: Repository, provider: SnapshotProvider, endpoint: VmEndpoint, opts: VmBackupOptions, host: string): Promise<Prepared> {
   // A monitor briefly held by another tool (QEMU serves one client at a time) must not fail a backup.
   const qmp = await QmpClient.connect(endpoint.qmp, { timeoutMs: 5000, retryForMs: 60_000 });
   let guard: RunGuard | undefined;
+  let session: ProviderSession | undefined;
   try {
     await provider.cleanupLeftovers(qmp, opts.scratchDir);
     let { disks, config } = await provider.inspect(qmp);
@@ -179,13 +190,14 @@ async function prepareVm(repo: Repository, provider: SnapshotProvider, endpoint:
       });
     }
     const newBitmap = newBitmapName();
+    session = await provider.prepare(qmp, disks, { scratchDir: opts.scratchDir, newBitmap });
     // A watchdog process only where this run pauses or shuts the VM down (it costs a process per VM):
     // started now, not inside the freeze window.
-    const pauses = opts.mode !== 'snapshot' || (opts.group && opts.policy === 'crash') || disks.length > 1;
+    const pauses = opts.mode === 'stop' || batchPauses(opts) || session.pausesVcpus;
     guard = pauses ? await provider.guard(qmp, { qmpSocket: endpoint.qmp, ...(endpoint.qga ? { qgaSocket: endpoint.qga } : {}), stopTimeoutMs: opts.stopTimeoutMs ?? 300_000 }) : NO_GUARD;
-    const session = await provider.prepare(qmp, disks, { scratchDir: opts.scratchDir, newBitmap });
     return { endpoint, name, qmp, disks, config, ...(parent ? { parent } : {}), bases, reasons, session, newBitmap, guard };
   } catch (err) {
+    await session?.finish(false).catch(() => undefined);
     await guard?.release();
     await qmp.close();
     throw err;
@@ -350,9 +362,7 @@ async function backupBatch(repo: Repository, provider: SnapshotProvider, quiesce
     }
     if (prepared.length === 0) return results;
     const started = Date.now();
-    // suspend mode, and crash-consistent groups: pause the vCPUs around the snapshot so the point in
-    // time is one instant for all VMs; they run on right after the transactions.
-    const pause = opts.mode === 'suspend' || (opts.group && opts.policy === 'crash');
+    const pause = batchPauses(opts);
     const outcomes = opts.mode === 'stop' ? await stopAndSnapshot(provider, prepared, opts) : await quiesce(
       prepared.map((p) => ({ name: p.name, ...(p.endpoint.qga ? { qgaSocket: p.endpoint.qga } : {}), ...(p.endpoint.hookPaths ? { hookPaths: p.endpoint.hookPaths } : {}) })),
       opts.policy,

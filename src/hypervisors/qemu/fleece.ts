@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { QmpClient } from '../../protocols/qmp/client.js';
 import { BulwarkError } from '../../util/errors.js';
-import { readBlockGraph } from './block-graph.js';
+import { diskRootOf, readBlockGraph } from './block-graph.js';
 import type { QemuDisk } from './inspect.js';
 
 const run = promisify(execFile);
@@ -34,6 +34,8 @@ export const isOurNode = (node: string): boolean => node.startsWith(PREFIX);
 export interface FleeceSession {
   /** Runs inside the freeze window: new bitmaps, then every device onto its filter. */
   takePoint(opts: { paused: boolean; onPause?: (paused: boolean) => void }): Promise<void>;
+  /** Several disks: takePoint pauses the vCPUs for the switches unless the caller already has. */
+  readonly pausesVcpus: boolean;
   export(previousBitmap: string | undefined): Promise<{ socket: string; disks: { name: string; exportName: string; dirtyContext?: string }[] }>;
   /** After a failed read: why, if the scratch space is the reason. */
   diagnose(): Promise<string | undefined>;
@@ -82,13 +84,7 @@ export async function cleanupLeftovers(qmp: QmpClient, scratchDir?: string): Pro
   graph = await readBlockGraph(qmp);
   for (const d of graph.devices) {
     if (!isOurNode(d.root)) continue;
-    let disk = d.root;
-    while (isOurNode(disk)) {
-      const next = graph.children.get(disk)?.get('file');
-      if (!next) break;
-      disk = next;
-    }
-    if (!isOurNode(disk)) await qmp.execute('qom-set', { path: d.qomPath, property: 'drive', value: disk });
+    await qmp.execute('qom-set', { path: d.qomPath, property: 'drive', value: diskRootOf(graph, d.root, isOurNode) });
   }
   for (const node of ours.filter((n) => !n.startsWith(`${PREFIX}sa-`)).sort((a, b) => kindRank(a) - kindRank(b))) await quiet(qmp.execute('blockdev-del', { 'node-name': node }));
   if (scratchDir) {
@@ -158,12 +154,14 @@ export async function prepareFleece(qmp: QmpClient, disks: QemuDisk[], opts: { s
   }
   let previous: string | undefined;
 
+  const pausesVcpus = items.length > 1;
   return {
+    pausesVcpus,
     async takePoint({ paused, onPause }) {
       const bitmaps = items.filter((it) => it.d.format === 'qcow2').map((it) => ({ type: 'block-dirty-bitmap-add', data: { node: it.d.bitmapNode, name: opts.newBitmap, persistent: true } }));
       // Added before the switch, the new bitmap also sees writes just before the point: a superset.
       if (bitmaps.length > 0) await qmp.execute('transaction', { actions: bitmaps });
-      const pause = items.length > 1 && !paused;
+      const pause = pausesVcpus && !paused;
       if (pause) {
         onPause?.(true);
         await qmp.execute('stop');
