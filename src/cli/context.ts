@@ -1,6 +1,6 @@
 // What every command shares: global options, opening the repository, and printing results.
 import type { Command } from 'commander';
-import { Repository, RepositoryNotFoundError, type InitOptions } from '../repository/repository.js';
+import { Repository, type InitOptions } from '../repository/repository.js';
 import { openBackend } from '../storage/open.js';
 import { BulwarkError } from '../util/errors.js';
 import { readPassword } from './password.js';
@@ -44,15 +44,13 @@ export class Context {
     const backend = openBackend(this.location);
     // The location is checked before asking for a password: a typo should not cost a prompt.
     try {
-      await backend.stat({ type: 'config', name: '' });
+      await Repository.assertExists(backend);
     } catch (err) {
-      if (backend.isNotFound(err)) {
-        await backend.close();
-        throw new RepositoryNotFoundError(backend.properties.location, err);
-      }
+      await backend.close();
+      throw err;
     }
     const password = await readPassword(this.opts.passwordFile !== undefined ? { passwordFile: this.opts.passwordFile } : {});
-    return Repository.open(backend, password);
+    return Repository.open(backend, password, { onWarning: (m) => this.warn(m) });
   }
 
   async init(opts: InitOptions): Promise<Repository> {
@@ -87,6 +85,11 @@ export class Context {
       const t = text(data);
       if (t) process.stdout.write(t.endsWith('\n') ? t : t + '\n');
     }
+  }
+
+  /** Damage that was worked around: always on stderr (also with --json and --quiet), never fatal. */
+  warn(message: string): void {
+    process.stderr.write(`warning: ${message}\n`);
   }
 
   info(line: string): void {

@@ -7,7 +7,8 @@ export function bytes(n: number): string {
     v /= 1024;
     i++;
   }
-  return i === 0 ? `${n} B` : `${v.toFixed(v < 10 ? 2 : v < 100 ? 1 : 0)} ${units[i]}`;
+  // Below 1 KiB too (rates are fractions): one decimal place under 10, whole numbers above.
+  return i === 0 ? `${Number.isInteger(n) ? n : n.toFixed(n < 10 ? 1 : 0)} B` : `${v.toFixed(v < 10 ? 2 : v < 100 ? 1 : 0)} ${units[i]}`;
 }
 
 export function duration(ms: number): string {

@@ -22,6 +22,8 @@ export interface FilesBackupJobOptions extends CommonBackupOptions {
   noParent?: boolean;
   /** Scan ahead for totals (for a progress bar with ETA). */
   estimate?: boolean;
+  /** Read every file and check every blob shared with earlier snapshots; damaged ones are stored again. */
+  verifyReused?: boolean;
 }
 
 export interface BackupJobResult {
@@ -29,6 +31,7 @@ export interface BackupJobResult {
   parent?: string;
   errors: ItemError[];
   changed: string[];
+  warnings?: string[];
 }
 
 function username(): string {
@@ -70,7 +73,9 @@ export async function backupFiles(repo: Repository, opts: FilesBackupJobOptions)
       ...(parent?.tree ? { parentTree: parent.tree } : {}),
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
       estimate: opts.estimate ?? false,
+      verifyReused: opts.verifyReused ?? false,
     });
+    repo.verifyReused = opts.verifyReused ?? false;
     const r = await archiver.run();
     const sn: Snapshot = {
       version: 1,
@@ -84,7 +89,7 @@ export async function backupFiles(repo: Repository, opts: FilesBackupJobOptions)
       tree: r.tree,
       summary: { ...r.summary, durationMs: Date.now() - started },
     };
-    return { snapshot: await commit(repo, sn), ...(parent ? { parent: parent.id } : {}), errors: r.errors, changed: r.changed };
+    return { snapshot: await commit(repo, sn), ...(parent ? { parent: parent.id } : {}), errors: r.errors, changed: r.changed, warnings: r.warnings };
   });
 }
 

@@ -3,7 +3,7 @@ import type { Repository } from '../repository/repository.js';
 import { decodePage } from '../repository/fixed-index.js';
 import { findSnapshot, listSnapshots, type SnapshotWithId } from '../repository/snapshot.js';
 import { displayName, nodeName, type TreeNode } from '../repository/tree.js';
-import { loadTree, lookupPath, walk } from '../repository/walk.js';
+import { ExpansionGuard, loadTree, lookupPath, walk } from '../repository/walk.js';
 import { BulwarkError } from '../util/errors.js';
 
 export interface LsEntry {
@@ -36,7 +36,7 @@ export async function ls(repo: Repository, ref: string, path = '/', recursive = 
     type: n.type,
     size: n.size,
     mode: n.mode,
-    mtime: new Date(Number(BigInt(n.mtimeNs) / 1000000n)).toISOString(),
+    mtime: isoTime(n.mtimeNs),
     uid: n.uid,
     gid: n.gid,
     ...(n.linkTarget !== undefined ? { linkTarget: n.linkTarget } : {}),
@@ -49,6 +49,12 @@ export async function ls(repo: Repository, ref: string, path = '/', recursive = 
     else for (const n of (await loadTree(repo, found.tree)).nodes) entries.push(toEntry(`${prefix}/${displayName(nodeName(n))}`, n));
   }
   return { snapshot: sn, entries };
+}
+
+/** A time in nanoseconds as ISO text; one outside what a Date can show is given in seconds. */
+function isoTime(ns: string): string {
+  const d = new Date(Number(BigInt(ns) / 1000000n));
+  return Number.isNaN(d.getTime()) ? `@${BigInt(ns) / 1000000000n}s` : d.toISOString();
 }
 
 export interface DiffResult {
@@ -67,7 +73,7 @@ export async function diff(repo: Repository, refA: string, refB: string): Promis
   const a = await findSnapshot(repo, refA);
   const b = await findSnapshot(repo, refB);
   const out: DiffResult = { from: a.id, to: b.id, added: [], removed: [], modified: [], metadata: [] };
-  if (a.tree && b.tree) await diffTrees(repo, a.tree, b.tree, '', out);
+  if (a.tree && b.tree) await diffTrees(repo, a.tree, b.tree, '', out, new ExpansionGuard());
   else if (a.disks && b.disks) {
     out.disks = [];
     for (const db of b.disks) {
@@ -88,25 +94,30 @@ async function blockIds(repo: Repository, pages: string[]): Promise<(string | nu
   return out;
 }
 
-async function diffTrees(repo: Repository, ta: string, tb: string, prefix: string, out: DiffResult): Promise<void> {
+/** Recursion is fine here: each level awaits a load, so the stack does not grow with depth. */
+async function diffTrees(repo: Repository, ta: string, tb: string, prefix: string, out: DiffResult, guard: ExpansionGuard): Promise<void> {
   if (ta === tb) return; // identical subtrees: nothing below differs
-  const na = new Map((await loadTree(repo, ta)).nodes.map((n) => [displayName(nodeName(n)), n]));
-  const nb = new Map((await loadTree(repo, tb)).nodes.map((n) => [displayName(nodeName(n)), n]));
+  const [treeA, treeB] = [await loadTree(repo, ta), await loadTree(repo, tb)];
+  guard.tree(ta, treeA);
+  guard.tree(tb, treeB);
+  const na = new Map(treeA.nodes.map((n) => [displayName(nodeName(n)), n]));
+  const nb = new Map(treeB.nodes.map((n) => [displayName(nodeName(n)), n]));
   const all = [...new Set([...na.keys(), ...nb.keys()])].sort();
   for (const name of all) {
     const x = na.get(name);
     const y = nb.get(name);
     const p = `${prefix}/${name}`;
+    guard.entry();
     if (!x && y) {
       out.added.push(p);
-      if (y.subtree) for await (const e of walk(repo, y.subtree, p)) out.added.push(e.path);
+      if (y.subtree) for await (const e of walk(repo, y.subtree, p, { guard })) out.added.push(e.path);
     } else if (x && !y) {
       out.removed.push(p);
-      if (x.subtree) for await (const e of walk(repo, x.subtree, p)) out.removed.push(e.path);
+      if (x.subtree) for await (const e of walk(repo, x.subtree, p, { guard })) out.removed.push(e.path);
     } else if (x && y) {
       if (x.type !== y.type || JSON.stringify(x.content ?? []) !== JSON.stringify(y.content ?? []) || x.linkTarget !== y.linkTarget) out.modified.push(p);
       else if (x.mode !== y.mode || x.uid !== y.uid || x.gid !== y.gid || x.mtimeNs !== y.mtimeNs || JSON.stringify(x.xattrs) !== JSON.stringify(y.xattrs)) out.metadata.push(p);
-      if (x.type === 'dir' && y.type === 'dir' && x.subtree && y.subtree) await diffTrees(repo, x.subtree, y.subtree, p, out);
+      if (x.type === 'dir' && y.type === 'dir' && x.subtree && y.subtree) await diffTrees(repo, x.subtree, y.subtree, p, out, guard);
     }
   }
 }
@@ -145,7 +156,10 @@ export async function stats(repo: Repository, ref?: string): Promise<StatsResult
     };
     if (sn.tree) {
       add(sn.tree);
-      for await (const e of walk(repo, sn.tree)) {
+      // Each distinct subtree once: what it holds is counted the first time it is met.
+      const descended = new Set<string>();
+      const once = (id: string): boolean => descended.has(id) || (descended.add(id), false);
+      for await (const e of walk(repo, sn.tree, '', { skip: once })) {
         if (e.node.subtree) add(e.node.subtree);
         e.node.content?.forEach(add);
       }

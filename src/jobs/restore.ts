@@ -77,13 +77,13 @@ export async function restoreDisks(repo: Repository, opts: RestoreDisksJobOption
   if (opts.define && !sn.vm) {
     throw new BulwarkError('usage', `snapshot ${sn.id.slice(0, 8)} is not a VM snapshot: there is no configuration to define`, { hint: 'leave out --define' });
   }
-  await prepareTarget(opts.target);
+  const target = await prepareTarget(opts.target);
   const disks: DiskRestoreResult[] = [];
   for (const d of wanted) {
-    disks.push(await restoreDisk(repo, d, { targetDir: opts.target, format: opts.format ?? 'raw', ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) }));
+    disks.push(await restoreDisk(repo, d, { targetDir: target, format: opts.format ?? 'raw', ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) }));
   }
   if (!opts.define || !sn.vm) return { snapshot: sn, disks };
-  const dir = resolve(opts.target);
+  const dir = resolve(target);
   const definition = join(dir, `${fileNameOf(sn.vm.name)}.qemu.sh`);
   const restored = wanted.map((d, i) => ({ name: d.name, path: resolve(disks[i]!.path), format: opts.format ?? 'raw' }));
   await writeFile(definition, qemuScript(sn.vm, restored, { dir }), { mode: 0o755 });

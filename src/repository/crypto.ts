@@ -1,9 +1,10 @@
 // Authenticated encryption and keyed ids. Everything written to storage except key files is sealed with
 // the master key; key files seal the master key with a key derived from a password.
 import { createCipheriv, createDecipheriv, randomBytes, scrypt as scryptCb, timingSafeEqual } from 'node:crypto';
-import { compress, decompress } from 'zstd-napi';
+import { compress } from 'zstd-napi';
 import { BulwarkError } from '../util/errors.js';
 import { keyedBlake3 } from './blake3.js';
+import { decompressBounded } from './zstd.js';
 import { DOC_PLAIN, DOC_ZSTD, KEY_BYTES, NONCE_BYTES, SEAL_OVERHEAD, TAG_BYTES } from './format.js';
 
 export interface MasterKey {
@@ -57,6 +58,9 @@ export function unseal(encKey: Buffer, sealed: Uint8Array, what: string): Buffer
   }
 }
 
+/** Largest document (index file, snapshot, lock, config) a reader accepts once decompressed. */
+export const MAX_DOCUMENT_BYTES = 256 * 1024 * 1024;
+
 /** JSON documents (config, index, snapshots, locks) are framed with one format byte, then sealed. */
 export function sealDocument(encKey: Buffer, doc: unknown): Buffer {
   const json = Buffer.from(JSON.stringify(doc), 'utf8');
@@ -70,9 +74,13 @@ export function unsealDocument<T>(encKey: Buffer, sealed: Uint8Array, what: stri
   const body = framed.subarray(1);
   let json: Buffer;
   if (framed[0] === DOC_PLAIN) json = body;
-  else if (framed[0] === DOC_ZSTD) json = decompress(body);
+  else if (framed[0] === DOC_ZSTD) json = decompressBounded(body, MAX_DOCUMENT_BYTES, what);
   else throw new BulwarkError('repository-corrupt', `${what} has unknown document format ${framed[0]}`);
-  return JSON.parse(json.toString('utf8')) as T;
+  try {
+    return JSON.parse(json.toString('utf8')) as T;
+  } catch (err) {
+    throw new BulwarkError('repository-corrupt', `${what} is not valid JSON: ${(err as Error).message}`);
+  }
 }
 
 export interface ScryptParams {

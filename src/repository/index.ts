@@ -1,6 +1,12 @@
 // The index maps blob ids to where they live (pack, offset, length). Each writer adds its own index
 // files and never rewrites another's, so many hosts can back up into one repository at once; the
 // in-memory view is the union of all index files.
+//
+// A blob may be stored more than once (two hosts saved it at the same time, or a backup stored it again
+// because the first copy was found damaged). Every copy is kept, so a read can fall back to an intact
+// one. Copies found damaged (by check, or by a read in this process) are marked: a marked blob does not
+// count as present, so the next backup that meets it stores it again — the repository heals itself.
+import { BulwarkError } from '../util/errors.js';
 import type { BlobType } from './format.js';
 
 export interface IndexEntry {
@@ -15,10 +21,37 @@ export interface IndexEntry {
 export interface IndexFile {
   version: 1;
   packs: { id: string; type: BlobType; blobs: { id: string; offset: number; length: number; ulen: number }[] }[];
+  /** Copies found damaged (by check): readers skip them and backups store those blobs again. */
+  damaged?: { id: string; pack: string }[];
+}
+
+const HEX_ID = /^[0-9a-f]{64}$/;
+const MAX_BLOB_BYTES = 0xffffffff;
+
+/** Checks an index file's shape before any of it is believed (a hostile one could point anywhere). */
+export function validateIndexFile(f: IndexFile, name: string): void {
+  const bad = (why: string): BulwarkError => new BulwarkError('repository-corrupt', `index file ${name} is malformed: ${why}`);
+  if (typeof f !== 'object' || f === null || !Array.isArray(f.packs)) throw bad('no pack list');
+  for (const p of f.packs) {
+    if (typeof p !== 'object' || p === null || typeof p.id !== 'string' || !HEX_ID.test(p.id)) throw bad('a pack id is invalid');
+    if (p.type !== 'data' && p.type !== 'tree') throw bad(`pack ${p.id} has the unknown type '${String(p.type)}'`);
+    if (!Array.isArray(p.blobs)) throw bad(`pack ${p.id} has no blob list`);
+    for (const b of p.blobs) {
+      const ok = typeof b === 'object' && b !== null && typeof b.id === 'string' && HEX_ID.test(b.id) && [b.offset, b.length, b.ulen].every((v) => Number.isInteger(v) && v >= 0 && v <= MAX_BLOB_BYTES * 16);
+      if (!ok || b.length > MAX_BLOB_BYTES || b.ulen > MAX_BLOB_BYTES) throw bad(`pack ${p.id} lists an invalid blob`);
+    }
+  }
+  if (f.damaged !== undefined && (!Array.isArray(f.damaged) || !f.damaged.every((d) => typeof d?.id === 'string' && HEX_ID.test(d.id) && typeof d.pack === 'string' && HEX_ID.test(d.pack)))) {
+    throw bad('the damaged list is invalid');
+  }
 }
 
 export class MasterIndex {
   private readonly blobs = new Map<string, IndexEntry>();
+  /** Further copies of blobs stored more than once (rare: kept apart so the common case stays one entry). */
+  private readonly copies = new Map<string, IndexEntry[]>();
+  /** "id/pack" of copies known to be damaged. */
+  private readonly bad = new Set<string>();
   private readonly packSizes = new Map<string, number>();
 
   get blobCount(): number {
@@ -29,27 +62,65 @@ export class MasterIndex {
     return this.packSizes;
   }
 
+  /** The first copy not known to be damaged. */
   lookup(id: string): IndexEntry | undefined {
-    return this.blobs.get(id);
+    const e = this.blobs.get(id);
+    if (!e || !this.bad.has(`${id}/${e.pack}`)) return e;
+    return this.copies.get(id)?.find((c) => !this.bad.has(`${id}/${c.pack}`));
   }
 
+  /** Every copy, intact ones first, then those marked damaged (a last resort for reads). */
+  locations(id: string): IndexEntry[] {
+    const e = this.blobs.get(id);
+    if (!e) return [];
+    const all = [e, ...(this.copies.get(id) ?? [])];
+    return [...all.filter((c) => !this.bad.has(`${id}/${c.pack}`)), ...all.filter((c) => this.bad.has(`${id}/${c.pack}`))];
+  }
+
+  /** Present with at least one copy not known to be damaged: a backup may reuse it. */
   has(id: string): boolean {
-    return this.blobs.has(id);
+    return this.lookup(id) !== undefined;
+  }
+
+  markDamaged(id: string, pack: string): void {
+    this.bad.add(`${id}/${pack}`);
+  }
+
+  isDamaged(id: string, pack: string): boolean {
+    return this.bad.has(`${id}/${pack}`);
+  }
+
+  /** Copies marked damaged, for check to record. */
+  damagedCopies(): { id: string; pack: string }[] {
+    return [...this.bad].map((k) => ({ id: k.slice(0, 64), pack: k.slice(65) }));
   }
 
   addFile(file: IndexFile): void {
     for (const p of file.packs) {
       let end = 0;
       for (const b of p.blobs) {
-        // Several writers may have stored the same blob; any copy will do.
-        if (!this.blobs.has(b.id)) this.blobs.set(b.id, { pack: p.id, type: p.type, offset: b.offset, length: b.length, ulen: b.ulen });
+        const entry = { pack: p.id, type: p.type, offset: b.offset, length: b.length, ulen: b.ulen };
+        const first = this.blobs.get(b.id);
+        if (!first) this.blobs.set(b.id, entry);
+        else if (first.pack !== p.id) {
+          const more = this.copies.get(b.id) ?? [];
+          if (!more.some((c) => c.pack === p.id)) this.copies.set(b.id, [...more, entry]);
+        }
         end = Math.max(end, b.offset + b.length);
       }
       this.packSizes.set(p.id, Math.max(this.packSizes.get(p.id) ?? 0, end));
     }
+    for (const d of file.damaged ?? []) this.markDamaged(d.id, d.pack);
   }
 
+  /** One entry per blob (its first copy). */
   entries(): IterableIterator<[string, IndexEntry]> {
     return this.blobs.entries();
+  }
+
+  /** Every copy of every blob. */
+  *allEntries(): Generator<[string, IndexEntry]> {
+    yield* this.blobs.entries();
+    for (const [id, more] of this.copies) for (const e of more) yield [id, e];
   }
 }

@@ -2,11 +2,11 @@
 // master key, one per password; removing a key file revokes that password only.
 import { createHash, randomBytes } from 'node:crypto';
 import { hostname, userInfo } from 'node:os';
-import type { Backend } from '../storage/backend.js';
-import { BulwarkError } from '../util/errors.js';
+import type { Backend, FileInfo } from '../storage/backend.js';
+import { BulwarkError, unable } from '../util/errors.js';
 import type { Clock } from '../util/clock.js';
 import { deriveKey, seal, unseal, type MasterKey, type ScryptParams } from './crypto.js';
-import { SCRYPT_DEFAULTS } from './format.js';
+import { KEY_BYTES, SCRYPT_DEFAULTS, SEAL_OVERHEAD } from './format.js';
 
 export interface KeyFile {
   version: 1;
@@ -27,18 +27,101 @@ export interface KeyInfo {
   created: string;
   hostname: string;
   username: string;
+  /** Set when the key file cannot be used (why); its other fields are then '?' where unreadable. */
+  damaged?: string;
+}
+
+/** A key file openWithPassword could not use; the caller shows these as warnings. */
+export interface SkippedKey {
+  name: string;
+  reason: string;
+}
+
+export interface OpenedKey {
+  master: MasterKey;
+  keyId: string;
+  skipped: SkippedKey[];
+}
+
+const MiB = 1024 * 1024;
+
+// Anyone who can write to keys/ can plant a key file, and a key file is read before anything is
+// authenticated: these bounds keep such a file from making us allocate gigabytes or spin for hours.
+// They are generous for passwords made by this program (SCRYPT_DEFAULTS uses 32 MiB and cost 2^18).
+export const KDF_LIMITS = {
+  minN: 2 ** 10,
+  maxN: 2 ** 20,
+  minR: 1,
+  maxR: 32,
+  minP: 1,
+  maxP: 16,
+  /** scrypt needs 128·N·r bytes. */
+  maxMemoryBytes: 256 * MiB,
+  /** N·r·p, the work scrypt does. */
+  maxCost: 2 ** 24,
+  minSaltBytes: 16,
+  maxSaltBytes: 64,
+  /** A sealed payload of two base64 keys is about 130 bytes. */
+  maxSealedBytes: 512,
+  /** Key files written here are well under 1 KiB; a bigger one is not worth loading. */
+  maxKeyFileBytes: 16 * 1024,
+} as const;
+
+function formatBytes(n: number): string {
+  if (n >= 1024 * MiB) return `${+(n / (1024 * MiB)).toFixed(1)} GiB`;
+  return `${+(n / MiB).toFixed(1)} MiB`;
+}
+
+/** Why scrypt must not run with these parameters, or undefined when they are within KDF_LIMITS. */
+export function kdfParamsProblem(params: { N: unknown; r: unknown; p: unknown }): string | undefined {
+  const L = KDF_LIMITS;
+  const { N, r, p } = params;
+  if (typeof N !== 'number' || !Number.isSafeInteger(N)) return `N = ${JSON.stringify(N)} is not an integer`;
+  if (typeof r !== 'number' || !Number.isSafeInteger(r)) return `r = ${JSON.stringify(r)} is not an integer`;
+  if (typeof p !== 'number' || !Number.isSafeInteger(p)) return `p = ${JSON.stringify(p)} is not an integer`;
+  if (N < L.minN || N > L.maxN || (N & (N - 1)) !== 0) return `N = ${N} is not a power of two from 2^10 to 2^20`;
+  if (r < L.minR || r > L.maxR) return `r = ${r} is outside ${L.minR}..${L.maxR}`;
+  if (p < L.minP || p > L.maxP) return `p = ${p} is outside ${L.minP}..${L.maxP}`;
+  const memory = 128 * N * r;
+  if (memory > L.maxMemoryBytes) return `asks for ${formatBytes(memory)} of memory; the limit is ${formatBytes(L.maxMemoryBytes)}`;
+  if (N * r * p > L.maxCost) return `asks for scrypt cost N·r·p = 2^${Math.log2(N * r * p).toFixed(1).replace(/\.0$/, '')}; the limit is 2^24`;
+  return undefined;
+}
+
+/** Throws a usage error for parameters we would refuse to read back (so we never write such a key). */
+export function validateKdfParams(params: ScryptParams): void {
+  const problem = kdfParamsProblem(params);
+  if (problem !== undefined) {
+    throw new BulwarkError('usage', `scrypt parameters N=${params.N}, r=${params.r}, p=${params.p} are not allowed: ${problem}`, {
+      hint: `use N a power of two from 2^10 to 2^20, r 1..32, p 1..16, with 128·N·r at most ${formatBytes(KDF_LIMITS.maxMemoryBytes)} and N·r·p at most 2^24`,
+    });
+  }
+}
+
+function shortName(name: string): string {
+  return `${name.slice(0, 8)}…`;
+}
+
+function describeSkipped(skipped: readonly SkippedKey[]): string {
+  return skipped.map((s) => `key file '${shortName(s.name)}' (${s.reason})`).join('; ');
 }
 
 export class WrongPasswordError extends BulwarkError {
-  constructor(location: string) {
-    super('wrong-password', `no key in repository '${location}' opens with the given password`, {
-      hint: 'check --password-file / BULWARK_PASSWORD; ask whoever created the repository for a valid password',
-    });
+  constructor(location: string, skipped: readonly SkippedKey[] = []) {
+    const base = 'check --password-file / BULWARK_PASSWORD; ask whoever created the repository for a valid password';
+    // If the password belonged to a damaged key file, "wrong password" alone would send the user hunting
+    // for another password instead of restoring the file.
+    const damaged =
+      skipped.length === 0
+        ? ''
+        : `; ${skipped.length === 1 ? 'one key file was' : `${skipped.length} key files were`} skipped as damaged and may hold this password: ${describeSkipped(skipped)}`;
+    super('wrong-password', `no key in repository '${location}' opens with the given password`, { hint: base + damaged });
   }
 }
 
 export async function writeKey(backend: Backend, master: MasterKey, password: string, clock: Clock, params: ScryptParams = SCRYPT_DEFAULTS): Promise<string> {
   if (password.length === 0) throw new BulwarkError('usage', 'empty passwords are not allowed', { hint: 'choose a password of at least one character (better: a long passphrase)' });
+  validateKdfParams(params);
   const salt = randomBytes(32);
   const derived = await deriveKey(password, salt, params);
   const payload = Buffer.from(JSON.stringify({ encrypt: master.encrypt.toString('base64'), id: master.id.toString('base64') }));
@@ -54,7 +137,10 @@ export async function writeKey(backend: Backend, master: MasterKey, password: st
     hostname: hostname(),
     username,
     kdf: 'scrypt',
-    ...params,
+    // Only the three numbers: a params object with more fields must not leak them into the file.
+    N: params.N,
+    r: params.r,
+    p: params.p,
     salt: salt.toString('base64'),
     data: seal(derived, payload).toString('base64'),
   };
@@ -64,40 +150,169 @@ export async function writeKey(backend: Backend, master: MasterKey, password: st
   return name;
 }
 
-function parseKeyFile(bytes: Buffer, name: string): KeyFile {
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+/** Strict base64 decoding: Buffer.from(…, 'base64') silently drops what it does not understand. */
+function decodeBase64(value: unknown, field: string, min: number, max: number): Buffer | string {
+  if (typeof value !== 'string') return `${field} is not a string`;
+  // Checked before the regex so a huge string costs nothing.
+  if (value.length > Math.ceil(max / 3) * 4) return `${field} is longer than ${max} bytes`;
+  if (!BASE64.test(value)) return `${field} is not base64`;
+  const bytes = Buffer.from(value, 'base64');
+  if (bytes.length < min || bytes.length > max) return `${field} is ${bytes.length} bytes, expected ${min === max ? min : `${min}..${max}`}`;
+  return bytes;
+}
+
+interface ParsedKey {
+  file: KeyFile;
+  salt: Buffer;
+  sealed: Buffer;
+}
+
+function metadata(k: Record<string, unknown>): Pick<KeyInfo, 'created' | 'hostname' | 'username'> {
+  const str = (v: unknown): string => (typeof v === 'string' ? v : '?');
+  return { created: str(k.created), hostname: str(k.hostname), username: str(k.username) };
+}
+
+/** The key file's contents, or why it cannot be used. Never throws: a bad key file must not stop the others. */
+function parseKeyFile(bytes: Buffer): { key: ParsedKey; raw: Record<string, unknown> } | { reason: string; raw?: Record<string, unknown> } {
+  if (bytes.length > KDF_LIMITS.maxKeyFileBytes) return { reason: `is ${bytes.length} bytes; a key file is at most ${KDF_LIMITS.maxKeyFileBytes}` };
+  let raw: unknown;
   try {
-    const k = JSON.parse(bytes.toString('utf8')) as KeyFile;
-    if (k.kdf !== 'scrypt' || typeof k.salt !== 'string' || typeof k.data !== 'string') throw new Error('unexpected fields');
-    return k;
+    raw = JSON.parse(bytes.toString('utf8'));
+  } catch {
+    return { reason: 'is not JSON' };
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return { reason: 'is not a JSON object' };
+  const k = raw as Record<string, unknown>;
+  const fail = (reason: string): { reason: string; raw: Record<string, unknown> } => ({ reason, raw: k });
+  if (k.version !== 1) return fail(`has unsupported version ${JSON.stringify(k.version)}`);
+  if (k.kdf !== 'scrypt') return fail(`has unsupported kdf ${JSON.stringify(k.kdf)}`);
+  const problem = kdfParamsProblem({ N: k.N, r: k.r, p: k.p });
+  if (problem !== undefined) return fail(problem);
+  const salt = decodeBase64(k.salt, 'salt', KDF_LIMITS.minSaltBytes, KDF_LIMITS.maxSaltBytes);
+  if (typeof salt === 'string') return fail(salt);
+  const sealed = decodeBase64(k.data, 'data', SEAL_OVERHEAD + 1, KDF_LIMITS.maxSealedBytes);
+  if (typeof sealed === 'string') return fail(sealed);
+  const file: KeyFile = { version: 1, kdf: 'scrypt', ...metadata(k), N: k.N as number, r: k.r as number, p: k.p as number, salt: k.salt as string, data: k.data as string };
+  return { key: { file, salt, sealed }, raw: k };
+}
+
+/** The master key from a decrypted payload, or why it is not one. */
+function parsePayload(payload: Buffer): MasterKey | string {
+  let k: unknown;
+  try {
+    k = JSON.parse(payload.toString('utf8'));
+  } catch {
+    return 'decrypts, but its payload is not JSON';
+  }
+  if (typeof k !== 'object' || k === null) return 'decrypts, but its payload is not a JSON object';
+  const { encrypt, id } = k as Record<string, unknown>;
+  const e = decodeBase64(encrypt, 'payload field encrypt', KEY_BYTES, KEY_BYTES);
+  if (typeof e === 'string') return `decrypts, but its ${e}`;
+  const i = decodeBase64(id, 'payload field id', KEY_BYTES, KEY_BYTES);
+  if (typeof i === 'string') return `decrypts, but its ${i}`;
+  return { encrypt: e, id: i };
+}
+
+/** Loads a key file, or says why not; undefined when it was removed since the listing. */
+async function loadKeyFile(backend: Backend, f: FileInfo): Promise<Buffer | { reason: string; error: unknown } | undefined> {
+  // The listed size spares loading a planted multi-gigabyte "key file" into memory.
+  if (f.size > KDF_LIMITS.maxKeyFileBytes) return { reason: `is ${f.size} bytes; a key file is at most ${KDF_LIMITS.maxKeyFileBytes}`, error: undefined };
+  try {
+    return await backend.load({ type: 'keys', name: f.name });
   } catch (err) {
-    throw new BulwarkError('repository-corrupt', `key file '${name}' is not readable: ${(err as Error).message}`);
+    // Another client may remove a key (key passwd) while we look: that file is simply not there.
+    if (backend.isNotFound(err)) return undefined;
+    return { reason: `cannot be read: ${err instanceof Error ? err.message : String(err)}`, error: err };
   }
 }
 
-/** Tries each key file until one opens; returns the master key and the id of the key that opened it. */
-export async function openWithPassword(backend: Backend, password: string): Promise<{ master: MasterKey; keyId: string }> {
-  const names: string[] = [];
-  for await (const f of backend.list('keys')) names.push(f.name);
-  for (const name of names) {
-    const file = parseKeyFile(await backend.load({ type: 'keys', name }), name);
-    const derived = await deriveKey(password, Buffer.from(file.salt, 'base64'), { N: file.N, r: file.r, p: file.p });
+/**
+ * Tries each key file until one opens; returns the master key, the id of the key that opened it, and the
+ * key files skipped because they cannot be used (damaged, hostile or unreadable), for the caller to warn about.
+ */
+export async function openWithPassword(backend: Backend, password: string): Promise<OpenedKey> {
+  const files: FileInfo[] = [];
+  for await (const f of backend.list('keys')) files.push(f);
+  const skipped: SkippedKey[] = [];
+  let readError: { name: string; error: unknown } | undefined;
+  // Every file is checked before any scrypt runs: checking is cheap, and so the warnings name every
+  // damaged file whatever order the backend lists them in, not just those before the one that opens.
+  const usable: { name: string; key: ParsedKey }[] = [];
+  for (const f of files) {
+    const bytes = await loadKeyFile(backend, f);
+    if (bytes === undefined) continue;
+    if (!Buffer.isBuffer(bytes)) {
+      if (bytes.error !== undefined) readError ??= { name: f.name, error: bytes.error };
+      skipped.push({ name: f.name, reason: bytes.reason });
+      continue;
+    }
+    const parsed = parseKeyFile(bytes);
+    if ('key' in parsed) usable.push({ name: f.name, key: parsed.key });
+    else skipped.push({ name: f.name, reason: parsed.reason });
+  }
+  let tried = 0;
+  // The password was right for these, so "wrong password" would be the wrong thing to say.
+  const openedDamaged: SkippedKey[] = [];
+  for (const { name, key } of usable) {
+    const { file, salt, sealed } = key;
+    let derived: Buffer;
+    try {
+      derived = await deriveKey(password, salt, { N: file.N, r: file.r, p: file.p });
+    } catch (err) {
+      skipped.push({ name, reason: `scrypt refused its parameters: ${(err as Error).message}` });
+      continue;
+    }
+    tried++;
     let payload: Buffer;
     try {
-      payload = unseal(derived, Buffer.from(file.data, 'base64'), `key ${name}`);
+      payload = unseal(derived, sealed, `key ${name}`);
     } catch {
       continue; // not this password
     }
-    const k = JSON.parse(payload.toString('utf8')) as { encrypt: string; id: string };
-    return { master: { encrypt: Buffer.from(k.encrypt, 'base64'), id: Buffer.from(k.id, 'base64') }, keyId: name };
+    const master = parsePayload(payload);
+    if (typeof master === 'string') {
+      skipped.push({ name, reason: master });
+      openedDamaged.push({ name, reason: master });
+      continue;
+    }
+    return { master, keyId: name, skipped };
   }
-  throw new WrongPasswordError(backend.properties.location);
+  if (openedDamaged.length > 0) {
+    throw new BulwarkError('repository-corrupt', `the password opens ${openedDamaged.length === 1 ? 'a key file' : 'key files'} whose contents are damaged: ${describeSkipped(openedDamaged)}`, {
+      hint: "restore the repository's keys/ folder from a copy, or open the repository with another password",
+    });
+  }
+  if (tried > 0 || skipped.length === 0) throw new WrongPasswordError(backend.properties.location, skipped);
+  // No key file could even be tried: an I/O failure is not damage, so it is reported as what it is.
+  if (readError !== undefined) throw unable('read', 'key file', readError.name, readError.error, 'io');
+  throw new BulwarkError('repository-corrupt', `every key file in the repository is damaged: ${describeSkipped(skipped)}`, {
+    hint: "restore the repository's keys/ folder from a copy; the data cannot be opened without an intact key file",
+  });
 }
 
+/** All key files, oldest first; ones that cannot be used are listed last, with `damaged` saying why. */
 export async function listKeys(backend: Backend): Promise<KeyInfo[]> {
-  const out: KeyInfo[] = [];
+  const good: KeyInfo[] = [];
+  const bad: KeyInfo[] = [];
   for await (const f of backend.list('keys')) {
-    const k = parseKeyFile(await backend.load({ type: 'keys', name: f.name }), f.name);
-    out.push({ id: f.name, created: k.created, hostname: k.hostname, username: k.username });
+    const bytes = await loadKeyFile(backend, f);
+    if (bytes === undefined) continue;
+    if (!Buffer.isBuffer(bytes)) {
+      bad.push({ id: f.name, created: '?', hostname: '?', username: '?', damaged: bytes.reason });
+      continue;
+    }
+    const parsed = parseKeyFile(bytes);
+    if ('key' in parsed) {
+      const { created, hostname: host, username } = parsed.key.file;
+      good.push({ id: f.name, created, hostname: host, username });
+    } else {
+      const meta = parsed.raw ? metadata(parsed.raw) : { created: '?', hostname: '?', username: '?' };
+      bad.push({ id: f.name, ...meta, damaged: parsed.reason });
+    }
   }
-  return out.sort((a, b) => a.created.localeCompare(b.created));
+  good.sort((a, b) => a.created.localeCompare(b.created));
+  bad.sort((a, b) => a.id.localeCompare(b.id));
+  return [...good, ...bad];
 }

@@ -49,8 +49,13 @@ function processAlive(pid: number): boolean {
   }
 }
 
+/** A lock claiming a time further ahead than this is not believed (clocks differ by seconds, not days). */
+const MAX_CLOCK_AHEAD_MS = 24 * 60 * 60 * 1000;
+
 export function isStale(doc: LockDocument, nowMs: number): boolean {
-  if (nowMs - Date.parse(doc.time) > LOCK_STALE_MS) return true;
+  const t = Date.parse(doc.time);
+  if (!Number.isFinite(t) || t - nowMs > MAX_CLOCK_AHEAD_MS || nowMs - t > LOCK_STALE_MS) return true;
+  if (typeof doc.pid !== 'number' || typeof doc.hostname !== 'string') return true;
   return doc.hostname === hostname() && doc.pid !== process.pid && !processAlive(doc.pid);
 }
 
@@ -62,7 +67,10 @@ export async function listLocks(repo: LockRepo): Promise<LockInfo[]> {
       const doc = await repo.loadDocument<LockDocument>('locks', f.name);
       out.push({ ...doc, id: f.name, stale: isStale(doc, now) });
     } catch (err) {
-      if (!repo.backend.isNotFound(err)) throw err; // removed meanwhile: its holder finished
+      if (repo.backend.isNotFound(err)) continue; // removed meanwhile: its holder finished
+      if (!(err instanceof BulwarkError) || err.code !== 'repository-corrupt') throw err;
+      // A damaged lock blocks nobody (else one bad file would stop every backup); unlock removes it.
+      out.push({ time: new Date(0).toISOString(), exclusive: false, hostname: '?', username: '?', pid: 0, purpose: 'damaged lock file', id: f.name, stale: true });
     }
   }
   return out;

@@ -54,7 +54,16 @@ export function readPackHeader(encKey: Buffer, bytes: Buffer, packId: string): P
   if (bytes.length < PACK_TRAILER_BYTES) throw new BulwarkError('repository-corrupt', `pack ${packId} is truncated`);
   const hlen = bytes.readUInt32LE(bytes.length - PACK_TRAILER_BYTES);
   if (hlen > bytes.length - PACK_TRAILER_BYTES) throw new BulwarkError('repository-corrupt', `pack ${packId} has an invalid header length`);
-  const header = unseal(encKey, bytes.subarray(bytes.length - PACK_TRAILER_BYTES - hlen, bytes.length - PACK_TRAILER_BYTES), `header of pack ${packId}`);
+  const start = bytes.length - PACK_TRAILER_BYTES - hlen;
+  return parsePackHeader(encKey, bytes.subarray(start, bytes.length - PACK_TRAILER_BYTES), packId, start);
+}
+
+/**
+ * Opens a sealed pack header and checks it against the pack: the blobs it lists must fill exactly the
+ * `dataEnd` bytes before the header, so a damaged or hostile header cannot point outside its pack.
+ */
+export function parsePackHeader(encKey: Buffer, sealedHeader: Buffer, packId: string, dataEnd: number): PackEntry[] {
+  const header = unseal(encKey, sealedHeader, `header of pack ${packId}`);
   if (header.length % PACK_ENTRY_BYTES !== 0) throw new BulwarkError('repository-corrupt', `pack ${packId} has a malformed header`);
   const entries: PackEntry[] = [];
   let offset = 0;
@@ -65,5 +74,6 @@ export function readPackHeader(encKey: Buffer, bytes: Buffer, packId: string): P
     entries.push({ type, length, offset, ulen: header.readUInt32LE(at + 5), id: header.subarray(at + 9, at + 9 + ID_BYTES).toString('hex') });
     offset += length;
   }
+  if (offset !== dataEnd) throw new BulwarkError('repository-corrupt', `pack ${packId}: its header lists ${offset} bytes of blobs, but ${dataEnd} bytes precede the header`);
   return entries;
 }

@@ -10,18 +10,21 @@ import { Budget } from '../util/budget.js';
 import type { Clock } from '../util/clock.js';
 import { systemClock } from '../util/clock.js';
 import { BulwarkError, unable } from '../util/errors.js';
-import { decompress } from 'zstd-napi';
 import { blobId, newMasterKey, sealDocument, unseal, unsealDocument, type MasterKey } from './crypto.js';
 import {
   DEFAULT_BLOCK_SIZE,
   DEFAULT_PACK_SIZE,
   DEFAULT_ZSTD_LEVEL,
+  PACK_TRAILER_BYTES,
   REPOSITORY_VERSION,
+  SEAL_OVERHEAD as SEAL_BYTES,
   type BlobType,
 } from './format.js';
-import { MasterIndex, type IndexFile } from './index.js';
+import { MasterIndex, validateIndexFile, type IndexEntry, type IndexFile } from './index.js';
 import { openWithPassword, writeKey } from './keys.js';
-import { buildPack, type PackBlob } from './pack.js';
+import { buildPack, parsePackHeader, type PackBlob, type PackEntry } from './pack.js';
+import { MAX_TREE_BYTES } from './tree.js';
+import { decompressBounded } from './zstd.js';
 import { BlobWorkers } from './workers.js';
 
 export interface RepositoryConfig {
@@ -47,6 +50,8 @@ export interface InitOptions {
 export interface OpenOptions {
   clock?: Clock;
   workers?: number;
+  /** Told about damage that was worked around (a skipped key, index or snapshot file). */
+  onWarning?: (message: string) => void;
 }
 
 export interface SaveResult {
@@ -65,6 +70,31 @@ export class RepositoryNotFoundError extends BulwarkError {
 }
 
 const INDEX_PACKS_PER_FILE = 64;
+/** Largest plaintext of a data blob a reader accepts: well above any chunk or block size we write. */
+const MAX_DATA_BLOB_BYTES = 64 * 1024 * 1024;
+const HEX_ID = /^[0-9a-f]{64}$/;
+
+/** Checks a config before anything is done with it: a hostile one could ask for absurd chunk or pack sizes. */
+export function validateConfig(c: RepositoryConfig): void {
+  const int = (v: unknown, lo: number, hi: number): boolean => typeof v === 'number' && Number.isInteger(v) && v >= lo && v <= hi;
+  const ch = c?.chunker;
+  const ok =
+    typeof c === 'object' &&
+    c !== null &&
+    typeof c.id === 'string' &&
+    HEX_ID.test(c.id) &&
+    typeof ch === 'object' &&
+    ch !== null &&
+    typeof ch.seed === 'string' &&
+    HEX_ID.test(ch.seed) &&
+    int(ch.minSize, 4096, 64 * 1024 * 1024) &&
+    int(ch.avgSize, ch.minSize, 64 * 1024 * 1024) &&
+    int(ch.maxSize, ch.avgSize, 64 * 1024 * 1024) &&
+    int(c.blockSize, 4096, 64 * 1024 * 1024) &&
+    int(c.zstdLevel, -7, 22) &&
+    int(c.packSize, 64 * 1024, 1024 * 1024 * 1024);
+  if (!ok) throw new BulwarkError('repository-corrupt', 'the repository config holds invalid values (damaged or tampered with)', { hint: 'restore the config file from a copy of the repository' });
+}
 /** Blobs up to this size are opened on the calling thread rather than in a worker. */
 const INLINE_OPEN_BYTES = 64 * 1024;
 /** Memory for whole tree packs kept while walking snapshots. */
@@ -86,6 +116,11 @@ export class Repository {
   private closed = false;
   /** Bytes of new packs written by this process (for summaries). */
   bytesWritten = 0;
+  /** Where warnings about worked-around damage go; the CLI prints them. */
+  onWarning: (message: string) => void = () => undefined;
+  /** Every blob a backup reuses is read and checked first; a damaged one is stored again. */
+  verifyReused = false;
+  private readonly verified = new Set<string>();
 
   private constructor(
     readonly backend: Backend,
@@ -123,34 +158,116 @@ export class Repository {
   }
 
   static async open(backend: Backend, password: string, opts: OpenOptions = {}): Promise<Repository> {
-    try {
-      await backend.stat({ type: 'config', name: '' });
-    } catch (err) {
-      if (backend.isNotFound(err)) throw new RepositoryNotFoundError(backend.properties.location, err);
-      throw unable('open', 'repository', backend.properties.location, err, 'io');
+    await Repository.assertExists(backend);
+    const opened = await openWithPassword(backend, password);
+    const { master, keyId } = opened;
+    for (const s of opened.skipped) {
+      opts.onWarning?.(`key file ${s.name.slice(0, 8)} is damaged and was skipped: ${s.reason}`);
     }
-    const { master, keyId } = await openWithPassword(backend, password);
     const config = unsealDocument<RepositoryConfig>(master.encrypt, await backend.load({ type: 'config', name: '' }), 'repository config');
+    if (typeof config !== 'object' || config === null || typeof config.version !== 'number') throw new BulwarkError('repository-corrupt', 'the repository config is damaged (no format version)');
     if (config.version !== REPOSITORY_VERSION) {
       throw new BulwarkError('failed', `repository format version ${config.version} is not supported by this Bulwark (supports ${REPOSITORY_VERSION})`, {
         hint: 'upgrade Bulwark',
       });
     }
-    return new Repository(backend, master, keyId, config, opts.clock ?? systemClock, opts.workers);
+    validateConfig(config);
+    const repo = new Repository(backend, master, keyId, config, opts.clock ?? systemClock, opts.workers);
+    if (opts.onWarning) repo.onWarning = opts.onWarning;
+    return repo;
+  }
+
+  /**
+   * Throws RepositoryNotFoundError when there is no repository, and a clear error when there is one
+   * that lost its config (which would otherwise look like no repository at all).
+   */
+  static async assertExists(backend: Backend): Promise<void> {
+    try {
+      await backend.stat({ type: 'config', name: '' });
+      return;
+    } catch (err) {
+      if (!backend.isNotFound(err)) throw unable('open', 'repository', backend.properties.location, err, 'io');
+      let present = 0;
+      for (const type of ['keys', 'snapshots', 'index'] as const) {
+        try {
+          for await (const f of backend.list(type)) {
+            present++;
+            void f;
+            break;
+          }
+        } catch {
+          // no such folder: nothing of that type
+        }
+      }
+      if (present > 0) {
+        throw new BulwarkError('repository-corrupt', `the config of the repository at '${backend.properties.location}' is missing, but keys, index or snapshots are present`, {
+          hint: 'the repository is damaged: restore its config file from a copy (it cannot be recreated without losing access to the data)',
+          cause: err,
+        });
+      }
+      throw new RepositoryNotFoundError(backend.properties.location, err);
+    }
   }
 
   // ---- index ----
 
-  async loadIndex(): Promise<void> {
+  /**
+   * Loads every index file. A damaged one is skipped with a warning, and the packs it described are
+   * found again by reading their own headers, so one bad file never takes the repository down.
+   * Returns the names and reasons of the index files that could not be read.
+   */
+  async loadIndex(): Promise<{ name: string; reason: string }[]> {
     const names: string[] = [];
     for await (const f of this.backend.list('index')) names.push(f.name);
     const queue = [...names];
+    const damaged: { name: string; reason: string }[] = [];
     const loadOne = async (): Promise<void> => {
       for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
-        this.index.addFile(await this.loadDocument<IndexFile>('index', name));
+        try {
+          const file = await this.loadDocument<IndexFile>('index', name);
+          validateIndexFile(file, name);
+          this.index.addFile(file);
+        } catch (err) {
+          if (this.backend.isNotFound(err)) continue; // removed since it was listed (a repair or prune)
+          if (!(err instanceof BulwarkError) || err.code !== 'repository-corrupt') throw err;
+          damaged.push({ name, reason: err.message });
+        }
       }
     };
     await Promise.all(Array.from({ length: Math.min(8, queue.length) }, loadOne));
+    if (damaged.length > 0) {
+      for (const d of damaged) this.onWarning(`index file ${d.name.slice(0, 8)} is damaged and was skipped (${d.reason}); run 'bulwark repair index'`);
+      const found = await this.indexUnlistedPacks();
+      if (found > 0) this.onWarning(`${found} pack(s) missing from the index were read from their own headers`);
+    }
+    return damaged;
+  }
+
+  /** Adds packs that are in storage but in no index file, from their own headers. Returns how many. */
+  async indexUnlistedPacks(onDamaged?: (pack: string, reason: string) => void): Promise<number> {
+    let found = 0;
+    for await (const f of this.backend.list('data')) {
+      if (this.index.packs.has(f.name)) continue;
+      try {
+        const entries = await this.readPackEntries(f.name, f.size);
+        this.index.addFile(packIndexFile(f.name, entries));
+        found++;
+      } catch (err) {
+        if (!(err instanceof BulwarkError)) throw err;
+        onDamaged?.(f.name, err.message);
+      }
+    }
+    return found;
+  }
+
+  /** A pack's own list of its blobs, read from its trailer and header (two ranged reads). */
+  async readPackEntries(pack: string, size: number): Promise<PackEntry[]> {
+    if (size < PACK_TRAILER_BYTES) throw new BulwarkError('repository-corrupt', `pack ${pack} is truncated`);
+    const trailer = await this.loadRange(pack, size - PACK_TRAILER_BYTES, PACK_TRAILER_BYTES);
+    const hlen = trailer.readUInt32LE(0);
+    if (hlen > size - PACK_TRAILER_BYTES) throw new BulwarkError('repository-corrupt', `pack ${pack} has an invalid header length`);
+    const header = await this.loadRange(pack, size - PACK_TRAILER_BYTES - hlen, hlen);
+    return parsePackHeader(this.key.encrypt, header, pack, size - PACK_TRAILER_BYTES - hlen);
   }
 
   blobId(plain: Uint8Array): string {
@@ -172,7 +289,8 @@ export class Repository {
   async saveBlob(type: BlobType, plain: Buffer, knownId?: string): Promise<SaveResult> {
     this.throwIfFailed();
     const id = knownId ?? this.blobId(plain);
-    if (this.hasBlob(id)) return { id, stored: false };
+    if (this.hasBlob(id) && (!this.verifyReused || (await this.reusable(id)))) return { id, stored: false };
+    if (this.pendingBlobs.has(id)) return { id, stored: false };
     this.pendingBlobs.add(id);
     // Memory accounting: the plaintext is charged until it is sealed, then only the sealed bytes until
     // their pack is written. Charging plaintext until the upload would deadlock on compressible data:
@@ -196,11 +314,32 @@ export class Repository {
     return { id, stored: true };
   }
 
+  /**
+   * Loads and verifies a blob. When a copy is damaged or its pack is gone, the next copy is tried, and
+   * the damaged one is marked so that backups in this process store the blob again.
+   */
   async loadBlob(type: BlobType, id: string): Promise<Buffer> {
-    const e = this.index.lookup(id);
-    if (!e) {
+    const copies = this.index.locations(id);
+    if (copies.length === 0) {
       throw new BulwarkError('repository-corrupt', `${type} blob ${id} is not in the index`, { hint: "run 'bulwark check' to see what is affected" });
     }
+    let failure: unknown;
+    for (const e of copies) {
+      try {
+        return await this.loadCopy(type, id, e);
+      } catch (err) {
+        if (!(err instanceof BulwarkError) || err.code !== 'repository-corrupt') throw err;
+        this.index.markDamaged(id, e.pack);
+        failure ??= err;
+      }
+    }
+    throw failure;
+  }
+
+  private async loadCopy(type: BlobType, id: string, e: IndexEntry): Promise<Buffer> {
+    const limit = type === 'tree' ? MAX_TREE_BYTES : MAX_DATA_BLOB_BYTES;
+    if (e.type !== type) throw new BulwarkError('repository-corrupt', `${type} blob ${id} is indexed as a ${e.type} blob`);
+    if (e.ulen > limit || (e.ulen === 0 && e.length - SEAL_BYTES > limit)) throw new BulwarkError('repository-corrupt', `${type} blob ${id} is larger than a ${type} blob may be`);
     let plain: Buffer;
     let actualId: string;
     if (e.type === 'tree' || e.length <= INLINE_OPEN_BYTES) {
@@ -209,8 +348,9 @@ export class Repository {
       // blobs are opened here too: a worker round trip would cost more than the work.
       const pack = e.type === 'tree' ? await this.treePack(e.pack) : undefined;
       const sealed = pack ? pack.subarray(e.offset, e.offset + e.length) : await this.loadRange(e.pack, e.offset, e.length);
+      if (sealed.length !== e.length) throw new BulwarkError('repository-corrupt', `pack ${e.pack} is shorter than the index says`);
       const body = unseal(this.key.encrypt, sealed, `${type} blob ${id}`);
-      plain = e.ulen > 0 ? decompress(body) : body;
+      plain = e.ulen > 0 ? decompressBounded(body, limit, `${type} blob ${id}`, e.ulen) : body;
       actualId = this.blobId(plain);
     } else {
       ({ plain, id: actualId } = await this.workers.open(await this.loadRange(e.pack, e.offset, e.length), e.ulen, `${type} blob ${id}`));
@@ -221,9 +361,29 @@ export class Repository {
     return plain;
   }
 
+  /**
+   * With verifyReused: reads a blob the backup is about to reuse; a damaged one is marked (and so
+   * stored again). Returns whether it may be reused.
+   */
+  async reusable(id: string): Promise<boolean> {
+    if (!this.index.has(id)) return this.pendingBlobs.has(id);
+    if (!this.verifyReused || this.verified.has(id)) return true;
+    const e = this.index.lookup(id)!;
+    try {
+      await this.loadBlob(e.type, id);
+    } catch (err) {
+      if (err instanceof BulwarkError && err.code === 'repository-corrupt') return this.index.has(id);
+      throw err;
+    }
+    this.verified.add(id);
+    return this.index.has(id);
+  }
+
   private async loadRange(pack: string, offset: number, length: number): Promise<Buffer> {
     try {
-      return await this.backend.load({ type: 'data', name: pack }, offset, length);
+      const b = await this.backend.load({ type: 'data', name: pack }, offset, length);
+      if (b.length !== length) throw new BulwarkError('repository-corrupt', `pack ${pack} is shorter than expected (${b.length} of ${length} bytes at ${offset})`);
+      return b;
     } catch (err) {
       throw unable('load', 'pack', pack, err, this.backend.isNotFound(err) ? 'repository-corrupt' : 'io');
     }
@@ -300,8 +460,8 @@ export class Repository {
       this.budget.release(p.budget);
     }
     this.bytesWritten += pack.bytes.length;
-    this.pendingIndex.push({ id: pack.id, type, blobs: pack.entries.map(({ id, offset, length, ulen }) => ({ id, offset, length, ulen })) });
-    this.index.addFile({ version: 1, packs: [this.pendingIndex[this.pendingIndex.length - 1]!] });
+    this.pendingIndex.push(packIndexFile(pack.id, pack.entries).packs[0]!);
+    this.index.addFile(packIndexFile(pack.id, pack.entries));
     for (const e of pack.entries) this.pendingBlobs.delete(e.id);
     if (this.pendingIndex.length >= INDEX_PACKS_PER_FILE) await this.writeIndex();
   }
@@ -365,4 +525,10 @@ export class Repository {
     await this.workers.close();
     await this.backend.close();
   }
+}
+
+/** An index document for one pack, from the pack's own entries. */
+export function packIndexFile(pack: string, entries: readonly PackEntry[]): IndexFile {
+  const type = entries[0]?.type ?? 'data';
+  return { version: 1, packs: [{ id: pack, type, blobs: entries.map(({ id, offset, length, ulen }) => ({ id, offset, length, ulen })) }] };
 }

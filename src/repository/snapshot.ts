@@ -82,13 +82,64 @@ export interface SnapshotFilter {
   source?: string;
 }
 
-export async function listSnapshots(repo: Pick<Repository, 'backend' | 'loadDocument'>, filter: SnapshotFilter = {}): Promise<SnapshotWithId[]> {
-  const out: SnapshotWithId[] = [];
-  for await (const f of repo.backend.list('snapshots')) {
-    const sn = await repo.loadDocument<Snapshot>('snapshots', f.name);
-    out.push({ ...sn, id: f.name });
+type SnapshotReader = Pick<Repository, 'backend' | 'loadDocument'> & { onWarning?: (message: string) => void };
+
+const HEX_ID = /^[0-9a-f]{64}$/;
+
+/** Why a snapshot record cannot be used, or undefined when it is well formed. */
+export function snapshotProblem(s: Snapshot): string | undefined {
+  if (typeof s !== 'object' || s === null) return 'it is not a record';
+  if (typeof s.time !== 'string' || Number.isNaN(Date.parse(s.time))) return 'it has no valid time';
+  if (typeof s.hostname !== 'string' || typeof s.source !== 'string') return 'it has no host or source';
+  if (!Array.isArray(s.paths) || !s.paths.every((p) => typeof p === 'string')) return 'its paths are invalid';
+  if (!Array.isArray(s.tags) || !s.tags.every((t) => typeof t === 'string')) return 'its tags are invalid';
+  if (s.tree !== undefined && (typeof s.tree !== 'string' || !HEX_ID.test(s.tree))) return 'its root tree id is invalid';
+  if (s.parent !== undefined && (typeof s.parent !== 'string' || !HEX_ID.test(s.parent))) return 'its parent id is invalid';
+  if (s.disks !== undefined) {
+    if (!Array.isArray(s.disks)) return 'its disk list is invalid';
+    for (const d of s.disks) {
+      const ok =
+        typeof d === 'object' && d !== null && typeof d.name === 'string' && Number.isSafeInteger(d.size) && d.size >= 0 && Number.isInteger(d.blockSize) && d.blockSize >= 512 && d.blockSize <= 64 * 1024 * 1024 && Array.isArray(d.pages) && d.pages.every((p) => typeof p === 'string' && HEX_ID.test(p));
+      if (!ok) return 'a disk record is invalid';
+    }
   }
-  return out.filter((s) => matches(s, filter)).sort((a, b) => a.time.localeCompare(b.time) || a.id.localeCompare(b.id));
+  if (s.tree === undefined && s.disks === undefined) return 'it holds neither files nor disks';
+  if (typeof s.summary !== 'object' || s.summary === null || typeof s.summary.totalSize !== 'number') return 'its summary is invalid';
+  return undefined;
+}
+
+export interface SnapshotListing {
+  snapshots: SnapshotWithId[];
+  /** Snapshot files that could not be read or are malformed: named, never fatal. */
+  damaged: { id: string; reason: string }[];
+}
+
+/** Reads every snapshot record that can be read; the others are returned by name with the reason. */
+export async function readSnapshots(repo: Pick<Repository, 'backend' | 'loadDocument'>): Promise<SnapshotListing> {
+  const out: SnapshotListing = { snapshots: [], damaged: [] };
+  for await (const f of repo.backend.list('snapshots')) {
+    let sn: Snapshot;
+    try {
+      sn = await repo.loadDocument<Snapshot>('snapshots', f.name);
+    } catch (err) {
+      if (repo.backend.isNotFound(err)) continue; // removed since it was listed
+      if (!(err instanceof BulwarkError) || err.code !== 'repository-corrupt') throw err;
+      out.damaged.push({ id: f.name, reason: err.message });
+      continue;
+    }
+    const problem = snapshotProblem(sn);
+    if (problem) out.damaged.push({ id: f.name, reason: `snapshot ${f.name.slice(0, 8)} is malformed: ${problem}` });
+    else out.snapshots.push({ ...sn, id: f.name });
+  }
+  out.snapshots.sort((a, b) => Date.parse(a.time) - Date.parse(b.time) || a.id.localeCompare(b.id));
+  return out;
+}
+
+/** The readable snapshots matching the filter, oldest first; damaged ones are reported as warnings. */
+export async function listSnapshots(repo: SnapshotReader, filter: SnapshotFilter = {}): Promise<SnapshotWithId[]> {
+  const { snapshots, damaged } = await readSnapshots(repo);
+  for (const d of damaged) repo.onWarning?.(`snapshot ${d.id.slice(0, 8)} cannot be read and was skipped: ${d.reason}`);
+  return snapshots.filter((s) => matches(s, filter));
 }
 
 function matches(s: Snapshot, f: SnapshotFilter): boolean {
@@ -99,7 +150,7 @@ function matches(s: Snapshot, f: SnapshotFilter): boolean {
 }
 
 /** Resolves `latest`, a full id, or a unique prefix of at least 8 hex digits. */
-export async function findSnapshot(repo: Pick<Repository, 'backend' | 'loadDocument'>, ref: string, filter: SnapshotFilter = {}): Promise<SnapshotWithId> {
+export async function findSnapshot(repo: SnapshotReader, ref: string, filter: SnapshotFilter = {}): Promise<SnapshotWithId> {
   const all = await listSnapshots(repo, ref === 'latest' ? filter : {});
   if (ref === 'latest') {
     const last = all[all.length - 1];

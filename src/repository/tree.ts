@@ -64,8 +64,12 @@ export function linkTarget(n: TreeNode): Buffer {
 }
 
 /** A name is one path component: never empty, ".", "..", or containing "/" or NUL. */
+export function isSafeName(raw: Buffer): boolean {
+  return !(raw.length === 0 || raw.length > 255 || raw.includes(0x2f) || raw.includes(0) || raw.equals(Buffer.from('.')) || raw.equals(Buffer.from('..')));
+}
+
 export function validateName(raw: Buffer): void {
-  if (raw.length === 0 || raw.includes(0x2f) || raw.includes(0) || raw.equals(Buffer.from('.')) || raw.equals(Buffer.from('..'))) {
+  if (!isSafeName(raw)) {
     throw new BulwarkError('repository-corrupt', `tree holds an unsafe name '${displayName(raw)}'`, { hint: 'the snapshot may have been tampered with; nothing outside the target is written' });
   }
 }
@@ -74,14 +78,72 @@ export function encodeTree(tree: Tree): Buffer {
   return Buffer.from(JSON.stringify(tree), 'utf8');
 }
 
-export function decodeTree(plain: Buffer, id: string): Tree {
-  try {
-    const t = JSON.parse(plain.toString('utf8')) as Tree;
-    if (!Array.isArray(t.nodes)) throw new Error('no nodes');
-    return t;
-  } catch (err) {
-    throw new BulwarkError('repository-corrupt', `tree ${id} is malformed: ${(err as Error).message}`);
+/**
+ * Largest tree blob a reader accepts (about 290,000 entries in one folder). A tree comes from the
+ * repository, which may be hostile: without a bound a few kilobytes of compressed JSON can expand into
+ * gigabytes of memory.
+ */
+export const MAX_TREE_BYTES = 64 * 1024 * 1024;
+
+const NODE_TYPES: ReadonlySet<string> = new Set<NodeType>(['file', 'dir', 'symlink', 'fifo', 'chardev', 'blockdev', 'socket']);
+const HEX_ID = /^[0-9a-f]{64}$/;
+const NS = /^-?[0-9]{1,22}$/;
+
+const isUint = (v: unknown, max = Number.MAX_SAFE_INTEGER): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= max;
+
+/** Why a node cannot be trusted, or undefined when it is well formed. */
+function nodeProblem(n: TreeNode): string | undefined {
+  if (typeof n !== 'object' || n === null) return 'an entry is not an object';
+  if ((n.name === undefined) === (n.nameB64 === undefined)) return 'an entry has no name, or two';
+  if (n.name !== undefined && typeof n.name !== 'string') return 'an entry has a name that is not text';
+  if (n.nameB64 !== undefined && typeof n.nameB64 !== 'string') return 'an entry has a malformed name';
+  if (typeof n.type !== 'string' || !NODE_TYPES.has(n.type)) return `an entry has the unknown type '${String(n.type)}'`;
+  if (!isUint(n.mode, 0o7777)) return 'an entry has an invalid mode';
+  if (!isUint(n.uid, 0xffffffff) || !isUint(n.gid, 0xffffffff)) return 'an entry has an invalid owner';
+  if (typeof n.mtimeNs !== 'string' || !NS.test(n.mtimeNs) || typeof n.ctimeNs !== 'string' || !NS.test(n.ctimeNs)) return 'an entry has an invalid time';
+  if (n.atimeNs !== undefined && (typeof n.atimeNs !== 'string' || !NS.test(n.atimeNs))) return 'an entry has an invalid access time';
+  if (!isUint(n.size) || !isUint(n.inode) || !isUint(n.dev) || !isUint(n.links)) return 'an entry has an invalid size, inode or link count';
+  if (n.content !== undefined && (n.type !== 'file' || !Array.isArray(n.content) || !n.content.every((c) => typeof c === 'string' && HEX_ID.test(c)))) return 'an entry has invalid content';
+  if (n.subtree !== undefined && (n.type !== 'dir' || typeof n.subtree !== 'string' || !HEX_ID.test(n.subtree))) return 'an entry has an invalid subtree';
+  if ((n.linkTarget !== undefined || n.linkTargetB64 !== undefined) && (n.type !== 'symlink' || (n.linkTarget !== undefined && typeof n.linkTarget !== 'string') || (n.linkTargetB64 !== undefined && typeof n.linkTargetB64 !== 'string'))) {
+    return 'an entry has an invalid link target';
   }
+  if (n.rdev !== undefined && !isUint(n.rdev)) return 'an entry has an invalid device number';
+  if (n.xattrs !== undefined && (!Array.isArray(n.xattrs) || !n.xattrs.every((x) => typeof x === 'object' && x !== null && typeof x.name === 'string' && typeof x.value === 'string'))) {
+    return 'an entry has invalid extended attributes';
+  }
+  return undefined;
+}
+
+/**
+ * Parses a tree and checks it as the format requires: every entry well formed, every name one safe
+ * path component, names strictly increasing by their bytes (so no name twice). Restores rely on the
+ * last: two entries of one name (a file and a symlink) restored side by side could otherwise make one
+ * follow the other out of the target.
+ */
+export function decodeTree(plain: Buffer, id: string): Tree {
+  const bad = (why: string): BulwarkError => new BulwarkError('repository-corrupt', `tree ${id} is malformed: ${why}`, { hint: "the snapshot is damaged or was tampered with; run 'bulwark check'" });
+  if (plain.length > MAX_TREE_BYTES) throw bad(`it is ${plain.length} bytes, more than the ${MAX_TREE_BYTES} allowed`);
+  let t: Tree;
+  try {
+    t = JSON.parse(plain.toString('utf8')) as Tree;
+  } catch (err) {
+    throw bad((err as Error).message);
+  }
+  if (typeof t !== 'object' || t === null || !Array.isArray(t.nodes)) throw bad('no entries');
+  let prev: Buffer | undefined;
+  for (const n of t.nodes) {
+    const problem = nodeProblem(n);
+    if (problem) throw bad(problem);
+    const name = nodeName(n);
+    if (n.nameB64 !== undefined && encodeName(name).text !== undefined) throw bad(`the name '${displayName(name)}' is stored in two ways`);
+    if (!isSafeName(name)) throw bad(`it holds the unsafe name '${displayName(name)}'`);
+    if (prev !== undefined && Buffer.compare(prev, name) >= 0) {
+      throw bad(Buffer.compare(prev, name) === 0 ? `the name '${displayName(name)}' appears twice` : `the names are not in order ('${displayName(prev)}' before '${displayName(name)}')`);
+    }
+    prev = name;
+  }
+  return t;
 }
 
 export function compareNames(a: Buffer, b: Buffer): number {

@@ -58,8 +58,12 @@ export async function restoreDisk(repo: Pick<Repository, 'loadBlob'>, disk: Disk
   const progress = newProgress();
   progress.bytesTotal = disk.size;
   let bytesWritten = 0;
-  const fh = await fsp.open(rawPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600).catch((err: unknown) => {
-    throw unable('create', 'disk file', rawPath, err);
+  // Written under a temporary name and renamed when complete: a failed restore must not leave a file
+  // that looks like a restored disk. The partial file stays (a disk may be worth salvaging) and is named.
+  const partialPath = `${rawPath}.partial`;
+  await fsp.unlink(partialPath).catch(() => undefined);
+  const fh = await fsp.open(partialPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600).catch((err: unknown) => {
+    throw unable('create', 'disk file', partialPath, err);
   });
   try {
     await fh.truncate(disk.size);
@@ -70,9 +74,16 @@ export async function restoreDisk(repo: Pick<Repository, 'loadBlob'>, disk: Disk
       opts.onProgress?.(progress);
     }
     await fh.sync();
-  } finally {
-    await fh.close();
+  } catch (err) {
+    await fh.close().catch(() => undefined);
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new BulwarkError(err instanceof BulwarkError ? err.code : 'failed', `restore of disk '${name}' failed: ${reason}; the incomplete image was left as '${partialPath}'`, {
+      hint: err instanceof BulwarkError && err.hint ? err.hint : 'it is not a usable disk; remove it once you no longer need it',
+      cause: err,
+    });
   }
+  await fh.close();
+  await fsp.rename(partialPath, rawPath);
   if (opts.format === 'qcow2') {
     try {
       await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', rawPath, finalPath]);

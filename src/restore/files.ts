@@ -1,8 +1,12 @@
 // File restore: recreates entries from tree blobs under a target folder, with their metadata.
 //
-// Safety: every name from the repository is checked to be a single path component, and nothing under
-// the target that is a symlink is ever followed (directories are created, not trusted; files are
-// unlinked and created exclusively), so a damaged or hostile snapshot cannot write outside the target.
+// Safety: a damaged or hostile snapshot must not change anything outside the target, even restored as
+// root. Every tree is validated (each name one path component, names unique and in order), nothing
+// under the target that is a symlink is ever followed (directories are created, not trusted, and
+// entered through O_NOFOLLOW handles; files are unlinked and created exclusively), and owner, mode,
+// times and xattrs are set through a handle on the very inode just created — never by path, which a
+// sibling restored at the same time could have turned into a symlink. Hard links only join regular
+// files this restore wrote.
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants, promises as fsp } from 'node:fs';
@@ -62,12 +66,17 @@ async function makeDirs(path: string): Promise<void> {
   }
 }
 
-export async function prepareTarget(target: string): Promise<void> {
+/**
+ * Makes the target folder and returns its real path. The target is the administrator's choice, so a
+ * symlink given as the target is followed (once, here); nothing below it ever is.
+ */
+export async function prepareTarget(target: string): Promise<string> {
   try {
     await makeDirs(target);
     await fsp.access(target, constants.W_OK);
     const st = await fsp.stat(target);
     if (!st.isDirectory()) throw new Error('not a directory');
+    return await fsp.realpath(target);
   } catch (err) {
     throw new BulwarkError('failed', `restore target '${target}' is not a writable directory: ${(err as Error).message}`, {
       hint: 'choose a target folder you can write to (--target)',
@@ -93,10 +102,10 @@ export class FilesRestorer {
 
   /** Restores the given nodes (a tree's children, or one node picked by path) into the target. */
   async restore(nodes: TreeNode[], logicalDir = ''): Promise<FilesRestoreResult> {
-    await prepareTarget(this.opts.target);
-    const root = await DirHandle.open(this.opts.target);
+    const target = await prepareTarget(this.opts.target);
+    const root = await DirHandle.open(target);
     try {
-      await this.restoreNodes(root, Buffer.from(this.opts.target), nodes, logicalDir, this.includes);
+      await this.restoreNodes(root, Buffer.from(target), nodes, logicalDir, this.includes);
     } finally {
       await root.close();
     }
@@ -135,6 +144,8 @@ export class FilesRestorer {
             this.progress.errors++;
           }
         })();
+        // The tree was validated (unique names), but this restorer may also be handed a single node:
+        // siblings are only ever distinct names here.
         // Folders one at a time (they hold a handle each, and recurse); hard links in order, after the
         // file they link to exists.
         if (node.type === 'dir' || node.links > 1) {
@@ -166,11 +177,13 @@ export class FilesRestorer {
     try {
       // Inside an included folder everything is restored.
       await this.restoreNodes(handle, real, tree.nodes, logical, includes && includes(logical) ? undefined : includes);
+      this.progress.dirs++;
+      // Through the handle: /proc/self/fd/N names the directory inode opened above, whatever its path
+      // has become meanwhile.
+      await this.metadataByHandle(handle.path, node);
     } finally {
       await handle.close();
     }
-    this.progress.dirs++;
-    await this.metadata(path, node);
   }
 
   private async anyIncluded(tree: Tree, logical: string, includes: Matcher): Promise<boolean> {
@@ -186,10 +199,14 @@ export class FilesRestorer {
     await fsp.unlink(path).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== 'ENOENT') throw err;
     });
+    // Hard links join regular files only, and only files this restore wrote: a link to a fifo or a
+    // symlink would turn the "file" into one.
     const linkKey = `${node.dev}:${node.inode}`;
-    if (node.links > 1 && node.type !== 'dir') {
+    if (node.links > 1 && node.type === 'file') {
       const first = this.links.get(linkKey);
       if (first) {
+        const st = await fsp.lstat(first);
+        if (!st.isFile()) throw new Error('its hard link partner is not a regular file; not linked');
         await fsp.link(first, path);
         this.progress.files++;
         return;
@@ -198,12 +215,17 @@ export class FilesRestorer {
     switch (node.type) {
       case 'file':
         await this.file(path, node);
+        if (node.links > 1) this.links.set(linkKey, real);
         break;
       case 'symlink':
         await fsp.symlink(linkTarget(node), path);
+        // lchown and lutimes act on the link itself, never on what it points to.
+        await fsp.lchown(path, node.uid, node.gid);
+        await fsp.lutimes(path, toUtimes(node.atimeNs ?? node.mtimeNs), toUtimes(node.mtimeNs));
         break;
       case 'fifo':
         await this.mknod(path, ['p']);
+        await this.specialMetadata(path, node, (st) => st.isFIFO());
         break;
       case 'chardev':
       case 'blockdev': {
@@ -211,6 +233,7 @@ export class FilesRestorer {
         const major = ((rdev >>> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
         const minor = (rdev & 0xff) | ((rdev >>> 12) & ~0xff);
         await this.mknod(path, [node.type === 'chardev' ? 'c' : 'b', String(major), String(minor)]);
+        await this.specialMetadata(path, node, (st) => (node.type === 'chardev' ? st.isCharacterDevice() : st.isBlockDevice()));
         break;
       }
       case 'socket':
@@ -218,11 +241,13 @@ export class FilesRestorer {
       default:
         throw new Error(`unknown entry type ${String(node.type)}`);
     }
-    if (node.links > 1) this.links.set(linkKey, real);
     this.progress.files++;
-    await this.metadata(path, node);
   }
 
+  /**
+   * A file is written and given its metadata through the one handle that created it. If anything
+   * fails, the partial file is removed: a half-written file must not look like restored data.
+   */
   private async file(path: Buffer, node: TreeNode): Promise<void> {
     const fh = await fsp.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     try {
@@ -251,25 +276,45 @@ export class FilesRestorer {
         this.emit();
       }
       await fh.truncate(pos);
+      await fh.chown(node.uid, node.gid);
+      await fh.chmod(node.mode);
+      await this.xattrs(`/proc/self/fd/${fh.fd}`, path, node);
+      await fh.utimes(toUtimes(node.atimeNs ?? node.mtimeNs), toUtimes(node.mtimeNs));
+    } catch (err) {
+      await fh.close().catch(() => undefined);
+      await fsp.unlink(path).catch(() => undefined);
+      throw new Error(`${err instanceof Error ? err.message : String(err)} (the partial file was removed)`, { cause: err });
+    }
+    await fh.close();
+  }
+
+  /** Fifos and devices: opened without following (O_PATH), checked to be what was made, then set. */
+  private async specialMetadata(path: Buffer, node: TreeNode, isExpected: (st: import('node:fs').Stats) => boolean): Promise<void> {
+    const fh = await fsp.open(path, O_PATH | constants.O_NOFOLLOW);
+    try {
+      const proc = `/proc/self/fd/${fh.fd}`;
+      if (!isExpected(await fsp.stat(proc))) throw new Error('changed while it was restored; metadata not set');
+      await this.metadataByHandle(Buffer.from(proc), node);
     } finally {
       await fh.close();
     }
   }
 
-  private async metadata(path: Buffer, node: TreeNode): Promise<void> {
-    await fsp.lchown(path, node.uid, node.gid);
-    if (node.type !== 'symlink') await fsp.chmod(path, node.mode);
-    if (node.xattrs && node.type !== 'symlink') {
-      const fh = await fsp.open(path, O_PATH | constants.O_NOFOLLOW);
-      try {
-        for (const x of node.xattrs) await setAttribute(`/proc/self/fd/${fh.fd}`, x.name, Buffer.from(x.value, 'base64'));
-      } catch (err) {
-        this.errors.push({ path: displayName(path), message: `extended attributes not restored: ${(err as Error).message}` });
-      } finally {
-        await fh.close();
-      }
+  /** `proc` is /proc/self/fd/N of a handle on the inode itself: following it can only reach that inode. */
+  private async metadataByHandle(proc: Buffer, node: TreeNode): Promise<void> {
+    await fsp.chown(proc, node.uid, node.gid);
+    await fsp.chmod(proc, node.mode);
+    await this.xattrs(proc.toString(), proc, node);
+    await fsp.utimes(proc, toUtimes(node.atimeNs ?? node.mtimeNs), toUtimes(node.mtimeNs));
+  }
+
+  private async xattrs(procPath: string, shown: Buffer, node: TreeNode): Promise<void> {
+    if (!node.xattrs) return;
+    try {
+      for (const x of node.xattrs) await setAttribute(procPath, x.name, Buffer.from(x.value, 'base64'));
+    } catch (err) {
+      this.errors.push({ path: displayName(shown), message: `extended attributes not restored: ${(err as Error).message}` });
     }
-    await fsp.lutimes(path, toUtimes(node.atimeNs ?? node.mtimeNs), toUtimes(node.mtimeNs));
   }
 
   /**
@@ -297,8 +342,11 @@ export class FilesRestorer {
 
 /**
  * utimes takes seconds as a double, which cannot hold a nanosecond time exactly; libuv truncates it.
- * Aiming half a microsecond in keeps the restored time exact to the microsecond.
+ * Aiming half a microsecond in keeps the restored time exact to the microsecond. Node replaces a
+ * negative number with the current time, so times before 1970 go as a Date (exact to the millisecond).
  */
-function toUtimes(ns: string): number {
-  return (Number(BigInt(ns) / 1000n) + 0.5) / 1e6;
+export function toUtimes(ns: string): number | Date {
+  const us = BigInt(ns) / 1000n;
+  if (us < 0n) return new Date(Number(BigInt(ns) / 1000000n) - (BigInt(ns) % 1000000n === 0n ? 0 : 1));
+  return (Number(us) + 0.5) / 1e6;
 }

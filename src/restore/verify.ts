@@ -1,6 +1,6 @@
 // Verification after a restore: every restored file is read back and must chunk to exactly the blob
 // ids the snapshot lists. Walks through directory handles (any depth, any name bytes) and streams.
-import { promises as fsp } from 'node:fs';
+import { constants, promises as fsp } from 'node:fs';
 import { Chunker, chunkStream, gearTable } from '../repository/chunker.js';
 import type { Repository } from '../repository/repository.js';
 import { displayName, nodeName, type TreeNode } from '../repository/tree.js';
@@ -23,9 +23,12 @@ export async function verifyRestored(repo: VerifyRepo, nodes: TreeNode[], target
   const result: VerifyResult = { files: 0, mismatches: [] };
 
   const fileMatches = async (path: Buffer, node: TreeNode): Promise<boolean> => {
-    const fh = await fsp.open(path, 'r').catch(() => undefined);
+    // Only ever a regular file this restore wrote: O_NONBLOCK so that a fifo in its place cannot make
+    // the open wait forever, O_NOFOLLOW so that a symlink is not read through.
+    const fh = await fsp.open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(() => undefined);
     if (!fh) return false;
     try {
+      if (!(await fh.stat()).isFile()) return false;
       const want = node.content ?? [];
       let i = 0;
       for await (const chunk of chunkStream(fh.createReadStream({ highWaterMark: 4 * 1024 * 1024, autoClose: false }), chunker)) {

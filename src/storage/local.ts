@@ -1,6 +1,6 @@
 // A repository in a local folder (or any mounted file system: USB disk, NFS, SMB).
 import { randomBytes } from 'node:crypto';
-import { constants, promises as fsp } from 'node:fs';
+import { constants, promises as fsp, type Dirent, type Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { BulwarkError, errnoCode, unable, type ErrorCode } from '../util/errors.js';
 import { FILE_TYPES, type Backend, type BackendProperties, type FileInfo, type FileType, type Handle } from './backend.js';
@@ -31,6 +31,16 @@ const TRANSIENT_CODES = new Set<ErrorCode>(['io', 'timeout', 'protocol']);
 const SYNC_UNSUPPORTED = new Set(['ENOTSUP', 'EOPNOTSUPP', 'EINVAL', 'ENOTTY']);
 // File systems without Unix modes (exFAT, some network mounts) refuse chmod; read-only is only a courtesy.
 const CHMOD_UNSUPPORTED = new Set(['EPERM', 'EACCES', 'ENOTSUP', 'EOPNOTSUPP', 'EINVAL']);
+
+// A hostile or damaged repository can hold a FIFO (opening it for reading waits for a writer, forever),
+// a device, or a symlink to anywhere where an object belongs. O_NONBLOCK makes the open of a FIFO return
+// at once so the fstat after it can refuse it; on regular files it changes nothing. O_NOCTTY keeps a tty
+// device from becoming our controlling terminal in the moment before it is refused.
+const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY;
+// What open() says about some non-regular files before we get to fstat them: ELOOP for a symlink under
+// O_NOFOLLOW, ENXIO for a Unix socket (and a device without a driver), ENODEV for some devices.
+const OPEN_REFUSES_KIND = new Set(['ELOOP', 'ENXIO', 'ENODEV', 'EOPNOTSUPP']);
+const NOT_REGULAR_HINT = "remove it or run 'bulwark check'";
 
 const OBJECT_WORD: Record<FileType, string> = { config: 'config', keys: 'key', data: 'pack', index: 'index', snapshots: 'snapshot', locks: 'lock' };
 
@@ -66,6 +76,59 @@ function fsError(verb: string, object: string, path: string, err: unknown, notFo
   }
   const code = ioCode(errno);
   return unable(verb, object, path, err, code === 'not-found' ? notFoundCode : code);
+}
+
+function kindOf(st: Stats | Dirent): string {
+  if (st.isSymbolicLink()) return 'a symbolic link';
+  if (st.isDirectory()) return 'a directory';
+  if (st.isFIFO()) return 'a fifo';
+  if (st.isSocket()) return 'a socket';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isBlockDevice()) return 'a block device';
+  return 'of an unknown kind';
+}
+
+/** DT_UNKNOWN: the file system did not say, so only an lstat can. */
+function typeUnknown(e: Dirent): boolean {
+  return !(e.isFile() || e.isDirectory() || e.isSymbolicLink() || e.isFIFO() || e.isSocket() || e.isCharacterDevice() || e.isBlockDevice());
+}
+
+/** Wrapped by fsError like any cause, so the message names the object and its path. */
+function notRegular(st: Stats, cause?: unknown): BulwarkError {
+  const message = st.isSymbolicLink() ? 'it is a symbolic link; it was not followed' : `it is not a regular file (${kindOf(st)}); it was not read`;
+  return new BulwarkError('repository-corrupt', message, { hint: NOT_REGULAR_HINT, ...(cause === undefined ? {} : { cause }) });
+}
+
+/**
+ * Opens an object for reading, and only if it is a regular file. The check is on the open handle (not
+ * a stat before the open), so nothing can swap a FIFO in between.
+ */
+async function openRegular(path: string): Promise<{ fh: fsp.FileHandle; size: number }> {
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(path, READ_FLAGS);
+  } catch (err) {
+    if (!OPEN_REFUSES_KIND.has(errnoCode(err) ?? '')) throw err;
+    // ELOOP also means a symlink loop further up the path; only the object itself gets the clear message.
+    const st = await fsp.lstat(path).catch(() => undefined);
+    if (st !== undefined && !st.isFile()) throw notRegular(st, err);
+    throw err;
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw notRegular(st);
+    return { fh, size: st.size };
+  } catch (err) {
+    await fh.close().catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Like lstat, but refusing what openRegular would refuse; stat() needs no open, so it opens nothing. */
+async function lstatRegular(path: string): Promise<Stats> {
+  const st = await fsp.lstat(path);
+  if (!st.isFile()) throw notRegular(st);
+  return st;
 }
 
 async function syncDir(dir: string): Promise<void> {
@@ -175,7 +238,8 @@ export class LocalBackend implements Backend {
   async save(h: Handle, data: Uint8Array): Promise<void> {
     const { dir, path } = this.pathOf(h);
     const object = OBJECT_WORD[h.type];
-    const existing = await fsp.stat(path).catch((err: unknown) => {
+    // lstat: a symlink named like this object is no copy of it, since load() would refuse it.
+    const existing = await fsp.lstat(path).catch((err: unknown) => {
       if (errnoCode(err) === 'ENOENT') return undefined;
       throw fsError('write', object, path, err, 'io');
     });
@@ -263,10 +327,14 @@ export class LocalBackend implements Backend {
     if (offset !== undefined && (!Number.isSafeInteger(offset) || offset < 0)) throw new Error(`invalid offset ${offset}`);
     if (length !== undefined && (!Number.isSafeInteger(length) || length < 0)) throw new Error(`invalid length ${length}`);
     if (offset === undefined && length === undefined) {
+      let opened: { fh: fsp.FileHandle; size: number } | undefined;
       try {
-        return await fsp.readFile(path);
+        opened = await openRegular(path);
+        return await opened.fh.readFile();
       } catch (err) {
         throw fsError('read', object, path, err);
+      } finally {
+        await opened?.fh.close().catch(() => undefined);
       }
     }
     const handle = await this.acquireRead(h, path).catch((err: unknown) => {
@@ -304,7 +372,7 @@ export class LocalBackend implements Backend {
       this.readHandles.delete(path); // most recently used goes last
       this.readHandles.set(path, p);
     } else {
-      p = fsp.open(path, 'r').then(async (fh) => ({ fh, size: (await fh.stat()).size, users: 0, cached: h.type === 'data' }));
+      p = openRegular(path).then(({ fh, size }) => ({ fh, size, users: 0, cached: h.type === 'data' }));
       if (h.type === 'data') {
         this.readHandles.set(path, p);
         p.catch(() => this.readHandles.delete(path));
@@ -337,7 +405,7 @@ export class LocalBackend implements Backend {
   async stat(h: Handle): Promise<FileInfo> {
     const { path } = this.pathOf(h);
     try {
-      const st = await fsp.stat(path);
+      const st = await lstatRegular(path);
       return { name: h.name, size: st.size };
     } catch (err) {
       throw fsError('stat', OBJECT_WORD[h.type], path, err);
@@ -348,7 +416,7 @@ export class LocalBackend implements Backend {
     if (!FILE_TYPES.includes(type)) throw new Error(`invalid file type '${String(type)}'`);
     if (type === 'config') {
       const path = join(this.root, 'config');
-      const st = await fsp.stat(path).catch((err: unknown) => {
+      const st = await fsp.lstat(path).catch((err: unknown) => {
         if (errnoCode(err) === 'ENOENT') return undefined;
         throw fsError('list', 'config', path, err, 'io');
       });
@@ -357,21 +425,23 @@ export class LocalBackend implements Backend {
     }
     const dirs = type === 'data' ? DATA_SUBDIRS.map((sub) => ({ dir: join(this.root, 'data', sub), prefix: sub })) : [{ dir: join(this.root, type), prefix: '' }];
     for (const { dir, prefix } of dirs) {
-      let names: string[];
+      let entries: Dirent[];
       try {
-        names = await fsp.readdir(dir);
+        entries = await fsp.readdir(dir, { withFileTypes: true });
       } catch (err) {
         if (errnoCode(err) === 'ENOENT') continue; // no such folder holds no objects
         throw fsError('list', `${type} folder`, dir, err, 'io');
       }
       // Only names load() would find: temp files, strangers, and objects in the wrong subfolder are not
-      // objects of this repository.
-      const objects = names.filter((n) => NAME.test(n) && n.startsWith(prefix));
+      // objects of this repository. Nor is anything load() would refuse (a FIFO, a symlink, a folder);
+      // the dirent type drops those without a syscall, and the lstat below catches the rest (DT_UNKNOWN
+      // from some file systems, and entries swapped since readdir).
+      const objects = entries.filter((e) => NAME.test(e.name) && e.name.startsWith(prefix) && (e.isFile() || typeUnknown(e))).map((e) => e.name);
       for (let i = 0; i < objects.length; i += 32) {
         const batch = await Promise.all(
           objects.slice(i, i + 32).map(async (name) => {
             try {
-              const st = await fsp.stat(join(dir, name));
+              const st = await fsp.lstat(join(dir, name));
               return st.isFile() ? { name, size: st.size } : undefined;
             } catch (err) {
               // Removed since readdir (a lock released, a pack pruned): not part of this listing.
@@ -408,6 +478,8 @@ export class LocalBackend implements Backend {
   }
 
   isPermanent(err: unknown): boolean {
+    // A damaged object stays damaged, whatever errno came along (ENXIO from opening a socket, say).
+    if (err instanceof BulwarkError && err.code === 'repository-corrupt') return true;
     const errno = errnoChain(err)[0];
     if (errno !== undefined) return PERMANENT_ERRNO.has(errno);
     if (err instanceof BulwarkError) return !TRANSIENT_CODES.has(err.code);

@@ -24,6 +24,7 @@ function summaryText(r: BackupJobResult & { reused?: boolean }): string {
   lines.push(`Read ${bytes(s.bytesRead)} in ${duration(s.durationMs)} (${rate(s.bytesRead, s.durationMs)}); added ${bytes(s.bytesNew)} of new data (${s.blobsNew} blobs)`);
   for (const e of r.errors) lines.push(`error: ${e.path}: ${e.message}`);
   for (const c of r.changed) lines.push(`warning: ${c}: changed while being read (stored as last read)`);
+  for (const w of r.warnings ?? []) lines.push(`warning: ${w}`);
   lines.push(`snapshot ${shortId(r.snapshot.id)} saved${r.parent ? ` (parent ${shortId(r.parent)})` : ''}`);
   if (r.errors.length > 0) lines.push(`${r.errors.length} item(s) could not be read and are not in the snapshot.`);
   return lines.join('\n');
@@ -42,8 +43,9 @@ export function register(program: Command): void {
     .option('--tag <tag>', 'tag the snapshot (repeatable)', collect, [])
     .option('--host <name>', 'host name to record (default: this host)')
     .option('--force', 'read every file, ignoring the parent snapshot')
+    .option('--verify-reused', 'read every file and check each blob it shares with earlier snapshots; damaged ones are stored again')
     .addHelpText('after', '\nExample:\n  bulwark -r /backup/repo backup files /etc /srv --exclude "*.tmp" --tag nightly')
-    .action(async (paths: string[], o: { exclude: string[]; excludeFile: string[]; oneFileSystem?: boolean; tag: string[]; host?: string; force?: boolean }, cmd: Command) => {
+    .action(async (paths: string[], o: { exclude: string[]; excludeFile: string[]; oneFileSystem?: boolean; tag: string[]; host?: string; force?: boolean; verifyReused?: boolean }, cmd: Command) => {
       const ctx = Context.from(cmd);
       const excludes = [...o.exclude];
       for (const f of o.excludeFile) {
@@ -61,13 +63,14 @@ export function register(program: Command): void {
             oneFileSystem: o.oneFileSystem ?? false,
             tags: o.tag,
             noParent: o.force ?? false,
+            verifyReused: o.verifyReused ?? false,
             estimate: wantsTotals(ctx.opts),
             ...(o.host ? { host: o.host } : {}),
             onProgress: (p) => view.update(p),
           });
           view.stop();
           if (r.errors.length > 0 || r.changed.length > 0) ctx.markPartial();
-          ctx.print({ snapshot: r.snapshot.id, parent: r.parent, summary: r.snapshot.summary, errors: r.errors, changed: r.changed }, () => summaryText(r));
+          ctx.print({ snapshot: r.snapshot.id, parent: r.parent, summary: r.snapshot.summary, errors: r.errors, changed: r.changed, warnings: r.warnings ?? [] }, () => summaryText(r));
         } finally {
           view.stop();
         }
@@ -82,16 +85,18 @@ export function register(program: Command): void {
     .option('--host <name>', 'host name to record (default: this host)')
     .option('--name <name>', 'disk name in the snapshot (one image only)')
     .option('--force', 'read the whole image even if it is unchanged since the parent')
+    .option('--verify-reused', 'read the whole image and check each block it shares with earlier snapshots; damaged ones are stored again')
     .addHelpText('after', '\nExample:\n  bulwark -r /backup/repo backup disk /var/lib/libvirt/images/web01.img')
-    .action(async (images: string[], o: { tag: string[]; host?: string; name?: string; force?: boolean }, cmd: Command) => {
+    .action(async (images: string[], o: { tag: string[]; host?: string; name?: string; force?: boolean; verifyReused?: boolean }, cmd: Command) => {
       const ctx = Context.from(cmd);
       if (o.name && images.length > 1) throw new BulwarkError('usage', '--name can only be used with one image');
       await ctx.withRepo(async (repo) => {
+        repo.verifyReused = o.verifyReused ?? false;
         const results = [];
         for (const path of images) {
           const view = progressView(ctx.opts, `backup ${path}`);
           try {
-            const r = await backupDiskImage(repo, { path, tags: o.tag, noParent: o.force ?? false, ...(o.host ? { host: o.host } : {}), ...(o.name ? { name: o.name } : {}), onProgress: (p) => view.update(p) });
+            const r = await backupDiskImage(repo, { path, tags: o.tag, noParent: (o.force ?? false) || (o.verifyReused ?? false), ...(o.host ? { host: o.host } : {}), ...(o.name ? { name: o.name } : {}), onProgress: (p) => view.update(p) });
             view.stop();
             results.push(r);
             if (!ctx.opts.json) ctx.print(r, summaryText);

@@ -1,8 +1,9 @@
 // init | key | unlock | check | stats
 import type { Command } from 'commander';
 import { stats } from '../../jobs/inspect.js';
-import { checkRepository } from '../../repository/check.js';
+import { checkRepository, type DataSubset } from '../../repository/check.js';
 import { listKeys } from '../../repository/keys.js';
+import { repairIndex } from '../../repository/repair.js';
 import { listLocks, Lock, removeLocks } from '../../repository/lock.js';
 import { BulwarkError } from '../../util/errors.js';
 import { Context } from '../context.js';
@@ -35,7 +36,12 @@ export function register(program: Command): void {
       const ctx = Context.from(cmd);
       await ctx.withRepo(async (repo) => {
         const keys = (await listKeys(repo.backend)).map((k) => ({ ...k, current: k.id === repo.keyId }));
-        ctx.printData(keys, (ks) => table(['', 'ID', 'User', 'Host', 'Created'], ks.map((k) => [k.current ? '*' : '', shortId(k.id), k.username, k.hostname, k.created])));
+        ctx.printData(keys, (ks) =>
+          [
+            table(['', 'ID', 'User', 'Host', 'Created'], ks.map((k) => [k.current ? '*' : k.damaged ? '!' : '', shortId(k.id), k.username, k.hostname, k.created])),
+            ...ks.filter((k) => k.damaged).map((k) => `! key ${shortId(k.id)} is damaged (${k.damaged}); 'bulwark key remove ${shortId(k.id)}' removes it`),
+          ].join('\n'),
+        );
       });
     });
   key
@@ -97,31 +103,53 @@ export function register(program: Command): void {
     .command('check')
     .description('verify the repository structure; with --read-data every byte')
     .option('--read-data', 'read and verify all data')
-    .option('--read-data-subset <n%>', 'read and verify a random n% of the packs')
-    .addHelpText('after', '\nExample:\n  bulwark check --read-data')
-    .action(async (o: { readData?: boolean; readDataSubset?: string }, cmd: Command) => {
+    .option('--read-data-subset <n%|n/m>', "read and verify a random n% of the packs, or part n of m (e.g. 1/7 on Mondays, 2/7 on Tuesdays)")
+    .option('--no-lock', 'take no lock and write nothing: for read-only or full repositories')
+    .addHelpText('after', '\nExamples:\n  bulwark check --read-data\n  bulwark check --read-data-subset 10%\n  bulwark check --no-lock      # a read-only mount')
+    .action(async (o: { readData?: boolean; readDataSubset?: string; lock: boolean }, cmd: Command) => {
       const ctx = Context.from(cmd);
-      let subset: number | undefined;
-      if (o.readDataSubset !== undefined) {
-        subset = Number(o.readDataSubset.replace(/%$/, ''));
-        if (!(subset > 0 && subset <= 100)) throw new BulwarkError('usage', `--read-data-subset takes a percentage from 1 to 100, not '${o.readDataSubset}'`);
-      }
+      const subset = o.readDataSubset !== undefined ? parseSubset(o.readDataSubset) : undefined;
       await ctx.withRepo(async (repo) => {
-        const lock = await Lock.acquire(repo, false, 'check');
+        const lock = o.lock ? await Lock.acquire(repo, false, 'check') : undefined;
         try {
-          const r = await checkRepository(repo, { readData: o.readData ?? false, ...(subset !== undefined ? { readDataSubset: subset } : {}) });
-          const damagedSnapshots = [...new Set(r.affected.map((a) => a.snapshot))];
-          ctx.print({ ...r, ok: r.problems.length === 0, damagedSnapshots }, () => {
+          const r = await checkRepository(repo, { readData: o.readData ?? false, ...(subset ? { readDataSubset: subset } : {}), recordDamage: o.lock });
+          ctx.print({ ...r, ok: r.problems.length === 0 }, () => {
             const lines = [`checked ${r.snapshots} snapshots, ${r.packs} packs${r.packsRead ? `; read ${r.packsRead} packs, ${r.blobsRead} blobs` : ''}`];
             if (r.unreferencedPacks) lines.push(`${r.unreferencedPacks} unreferenced pack(s) (left by interrupted backups; harmless)`);
+            if (r.recoveredPacks) lines.push(`${r.recoveredPacks} pack(s) are in no readable index file and were read from their own headers; run 'bulwark repair index'`);
             for (const p of r.problems) lines.push(`error: ${p.message}`);
             for (const a of r.affected) lines.push(`damaged: snapshot ${shortId(a.snapshot)} ${a.path}`);
-            lines.push(r.problems.length === 0 ? 'no errors were found' : `${r.problems.length} problem(s) found; ${damagedSnapshots.length} snapshot(s) affected`);
+            if (r.recordedDamage) lines.push(`${r.recordedDamage} damaged blob copies recorded: the next backups store those blobs again`);
+            lines.push(r.problems.length === 0 ? 'no errors were found' : `${r.problems.length} problem(s) found; ${r.damagedSnapshots.length} snapshot(s) damaged${r.damagedSnapshots.length ? `: ${r.damagedSnapshots.map(shortId).join(' ')}` : ''}`);
             return lines.join('\n');
           });
           if (r.problems.length > 0) {
             process.exitCode = 1;
           }
+        } finally {
+          await lock?.release();
+        }
+      });
+    });
+
+  const repair = program.command('repair').description('repair a damaged repository');
+  repair
+    .command('index')
+    .description("rebuild the index from the packs' own headers (after damaged or lost index files)")
+    .action(async (_o: unknown, cmd: Command) => {
+      const ctx = Context.from(cmd);
+      await ctx.withRepo(async (repo) => {
+        const lock = await Lock.acquire(repo, true, 'repair index');
+        try {
+          const r = await repairIndex(repo);
+          ctx.print(r, () =>
+            [
+              `indexed ${r.blobs} blobs in ${r.packs} packs; wrote ${r.indexFilesWritten} index file(s), removed ${r.indexFilesRemoved} old one(s)`,
+              ...r.unreadablePacks.map((u) => `error: pack ${u.pack} cannot be read (${u.reason}); its blobs are not indexed`),
+              ...(r.unreadablePacks.length ? ["run 'bulwark check' to see which snapshots are affected"] : []),
+            ].join('\n'),
+          );
+          if (r.unreadablePacks.length > 0) process.exitCode = 1;
         } finally {
           await lock.release();
         }
@@ -147,4 +175,17 @@ export function register(program: Command): void {
         );
       });
     });
+}
+
+function parseSubset(v: string): DataSubset {
+  const part = /^(\d+)\/(\d+)$/.exec(v);
+  if (part) {
+    const n = Number(part[1]);
+    const m = Number(part[2]);
+    if (n >= 1 && m >= 1 && n <= m) return { part: n, of: m };
+  } else {
+    const percent = Number(v.replace(/%$/, ''));
+    if (/^\d+(\.\d+)?%?$/.test(v) && percent > 0 && percent <= 100) return { percent };
+  }
+  throw new BulwarkError('usage', `--read-data-subset takes a percentage from 1 to 100 (e.g. 10%) or a part n/m (e.g. 2/7), not '${v}'`);
 }

@@ -26,6 +26,8 @@ export interface FilesBackupOptions {
   onProgress?: ProgressSink;
   /** Walk the tree's metadata alongside, so progress has totals (percent, ETA). */
   estimate?: boolean;
+  /** Reuse nothing from the parent by metadata: every file is read, and every blob it dedups against is checked. */
+  verifyReused?: boolean;
 }
 
 export interface ItemError {
@@ -40,6 +42,8 @@ export interface FilesBackupResult {
   errors: ItemError[];
   /** Files that kept changing while read; stored as last read, listed so nobody trusts them blindly. */
   changed: string[];
+  /** Damage worked around, e.g. a parent folder that could not be read (its files were read again). */
+  warnings: string[];
 }
 
 /** How often a file that changes while it is read is read again before it is reported. */
@@ -66,6 +70,7 @@ export class FilesArchiver {
   private readonly excluded: Matcher;
   private readonly progress: Progress = newProgress();
   private readonly errors: ItemError[] = [];
+  private readonly warnings: string[] = [];
   private readonly changed: string[] = [];
   private filesNew = 0;
   private filesChanged = 0;
@@ -104,6 +109,10 @@ export class FilesArchiver {
       node.selected = true;
     }
     if (root.selected) throw new BulwarkError('usage', "backing up '/' as a whole is not supported yet", { hint: 'name the top-level folders to back up' });
+    // A snapshot of nothing would become 'latest' and hide the real restore points.
+    if (!this.opts.paths.some((p) => lstatSync(resolvePath(p), { throwIfNoEntry: false }) !== undefined)) {
+      throw new BulwarkError('usage', `nothing to back up: ${this.opts.paths.map((p) => `'${p}'`).join(', ')} ${this.opts.paths.length === 1 ? 'does' : 'do'} not exist`, { hint: 'check the paths; no snapshot was saved' });
+    }
     const parent = this.opts.parentTree ? await this.loadTree(this.opts.parentTree) : undefined;
     let finished = false;
     const totals: ScanTotals = { files: 0, bytes: 0, done: false };
@@ -120,6 +129,7 @@ export class FilesArchiver {
     this.emit(true);
     return {
       tree,
+      warnings: this.warnings,
       errors: this.errors,
       changed: this.changed,
       summary: {
@@ -131,7 +141,7 @@ export class FilesArchiver {
         bytesNew: this.progress.bytesNew,
         blobsNew: this.blobsNew,
         totalSize: this.totalSize,
-        warnings: [...this.errors.map((e) => `${e.path}: ${e.message}`), ...this.changed.map((p) => `${p}: changed while being read`)],
+        warnings: [...this.errors.map((e) => `${e.path}: ${e.message}`), ...this.changed.map((p) => `${p}: changed while being read`), ...this.warnings],
       },
     };
   }
@@ -244,7 +254,7 @@ export class FilesArchiver {
   private async file(path: Buffer, logical: Buffer, st: BigIntStats, node: TreeNode, prev: TreeNode | undefined): Promise<void> {
     this.progress.current = displayName(logical);
     this.totalSize += node.size;
-    if (prev && prev.type === 'file' && prev.content && sameContent(prev, { size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, inode: st.ino }) && prev.content.every((id) => this.repo.hasBlob(id))) {
+    if (!this.opts.verifyReused && prev && prev.type === 'file' && prev.content && sameContent(prev, { size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, inode: st.ino }) && prev.content.every((id) => this.repo.hasBlob(id))) {
       node.content = prev.content;
       this.filesUnmodified++;
       this.progress.files++;
@@ -356,8 +366,18 @@ export class FilesArchiver {
     return r.id;
   }
 
-  private async loadTree(id: string): Promise<Tree> {
-    return decodeTree(await this.repo.loadBlob('tree', id), id);
+  /**
+   * A folder of the parent snapshot. One that cannot be read is no reason to fail or to drop anything:
+   * that part is backed up as if there were no parent (every file read again), with a warning.
+   */
+  private async loadTree(id: string): Promise<Tree | undefined> {
+    try {
+      return decodeTree(await this.repo.loadBlob('tree', id), id);
+    } catch (err) {
+      if (!(err instanceof BulwarkError) || err.code !== 'repository-corrupt') throw err;
+      this.warnings.push(`a folder of the parent snapshot cannot be read (${err.message}); its files were read again`);
+      return undefined;
+    }
   }
 
   private fail(path: Buffer, err: unknown): void {
