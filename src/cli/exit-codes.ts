@@ -1,4 +1,4 @@
-// The one place where error codes become exit codes (CLI.md).
+// The one place where error codes become exit codes (listed in the README and in `bulwark --help`).
 import type { ErrorCode } from '../util/errors.js';
 
 export const EXIT = {

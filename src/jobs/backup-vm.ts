@@ -1,4 +1,4 @@
-// Live VM backup: the requestor of the consistency protocol (DESIGN §2).
+// Live VM backup: the requestor of the consistency protocol (docs/architecture.md, "The VM path").
 //
 //   prepare  (per VM: clean leftovers of a killed run, inspect, pick the incremental base, set up
 //             fleecing — everything slow happens here, before anything is frozen)
@@ -178,7 +178,7 @@ async function prepareVm(repo: Repository, provider: SnapshotProvider, endpoint:
       else bases.set(d.name, prev);
     }
     // The fleecing images take the old data of every block the guest writes during the backup. Running
-    // out of that space must not be discovered mid-backup: check it first (DESIGN §2's rule of thumb).
+    // out of that space must not be discovered mid-backup: check it first (rule in docs/architecture.md).
     const total = disks.reduce((n, d) => n + d.size, 0);
     const { bavail, bsize } = await statfs(opts.scratchDir).catch((err: unknown) => {
       throw new BulwarkError('usage', `scratch folder '${opts.scratchDir}' is not usable: ${(err as Error).message}`, { hint: 'create it, or pass --scratch-dir' });

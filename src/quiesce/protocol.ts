@@ -1,4 +1,4 @@
-// The consistency protocol (DESIGN §2), VSS's requestor/writer roles made explicit:
+// The consistency protocol (docs/architecture.md, "The VM path"), VSS's requestor/writer roles made explicit:
 //   prepare: a guardian per VM, the agent pinged, fsfreeze hooks looked for (application vs
 //            filesystem consistency); what cannot quiesce is decided here under the policy
 //   freeze:  every VM that can, in order

@@ -1,5 +1,5 @@
 // Bad input and bad days: every one gets a clear message and the documented exit code, and the
-// repository stays valid (CLI.md exit codes).
+// repository stays valid (the exit codes of the README).
 import { execFileSync, spawn } from 'node:child_process';
 import { chmod, chown, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';

@@ -1,4 +1,4 @@
-// Backup mode `stop` (DESIGN §2): a clean shutdown of the guest, the point in time taken while it is
+// Backup mode `stop` (docs/architecture.md, "The VM path"): a clean shutdown of the guest, the point in time taken while it is
 // down, and the same QEMU process starting it again, so nothing outside Bulwark has to restart it.
 //
 // QEMU normally exits when its guest powers off. `set-action shutdown=pause` (QEMU 6.0+) makes it

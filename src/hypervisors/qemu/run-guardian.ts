@@ -1,5 +1,5 @@
 // Starts and talks to the run guardian (run-guardian-child.js): while Bulwark has a VM paused or shut
-// down, a separate process holding the same QMP connection restarts it if Bulwark dies. DESIGN §2: a
+// down, a separate process holding the same QMP connection restarts it if Bulwark dies. docs/architecture.md: a
 // VM is never left frozen or paused by Bulwark, whatever fails.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
