@@ -14,6 +14,6 @@ npx vitest run "$@"
 if [[ $# -eq 0 ]]; then
   for v in 22 24; do
     echo "== end-to-end tests with the CLI on Node $("node_modules/node$v/bin/node" --version)"
-    BULWARK_TEST_NODE="$PWD/node_modules/node$v/bin/node" npx vitest run test/e2e/files.test.ts test/e2e/disk.test.ts test/e2e/keys.test.ts test/e2e/vm-backup.test.ts
+    BULWARK_TEST_NODE="$PWD/node_modules/node$v/bin/node" npx vitest run test/e2e/files.test.ts test/e2e/disk.test.ts test/e2e/keys.test.ts test/e2e/hostile.test.ts test/e2e/vm-backup.test.ts
   done
 fi

@@ -5,6 +5,7 @@ import { promises as fsp } from 'node:fs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Repository } from '../../src/repository/repository.js';
 import { LocalBackend } from '../../src/storage/local.js';
+import { DirHandle } from '../../src/util/dirhandle.js';
 import { jsonResult, runCli, type CliResult } from '../helpers/cli.js';
 import { Bait, fileNode, hostileSnapshot, node, writeData, writeTree } from '../helpers/hostile.js';
 import { createTestRepository, tempDir, TEST_PASSWORD, type TestRepository } from '../helpers/repo.js';
@@ -183,6 +184,43 @@ describe('hostile trees cannot make readers run away', () => {
   });
 });
 
+describe('a real folder 3,500 levels deep', () => {
+  it('backs up, checks, lists and restores', async () => {
+    const src = `${tmp.path}/deep-src`;
+    await fsp.mkdir(src);
+    // Through directory handles: paths stay short whatever the depth (a shell's cd is quadratic here).
+    let dir = await DirHandle.open(src);
+    for (let i = 0; i < 3500; i++) {
+      await fsp.mkdir(dir.child(Buffer.from('d')));
+      const next = await DirHandle.open(dir.child(Buffer.from('d')));
+      await dir.close();
+      dir = next;
+    }
+    await fsp.writeFile(dir.child(Buffer.from('file')), 'bottom\n');
+    await dir.close();
+    const b = await runCli(['backup', 'files', src, '--json'], { env });
+    expect(b.code, b.stderr).toBe(0);
+    const id = jsonResult<{ snapshot: string }>(b).snapshot;
+    const check = await runCli(['check', '--no-lock'], { env, timeoutMs: 60_000 });
+    expect(check.stdout + check.stderr).not.toMatch(/call stack|internal error/);
+    expect(check.stdout).not.toMatch(new RegExp(`damaged: snapshot ${id.slice(0, 8)}`));
+    const ls = await runCli(['ls', id], { env });
+    expect(ls.code, ls.stderr).toBe(0);
+    expect(ls.stdout.trim().split('\n').pop()).toMatch(/\/d\/file$/);
+    const target = `${tmp.path}/deep-target`;
+    const r = await runCli(['restore', id, '--target', target, '--verify'], { env });
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    let back = await DirHandle.open(`${target}${src}`);
+    for (let i = 0; i < 3500; i++) {
+      const next = await DirHandle.open(back.child(Buffer.from('d')));
+      await back.close();
+      back = next;
+    }
+    expect(await fsp.readFile(back.child(Buffer.from('file')), 'utf8')).toBe('bottom\n');
+    await back.close();
+  });
+});
+
 describe('snapshot records', () => {
   it('a snapshot without time, or with neither files nor disks, is named and skipped; the rest still list', async () => {
     const tree = await writeTree(t.repo, []);
@@ -216,9 +254,14 @@ describe('hostile packs', () => {
       try {
         await reopened.loadIndex();
         expect(reopened.index.packs.has(name)).toBe(false);
+        // Listed by a (hostile) index file, check --read-data finds the header at odds with the pack.
+        await reopened.saveDocument('index', { version: 1, packs: [{ id: name, type: 'data', blobs: [{ id: '07'.repeat(32), offset: 0, length: 50, ulen: 0 }] }] });
       } finally {
         await reopened.close();
       }
+      const check = await runCli(['check', '--read-data'], { env: e });
+      expect(check.code).toBe(1);
+      expect(check.stdout).toMatch(/its header lists 100 bytes of blobs, but 50 bytes precede the header/);
     } finally {
       await h.cleanup();
     }
