@@ -8,6 +8,8 @@
 #   npm run demo -- files [DIR]   back up a folder (default /etc), list it, restore it, verify it
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=system-node.sh
+. scripts/system-node.sh
 [[ -f dist/cli/main.js ]] || npm run build --silent
 
 demo=${BULWARK_DEMO_DIR:-$PWD/.cache/demo}

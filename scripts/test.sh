@@ -2,6 +2,9 @@
 # The whole test suite, as README and CI run it: system packages, build, typecheck, lint + layer rules, tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=system-node.sh
+. scripts/system-node.sh
+echo "== tests on Node $(node --version) (the machine's own)"
 bash scripts/test-setup.sh
 [[ -d node_modules ]] || npm ci
 npm run build

@@ -1,5 +1,6 @@
 // What every command shares: global options, opening the repository, and printing results.
 import type { Command } from 'commander';
+import { defaultStateDir, FreshnessRecord } from '../repository/freshness.js';
 import { Repository, type InitOptions } from '../repository/repository.js';
 import { openBackend } from '../storage/open.js';
 import { BulwarkError } from '../util/errors.js';
@@ -50,7 +51,9 @@ export class Context {
       throw err;
     }
     const password = await readPassword(this.opts.passwordFile !== undefined ? { passwordFile: this.opts.passwordFile } : {});
-    return Repository.open(backend, password, { onWarning: (m) => this.warn(m) });
+    const repo = await Repository.open(backend, password, { onWarning: (m) => this.warn(m) });
+    repo.freshness = new FreshnessRecord(defaultStateDir(), repo.config.id);
+    return repo;
   }
 
   async init(opts: InitOptions): Promise<Repository> {

@@ -1,4 +1,4 @@
-// Pins the on-disk format: the vectors of docs/repository-format.md §12, header sizes, and a reference
+// Pins the on-disk format: the vectors of docs/repository-format.md §13, header sizes, and a reference
 // repository written by format version 1 that every later version must still read.
 import { createHash } from 'node:crypto';
 import { cp, readFile } from 'node:fs/promises';
@@ -15,7 +15,7 @@ import { listSnapshots } from './snapshot.js';
 import { decodeTree, nodeName } from './tree.js';
 import { loadTree, lookupPath } from './walk.js';
 
-describe('format constants and test vectors (docs §12)', () => {
+describe('format constants and test vectors (docs §13)', () => {
   it('has the documented sizes', () => {
     expect(REPOSITORY_VERSION).toBe(1);
     expect(SEAL_OVERHEAD).toBe(28);

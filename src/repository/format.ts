@@ -28,7 +28,7 @@ export const FIXED_INDEX_VERSION = 1;
 export const FIXED_INDEX_HEADER_BYTES = 12;
 export const FIXED_INDEX_PAGE_ENTRIES = 4096;
 
-/** Key derivation defaults (scrypt); the parameters used are stored in each key file. */
+/** Key derivation of the first key files (scrypt); new keys are calibrated (keys.ts), and the parameters used are stored in each key file. */
 export const SCRYPT_DEFAULTS = { N: 2 ** 15, r: 8, p: 1 } as const;
 
 export const DEFAULT_BLOCK_SIZE = 1024 * 1024;

@@ -7,7 +7,7 @@ import { LocalBackend } from '../storage/local.js';
 import { BulwarkError } from '../util/errors.js';
 import { deriveKey, seal } from './crypto.js';
 import { SCRYPT_DEFAULTS } from './format.js';
-import { KDF_LIMITS, listKeys, openWithPassword, validateKdfParams, WrongPasswordError } from './keys.js';
+import { calibrateKdf, KDF_LIMITS, listKeys, openWithPassword, validateKdfParams, WrongPasswordError } from './keys.js';
 import { Repository } from './repository.js';
 
 let t: TestRepository | undefined;
@@ -204,4 +204,16 @@ describe('listKeys', () => {
     expect(byId.get(hostile)).toMatchObject({ created: valid.created, damaged: 'asks for 1 GiB of memory; the limit is 256 MiB' });
     expect(byId.get(garbage)).toMatchObject({ created: '?', damaged: 'is not JSON' });
   });
+});
+
+describe('calibrateKdf', () => {
+  it('asks for 64 MiB and at least half a second on this machine, within the limits a reader accepts', async () => {
+    const params = await calibrateKdf();
+    expect(params.N * params.r * 128).toBe(64 * 1024 * 1024);
+    expect(() => validateKdfParams(params)).not.toThrow();
+    const started = Date.now();
+    await deriveKey('x', Buffer.alloc(32), params);
+    // p is chosen from one measured run; the check leaves room for that measurement's noise.
+    expect(Date.now() - started).toBeGreaterThan(300);
+  }, 30_000);
 });

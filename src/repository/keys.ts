@@ -6,7 +6,7 @@ import type { Backend, FileInfo } from '../storage/backend.js';
 import { BulwarkError, unable } from '../util/errors.js';
 import type { Clock } from '../util/clock.js';
 import { deriveKey, seal, unseal, type MasterKey, type ScryptParams } from './crypto.js';
-import { KEY_BYTES, SCRYPT_DEFAULTS, SEAL_OVERHEAD } from './format.js';
+import { KEY_BYTES, SEAL_OVERHEAD } from './format.js';
 
 export interface KeyFile {
   version: 1;
@@ -47,7 +47,7 @@ const MiB = 1024 * 1024;
 
 // Anyone who can write to keys/ can plant a key file, and a key file is read before anything is
 // authenticated: these bounds keep such a file from making us allocate gigabytes or spin for hours.
-// They are generous for passwords made by this program (SCRYPT_DEFAULTS uses 32 MiB and cost 2^18).
+// They are generous for keys made by this program (calibrateKdf: 64 MiB, cost at most 2^23).
 export const KDF_LIMITS = {
   minN: 2 ** 10,
   maxN: 2 ** 20,
@@ -119,7 +119,28 @@ export class WrongPasswordError extends BulwarkError {
   }
 }
 
-export async function writeKey(backend: Backend, master: MasterKey, password: string, clock: Clock, params: ScryptParams = SCRYPT_DEFAULTS): Promise<string> {
+/** What a new key costs an attacker per guess, at least: half a second here and 64 MiB (as restic asks). */
+const CALIBRATE_TARGET_MS = 500;
+const CALIBRATE_N = 2 ** 16;
+const CALIBRATE_R = 8;
+
+/**
+ * Scrypt parameters for a new key, measured on this machine: 64 MiB (N = 2^16, r = 8), and p raised
+ * until one derivation takes at least half a second, within KDF_LIMITS. Memory stays at 64 MiB so that
+ * opening a repository does not take more than that from a host whose memory belongs to its VMs.
+ */
+export async function calibrateKdf(targetMs = CALIBRATE_TARGET_MS): Promise<ScryptParams> {
+  const probe = { N: CALIBRATE_N, r: CALIBRATE_R, p: 1 };
+  const started = process.hrtime.bigint();
+  await deriveKey('calibration', randomBytes(32), probe);
+  const ms = Math.max(1, Number(process.hrtime.bigint() - started) / 1e6);
+  const maxP = Math.min(KDF_LIMITS.maxP, Math.floor(KDF_LIMITS.maxCost / (CALIBRATE_N * CALIBRATE_R)));
+  return { ...probe, p: Math.min(maxP, Math.max(1, Math.ceil(targetMs / ms))) };
+}
+
+/** Seals the master key under `password` in a new key file; `params` default to calibrateKdf(). */
+export async function writeKey(backend: Backend, master: MasterKey, password: string, clock: Clock, params?: ScryptParams): Promise<string> {
+  params ??= await calibrateKdf();
   if (password.length === 0) throw new BulwarkError('usage', 'empty passwords are not allowed', { hint: 'choose a password of at least one character (better: a long passphrase)' });
   validateKdfParams(params);
   const salt = randomBytes(32);

@@ -20,6 +20,7 @@ import {
   SEAL_OVERHEAD as SEAL_BYTES,
   type BlobType,
 } from './format.js';
+import type { FreshnessRecord } from './freshness.js';
 import { MasterIndex, validateIndexFile, type IndexEntry, type IndexFile } from './index.js';
 import { openWithPassword, writeKey } from './keys.js';
 import { buildPack, parsePackHeader, type PackBlob, type PackEntry } from './pack.js';
@@ -118,6 +119,8 @@ export class Repository {
   bytesWritten = 0;
   /** Where warnings about worked-around damage go; the CLI prints them. */
   onWarning: (message: string) => void = () => undefined;
+  /** This host's record of the snapshots it saw (rollback detection); set by the CLI. */
+  freshness: FreshnessRecord | undefined;
   /** Every blob a backup reuses is read and checked first; a damaged one is stored again. */
   verifyReused = false;
   private readonly verified = new Set<string>();

@@ -1,5 +1,6 @@
 // Snapshot records: the restore points. Written last, after everything they reference is durable.
 import { BulwarkError } from '../util/errors.js';
+import type { FreshnessRecord } from './freshness.js';
 import type { Repository } from './repository.js';
 
 export type Consistency = 'application' | 'filesystem' | 'crash';
@@ -82,7 +83,7 @@ export interface SnapshotFilter {
   source?: string;
 }
 
-type SnapshotReader = Pick<Repository, 'backend' | 'loadDocument'> & { onWarning?: (message: string) => void };
+type SnapshotReader = Pick<Repository, 'backend' | 'loadDocument'> & { onWarning?: (message: string) => void; freshness?: FreshnessRecord | undefined };
 
 const HEX_ID = /^[0-9a-f]{64}$/;
 
@@ -115,7 +116,7 @@ export interface SnapshotListing {
 }
 
 /** Reads every snapshot record that can be read; the others are returned by name with the reason. */
-export async function readSnapshots(repo: Pick<Repository, 'backend' | 'loadDocument'>): Promise<SnapshotListing> {
+export async function readSnapshots(repo: SnapshotReader): Promise<SnapshotListing> {
   const out: SnapshotListing = { snapshots: [], damaged: [] };
   for await (const f of repo.backend.list('snapshots')) {
     let sn: Snapshot;
@@ -132,6 +133,11 @@ export async function readSnapshots(repo: Pick<Repository, 'backend' | 'loadDocu
     else out.snapshots.push({ ...sn, id: f.name });
   }
   out.snapshots.sort((a, b) => Date.parse(a.time) - Date.parse(b.time) || a.id.localeCompare(b.id));
+  if (repo.freshness) {
+    // Damaged records are still there (not rolled back): they count as present, dated the epoch.
+    const seen = [...out.snapshots.map((s) => ({ id: s.id, time: s.time })), ...out.damaged.map((d) => ({ id: d.id, time: new Date(0).toISOString() }))];
+    for (const w of await repo.freshness.observe(seen)) repo.onWarning?.(w);
+  }
   return out;
 }
 

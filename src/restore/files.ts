@@ -276,16 +276,21 @@ export class FilesRestorer {
         this.emit();
       }
       await fh.truncate(pos);
-      await fh.chown(node.uid, node.gid);
-      await fh.chmod(node.mode);
-      await this.xattrs(`/proc/self/fd/${fh.fd}`, path, node);
-      await fh.utimes(toUtimes(node.atimeNs ?? node.mtimeNs), toUtimes(node.mtimeNs));
     } catch (err) {
       await fh.close().catch(() => undefined);
       await fsp.unlink(path).catch(() => undefined);
       throw new Error(`${err instanceof Error ? err.message : String(err)} (the partial file was removed)`, { cause: err });
     }
-    await fh.close();
+    // The content is complete: a metadata failure (e.g. chown when not restoring as root) is reported
+    // for the file, which stays.
+    try {
+      await fh.chown(node.uid, node.gid);
+      await fh.chmod(node.mode);
+      await this.xattrs(`/proc/self/fd/${fh.fd}`, path, node);
+      await fh.utimes(toUtimes(node.atimeNs ?? node.mtimeNs), toUtimes(node.mtimeNs));
+    } finally {
+      await fh.close();
+    }
   }
 
   /** Fifos and devices: opened without following (O_PATH), checked to be what was made, then set. */

@@ -7,7 +7,7 @@ import { mkdir, open, stat, writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jsonResult, runCli } from '../helpers/cli.js';
 import { tempDir } from '../helpers/repo.js';
-import { patternBytes } from '../fixtures/tree.js';
+import { makeSeededFiles, patternBytes } from '../fixtures/tree.js';
 
 let tmp: { path: string; cleanup(): Promise<void> };
 let env: Record<string, string>;
@@ -26,7 +26,7 @@ beforeAll(async () => {
   // A real ext4 file system holding real files, in a 256 MiB raw image that is mostly empty.
   const fill = `${tmp.path}/fill`;
   await mkdir(fill);
-  execFileSync('cp', ['-r', '/usr/share/doc', `${fill}/doc`]);
+  await makeSeededFiles(`${fill}/doc`, 3000, 11); // about 37 MiB in 3,000 files
   await writeFile(`${fill}/noise.bin`, patternBytes(8 * 1024 * 1024, 3));
   image = `${tmp.path}/web01.img`;
   execFileSync('mkfs.ext4', ['-q', '-F', '-d', fill, image, '256M']);

@@ -1,6 +1,8 @@
 // Runs the real CLI (the built dist/, as users run it) in a child process.
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -23,10 +25,13 @@ export interface CliOptions {
   onSpawn?: (pid: number) => void;
 }
 
+/** Tests keep this host's per-repository records (rollback detection) out of the real home folder. */
+const STATE_DIR = mkdtempSync(join(tmpdir(), 'bulwark-test-state-'));
+
 export function runCli(args: string[], opts: CliOptions = {}): Promise<CliResult> {
   if (!existsSync(`${ROOT}dist/cli/main.js`)) throw new Error("dist/ is missing: run 'npm run build' first (npm test does)");
   const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries({ ...process.env, ...opts.env })) if (v !== undefined) env[k] = v;
+  for (const [k, v] of Object.entries({ ...process.env, BULWARK_STATE_DIR: STATE_DIR, ...opts.env })) if (v !== undefined) env[k] = v;
   const cmd = opts.as ? 'setpriv' : NODE;
   const argv = opts.as ? [`--reuid=${opts.as.uid}`, `--regid=${opts.as.gid}`, '--clear-groups', NODE, BIN, ...args] : [BIN, ...args];
   return new Promise((resolve, reject) => {
