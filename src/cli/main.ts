@@ -2,6 +2,7 @@
 import { Command, CommanderError } from 'commander';
 import { BulwarkError } from '../util/errors.js';
 import { register as registerBackup } from './commands/backup.js';
+import { register as registerForget } from './commands/forget.js';
 import { register as registerInspect } from './commands/inspect.js';
 import { register as registerRepo } from './commands/repo.js';
 import { register as registerRestore } from './commands/restore.js';
@@ -27,6 +28,7 @@ export function buildProgram(): Command {
   registerRepo(program);
   registerBackup(program);
   registerInspect(program);
+  registerForget(program);
   registerRestore(program);
   registerVm(program);
   const applyExit = (cmd: Command): void => {

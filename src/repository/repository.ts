@@ -119,6 +119,8 @@ export class Repository {
   bytesWritten = 0;
   /** Where warnings about worked-around damage go; the CLI prints them. */
   onWarning: (message: string) => void = () => undefined;
+  /** Snapshots this process removed (forget): their absence is no rollback. */
+  readonly forgotten = new Set<string>();
   /** This host's record of the snapshots it saw (rollback detection); set by the CLI. */
   freshness: FreshnessRecord | undefined;
   /** Every blob a backup reuses is read and checked first; a damaged one is stored again. */

@@ -83,7 +83,7 @@ export interface SnapshotFilter {
   source?: string;
 }
 
-type SnapshotReader = Pick<Repository, 'backend' | 'loadDocument'> & { onWarning?: (message: string) => void; freshness?: FreshnessRecord | undefined };
+type SnapshotReader = Pick<Repository, 'backend' | 'loadDocument'> & { onWarning?: (message: string) => void; freshness?: FreshnessRecord | undefined; forgotten?: ReadonlySet<string> };
 
 const HEX_ID = /^[0-9a-f]{64}$/;
 
@@ -136,7 +136,7 @@ export async function readSnapshots(repo: SnapshotReader): Promise<SnapshotListi
   if (repo.freshness) {
     // Damaged records are still there (not rolled back): they count as present, dated the epoch.
     const seen = [...out.snapshots.map((s) => ({ id: s.id, time: s.time })), ...out.damaged.map((d) => ({ id: d.id, time: new Date(0).toISOString() }))];
-    for (const w of await repo.freshness.observe(seen)) repo.onWarning?.(w);
+    for (const w of await repo.freshness.observe(seen, repo.forgotten)) repo.onWarning?.(w);
   }
   return out;
 }

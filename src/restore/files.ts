@@ -16,7 +16,7 @@ import { setAttribute } from 'fs-xattr';
 import type { Repository } from '../repository/repository.js';
 import { decodeTree, displayName, linkTarget, nodeName, validateName, type Tree, type TreeNode } from '../repository/tree.js';
 import { newProgress, type Progress, type ProgressSink } from '../sources/progress.js';
-import { BulwarkError, unable } from '../util/errors.js';
+import { BulwarkError, errnoCode, unable } from '../util/errors.js';
 import { Budget } from '../util/budget.js';
 import { DirHandle, O_PATH } from '../util/dirhandle.js';
 import { compileGlobs, type Matcher } from '../util/glob.js';
@@ -196,9 +196,6 @@ export class FilesRestorer {
   }
 
   private async leaf(path: Buffer, real: Buffer, node: TreeNode): Promise<void> {
-    await fsp.unlink(path).catch((err: NodeJS.ErrnoException) => {
-      if (err.code !== 'ENOENT') throw err;
-    });
     // Hard links join regular files only, and only files this restore wrote: a link to a fifo or a
     // symlink would turn the "file" into one.
     const linkKey = `${node.dev}:${node.inode}`;
@@ -207,7 +204,7 @@ export class FilesRestorer {
       if (first) {
         const st = await fsp.lstat(first);
         if (!st.isFile()) throw new Error('its hard link partner is not a regular file; not linked');
-        await fsp.link(first, path);
+        await replacing(path, () => fsp.link(first, path));
         this.progress.files++;
         return;
       }
@@ -218,7 +215,7 @@ export class FilesRestorer {
         if (node.links > 1) this.links.set(linkKey, real);
         break;
       case 'symlink':
-        await fsp.symlink(linkTarget(node), path);
+        await replacing(path, () => fsp.symlink(linkTarget(node), path));
         // lchown and lutimes act on the link itself, never on what it points to.
         await fsp.lchown(path, node.uid, node.gid);
         await fsp.lutimes(path, toUtimes(node.atimeNs ?? node.mtimeNs), toUtimes(node.mtimeNs));
@@ -249,7 +246,7 @@ export class FilesRestorer {
    * fails, the partial file is removed: a half-written file must not look like restored data.
    */
   private async file(path: Buffer, node: TreeNode): Promise<void> {
-    const fh = await fsp.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    const fh = await replacing(path, () => fsp.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600));
     try {
       let pos = 0;
       const ids = node.content ?? [];
@@ -343,6 +340,21 @@ export class FilesRestorer {
     this.lastEmit = now;
     this.opts.onProgress(this.progress);
   }
+}
+
+/**
+ * Creates an entry exclusively; one already in the target (an earlier restore, or a planted symlink) is
+ * unlinked and the creation tried once more, so it is replaced, never followed. Trying first saves an
+ * unlink per entry on the usual, empty target.
+ */
+async function replacing<T>(path: Buffer, create: () => Promise<T>): Promise<T> {
+  try {
+    return await create();
+  } catch (err) {
+    if (errnoCode(err) !== 'EEXIST') throw err;
+  }
+  await fsp.unlink(path);
+  return create();
 }
 
 /**

@@ -250,6 +250,30 @@ describe('damaged blobs heal, restores fall back to intact copies, failures leav
     await restoresIdentical(first);
   });
 
+  it('repair snapshots writes a snapshot without the lost file; with --forget the damaged original goes', async () => {
+    const first = (await backup()).id;
+    const { firstBlob } = await idsIn(first, '/gamma');
+    const loc = await blobFile(firstBlob);
+    await flipByte(loc.path, loc.offset + 100);
+    expect((await runCli(['check', '--read-data'], { env })).code).toBe(1);
+    const dry = await runCli(['repair', 'snapshots', '--dry-run'], { env });
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(dry.stdout).toMatch(new RegExp(`snapshot ${first.slice(0, 8)} would be repaired, leaving out:\\n  ${src}/gamma/big.bin`));
+    const r = await runCli(['repair', 'snapshots', '--forget', '--json'], { env });
+    expect(r.code, r.stderr).toBe(0);
+    const to = jsonResult<{ repaired: { from: string; to: string; lost: string[] }[] }>(r).repaired[0]!;
+    expect(to.lost).toEqual([`${src}/gamma/big.bin`]);
+    const target = `${tmp.path}/repaired`;
+    const restored = await runCli(['restore', to.to, '--target', target], { env });
+    expect(restored.code, restored.stdout + restored.stderr).toBe(0);
+    await fsp.rm(`${src}/gamma/big.bin`);
+    execFileSync('diff', ['-r', src, `${target}${src}`]);
+    const check = await runCli(['check'], { env });
+    expect(check.code, check.stdout).toBe(0);
+    const list = await runCli(['snapshots', '--json'], { env });
+    expect((JSON.parse(list.stdout) as { id: string; tags: string[] }[]).map((s) => [s.id, s.tags])).toEqual([[to.to, ['repaired']]]);
+  });
+
   it('a failed disk restore leaves the incomplete image under a name that says so', async () => {
     const image = `${tmp.path}/disk.img`;
     await fsp.writeFile(image, patternBytes(4 * 1024 * 1024, 5));

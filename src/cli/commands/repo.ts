@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { stats } from '../../jobs/inspect.js';
 import { checkRepository, type DataSubset } from '../../repository/check.js';
 import { listKeys } from '../../repository/keys.js';
-import { repairIndex } from '../../repository/repair.js';
+import { repairIndex, repairSnapshots } from '../../repository/repair.js';
 import { listLocks, Lock, removeLocks } from '../../repository/lock.js';
 import { BulwarkError } from '../../util/errors.js';
 import { Context } from '../context.js';
@@ -150,6 +150,34 @@ export function register(program: Command): void {
             ].join('\n'),
           );
           if (r.unreadablePacks.length > 0) process.exitCode = 1;
+        } finally {
+          await lock.release();
+        }
+      });
+    });
+
+  repair
+    .command('snapshots')
+    .description('write, for each snapshot naming lost data, a new one without it (tagged "repaired"); run check --read-data first')
+    .option('--forget', 'remove each original once its repaired copy is saved')
+    .option('-n, --dry-run', 'show what would be left out; write nothing')
+    .action(async (o: { forget?: boolean; dryRun?: boolean }, cmd: Command) => {
+      const ctx = Context.from(cmd);
+      await ctx.withRepo(async (repo) => {
+        const lock = await Lock.acquire(repo, false, 'repair snapshots');
+        try {
+          await repo.loadIndex();
+          const r = await repairSnapshots(repo, { dryRun: o.dryRun ?? false, forget: o.forget ?? false });
+          ctx.print(r, () =>
+            [
+              ...r.repaired.flatMap((x) => [
+                o.dryRun ? `snapshot ${shortId(x.from)} would be repaired, leaving out:` : `snapshot ${shortId(x.from)} repaired as ${shortId(x.to ?? '')}${r.forgotten.includes(x.from) ? ' (original removed)' : ''}, leaving out:`,
+                ...x.lost.slice(0, 50).map((p) => `  ${p}`),
+                ...(x.lost.length > 50 ? [`  … and ${x.lost.length - 50} more`] : []),
+              ]),
+              r.repaired.length === 0 ? 'no snapshot names lost data' : `${r.repaired.length} snapshot(s) ${o.dryRun ? 'would be ' : ''}repaired`,
+            ].join('\n'),
+          );
         } finally {
           await lock.release();
         }
