@@ -72,6 +72,18 @@ describe('check', () => {
     expect(r.damagedSnapshots).not.toContain(c.snapshot);
   });
 
+  it('reports a tree with a name twice or names out of order, and the snapshots that hold it', async () => {
+    t = await createTestRepository();
+    const twice = await hostileSnapshot(t.repo, [node('d', 'dir', { subtree: await writeTree(t.repo, [node('x', 'file'), node('x', 'symlink', { linkTarget: '/etc/shadow' })]) })]);
+    const unordered = await hostileSnapshot(t.repo, [node('b', 'file'), node('a', 'file')]);
+    const fine = await hostileSnapshot(t.repo, [node('a', 'file')]);
+    const r = await checkRepository(await t.reopen(), { readData: true });
+    expect(r.problems.filter((p) => p.kind === 'tree').map((p) => p.message).join('\n')).toMatch(/appears twice[\s\S]*not in order|not in order[\s\S]*appears twice/);
+    expect(r.damagedSnapshots.sort()).toEqual([twice.snapshot, unordered.snapshot].sort());
+    expect(r.affected).toEqual(expect.arrayContaining([{ snapshot: twice.snapshot, path: '/d' }, { snapshot: unordered.snapshot, path: '/' }]));
+    expect(r.damagedSnapshots).not.toContain(fine.snapshot);
+  });
+
   it('reads every copy of a blob stored twice, and reports the damaged one', async () => {
     t = await createTestRepository();
     const data = Buffer.from('stored twice');
