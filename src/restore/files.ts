@@ -9,12 +9,13 @@
 // files this restore wrote.
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { constants, promises as fsp } from 'node:fs';
+import { constants, fchmodSync, fchownSync, ftruncateSync, futimesSync, promises as fsp } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { promisify } from 'node:util';
 import { setAttribute } from 'fs-xattr';
 import type { Repository } from '../repository/repository.js';
 import { decodeTree, displayName, linkTarget, nodeName, validateName, type Tree, type TreeNode } from '../repository/tree.js';
+import { ExpansionGuard, walk } from '../repository/walk.js';
 import { newProgress, type Progress, type ProgressSink } from '../sources/progress.js';
 import { BulwarkError, errnoCode, unable } from '../util/errors.js';
 import { Budget } from '../util/budget.js';
@@ -90,6 +91,8 @@ export class FilesRestorer {
   private readonly links = new Map<string, Buffer>();
   private readonly includes: Matcher | undefined;
   private lastEmit = 0;
+  /** A crafted snapshot that names one subtree over and over must not expand without end. */
+  private readonly guard = new ExpansionGuard();
   /** Bytes of blobs loaded and not yet written, across all files being restored. */
   private readonly budget = new Budget(RESTORE_MEMORY);
 
@@ -114,7 +117,9 @@ export class FilesRestorer {
   }
 
   async loadTree(id: string): Promise<Tree> {
-    return decodeTree(await this.repo.loadBlob('tree', id), id);
+    const tree = decodeTree(await this.repo.loadBlob('tree', id), id);
+    this.guard.tree(id, tree);
+    return tree;
   }
 
   /**
@@ -132,6 +137,7 @@ export class FilesRestorer {
       for (const node of nodes) {
         const name = nodeName(node);
         validateName(name);
+        this.guard.entry();
         const logical = `${logicalDir}/${displayName(name)}`;
         const path = dir.child(name);
         if (includes && node.type !== 'dir' && !includes(logical)) continue;
@@ -144,8 +150,6 @@ export class FilesRestorer {
             this.progress.errors++;
           }
         })();
-        // The tree was validated (unique names), but this restorer may also be handed a single node:
-        // siblings are only ever distinct names here.
         // Folders one at a time (they hold a handle each, and recurse); hard links in order, after the
         // file they link to exists.
         if (node.type === 'dir' || node.links > 1) {
@@ -190,7 +194,9 @@ export class FilesRestorer {
     for (const n of tree.nodes) {
       const l = `${logical}/${displayName(nodeName(n))}`;
       if (includes(l)) return true;
-      if (n.type === 'dir' && n.subtree && (await this.anyIncluded(await this.loadTree(n.subtree), l, includes))) return true;
+      if (n.type === 'dir' && n.subtree) {
+        for await (const e of walk(this.repo, n.subtree, l, { guard: this.guard })) if (includes(e.path)) return true;
+      }
     }
     return false;
   }
@@ -272,7 +278,7 @@ export class FilesRestorer {
         this.progress.bytesDone += data.length;
         this.emit();
       }
-      await fh.truncate(pos);
+      ftruncateSync(fh.fd, pos);
     } catch (err) {
       await fh.close().catch(() => undefined);
       await fsp.unlink(path).catch(() => undefined);
@@ -280,11 +286,13 @@ export class FilesRestorer {
     }
     // The content is complete: a metadata failure (e.g. chown when not restoring as root) is reported
     // for the file, which stays.
+    // Synchronous on purpose: these are microsecond system calls, and a thread-pool round trip for each
+    // costs more than the call itself when restoring tens of thousands of files.
     try {
-      await fh.chown(node.uid, node.gid);
-      await fh.chmod(node.mode);
+      fchownSync(fh.fd, node.uid, node.gid);
+      fchmodSync(fh.fd, node.mode);
       await this.xattrs(`/proc/self/fd/${fh.fd}`, path, node);
-      await fh.utimes(toUtimes(node.atimeNs ?? node.mtimeNs), toUtimes(node.mtimeNs));
+      futimesSync(fh.fd, toUtimes(node.atimeNs ?? node.mtimeNs), toUtimes(node.mtimeNs));
     } finally {
       await fh.close();
     }

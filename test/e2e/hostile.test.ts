@@ -156,6 +156,9 @@ describe('hostile trees cannot make readers run away', () => {
     const diff = await runCli(['diff', other, snapshot], { env, timeoutMs: 60_000 });
     expect(diff.code).toBe(1);
     expect(diff.stderr).toMatch(/expand to more than/);
+    const { r: restored } = await restore(snapshot, '--include', '/nothing/matches');
+    expect(restored.code).toBe(3);
+    expect(restored.stdout).toMatch(/expand to more than/);
     expect(Date.now() - started).toBeLessThan(45_000);
   });
 
