@@ -42,15 +42,6 @@ function username(): string {
   }
 }
 
-async function withSharedLock<T>(repo: Repository, purpose: string, fn: () => Promise<T>): Promise<T> {
-  const lock = await Lock.acquire(repo, false, purpose);
-  try {
-    return await fn();
-  } finally {
-    await lock.release();
-  }
-}
-
 async function commit(repo: Repository, sn: Snapshot): Promise<SnapshotWithId> {
   // Order matters: every blob the snapshot references is durable and indexed before it is written.
   await repo.flush();
@@ -59,7 +50,7 @@ async function commit(repo: Repository, sn: Snapshot): Promise<SnapshotWithId> {
 }
 
 export async function backupFiles(repo: Repository, opts: FilesBackupJobOptions): Promise<BackupJobResult> {
-  return withSharedLock(repo, 'backup', async () => {
+  return Lock.run(repo, false, 'backup', async () => {
     const started = Date.now();
     await repo.loadIndex();
     const host = opts.host ?? osHostname();
@@ -101,7 +92,7 @@ export interface DiskBackupJobOptions extends CommonBackupOptions {
 
 /** One restore point per disk image or device, with source "disk:<name>". */
 export async function backupDiskImage(repo: Repository, opts: DiskBackupJobOptions): Promise<BackupJobResult & { reused: boolean }> {
-  return withSharedLock(repo, 'backup', async () => {
+  return Lock.run(repo, false, 'backup', async () => {
     const started = Date.now();
     await repo.loadIndex();
     const host = opts.host ?? osHostname();

@@ -23,8 +23,7 @@ export interface ForgetResult {
 }
 
 export async function forget(repo: Repository, opts: ForgetOptions): Promise<ForgetResult> {
-  const lock = await Lock.acquire(repo, false, 'forget');
-  try {
+  return Lock.run(repo, false, 'forget', async () => {
     let groups: RetentionGroup[];
     let doomed: SnapshotWithId[];
     if (opts.ids && opts.ids.length > 0) {
@@ -62,7 +61,5 @@ export async function forget(repo: Repository, opts: ForgetOptions): Promise<For
       if (doomed.length > 0) await readSnapshots(repo);
     }
     return { groups, removed: doomed, dryRun: opts.dryRun ?? false };
-  } finally {
-    await lock.release();
-  }
+  });
 }

@@ -14,11 +14,11 @@ import { createHash } from 'node:crypto';
 import { BulwarkError } from '../util/errors.js';
 import { unseal } from './crypto.js';
 import { decodePage } from './fixed-index.js';
-import { validateIndexFile, type IndexEntry, type IndexFile } from './index.js';
+import type { IndexEntry, IndexFile } from './index.js';
 import { readPackHeader } from './pack.js';
-import { packIndexFile, type Repository } from './repository.js';
+import { maxBlobBytes, type Repository } from './repository.js';
 import { readSnapshots, type SnapshotWithId } from './snapshot.js';
-import { MAX_TREE_BYTES, type TreeNode } from './tree.js';
+import type { TreeNode } from './tree.js';
 import { ExpansionGuard, loadTree, walk } from './walk.js';
 import { decompressBounded } from './zstd.js';
 
@@ -61,7 +61,7 @@ export interface CheckResult {
   recordedDamage: number;
 }
 
-type CheckRepo = Pick<Repository, 'backend' | 'loadDocument' | 'loadBlob' | 'index' | 'key' | 'blobId' | 'readPackEntries' | 'saveDocument'>;
+type CheckRepo = Pick<Repository, 'backend' | 'loadDocument' | 'loadBlob' | 'index' | 'key' | 'blobId' | 'loadIndexFiles' | 'indexUnlistedPacks' | 'saveDocument'>;
 
 /** Affected paths listed per snapshot; past that a count stands for the rest. */
 const MAX_AFFECTED_PER_SNAPSHOT = 200;
@@ -72,39 +72,20 @@ export async function checkRepository(repo: CheckRepo, opts: CheckOptions = {}):
   for (const d of listing.damaged) problems.push({ kind: 'snapshot', object: d.id, message: d.reason });
 
   // Index: each file on its own, so one bad file is reported, not fatal.
-  let indexDamaged = false;
-  for await (const f of repo.backend.list('index')) {
-    try {
-      const file = await repo.loadDocument<IndexFile>('index', f.name);
-      validateIndexFile(file, f.name);
-      repo.index.addFile(file);
-    } catch (err) {
-      if (!(err instanceof BulwarkError)) throw err;
-      indexDamaged = true;
-      problems.push({ kind: 'index', object: f.name, message: err.message });
-    }
-  }
+  const damagedIndex = await repo.loadIndexFiles();
+  for (const d of damagedIndex) problems.push({ kind: 'index', object: d.name, message: d.reason });
   const alreadyMarked = new Set(repo.index.damagedCopies().map((d) => `${d.id}/${d.pack}`));
+  // A damaged index file may have listed packs that are now in no index: their own headers say what
+  // they hold. Without damaged index files, such packs are leftovers of interrupted backups.
+  const recoveredPacks =
+    damagedIndex.length === 0
+      ? 0
+      : await repo.indexUnlistedPacks((pack, reason) => problems.push({ kind: 'pack-damaged', object: pack, message: `pack ${pack} is in no index and its header cannot be read: ${reason}` }));
 
   const stored = new Map<string, number>();
   for await (const f of repo.backend.list('data')) stored.set(f.name, f.size);
   let unreferencedPacks = 0;
-  let recoveredPacks = 0;
-  for (const [name, size] of stored) {
-    if (repo.index.packs.has(name)) continue;
-    if (!indexDamaged) {
-      unreferencedPacks++;
-      continue;
-    }
-    // The damaged index file may have listed this pack: its own header says what it holds.
-    try {
-      repo.index.addFile(packIndexFile(name, await repo.readPackEntries(name, size)));
-      recoveredPacks++;
-    } catch (err) {
-      if (!(err instanceof BulwarkError)) throw err;
-      problems.push({ kind: 'pack-damaged', object: name, message: `pack ${name} is in no index and its header cannot be read: ${err.message}` });
-    }
-  }
+  for (const name of stored.keys()) if (!repo.index.packs.has(name) && damagedIndex.length === 0) unreferencedPacks++;
   const brokenPacks = new Set<string>();
   for (const [pack, end] of repo.index.packs) {
     const size = stored.get(pack);
@@ -294,7 +275,7 @@ async function readPack(repo: CheckRepo, pack: string, entries: [string, IndexEn
     try {
       if (e.offset + e.length > bytes.length) throw new Error('it lies beyond the end of the pack');
       let plain = unseal(repo.key.encrypt, bytes.subarray(e.offset, e.offset + e.length), `blob ${id}`);
-      if (e.ulen > 0) plain = decompressBounded(plain, e.type === 'tree' ? MAX_TREE_BYTES : 64 * 1024 * 1024, `blob ${id}`, e.ulen);
+      if (e.ulen > 0) plain = decompressBounded(plain, maxBlobBytes(e.type), `blob ${id}`, e.ulen);
       if (repo.blobId(plain) !== id) throw new Error('content does not hash to its id');
     } catch (err) {
       damage(id, (err as Error).message);

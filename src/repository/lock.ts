@@ -113,6 +113,16 @@ export class Lock {
     return lock;
   }
 
+  /** Runs fn holding the lock, and releases it however fn ends. */
+  static async run<T>(repo: LockRepo, exclusive: boolean, purpose: string, fn: () => Promise<T>): Promise<T> {
+    const lock = await Lock.acquire(repo, exclusive, purpose);
+    try {
+      return await fn();
+    } finally {
+      await lock.release();
+    }
+  }
+
   private async refresh(): Promise<void> {
     const old = this.id;
     this.id = await this.repo.saveDocument('locks', { ...this.doc, time: this.repo.clock.now().toISOString() });

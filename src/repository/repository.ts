@@ -73,6 +73,22 @@ export class RepositoryNotFoundError extends BulwarkError {
 const INDEX_PACKS_PER_FILE = 64;
 /** Largest plaintext of a data blob a reader accepts: well above any chunk or block size we write. */
 const MAX_DATA_BLOB_BYTES = 64 * 1024 * 1024;
+
+/** Largest plaintext a reader accepts for a blob of this type. */
+export function maxBlobBytes(type: BlobType): number {
+  return type === 'tree' ? MAX_TREE_BYTES : MAX_DATA_BLOB_BYTES;
+}
+
+async function hasAnyObject(backend: Backend, types: readonly FileType[]): Promise<boolean> {
+  for (const type of types) {
+    try {
+      for await (const _ of backend.list(type)) return true;
+    } catch {
+      // no such folder: nothing of that type
+    }
+  }
+  return false;
+}
 const HEX_ID = /^[0-9a-f]{64}$/;
 
 /** Checks a config before anything is done with it: a hostile one could ask for absurd chunk or pack sizes. */
@@ -192,19 +208,7 @@ export class Repository {
       return;
     } catch (err) {
       if (!backend.isNotFound(err)) throw unable('open', 'repository', backend.properties.location, err, 'io');
-      let present = 0;
-      for (const type of ['keys', 'snapshots', 'index'] as const) {
-        try {
-          for await (const f of backend.list(type)) {
-            present++;
-            void f;
-            break;
-          }
-        } catch {
-          // no such folder: nothing of that type
-        }
-      }
-      if (present > 0) {
+      if (await hasAnyObject(backend, ['keys', 'snapshots', 'index'])) {
         throw new BulwarkError('repository-corrupt', `the config of the repository at '${backend.properties.location}' is missing, but keys, index or snapshots are present`, {
           hint: 'the repository is damaged: restore its config file from a copy (it cannot be recreated without losing access to the data)',
           cause: err,
@@ -222,6 +226,17 @@ export class Repository {
    * Returns the names and reasons of the index files that could not be read.
    */
   async loadIndex(): Promise<{ name: string; reason: string }[]> {
+    const damaged = await this.loadIndexFiles();
+    if (damaged.length > 0) {
+      for (const d of damaged) this.onWarning(`index file ${d.name.slice(0, 8)} is damaged and was skipped (${d.reason}); run 'bulwark repair index'`);
+      const found = await this.indexUnlistedPacks();
+      if (found > 0) this.onWarning(`${found} pack(s) missing from the index were read from their own headers`);
+    }
+    return damaged;
+  }
+
+  /** Loads the index files that can be read; returns the damaged ones, without working around them. */
+  async loadIndexFiles(): Promise<{ name: string; reason: string }[]> {
     const names: string[] = [];
     for await (const f of this.backend.list('index')) names.push(f.name);
     const queue = [...names];
@@ -240,11 +255,6 @@ export class Repository {
       }
     };
     await Promise.all(Array.from({ length: Math.min(8, queue.length) }, loadOne));
-    if (damaged.length > 0) {
-      for (const d of damaged) this.onWarning(`index file ${d.name.slice(0, 8)} is damaged and was skipped (${d.reason}); run 'bulwark repair index'`);
-      const found = await this.indexUnlistedPacks();
-      if (found > 0) this.onWarning(`${found} pack(s) missing from the index were read from their own headers`);
-    }
     return damaged;
   }
 
@@ -342,7 +352,7 @@ export class Repository {
   }
 
   private async loadCopy(type: BlobType, id: string, e: IndexEntry): Promise<Buffer> {
-    const limit = type === 'tree' ? MAX_TREE_BYTES : MAX_DATA_BLOB_BYTES;
+    const limit = maxBlobBytes(type);
     if (e.type !== type) throw new BulwarkError('repository-corrupt', `${type} blob ${id} is indexed as a ${e.type} blob`);
     if (e.ulen > limit || (e.ulen === 0 && e.length - SEAL_BYTES > limit)) throw new BulwarkError('repository-corrupt', `${type} blob ${id} is larger than a ${type} blob may be`);
     let plain: Buffer;

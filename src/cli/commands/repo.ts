@@ -139,8 +139,7 @@ export function register(program: Command): void {
     .action(async (_o: unknown, cmd: Command) => {
       const ctx = Context.from(cmd);
       await ctx.withRepo(async (repo) => {
-        const lock = await Lock.acquire(repo, true, 'repair index');
-        try {
+        await Lock.run(repo, true, 'repair index', async () => {
           const r = await repairIndex(repo);
           ctx.print(r, () =>
             [
@@ -150,9 +149,7 @@ export function register(program: Command): void {
             ].join('\n'),
           );
           if (r.unreadablePacks.length > 0) process.exitCode = 1;
-        } finally {
-          await lock.release();
-        }
+        });
       });
     });
 
@@ -164,8 +161,7 @@ export function register(program: Command): void {
     .action(async (o: { forget?: boolean; dryRun?: boolean }, cmd: Command) => {
       const ctx = Context.from(cmd);
       await ctx.withRepo(async (repo) => {
-        const lock = await Lock.acquire(repo, false, 'repair snapshots');
-        try {
+        await Lock.run(repo, false, 'repair snapshots', async () => {
           await repo.loadIndex();
           const r = await repairSnapshots(repo, { dryRun: o.dryRun ?? false, forget: o.forget ?? false });
           ctx.print(r, () =>
@@ -178,9 +174,7 @@ export function register(program: Command): void {
               r.repaired.length === 0 ? 'no snapshot names lost data' : `${r.repaired.length} snapshot(s) ${o.dryRun ? 'would be ' : ''}repaired`,
             ].join('\n'),
           );
-        } finally {
-          await lock.release();
-        }
+        });
       });
     });
 
