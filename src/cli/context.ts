@@ -42,6 +42,11 @@ export class Context {
   }
 
   async open(): Promise<Repository> {
+    return (await this.openWithPassword()).repo;
+  }
+
+  /** Opens the repository and also returns the password it was opened with (for a new key file). */
+  async openWithPassword(): Promise<{ repo: Repository; password: string }> {
     const backend = openBackend(this.location);
     // The location is checked before asking for a password: a typo should not cost a prompt.
     try {
@@ -53,7 +58,7 @@ export class Context {
     const password = await readPassword(this.opts.passwordFile !== undefined ? { passwordFile: this.opts.passwordFile } : {});
     const repo = await Repository.open(backend, password, { onWarning: (m) => this.warn(m) });
     repo.freshness = new FreshnessRecord(defaultStateDir(), repo.config.id);
-    return repo;
+    return { repo, password };
   }
 
   async init(opts: InitOptions): Promise<Repository> {

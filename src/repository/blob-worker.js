@@ -1,22 +1,26 @@
 // Worker thread: the CPU-heavy half of storing and loading blobs (zstd + AES-256-GCM), so both cores
 // work. Plain JavaScript so it runs the same from src/ (tests) and dist/ (installed), with no build step.
-// Wire format of a sealed object: nonce(12) ‖ ciphertext ‖ tag(16) — see repository/crypto.ts.
+// Format 1 seals with AES-256-GCM, nonce(12) ‖ ciphertext ‖ tag(16) (repository/crypto.ts); format 2 with
+// XAES-256-GCM and the associated data the caller passes (repository/sealer.ts).
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { Buffer } from 'node:buffer';
 import { parentPort, workerData } from 'node:worker_threads';
 import { Compressor, decompress } from 'zstd-napi';
+import { Xaes } from './xaes.js';
 
 // The platform binding directly, as in repository/blake3.ts (which this plain-JS worker cannot import).
 const { Blake3Hasher } = createRequire(import.meta.url)('@napi-rs/blake-hash-linux-x64-gnu');
 
 const encKey = Buffer.from(workerData.encKey);
+const xaes = workerData.format === 2 ? new Xaes(encKey) : undefined;
 const idKey = Buffer.from(workerData.idKey);
 const level = workerData.zstdLevel;
 const compressor = new Compressor();
 compressor.setParameters({ compressionLevel: level });
 
-function seal(plain) {
+function seal(plain, ad) {
+  if (xaes) return xaes.seal(plain, ad);
   const nonce = randomBytes(12);
   const cipher = createCipheriv('aes-256-gcm', encKey, nonce);
   const body = cipher.update(plain);
@@ -24,7 +28,8 @@ function seal(plain) {
   return Buffer.concat([nonce, body, fin, cipher.getAuthTag()], 28 + plain.length);
 }
 
-function unseal(sealed) {
+function unseal(sealed, ad) {
+  if (xaes) return xaes.open(sealed, ad);
   const decipher = createDecipheriv('aes-256-gcm', encKey, sealed.subarray(0, 12));
   decipher.setAuthTag(sealed.subarray(sealed.length - 16));
   const a = decipher.update(sealed.subarray(12, sealed.length - 16));
@@ -54,11 +59,11 @@ parentPort.on('message', (msg) => {
           ulen = plain.length;
         }
       }
-      const sealed = own(seal(body));
+      const sealed = own(seal(body, msg.ad));
       parentPort.postMessage({ seq: msg.seq, sealed, ulen }, [sealed.buffer]);
     } else if (msg.op === 'open') {
       const sealed = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
-      let plain = unseal(sealed);
+      let plain = unseal(sealed, msg.ad);
       if (msg.ulen > 0) plain = decompress(plain);
       // The blob id is checked here too, off the main thread: a restore verifies every byte it writes.
       const id = Blake3Hasher.newKeyed(idKey).update(plain).digestBuffer().toString('hex');

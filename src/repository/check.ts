@@ -12,7 +12,6 @@
 // the number of snapshots that share it, and only snapshots with damage are walked again for paths.
 import { createHash } from 'node:crypto';
 import { BulwarkError } from '../util/errors.js';
-import { unseal } from './crypto.js';
 import { decodePage } from './fixed-index.js';
 import type { IndexEntry, IndexFile } from './index.js';
 import { readPackHeader } from './pack.js';
@@ -61,7 +60,7 @@ export interface CheckResult {
   recordedDamage: number;
 }
 
-type CheckRepo = Pick<Repository, 'backend' | 'loadDocument' | 'loadBlob' | 'index' | 'key' | 'blobId' | 'loadIndexFiles' | 'indexUnlistedPacks' | 'saveDocument'>;
+type CheckRepo = Pick<Repository, 'backend' | 'loadDocument' | 'loadBlob' | 'index' | 'key' | 'sealer' | 'blobId' | 'loadIndexFiles' | 'indexUnlistedPacks' | 'saveDocument'>;
 
 /** Affected paths listed per snapshot; past that a count stands for the rest. */
 const MAX_AFFECTED_PER_SNAPSHOT = 200;
@@ -257,7 +256,7 @@ async function readPack(repo: CheckRepo, pack: string, entries: [string, IndexEn
     problems.push({ kind: 'pack-damaged', object: pack, message: `pack ${pack} does not hash to its name (its bytes changed)` });
   }
   try {
-    const header = new Map(readPackHeader(repo.key.encrypt, bytes, pack).map((h) => [`${h.id}@${h.offset}`, h]));
+    const header = new Map(readPackHeader(repo.sealer, bytes, pack).map((h) => [`${h.id}@${h.offset}`, h]));
     for (const [id, e] of entries) {
       const h = header.get(`${id}@${e.offset}`);
       if (!h || h.length !== e.length || h.ulen !== e.ulen || h.type !== e.type) {
@@ -274,7 +273,7 @@ async function readPack(repo: CheckRepo, pack: string, entries: [string, IndexEn
     n++;
     try {
       if (e.offset + e.length > bytes.length) throw new Error('it lies beyond the end of the pack');
-      let plain = unseal(repo.key.encrypt, bytes.subarray(e.offset, e.offset + e.length), `blob ${id}`);
+      let plain = repo.sealer.open(e.type, bytes.subarray(e.offset, e.offset + e.length), `blob ${id}`, Buffer.from(id, 'hex'));
       if (e.ulen > 0) plain = decompressBounded(plain, maxBlobBytes(e.type), `blob ${id}`, e.ulen);
       if (repo.blobId(plain) !== id) throw new Error('content does not hash to its id');
     } catch (err) {

@@ -1,11 +1,9 @@
-// Authenticated encryption and keyed ids. Everything written to storage except key files is sealed with
-// the master key; key files seal the master key with a key derived from a password.
+// The master key, keyed ids, password-derived keys, and the AES-256-GCM seal of format version 1 (which
+// version 1 repositories and version 1 key files use; sealer.ts picks the seal of each version).
 import { createCipheriv, createDecipheriv, randomBytes, scrypt as scryptCb, timingSafeEqual } from 'node:crypto';
-import { compress } from 'zstd-napi';
 import { BulwarkError } from '../util/errors.js';
 import { keyedBlake3 } from './blake3.js';
-import { decompressBounded } from './zstd.js';
-import { DOC_PLAIN, DOC_ZSTD, KEY_BYTES, NONCE_BYTES, SEAL_OVERHEAD, TAG_BYTES } from './format.js';
+import { KEY_BYTES, NONCE_BYTES, SEAL_OVERHEAD, TAG_BYTES } from './format.js';
 
 export interface MasterKey {
   /** AES-256-GCM key for every sealed object. */
@@ -55,31 +53,6 @@ export function unseal(encKey: Buffer, sealed: Uint8Array, what: string): Buffer
     return b.length === 0 ? a : Buffer.concat([a, b]);
   } catch {
     throw new IntegrityError(what);
-  }
-}
-
-/** Largest document (index file, snapshot, lock, config) a reader accepts once decompressed. */
-export const MAX_DOCUMENT_BYTES = 256 * 1024 * 1024;
-
-/** JSON documents (config, index, snapshots, locks) are framed with one format byte, then sealed. */
-export function sealDocument(encKey: Buffer, doc: unknown): Buffer {
-  const json = Buffer.from(JSON.stringify(doc), 'utf8');
-  const z = compress(json, { compressionLevel: 3 });
-  const framed = z.length < json.length ? Buffer.concat([Buffer.from([DOC_ZSTD]), z]) : Buffer.concat([Buffer.from([DOC_PLAIN]), json]);
-  return seal(encKey, framed);
-}
-
-export function unsealDocument<T>(encKey: Buffer, sealed: Uint8Array, what: string): T {
-  const framed = unseal(encKey, sealed, what);
-  const body = framed.subarray(1);
-  let json: Buffer;
-  if (framed[0] === DOC_PLAIN) json = body;
-  else if (framed[0] === DOC_ZSTD) json = decompressBounded(body, MAX_DOCUMENT_BYTES, what);
-  else throw new BulwarkError('repository-corrupt', `${what} has unknown document format ${framed[0]}`);
-  try {
-    return JSON.parse(json.toString('utf8')) as T;
-  } catch (err) {
-    throw new BulwarkError('repository-corrupt', `${what} is not valid JSON: ${(err as Error).message}`);
   }
 }
 

@@ -9,7 +9,10 @@ import { checkRepository } from './check.js';
 import { gearTable } from './chunker.js';
 import { blobId, deriveKey, unseal } from './crypto.js';
 import { decodePage, encodePage } from './fixed-index.js';
-import { FIXED_INDEX_HEADER_BYTES, PACK_ENTRY_BYTES, REPOSITORY_VERSION, SEAL_OVERHEAD } from './format.js';
+import { FIXED_INDEX_HEADER_BYTES, PACK_ENTRY_BYTES, REPOSITORY_VERSION, SEAL_OVERHEAD, V2_PACK_HEADER_MIN_BYTES, V2_SEAL_OVERHEAD } from './format.js';
+import { v2HeaderBytes } from './pack.js';
+import { padme, v2AssociatedData, v2SealKey } from './sealer.js';
+import { Xaes } from './xaes.js';
 import { Repository } from './repository.js';
 import { listSnapshots } from './snapshot.js';
 import { decodeTree, nodeName } from './tree.js';
@@ -17,10 +20,33 @@ import { loadTree, lookupPath } from './walk.js';
 
 describe('format constants and test vectors (docs §13)', () => {
   it('has the documented sizes', () => {
-    expect(REPOSITORY_VERSION).toBe(1);
+    expect(REPOSITORY_VERSION).toBe(2);
     expect(SEAL_OVERHEAD).toBe(28);
+    expect(V2_SEAL_OVERHEAD).toBe(40);
     expect(PACK_ENTRY_BYTES).toBe(41);
     expect(FIXED_INDEX_HEADER_BYTES).toBe(12);
+    expect(V2_PACK_HEADER_MIN_BYTES).toBe(2048);
+  });
+
+  it('format 2: sealing key = HKDF-SHA256(encrypt key, no salt, "bulwark2 xaes-256-gcm")', () => {
+    expect(v2SealKey({ encrypt: Buffer.alloc(32, 0x22) }).toString('hex')).toBe('450dc21bf2bdc8bc56fe06ed2445899ec73477f6aa0f5c86b6df4a4b576a388a');
+  });
+
+  it('format 2: seal = XAES-256-GCM with associated data "bulwark2" 0 label 0 ‖ binding', () => {
+    const ad = v2AssociatedData('data', Buffer.alloc(32, 0x11));
+    expect(ad.toString('hex')).toBe('62756c7761726b3200' + '6461746100' + '11'.repeat(32));
+    const key = v2SealKey({ encrypt: Buffer.alloc(32, 0x22) });
+    const sealed = Buffer.from('33'.repeat(24) + 'bd21aa99e66c22081c0af4d1aa537a38370746267522d1', 'hex');
+    expect(new Xaes(key).open(sealed, ad).toString()).toBe('bulwark');
+    // The same bytes are no tree blob, no other data blob, and no document.
+    expect(() => new Xaes(key).open(sealed, v2AssociatedData('tree', Buffer.alloc(32, 0x11)))).toThrow(/authenticate/);
+    expect(() => new Xaes(key).open(sealed, v2AssociatedData('data', Buffer.alloc(32, 0x12)))).toThrow(/authenticate/);
+    expect(() => new Xaes(key).open(sealed, v2AssociatedData('snapshots'))).toThrow(/authenticate/);
+  });
+
+  it('format 2: Padmé lengths of packs and headers', () => {
+    expect([1000, 5204, 16 * 1024 * 1024 + 1].map(padme)).toEqual([1024, 5376, 17301504]);
+    expect([0, 1, 49, 50, 1000].map(v2HeaderBytes)).toEqual([2048, 2048, 2048, 2176, 43008]);
   });
 
   it('blob id = keyed BLAKE3(id key, plaintext)', () => {

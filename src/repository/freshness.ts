@@ -16,6 +16,8 @@ interface Record {
   newest: string;
   /** Snapshot ids seen at the last listing. */
   snapshots: string[];
+  /** Repository format version seen (absent in records made before format 2). */
+  format?: number;
 }
 
 export interface Observed {
@@ -58,14 +60,20 @@ export class FreshnessRecord {
    * Compares a complete listing with what this host saw last time, records the listing, and returns
    * warnings. `removedByUs` are ids this host deleted itself (forget): their absence is expected.
    */
-  async observe(listing: Observed[], removedByUs: ReadonlySet<string> = new Set()): Promise<string[]> {
+  async observe(listing: Observed[], removedByUs: ReadonlySet<string> = new Set(), format = 1): Promise<string[]> {
     const before = await this.read();
     const warnings: string[] = [];
     const present = new Set(listing.map((s) => s.id));
     let newest = '';
     for (const s of listing) if (newest === '' || Date.parse(s.time) > Date.parse(newest)) newest = s.time;
     if (before) {
-      const gone = before.snapshots.filter((id) => !present.has(id) && !removedByUs.has(id));
+      const beforeFormat = before.format ?? 1;
+      // An upgrade (`migrate`) seals every snapshot anew, under new names: their absence is expected.
+      const upgraded = beforeFormat < format;
+      if (beforeFormat > format) {
+        warnings.push(`the repository is in format ${format}, but this host saw it in format ${beforeFormat}: the storage was rolled back to before its upgrade, or tampered with`);
+      }
+      const gone = upgraded ? [] : before.snapshots.filter((id) => !present.has(id) && !removedByUs.has(id));
       if (gone.length > 0) {
         const shown = gone.slice(0, 10).map((id) => id.slice(0, 8)).join(', ');
         warnings.push(
@@ -79,7 +87,7 @@ export class FreshnessRecord {
     // The record becomes what was seen now: each change is reported once, by the first command that
     // meets it (a nightly backup's log, typically), not on every command after it.
     try {
-      await this.write({ version: 1, newest, snapshots: [...present].sort() });
+      await this.write({ version: 1, newest, snapshots: [...present].sort(), format: Math.max(format, before?.format ?? 1) });
     } catch (err) {
       // Never a reason to fail a backup; but without a record the next rollback goes unnoticed.
       warnings.push(`cannot keep the record of snapshots seen in '${this.dir}' (${(err as Error).message}): rollbacks are not detected; set BULWARK_STATE_DIR to a writable folder`);

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { readdir, readFile, unlink, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CHEAP_KDF, createTestRepository, TEST_PASSWORD, type TestRepository } from '../../test/helpers/repo.js';
@@ -16,8 +17,8 @@ afterEach(async () => {
   t = undefined;
 });
 
-async function setup(): Promise<{ t: TestRepository; validName: string; valid: Record<string, unknown> }> {
-  t = await createTestRepository();
+async function setup(version: 1 | 2 = 2): Promise<{ t: TestRepository; validName: string; valid: Record<string, unknown> }> {
+  t = await createTestRepository({ version });
   const names = await readdir(join(t.path, 'keys'));
   expect(names).toHaveLength(1);
   const validName = names[0]!;
@@ -88,7 +89,9 @@ describe('openWithPassword', () => {
     planted.push(await plantJson(t.path, { ...valid, salt: 42 }));
     planted.push(await plantJson(t.path, { ...valid, data: null }, 'f'));
     planted.push(await plantJson(t.path, { ...valid, kdf: 'argon2' }));
-    planted.push(await plantJson(t.path, { ...valid, version: 2 }));
+    planted.push(await plantJson(t.path, { ...valid, version: 3 }));
+    planted.push(await plantJson(t.path, { ...valid, meta: undefined }));
+    planted.push(await plantJson(t.path, { ...valid, meta: 'AAAA' }));
     // Hostile or impossible scrypt parameters.
     for (const params of [
       { N: 0 },
@@ -137,7 +140,7 @@ describe('openWithPassword', () => {
   });
 
   it('treats a key file whose payload decrypts to the wrong thing as damaged', async () => {
-    const { t, validName, valid } = await setup();
+    const { t, validName, valid } = await setup(1);
     const salt = Buffer.alloc(32, 7);
     const derived = await deriveKey(TEST_PASSWORD, salt, CHEAP_KDF);
     const planted: string[] = [];
@@ -193,7 +196,7 @@ describe('openWithPassword', () => {
 
 describe('listKeys', () => {
   it('lists damaged key files with the reason instead of failing', async () => {
-    const { t, validName, valid } = await setup();
+    const { t, validName, valid } = await setup(1);
     const hostile = await plantJson(t.path, { ...valid, N: 2 ** 20, r: 8 });
     const garbage = await plantBytes(t.path, Buffer.from([0xde, 0xad]));
     const keys = await listKeys(backendOf(t.path));
@@ -203,6 +206,38 @@ describe('listKeys', () => {
     const byId = new Map(keys.map((k) => [k.id, k]));
     expect(byId.get(hostile)).toMatchObject({ created: valid.created, damaged: 'asks for 1 GiB of memory; the limit is 256 MiB' });
     expect(byId.get(garbage)).toMatchObject({ created: '?', damaged: 'is not JSON' });
+  });
+
+  it('keeps the creation time, host and user of a format 2 key file sealed, for the master key to open', async () => {
+    const { t, validName, valid } = await setup(2);
+    expect(Object.keys(valid).sort()).toEqual(['N', 'data', 'kdf', 'meta', 'p', 'r', 'salt', 'version']);
+    const raw = await readFile(join(t.path, 'keys', validName), 'utf8');
+    expect(raw).not.toContain(hostname());
+    const [open] = await listKeys(backendOf(t.path), t.repo.key);
+    expect(open).toMatchObject({ id: validName, hostname: hostname() });
+    expect(Date.parse(open!.created)).toBeGreaterThan(Date.now() - 60_000);
+    const [closed] = await listKeys(backendOf(t.path));
+    expect(closed).toMatchObject({ id: validName, created: '?', damaged: 'its details cannot be opened: sealed' });
+    // Metadata moved from another key file does not open: it is bound to its own file's salt.
+    const other = await plantJson(t.path, { ...valid, salt: Buffer.alloc(32, 1).toString('base64') });
+    const keys = await listKeys(backendOf(t.path), t.repo.key);
+    expect(keys.find((k) => k.id === other)?.damaged).toMatch(/cannot be opened: key metadata failed authentication/);
+  });
+
+  it('opens a format 1 key file in a format 2 repository, and a format 2 key file is refused a format 1 config', async () => {
+    const { t } = await setup(2);
+    const v1 = await createTestRepository({ version: 1 });
+    try {
+      // A format 2 key for the v1 repository's master key, planted there: its config must not open with it.
+      const { writeKey } = await import('./keys.js');
+      const { systemClock } = await import('../util/clock.js');
+      for (const f of await readdir(join(v1.path, 'keys'))) await unlink(join(v1.path, 'keys', f));
+      await writeKey(backendOf(v1.path), v1.repo.key, TEST_PASSWORD, systemClock, CHEAP_KDF, 2);
+      await expect(v1.reopen()).rejects.toThrow(/sealed as format 1 but the key file was made for format 2: a forged or rolled-back config/);
+    } finally {
+      await v1.cleanup();
+    }
+    expect((await t.reopen()).config.version).toBe(2);
   });
 });
 

@@ -6,20 +6,35 @@ import type { Backend, FileInfo } from '../storage/backend.js';
 import { BulwarkError, unable } from '../util/errors.js';
 import type { Clock } from '../util/clock.js';
 import { deriveKey, seal, unseal, type MasterKey, type ScryptParams } from './crypto.js';
-import { KEY_BYTES, SEAL_OVERHEAD } from './format.js';
+import { KEY_BYTES, SEAL_OVERHEAD, V2_SEAL_OVERHEAD, type FormatVersion } from './format.js';
+import { sealDocument, sealerFor, unsealDocument, v2AssociatedData } from './sealer.js';
+import { Xaes } from './xaes.js';
 
+/**
+ * Version 1 (repositories of format 1): created, hostname and username in clear; `data` is
+ * AES-256-GCM(derived, JSON {encrypt, id}). Version 2: nothing but the KDF in clear; `data` is
+ * XAES-256-GCM(derived, JSON {encrypt, id, format}) bound to "key" and the salt, and `meta` the
+ * creation time, host and user sealed with the repository's own sealing key (so anyone who opens the
+ * repository can list who made each key, and nobody else).
+ */
 export interface KeyFile {
-  version: 1;
-  created: string;
-  hostname: string;
-  username: string;
+  version: 1 | 2;
+  created?: string;
+  hostname?: string;
+  username?: string;
   kdf: 'scrypt';
   N: number;
   r: number;
   p: number;
   salt: string;
-  /** base64 of seal(derivedKey, JSON {encrypt, id} with base64 keys) */
   data: string;
+  meta?: string;
+}
+
+interface KeyMeta {
+  created: string;
+  hostname: string;
+  username: string;
 }
 
 export interface KeyInfo {
@@ -41,6 +56,10 @@ export interface OpenedKey {
   master: MasterKey;
   keyId: string;
   skipped: SkippedKey[];
+  /** Key file version 2 records the repository format it was made for; a version 1 key file says nothing. */
+  format: FormatVersion | undefined;
+  /** Version of the key file that opened. */
+  keyVersion: 1 | 2;
 }
 
 const MiB = 1024 * 1024;
@@ -138,33 +157,40 @@ export async function calibrateKdf(targetMs = CALIBRATE_TARGET_MS): Promise<Scry
   return { ...probe, p: Math.min(maxP, Math.max(1, Math.ceil(targetMs / ms))) };
 }
 
-/** Seals the master key under `password` in a new key file; `params` default to calibrateKdf(). */
-export async function writeKey(backend: Backend, master: MasterKey, password: string, clock: Clock, params?: ScryptParams): Promise<string> {
+function currentUser(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return 'unknown'; // no passwd entry for this uid
+  }
+}
+
+/**
+ * Seals the master key under `password` in a new key file of the layout that goes with the repository's
+ * format; `params` default to calibrateKdf().
+ */
+export async function writeKey(backend: Backend, master: MasterKey, password: string, clock: Clock, params: ScryptParams | undefined, format: FormatVersion): Promise<string> {
   params ??= await calibrateKdf();
   if (password.length === 0) throw new BulwarkError('usage', 'empty passwords are not allowed', { hint: 'choose a password of at least one character (better: a long passphrase)' });
   validateKdfParams(params);
   const salt = randomBytes(32);
   const derived = await deriveKey(password, salt, params);
-  const payload = Buffer.from(JSON.stringify({ encrypt: master.encrypt.toString('base64'), id: master.id.toString('base64') }));
-  let username = 'unknown';
-  try {
-    username = userInfo().username;
-  } catch {
-    // no passwd entry for this uid: keep 'unknown'
+  const meta: KeyMeta = { created: clock.now().toISOString(), hostname: hostname(), username: currentUser() };
+  // Only the three numbers: a params object with more fields must not leak them into the file.
+  const kdf = { kdf: 'scrypt' as const, N: params.N, r: params.r, p: params.p, salt: salt.toString('base64') };
+  let file: KeyFile;
+  if (format === 1) {
+    const payload = Buffer.from(JSON.stringify({ encrypt: master.encrypt.toString('base64'), id: master.id.toString('base64') }));
+    file = { version: 1, ...meta, ...kdf, data: seal(derived, payload).toString('base64') };
+  } else {
+    const payload = Buffer.from(JSON.stringify({ encrypt: master.encrypt.toString('base64'), id: master.id.toString('base64'), format }));
+    file = {
+      version: 2,
+      ...kdf,
+      data: new Xaes(derived).seal(payload, v2AssociatedData('key', salt)).toString('base64'),
+      meta: sealDocument(sealerFor(2, master), 'key-meta', meta, salt).toString('base64'),
+    };
   }
-  const file: KeyFile = {
-    version: 1,
-    created: clock.now().toISOString(),
-    hostname: hostname(),
-    username,
-    kdf: 'scrypt',
-    // Only the three numbers: a params object with more fields must not leak them into the file.
-    N: params.N,
-    r: params.r,
-    p: params.p,
-    salt: salt.toString('base64'),
-    data: seal(derived, payload).toString('base64'),
-  };
   const bytes = Buffer.from(JSON.stringify(file, null, 1));
   const name = createHash('sha256').update(bytes).digest('hex');
   await backend.save({ type: 'keys', name }, bytes);
@@ -207,20 +233,23 @@ function parseKeyFile(bytes: Buffer): { key: ParsedKey; raw: Record<string, unkn
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return { reason: 'is not a JSON object' };
   const k = raw as Record<string, unknown>;
   const fail = (reason: string): { reason: string; raw: Record<string, unknown> } => ({ reason, raw: k });
-  if (k.version !== 1) return fail(`has unsupported version ${JSON.stringify(k.version)}`);
+  if (k.version !== 1 && k.version !== 2) return fail(`has unsupported version ${JSON.stringify(k.version)}`);
   if (k.kdf !== 'scrypt') return fail(`has unsupported kdf ${JSON.stringify(k.kdf)}`);
   const problem = kdfParamsProblem({ N: k.N, r: k.r, p: k.p });
   if (problem !== undefined) return fail(problem);
   const salt = decodeBase64(k.salt, 'salt', KDF_LIMITS.minSaltBytes, KDF_LIMITS.maxSaltBytes);
   if (typeof salt === 'string') return fail(salt);
-  const sealed = decodeBase64(k.data, 'data', SEAL_OVERHEAD + 1, KDF_LIMITS.maxSealedBytes);
+  const sealed = decodeBase64(k.data, 'data', (k.version === 1 ? SEAL_OVERHEAD : V2_SEAL_OVERHEAD) + 1, KDF_LIMITS.maxSealedBytes);
   if (typeof sealed === 'string') return fail(sealed);
-  const file: KeyFile = { version: 1, kdf: 'scrypt', ...metadata(k), N: k.N as number, r: k.r as number, p: k.p as number, salt: k.salt as string, data: k.data as string };
-  return { key: { file, salt, sealed }, raw: k };
+  const kdf = { kdf: 'scrypt' as const, N: k.N as number, r: k.r as number, p: k.p as number, salt: k.salt as string, data: k.data as string };
+  if (k.version === 1) return { key: { file: { version: 1, ...metadata(k), ...kdf }, salt, sealed }, raw: k };
+  const meta = decodeBase64(k.meta, 'meta', V2_SEAL_OVERHEAD + 1, KDF_LIMITS.maxSealedBytes);
+  if (typeof meta === 'string') return fail(meta);
+  return { key: { file: { version: 2, ...kdf, meta: k.meta as string }, salt, sealed }, raw: k };
 }
 
 /** The master key from a decrypted payload, or why it is not one. */
-function parsePayload(payload: Buffer): MasterKey | string {
+function parsePayload(payload: Buffer): { master: MasterKey; format: FormatVersion | undefined } | string {
   let k: unknown;
   try {
     k = JSON.parse(payload.toString('utf8'));
@@ -233,7 +262,9 @@ function parsePayload(payload: Buffer): MasterKey | string {
   if (typeof e === 'string') return `decrypts, but its ${e}`;
   const i = decodeBase64(id, 'payload field id', KEY_BYTES, KEY_BYTES);
   if (typeof i === 'string') return `decrypts, but its ${i}`;
-  return { encrypt: e, id: i };
+  const { format } = k as Record<string, unknown>;
+  if (format !== undefined && format !== 1 && format !== 2) return `decrypts, but names an unknown repository format ${JSON.stringify(format)}`;
+  return { master: { encrypt: e, id: i }, format };
 }
 
 /** Loads a key file, or says why not; undefined when it was removed since the listing. */
@@ -288,17 +319,17 @@ export async function openWithPassword(backend: Backend, password: string): Prom
     tried++;
     let payload: Buffer;
     try {
-      payload = unseal(derived, sealed, `key ${name}`);
+      payload = file.version === 1 ? unseal(derived, sealed, `key ${name}`) : new Xaes(derived).open(sealed, v2AssociatedData('key', salt));
     } catch {
       continue; // not this password
     }
-    const master = parsePayload(payload);
-    if (typeof master === 'string') {
-      skipped.push({ name, reason: master });
-      openedDamaged.push({ name, reason: master });
+    const parsed = parsePayload(payload);
+    if (typeof parsed === 'string') {
+      skipped.push({ name, reason: parsed });
+      openedDamaged.push({ name, reason: parsed });
       continue;
     }
-    return { master, keyId: name, skipped };
+    return { master: parsed.master, format: parsed.format, keyId: name, skipped, keyVersion: file.version };
   }
   if (openedDamaged.length > 0) {
     throw new BulwarkError('repository-corrupt', `the password opens ${openedDamaged.length === 1 ? 'a key file' : 'key files'} whose contents are damaged: ${describeSkipped(openedDamaged)}`, {
@@ -313,8 +344,22 @@ export async function openWithPassword(backend: Backend, password: string): Prom
   });
 }
 
-/** All key files, oldest first; ones that cannot be used are listed last, with `damaged` saying why. */
-export async function listKeys(backend: Backend): Promise<KeyInfo[]> {
+/** Creation time, host and user of a version 2 key file, opened with the repository's master key. */
+function sealedMetadata(file: KeyFile, salt: Buffer, master: MasterKey | undefined): Pick<KeyInfo, 'created' | 'hostname' | 'username'> | string {
+  if (!master) return 'sealed';
+  try {
+    const m = unsealDocument<KeyMeta>(sealerFor(2, master), 'key-meta', Buffer.from(file.meta ?? '', 'base64'), 'key metadata', salt);
+    return metadata(m as unknown as Record<string, unknown>);
+  } catch (err) {
+    return err instanceof Error ? err.message : String(err);
+  }
+}
+
+/**
+ * All key files, oldest first; ones that cannot be used are listed last, with `damaged` saying why.
+ * The details of version 2 key files are sealed: `master` opens them.
+ */
+export async function listKeys(backend: Backend, master?: MasterKey): Promise<KeyInfo[]> {
   const good: KeyInfo[] = [];
   const bad: KeyInfo[] = [];
   for await (const f of backend.list('keys')) {
@@ -326,8 +371,10 @@ export async function listKeys(backend: Backend): Promise<KeyInfo[]> {
     }
     const parsed = parseKeyFile(bytes);
     if ('key' in parsed) {
-      const { created, hostname: host, username } = parsed.key.file;
-      good.push({ id: f.name, created, hostname: host, username });
+      const { file, salt } = parsed.key;
+      const meta = file.version === 1 ? metadata(file as unknown as Record<string, unknown>) : sealedMetadata(file, salt, master);
+      if (typeof meta === 'string') bad.push({ id: f.name, created: '?', hostname: '?', username: '?', damaged: `its details cannot be opened: ${meta}` });
+      else good.push({ id: f.name, ...meta });
     } else {
       const meta = parsed.raw ? metadata(parsed.raw) : { created: '?', hostname: '?', username: '?' };
       bad.push({ id: f.name, ...meta, damaged: parsed.reason });

@@ -53,7 +53,7 @@ describe('Repository', () => {
     expect(ea.ulen).toBe(text.length);
     expect(ea.length).toBeLessThan(text.length / 20);
     expect(eb.ulen).toBe(0);
-    expect(eb.length).toBe(noise.length + 28);
+    expect(eb.length).toBe(noise.length + 40);
   });
 
   it('writes packs whose own header lists their blobs (so an index can be rebuilt)', async () => {
@@ -62,7 +62,7 @@ describe('Repository', () => {
     await t.repo.flush();
     const e = t.repo.index.lookup(id)!;
     const bytes = await t.repo.backend.load({ type: 'data', name: e.pack });
-    const entries = readPackHeader(t.repo.key.encrypt, bytes, e.pack);
+    const entries = readPackHeader(t.repo.sealer, bytes, e.pack);
     expect(entries).toEqual([{ type: 'tree', id, offset: 0, length: e.length, ulen: e.ulen }]);
   });
 

@@ -4,32 +4,35 @@
 // only after the pack is durable, and a snapshot is written only after flush() made every blob it
 // references durable and indexed. A crash at any point leaves unreferenced packs (removed by prune),
 // never a snapshot that points at missing data.
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, randomInt } from 'node:crypto';
 import type { Backend, FileType } from '../storage/backend.js';
 import { Budget } from '../util/budget.js';
 import type { Clock } from '../util/clock.js';
 import { systemClock } from '../util/clock.js';
 import { BulwarkError, unable } from '../util/errors.js';
-import { blobId, newMasterKey, sealDocument, unseal, unsealDocument, type MasterKey } from './crypto.js';
+import { blobId, IntegrityError, newMasterKey, type MasterKey } from './crypto.js';
 import {
   DEFAULT_BLOCK_SIZE,
   DEFAULT_PACK_SIZE,
   DEFAULT_ZSTD_LEVEL,
   PACK_TRAILER_BYTES,
   REPOSITORY_VERSION,
-  SEAL_OVERHEAD as SEAL_BYTES,
+  SUPPORTED_VERSIONS,
+  V2_PACKERS_PER_TYPE,
   type BlobType,
+  type FormatVersion,
 } from './format.js';
 import type { FreshnessRecord } from './freshness.js';
 import { MasterIndex, validateIndexFile, type IndexEntry, type IndexFile } from './index.js';
 import { openWithPassword, writeKey } from './keys.js';
 import { buildPack, parsePackHeader, type PackBlob, type PackEntry } from './pack.js';
+import { OtherFormatObjectError, sealDocument, sealerFor, unsealDocument, type Sealer } from './sealer.js';
 import { MAX_TREE_BYTES } from './tree.js';
 import { decompressBounded } from './zstd.js';
 import { BlobWorkers } from './workers.js';
 
 export interface RepositoryConfig {
-  version: number;
+  version: FormatVersion;
   id: string;
   created: string;
   chunker: { seed: string; minSize: number; avgSize: number; maxSize: number };
@@ -46,6 +49,8 @@ export interface InitOptions {
   chunker?: { minSize: number; avgSize: number; maxSize: number };
   /** Lower scrypt cost, for tests only. */
   kdf?: { N: number; r: number; p: number };
+  /** Format version; the newest unless a repository for older Bulwark versions is wanted. */
+  version?: FormatVersion;
 }
 
 export interface OpenOptions {
@@ -69,6 +74,9 @@ export class RepositoryNotFoundError extends BulwarkError {
     });
   }
 }
+
+/** Sealed documents other than the config. */
+export type DocType = Exclude<FileType, 'config' | 'keys' | 'data'>;
 
 const INDEX_PACKS_PER_FILE = 64;
 /** Largest plaintext of a data blob a reader accepts: well above any chunk or block size we write. */
@@ -119,10 +127,24 @@ const TREE_CACHE_BYTES = 64 * 1024 * 1024;
 /** Bookkeeping charged per blob on top of its bytes. */
 const BLOB_OVERHEAD = 256;
 
+interface Packer {
+  type: BlobType;
+  slot: number;
+  blobs: PackBlob[];
+  bytes: number;
+  budget: number;
+}
+
 export class Repository {
   readonly index = new MasterIndex();
+  /** Seals and opens this repository's objects, as its format version says. */
+  readonly sealer: Sealer;
   private readonly workers: BlobWorkers;
-  private readonly packers = new Map<BlobType, { blobs: PackBlob[]; bytes: number; budget: number }>();
+  /**
+   * Packs being filled. Format 1 fills one per type in arrival order; format 2 fills several per type
+   * and sends each blob to one at random, so a pack's size is not the sum of consecutive chunks.
+   */
+  private readonly packers = new Map<string, Packer>();
   private readonly pendingBlobs = new Set<string>();
   private readonly pendingIndex: IndexFile['packs'] = [];
   private readonly tasks = new Set<Promise<void>>();
@@ -139,6 +161,8 @@ export class Repository {
   readonly forgotten = new Set<string>();
   /** This host's record of the snapshots it saw (rollback detection); set by the CLI. */
   freshness: FreshnessRecord | undefined;
+  /** Layout version of the key file that opened the repository (format 2 seals its details). */
+  keyFileVersion: 1 | 2 = 2;
   /** Every blob a backup reuses is read and checked first; a damaged one is stored again. */
   verifyReused = false;
   private readonly verified = new Set<string>();
@@ -150,19 +174,34 @@ export class Repository {
     readonly config: RepositoryConfig,
     readonly clock: Clock,
     workers?: number,
+    /** False for a view (withFormat) that shares another Repository's backend. */
+    private readonly ownsBackend = true,
   ) {
-    this.workers = new BlobWorkers(key, config.zstdLevel, workers);
+    this.sealer = sealerFor(config.version, key);
+    this.workers = new BlobWorkers(this.sealer, key.id, config.zstdLevel, workers);
     // One pack being filled plus room for blobs being sealed. More buys no speed (measured: 160, 64
     // and 32 MiB back up a 2 GiB image equally fast; peak RSS 400 MB at 64, 320 MB at 32) and costs
     // memory. Partial packs that hold the budget are written early (makeRoom).
     this.budget = new Budget(config.packSize + 16 * 1024 * 1024);
   }
 
+  /**
+   * The same repository (backend, keys, settings) seen as another format version, before its config says
+   * so: `migrate` writes the new format's objects through it. Closing it leaves the backend open.
+   */
+  withFormat(version: FormatVersion): Repository {
+    const view = new Repository(this.backend, this.key, this.keyId, { ...this.config, version }, this.clock, undefined, false);
+    view.onWarning = this.onWarning;
+    return view;
+  }
+
   static async init(backend: Backend, password: string, opts: InitOptions = {}): Promise<Repository> {
     const clock = opts.clock ?? systemClock;
     const master = newMasterKey();
+    const version = opts.version ?? (REPOSITORY_VERSION as FormatVersion);
+    if (!SUPPORTED_VERSIONS.includes(version)) throw new BulwarkError('usage', `repository format version ${version} does not exist`, { hint: `choose one of ${SUPPORTED_VERSIONS.join(', ')}` });
     const config: RepositoryConfig = {
-      version: REPOSITORY_VERSION,
+      version,
       id: randomBytes(32).toString('hex'),
       created: clock.now().toISOString(),
       chunker: { seed: randomBytes(32).toString('hex'), ...(opts.chunker ?? { minSize: 512 * 1024, avgSize: 1024 * 1024, maxSize: 8 * 1024 * 1024 }) },
@@ -171,10 +210,10 @@ export class Repository {
       packSize: opts.packSize ?? DEFAULT_PACK_SIZE,
     };
     await backend.create();
-    const keyId = await writeKey(backend, master, password, clock, opts.kdf);
+    const keyId = await writeKey(backend, master, password, clock, opts.kdf, version);
     // The config is written last: a repository without config is not a repository, so an interrupted
     // init never leaves something that half-opens.
-    await backend.save({ type: 'config', name: '' }, sealDocument(master.encrypt, config));
+    await backend.save({ type: 'config', name: '' }, sealDocument(sealerFor(version, master), 'config', config));
     return new Repository(backend, master, keyId, config, clock);
   }
 
@@ -185,17 +224,44 @@ export class Repository {
     for (const s of opened.skipped) {
       opts.onWarning?.(`key file ${s.name.slice(0, 8)} is damaged and was skipped: ${s.reason}`);
     }
-    const config = unsealDocument<RepositoryConfig>(master.encrypt, await backend.load({ type: 'config', name: '' }), 'repository config');
+    const config = await Repository.loadConfig(backend, master, opened.format);
+    validateConfig(config);
+    const repo = new Repository(backend, master, keyId, config, opts.clock ?? systemClock, opts.workers);
+    repo.keyFileVersion = opened.keyVersion;
+    if (opts.onWarning) repo.onWarning = opts.onWarning;
+    return repo;
+  }
+
+  /**
+   * Reads the config, sealed as format 2 (bound to "config") or format 1 (bound to nothing), and checks
+   * that it names the format it is sealed in. A key file made for format 2 never opens a format 1
+   * config: otherwise someone who kept an old format 1 object could downgrade the repository to the
+   * format that cannot tell documents from data.
+   */
+  static async loadConfig(backend: Backend, master: MasterKey, keyFormat: FormatVersion | undefined): Promise<RepositoryConfig> {
+    const bytes = await backend.load({ type: 'config', name: '' });
+    let config: RepositoryConfig;
+    let sealedAs: FormatVersion = 2;
+    try {
+      config = unsealDocument<RepositoryConfig>(sealerFor(2, master), 'config', bytes, 'repository config');
+    } catch (err) {
+      if (!(err instanceof IntegrityError)) throw err;
+      sealedAs = 1;
+      config = unsealDocument<RepositoryConfig>(sealerFor(1, master), 'config', bytes, 'repository config');
+    }
     if (typeof config !== 'object' || config === null || typeof config.version !== 'number') throw new BulwarkError('repository-corrupt', 'the repository config is damaged (no format version)');
-    if (config.version !== REPOSITORY_VERSION) {
-      throw new BulwarkError('failed', `repository format version ${config.version} is not supported by this Bulwark (supports ${REPOSITORY_VERSION})`, {
+    if (!SUPPORTED_VERSIONS.includes(config.version)) {
+      throw new BulwarkError('failed', `repository format version ${config.version} is not supported by this Bulwark (supports ${SUPPORTED_VERSIONS.join(', ')})`, {
         hint: 'upgrade Bulwark',
       });
     }
-    validateConfig(config);
-    const repo = new Repository(backend, master, keyId, config, opts.clock ?? systemClock, opts.workers);
-    if (opts.onWarning) repo.onWarning = opts.onWarning;
-    return repo;
+    if (config.version !== sealedAs || (keyFormat !== undefined && keyFormat > sealedAs)) {
+      const why = config.version !== sealedAs ? `says format ${config.version}` : `the key file was made for format ${keyFormat}`;
+      throw new BulwarkError('repository-corrupt', `the repository config is sealed as format ${sealedAs} but ${why}: a forged or rolled-back config`, {
+        hint: 'restore the config file from a copy of the repository; do not back up to it until then',
+      });
+    }
+    return config;
   }
 
   /**
@@ -249,6 +315,7 @@ export class Repository {
           this.index.addFile(file);
         } catch (err) {
           if (this.backend.isNotFound(err)) continue; // removed since it was listed (a repair or prune)
+          if (err instanceof OtherFormatObjectError) continue;
           if (!(err instanceof BulwarkError) || err.code !== 'repository-corrupt') throw err;
           damaged.push({ name, reason: err.message });
         }
@@ -268,6 +335,7 @@ export class Repository {
         this.index.addFile(packIndexFile(f.name, entries));
         found++;
       } catch (err) {
+        if (err instanceof OtherFormatObjectError) continue;
         if (!(err instanceof BulwarkError)) throw err;
         onDamaged?.(f.name, err.message);
       }
@@ -282,7 +350,29 @@ export class Repository {
     const hlen = trailer.readUInt32LE(0);
     if (hlen > size - PACK_TRAILER_BYTES) throw new BulwarkError('repository-corrupt', `pack ${pack} has an invalid header length`);
     const header = await this.loadRange(pack, size - PACK_TRAILER_BYTES - hlen, hlen);
-    return parsePackHeader(this.key.encrypt, header, pack, size - PACK_TRAILER_BYTES - hlen);
+    try {
+      return parsePackHeader(this.sealer, header, pack, size - PACK_TRAILER_BYTES - hlen);
+    } catch (err) {
+      if (err instanceof IntegrityError && this.opensAsOtherFormat('pack-header', header)) throw new OtherFormatObjectError(`pack ${pack}`, this.otherSealer.version);
+      throw err;
+    }
+  }
+
+  private otherSealerCache: Sealer | undefined;
+  /** The sealer of the other format version, to recognise what an upgrade left behind. */
+  get otherSealer(): Sealer {
+    this.otherSealerCache ??= sealerFor(this.sealer.version === 2 ? 1 : 2, this.key);
+    return this.otherSealerCache;
+  }
+
+  /** Whether these sealed bytes authenticate under the other format version (never accepted, only recognised). */
+  opensAsOtherFormat(purpose: 'pack-header' | DocType, sealed: Uint8Array): boolean {
+    try {
+      this.otherSealer.open(purpose, sealed, 'object');
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   blobId(plain: Uint8Array): string {
@@ -316,7 +406,7 @@ export class Repository {
       (async () => {
         let held = cost;
         try {
-          const { sealed, ulen } = await this.workers.seal(plain, true);
+          const { sealed, ulen } = await this.workers.seal(plain, true, this.sealer.ad(type, Buffer.from(id, 'hex')));
           const kept = Math.min(held, sealed.length + BLOB_OVERHEAD);
           this.budget.release(held - kept);
           held = 0; // the packer owns the charge from here; writePack releases it, also on failure
@@ -354,7 +444,7 @@ export class Repository {
   private async loadCopy(type: BlobType, id: string, e: IndexEntry): Promise<Buffer> {
     const limit = maxBlobBytes(type);
     if (e.type !== type) throw new BulwarkError('repository-corrupt', `${type} blob ${id} is indexed as a ${e.type} blob`);
-    if (e.ulen > limit || (e.ulen === 0 && e.length - SEAL_BYTES > limit)) throw new BulwarkError('repository-corrupt', `${type} blob ${id} is larger than a ${type} blob may be`);
+    if (e.ulen > limit || (e.ulen === 0 && e.length - this.sealer.overhead > limit)) throw new BulwarkError('repository-corrupt', `${type} blob ${id} is larger than a ${type} blob may be`);
     let plain: Buffer;
     let actualId: string;
     if (e.type === 'tree' || e.length <= INLINE_OPEN_BYTES) {
@@ -364,11 +454,11 @@ export class Repository {
       const pack = e.type === 'tree' ? await this.treePack(e.pack) : undefined;
       const sealed = pack ? pack.subarray(e.offset, e.offset + e.length) : await this.loadRange(e.pack, e.offset, e.length);
       if (sealed.length !== e.length) throw new BulwarkError('repository-corrupt', `pack ${e.pack} is shorter than the index says`);
-      const body = unseal(this.key.encrypt, sealed, `${type} blob ${id}`);
+      const body = this.sealer.open(type, sealed, `${type} blob ${id}`, Buffer.from(id, 'hex'));
       plain = e.ulen > 0 ? decompressBounded(body, limit, `${type} blob ${id}`, e.ulen) : body;
       actualId = this.blobId(plain);
     } else {
-      ({ plain, id: actualId } = await this.workers.open(await this.loadRange(e.pack, e.offset, e.length), e.ulen, `${type} blob ${id}`));
+      ({ plain, id: actualId } = await this.workers.open(await this.loadRange(e.pack, e.offset, e.length), e.ulen, `${type} blob ${id}`, this.sealer.ad(type, Buffer.from(id, 'hex'))));
     }
     // A blob is only trusted if it hashes back to its id: catches damage that still authenticates
     // (a wrong blob at a valid position, e.g. a broken index).
@@ -437,36 +527,38 @@ export class Repository {
    */
   private async relievePressure(): Promise<void> {
     while (this.budget.contended) {
-      let fullest: [BlobType, number] | undefined;
+      let fullest: Packer | undefined;
       let parked = 0;
-      for (const [type, p] of this.packers) {
+      for (const p of this.packers.values()) {
         parked += p.budget;
-        if (!fullest || p.budget > fullest[1]) fullest = [type, p.budget];
+        if (!fullest || p.budget > fullest.budget) fullest = p;
       }
       // Mostly blobs still being sealed: they release their plaintext charge soon.
       if (!fullest || parked < this.budget.limitBytes / 2) return;
-      await this.writePack(fullest[0]);
+      await this.writePack(fullest);
     }
   }
 
   private async addToPacker(blob: PackBlob, cost: number): Promise<void> {
-    let p = this.packers.get(blob.type);
+    const slot = this.sealer.version === 2 ? randomInt(V2_PACKERS_PER_TYPE) : 0;
+    const key = `${blob.type}:${slot}`;
+    let p = this.packers.get(key);
     if (!p) {
-      p = { blobs: [], bytes: 0, budget: 0 };
-      this.packers.set(blob.type, p);
+      p = { type: blob.type, slot, blobs: [], bytes: 0, budget: 0 };
+      this.packers.set(key, p);
     }
     p.blobs.push(blob);
     p.bytes += blob.sealed.length;
     p.budget += cost;
-    if (p.bytes >= this.config.packSize) await this.writePack(blob.type);
+    if (p.bytes >= this.config.packSize) await this.writePack(p);
     else await this.relievePressure();
   }
 
-  private async writePack(type: BlobType): Promise<void> {
-    const p = this.packers.get(type);
-    if (!p || p.blobs.length === 0) return;
-    this.packers.delete(type);
-    const pack = buildPack(this.key.encrypt, p.blobs);
+  private async writePack(p: Packer): Promise<void> {
+    const key = `${p.type}:${p.slot}`;
+    if (this.packers.get(key) !== p || p.blobs.length === 0) return;
+    this.packers.delete(key);
+    const pack = buildPack(this.sealer, p.blobs);
     try {
       await this.backend.save({ type: 'data', name: pack.id }, pack.bytes);
     } catch (err) {
@@ -503,7 +595,7 @@ export class Repository {
   async flush(): Promise<void> {
     while (this.tasks.size > 0) await Promise.all([...this.tasks]);
     this.throwIfFailed();
-    for (const type of [...this.packers.keys()]) await this.writePack(type);
+    for (const p of [...this.packers.values()]) await this.writePack(p);
     while (this.tasks.size > 0) await Promise.all([...this.tasks]);
     this.throwIfFailed();
     await this.writeIndex();
@@ -511,8 +603,8 @@ export class Repository {
 
   // ---- sealed documents: index, snapshots, locks ----
 
-  async saveDocument(type: Exclude<FileType, 'config' | 'keys' | 'data'>, doc: unknown): Promise<string> {
-    const bytes = sealDocument(this.key.encrypt, doc);
+  async saveDocument(type: DocType, doc: unknown): Promise<string> {
+    const bytes = sealDocument(this.sealer, type, doc);
     const name = createHash('sha256').update(bytes).digest('hex');
     try {
       await this.backend.save({ type, name }, bytes);
@@ -522,23 +614,28 @@ export class Repository {
     return name;
   }
 
-  async loadDocument<T>(type: Exclude<FileType, 'config' | 'keys' | 'data'>, name: string): Promise<T> {
+  async loadDocument<T>(type: DocType, name: string): Promise<T> {
     const bytes = await this.backend.load({ type, name });
     if (createHash('sha256').update(bytes).digest('hex') !== name) {
       throw new BulwarkError('repository-corrupt', `${type} file ${name} does not match its name (damaged)`, { hint: "run 'bulwark check'" });
     }
-    return unsealDocument<T>(this.key.encrypt, bytes, `${type} file ${name}`);
+    try {
+      return unsealDocument<T>(this.sealer, type, bytes, `${type} file ${name}`);
+    } catch (err) {
+      if (err instanceof IntegrityError && this.opensAsOtherFormat(type, bytes)) throw new OtherFormatObjectError(`${type} file ${name}`, this.otherSealer.version);
+      throw err;
+    }
   }
 
   async addKey(password: string, kdf?: InitOptions['kdf']): Promise<string> {
-    return writeKey(this.backend, this.key, password, this.clock, kdf);
+    return writeKey(this.backend, this.key, password, this.clock, kdf, this.config.version);
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await this.workers.close();
-    await this.backend.close();
+    if (this.ownsBackend) await this.backend.close();
   }
 }
 

@@ -2,6 +2,7 @@
 import { BulwarkError } from '../util/errors.js';
 import type { FreshnessRecord } from './freshness.js';
 import type { Repository } from './repository.js';
+import { OtherFormatObjectError } from './sealer.js';
 
 export type Consistency = 'application' | 'filesystem' | 'crash';
 
@@ -83,7 +84,8 @@ export interface SnapshotFilter {
   source?: string;
 }
 
-type SnapshotReader = Pick<Repository, 'backend' | 'loadDocument'> & { onWarning?: (message: string) => void; freshness?: FreshnessRecord | undefined; forgotten?: ReadonlySet<string> };
+type SnapshotReader = Pick<Repository, 'backend' | 'loadDocument'> & {
+  config?: { version: number }; onWarning?: (message: string) => void; freshness?: FreshnessRecord | undefined; forgotten?: ReadonlySet<string> };
 
 const HEX_ID = /^[0-9a-f]{64}$/;
 
@@ -113,17 +115,23 @@ export interface SnapshotListing {
   snapshots: SnapshotWithId[];
   /** Snapshot files that could not be read or are malformed: named, never fatal. */
   damaged: { id: string; reason: string }[];
+  /** Snapshot files of the other format version, made by an upgrade (`migrate`) that has not finished. */
+  otherFormat: number;
 }
 
 /** Reads every snapshot record that can be read; the others are returned by name with the reason. */
 export async function readSnapshots(repo: SnapshotReader): Promise<SnapshotListing> {
-  const out: SnapshotListing = { snapshots: [], damaged: [] };
+  const out: SnapshotListing = { snapshots: [], damaged: [], otherFormat: 0 };
   for await (const f of repo.backend.list('snapshots')) {
     let sn: Snapshot;
     try {
       sn = await repo.loadDocument<Snapshot>('snapshots', f.name);
     } catch (err) {
       if (repo.backend.isNotFound(err)) continue; // removed since it was listed
+      if (err instanceof OtherFormatObjectError) {
+        out.otherFormat++;
+        continue;
+      }
       if (!(err instanceof BulwarkError) || err.code !== 'repository-corrupt') throw err;
       out.damaged.push({ id: f.name, reason: err.message });
       continue;
@@ -136,8 +144,9 @@ export async function readSnapshots(repo: SnapshotReader): Promise<SnapshotListi
   if (repo.freshness) {
     // Damaged records are still there (not rolled back): they count as present, dated the epoch.
     const seen = [...out.snapshots.map((s) => ({ id: s.id, time: s.time })), ...out.damaged.map((d) => ({ id: d.id, time: new Date(0).toISOString() }))];
-    for (const w of await repo.freshness.observe(seen, repo.forgotten)) repo.onWarning?.(w);
+    for (const w of await repo.freshness.observe(seen, repo.forgotten, repo.config?.version)) repo.onWarning?.(w);
   }
+  if (out.otherFormat > 0) repo.onWarning?.(`${out.otherFormat} snapshot file(s) belong to an unfinished upgrade of the repository's format; run 'bulwark migrate' to finish it`);
   return out;
 }
 

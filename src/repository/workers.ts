@@ -3,6 +3,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { IntegrityError } from './crypto.js';
+import type { Sealer } from './sealer.js';
 
 interface Pending {
   resolve(v: WorkerReply): void;
@@ -48,7 +49,8 @@ export class BlobWorkers {
   private closed = false;
 
   constructor(
-    private readonly key: { encrypt: Buffer; id: Buffer },
+    private readonly sealer: Sealer,
+    private readonly idKey: Buffer,
     private readonly zstdLevel: number,
     private readonly threads = Math.max(1, Math.min(availableParallelism(), 8)),
   ) {}
@@ -57,7 +59,9 @@ export class BlobWorkers {
   private start(): void {
     const url = new URL('./blob-worker.js', import.meta.url);
     for (let i = 0; i < this.threads; i++) {
-      const worker = new Worker(url, { workerData: { encKey: new Uint8Array(this.key.encrypt), idKey: new Uint8Array(this.key.id), zstdLevel: this.zstdLevel } });
+      const worker = new Worker(url, {
+        workerData: { format: this.sealer.version, encKey: new Uint8Array(this.sealer.workerKey), idKey: new Uint8Array(this.idKey), zstdLevel: this.zstdLevel },
+      });
       worker.unref();
       const slot: Slot = { worker, busy: 0 };
       worker.on('message', (msg: WorkerReply) => {
@@ -77,16 +81,19 @@ export class BlobWorkers {
     return this.threads;
   }
 
-  /** Compresses (when asked and worthwhile) and seals. The caller keeps its buffer: the bytes are copied. */
-  async seal(data: Uint8Array, compress: boolean): Promise<SealResult> {
-    const r = await this.post({ op: 'seal', data: owned(data), compress }, 'seal blob');
+  /**
+   * Compresses (when asked and worthwhile) and seals, with `ad` as associated data (format 2). The
+   * caller keeps its buffer: the bytes are copied.
+   */
+  async seal(data: Uint8Array, compress: boolean, ad: Uint8Array | null): Promise<SealResult> {
+    const r = await this.post({ op: 'seal', data: owned(data), compress, ad }, 'seal blob');
     const s = r.sealed!;
     return { sealed: Buffer.from(s.buffer, s.byteOffset, s.byteLength), ulen: r.ulen ?? 0 };
   }
 
   /** Decrypts and decompresses; also returns the plaintext's blob id, computed in the worker. */
-  async open(sealed: Uint8Array, ulen: number, what: string): Promise<{ plain: Buffer; id: string }> {
-    const r = await this.post({ op: 'open', data: owned(sealed), ulen }, what);
+  async open(sealed: Uint8Array, ulen: number, what: string, ad: Uint8Array | null): Promise<{ plain: Buffer; id: string }> {
+    const r = await this.post({ op: 'open', data: owned(sealed), ulen, ad }, what);
     const p = r.plain!;
     return { plain: Buffer.from(p.buffer, p.byteOffset, p.byteLength), id: r.id! };
   }

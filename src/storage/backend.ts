@@ -3,7 +3,9 @@
 // Guarantees a backend must give, which the repository relies on:
 // - save() is atomic: a reader sees either no object or the whole object, never a part. Saving a name
 //   that exists with the same bytes succeeds (uploads are idempotent and retryable); objects are never
-//   modified after they are written, so the repository never asks to overwrite with other bytes.
+//   modified after they are written, so the repository never asks to overwrite with other bytes. The one
+//   exception is the config, which a format upgrade (`migrate`) replaces: saving it over an existing
+//   config must replace it atomically (a reader sees the old or the new one, never neither).
 // - After save() resolves the object is durable (fsync'd or acknowledged by the store) and visible to
 //   load/stat/list from any client (read-after-write).
 // - list() may run concurrently with saves by other writers; it returns some consistent subset.

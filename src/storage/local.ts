@@ -243,7 +243,8 @@ export class LocalBackend implements Backend {
       if (errnoCode(err) === 'ENOENT') return undefined;
       throw fsError('write', object, path, err, 'io');
     });
-    if (existing !== undefined) {
+    // The config is the one object that is replaced (by a format upgrade): the rename below does that atomically.
+    if (existing !== undefined && !(h.type === 'config' && existing.isFile())) {
       if (!existing.isFile() || existing.size !== data.length) {
         throw new BulwarkError('repository-corrupt', `unable to write ${object} '${path}': it exists with ${existing.isFile() ? `${existing.size} bytes, not ${data.length}` : 'a different kind (not a file)'}`, {
           hint: "run 'bulwark check'",

@@ -9,11 +9,11 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { compress } from 'zstd-napi';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { seal } from '../../src/repository/crypto.js';
 import { decodePage, encodePage } from '../../src/repository/fixed-index.js';
 import { MasterIndex, validateIndexFile, type IndexFile } from '../../src/repository/index.js';
 import { openWithPassword } from '../../src/repository/keys.js';
 import { buildPack, parsePackHeader } from '../../src/repository/pack.js';
+import { sealerFor } from '../../src/repository/sealer.js';
 import { validateConfig, type RepositoryConfig } from '../../src/repository/repository.js';
 import { snapshotProblem, type Snapshot } from '../../src/repository/snapshot.js';
 import { decodeTree, displayName, linkTarget, nodeName } from '../../src/repository/tree.js';
@@ -159,15 +159,15 @@ describe(`parsers under ${CASES} mutated inputs each`, () => {
     });
   });
 
-  it('pack header', async () => {
+  it.each([1, 2] as const)('pack header, format %i', async (version) => {
+    const sealer = sealerFor(version, { encrypt: KEY });
     const blobs = [0, 1, 2].map((i) => ({ type: 'data' as const, id: Buffer.alloc(32, i), sealed: Buffer.alloc(40 + i), ulen: i }));
-    const pack = buildPack(KEY, blobs);
+    const pack = buildPack(sealer, blobs);
     const hlen = pack.bytes.readUInt32LE(pack.bytes.length - 4);
     const dataEnd = pack.bytes.length - 4 - hlen;
     // The plaintext header, damaged, then sealed again: what a key holder could write.
-    const { unseal } = await import('../../src/repository/crypto.js');
-    const header = unseal(KEY, pack.bytes.subarray(dataEnd, pack.bytes.length - 4), 'h');
-    await fuzz('pack header', 5, (r) => seal(KEY, mutateBytes(header, r)), (sealed) => parsePackHeader(KEY, sealed, 'fuzz', dataEnd));
+    const header = sealer.open('pack-header', pack.bytes.subarray(dataEnd, pack.bytes.length - 4), 'h');
+    await fuzz(`pack header v${version}`, 5, (r) => sealer.seal('pack-header', mutateBytes(header, r)), (sealed) => parsePackHeader(sealer, sealed, 'fuzz', dataEnd));
   });
 
   it('fixed index page', async () => {
