@@ -9,6 +9,11 @@
 import { BulwarkError } from '../util/errors.js';
 import type { BlobType } from './format.js';
 
+/** What a repository tells the locks its process holds when it loads the index (prune.ts). */
+export interface IndexWatcher {
+  sawIndex(generation: number): Promise<void>;
+}
+
 export interface IndexEntry {
   pack: string;
   type: BlobType;
@@ -23,6 +28,12 @@ export interface IndexFile {
   packs: { id: string; type: BlobType; blobs: { id: string; offset: number; length: number; ulen: number }[] }[];
   /** Copies found damaged (by check): readers skip them and backups store those blobs again. */
   damaged?: { id: string; pack: string }[];
+  /**
+   * Written by prune, in one file with no packs: the packs it condemned, each with the generation that
+   * condemned it, and this file's generation (the highest). See prune.ts for why one file.
+   */
+  generation?: number;
+  obsolete?: { pack: string; generation: number }[];
 }
 
 const HEX_ID = /^[0-9a-f]{64}$/;
@@ -44,6 +55,11 @@ export function validateIndexFile(f: IndexFile, name: string): void {
   if (f.damaged !== undefined && (!Array.isArray(f.damaged) || !f.damaged.every((d) => typeof d?.id === 'string' && HEX_ID.test(d.id) && typeof d.pack === 'string' && HEX_ID.test(d.pack)))) {
     throw bad('the damaged list is invalid');
   }
+  const gen = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0;
+  if (f.generation !== undefined && !gen(f.generation)) throw bad('the prune generation is invalid');
+  if (f.obsolete !== undefined && (!Array.isArray(f.obsolete) || !f.obsolete.every((o) => typeof o?.pack === 'string' && HEX_ID.test(o.pack) && gen(o.generation)))) {
+    throw bad('the obsolete list is invalid');
+  }
 }
 
 export class MasterIndex {
@@ -53,6 +69,10 @@ export class MasterIndex {
   /** "id/pack" of copies known to be damaged. */
   private readonly bad = new Set<string>();
   private readonly packSizes = new Map<string, number>();
+  /** Packs prune condemned, with the generation that condemned them: their copies do not count as present. */
+  readonly obsolete = new Map<string, number>();
+  /** The highest prune generation among the index files loaded. */
+  generation = 0;
 
   get blobCount(): number {
     return this.blobs.size;
@@ -62,19 +82,27 @@ export class MasterIndex {
     return this.packSizes;
   }
 
-  /** The first copy not known to be damaged. */
-  lookup(id: string): IndexEntry | undefined {
-    const e = this.blobs.get(id);
-    if (!e || !this.bad.has(`${id}/${e.pack}`)) return e;
-    return this.copies.get(id)?.find((c) => !this.bad.has(`${id}/${c.pack}`));
+  private usable(id: string, c: IndexEntry): boolean {
+    return !this.bad.has(`${id}/${c.pack}`) && !this.obsolete.has(c.pack);
   }
 
-  /** Every copy, intact ones first, then those marked damaged (a last resort for reads). */
+  /** The first copy neither known to be damaged nor in a pack prune condemned. */
+  lookup(id: string): IndexEntry | undefined {
+    const e = this.blobs.get(id);
+    if (!e || this.usable(id, e)) return e;
+    return this.copies.get(id)?.find((c) => this.usable(id, c));
+  }
+
+  /**
+   * Every copy: usable ones first, then those in condemned packs (still there until a later prune
+   * removes them), then those marked damaged (a last resort for reads).
+   */
   locations(id: string): IndexEntry[] {
     const e = this.blobs.get(id);
     if (!e) return [];
     const all = [e, ...(this.copies.get(id) ?? [])];
-    return [...all.filter((c) => !this.bad.has(`${id}/${c.pack}`)), ...all.filter((c) => this.bad.has(`${id}/${c.pack}`))];
+    const rank = (c: IndexEntry): number => (this.bad.has(`${id}/${c.pack}`) ? 2 : this.obsolete.has(c.pack) ? 1 : 0);
+    return [...all].sort((a, b) => rank(a) - rank(b));
   }
 
   /** Present with at least one copy not known to be damaged: a backup may reuse it. */
@@ -111,6 +139,8 @@ export class MasterIndex {
       this.packSizes.set(p.id, Math.max(this.packSizes.get(p.id) ?? 0, end));
     }
     for (const d of file.damaged ?? []) this.markDamaged(d.id, d.pack);
+    for (const o of file.obsolete ?? []) this.obsolete.set(o.pack, Math.min(o.generation, this.obsolete.get(o.pack) ?? Infinity));
+    this.generation = Math.max(this.generation, file.generation ?? 0);
   }
 
   /** One entry per blob (its first copy). */

@@ -9,6 +9,7 @@
 // gone on this same host, is stale: it no longer blocks anyone, and `unlock` removes it.
 import { hostname, userInfo } from 'node:os';
 import { BulwarkError } from '../util/errors.js';
+import type { IndexWatcher } from './index.js';
 import type { Repository } from './repository.js';
 
 export const LOCK_REFRESH_MS = 5 * 60 * 1000;
@@ -22,7 +23,15 @@ export interface LockDocument {
   pid: number;
   /** What holds it, for messages: "backup", "prune", … */
   purpose: string;
+  /** When the holder took it (kept across refreshes). */
+  started?: string;
+  /**
+   * The prune generation of the index the holder loaded (absent until it loaded one). Prune removes a
+   * pack condemned at generation g only when every live lock says g or more: see prune.ts.
+   */
+  indexGeneration?: number;
 }
+
 
 export interface LockInfo extends LockDocument {
   id: string;
@@ -38,7 +47,7 @@ export class RepositoryLockedError extends BulwarkError {
   }
 }
 
-type LockRepo = Pick<Repository, 'saveDocument' | 'loadDocument' | 'backend' | 'clock'>;
+type LockRepo = Pick<Repository, 'saveDocument' | 'loadDocument' | 'backend' | 'clock'> & { heldLocks?: Set<IndexWatcher> };
 
 function processAlive(pid: number): boolean {
   try {
@@ -76,7 +85,7 @@ export async function listLocks(repo: LockRepo): Promise<LockInfo[]> {
   return out;
 }
 
-export class Lock {
+export class Lock implements IndexWatcher {
   private timer: NodeJS.Timeout | undefined;
   private refreshing: Promise<void> = Promise.resolve();
 
@@ -96,7 +105,8 @@ export class Lock {
     } catch {
       // keep 'unknown'
     }
-    const doc: LockDocument = { time: repo.clock.now().toISOString(), exclusive, hostname: hostname(), username, pid: process.pid, purpose };
+    const now = repo.clock.now().toISOString();
+    const doc: LockDocument = { time: now, started: now, exclusive, hostname: hostname(), username, pid: process.pid, purpose };
     const id = await repo.saveDocument('locks', doc);
     // Two writers may pass the first check at once; looking again after writing our own lock means at
     // least one of them sees the other and backs off.
@@ -110,7 +120,16 @@ export class Lock {
       lock.refreshing = lock.refresh().catch(() => undefined);
     }, LOCK_REFRESH_MS);
     lock.timer.unref();
+    repo.heldLocks?.add(lock);
     return lock;
+  }
+
+  /** Records the prune generation of the index this process loaded, in a new lock file. */
+  async sawIndex(generation: number): Promise<void> {
+    this.doc.indexGeneration = generation;
+    await this.refreshing;
+    this.refreshing = this.refresh();
+    await this.refreshing;
   }
 
   /** Runs fn holding the lock, and releases it however fn ends. */
@@ -130,6 +149,7 @@ export class Lock {
   }
 
   async release(): Promise<void> {
+    this.repo.heldLocks?.delete(this);
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     await this.refreshing;

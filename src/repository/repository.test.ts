@@ -25,6 +25,21 @@ function pseudoRandom(n: number, seed: number): Buffer {
 }
 
 describe('Repository', () => {
+  it('never waits forever when two packs of a type, each just short of full, hold the whole budget (format 2)', async () => {
+    // The shape that hung the bench: ~700 KiB chunks saved one after another spread over two data packs
+    // at random until both are nearly full, and the next save waits with nothing in flight to free room.
+    t = await createTestRepository();
+    const base = randomBytes(700 * 1024);
+    for (let i = 0; i < 400; i++) {
+      base.writeUInt32LE(i, 0); // distinct blobs, incompressible
+      await t.repo.saveBlob('data', base);
+      // As a backup reading files does: the sealing in flight finishes before the next save comes.
+      await new Promise((r) => setTimeout(r, 4));
+    }
+    await t.repo.flush();
+    expect(t.repo.bytesWritten).toBeGreaterThan(400 * 700 * 1024);
+  }, 30_000);
+
   it('stores blobs once, durably after flush, and reads them back from another process', async () => {
     t = await createTestRepository({ packSize: 256 * 1024 });
     const blobs = Array.from({ length: 20 }, (_, i) => pseudoRandom(50_000 + i, i + 1));

@@ -23,7 +23,7 @@ import {
   type FormatVersion,
 } from './format.js';
 import type { FreshnessRecord } from './freshness.js';
-import { MasterIndex, validateIndexFile, type IndexEntry, type IndexFile } from './index.js';
+import { MasterIndex, validateIndexFile, type IndexEntry, type IndexFile, type IndexWatcher } from './index.js';
 import { openWithPassword, writeKey } from './keys.js';
 import { buildPack, parsePackHeader, type PackBlob, type PackEntry } from './pack.js';
 import { OtherFormatObjectError, sealDocument, sealerFor, unsealDocument, type Sealer } from './sealer.js';
@@ -161,6 +161,8 @@ export class Repository {
   readonly forgotten = new Set<string>();
   /** This host's record of the snapshots it saw (rollback detection); set by the CLI. */
   freshness: FreshnessRecord | undefined;
+  /** Locks this process holds: told the prune generation of every index it loads (see prune.ts). */
+  readonly heldLocks = new Set<IndexWatcher>();
   /** Layout version of the key file that opened the repository (format 2 seals its details). */
   keyFileVersion: 1 | 2 = 2;
   /** Every blob a backup reuses is read and checked first; a damaged one is stored again. */
@@ -293,6 +295,7 @@ export class Repository {
    */
   async loadIndex(): Promise<{ name: string; reason: string }[]> {
     const damaged = await this.loadIndexFiles();
+    for (const lock of this.heldLocks) await lock.sawIndex(this.index.generation);
     if (damaged.length > 0) {
       for (const d of damaged) this.onWarning(`index file ${d.name.slice(0, 8)} is damaged and was skipped (${d.reason}); run 'bulwark repair index'`);
       const found = await this.indexUnlistedPacks();
@@ -401,7 +404,11 @@ export class Repository {
     // their pack is written. Charging plaintext until the upload would deadlock on compressible data:
     // the budget fills with blobs whose sealed form never adds up to a full pack.
     const cost = plain.length + BLOB_OVERHEAD;
-    await this.budget.acquire(cost);
+    const admitted = this.budget.acquire(cost);
+    // Waiting: partial packs may hold the budget with no blob left in flight to trigger their writing
+    // (two data packs each just short of full, in format 2), so the wait itself asks for relief.
+    if (this.budget.contended) this.track(this.relievePressure());
+    await admitted;
     this.track(
       (async () => {
         let held = cost;
