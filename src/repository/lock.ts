@@ -1,4 +1,5 @@
-// Locks are sealed documents in locks/. Backups take shared locks, prune takes the exclusive one.
+// Locks are sealed documents in locks/. Backups, forget and prune take shared locks (prune needs no
+// exclusive one, see prune.ts); repair index and migrate take the exclusive one.
 //
 // | held \ wanted | shared | exclusive |
 // | shared        | ok     | wait/fail |

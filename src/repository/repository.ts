@@ -394,10 +394,11 @@ export class Repository {
    * continue in the background, bounded by a byte budget, and become durable at flush(). A background
    * failure is thrown by the next saveBlob or flush.
    */
-  async saveBlob(type: BlobType, plain: Buffer, knownId?: string): Promise<SaveResult> {
+  async saveBlob(type: BlobType, plain: Buffer, knownId?: string, opts: { force?: boolean } = {}): Promise<SaveResult> {
     this.throwIfFailed();
     const id = knownId ?? this.blobId(plain);
-    if (this.hasBlob(id) && (!this.verifyReused || (await this.reusable(id)))) return { id, stored: false };
+    // force: a new copy even though one exists (prune moving needed blobs out of a pack it condemns).
+    if (!opts.force && this.hasBlob(id) && (!this.verifyReused || (await this.reusable(id)))) return { id, stored: false };
     if (this.pendingBlobs.has(id)) return { id, stored: false };
     this.pendingBlobs.add(id);
     // Memory accounting: the plaintext is charged until it is sealed, then only the sealed bytes until

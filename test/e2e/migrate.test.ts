@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalBackend } from '../../src/storage/local.js';
 import { Repository } from '../../src/repository/repository.js';
 import { makeSeededFiles, patternBytes } from '../fixtures/tree.js';
-import { jsonResult, runCli } from '../helpers/cli.js';
+import { jsonResult, runCli, runCliKilledAfter, seededInts } from '../helpers/cli.js';
 import { CHEAP_KDF, tempDir } from '../helpers/repo.js';
 
 const PASSWORD = 'upgrade me';
@@ -17,15 +17,6 @@ let tmp: { path: string; cleanup(): Promise<void> };
 let env: Record<string, string>;
 let repoPath: string;
 let snapshots: { id: string; source: string }[];
-
-/** Deterministic pseudo-random kill delays, the same on every run (ms). */
-function delays(seed: number): () => number {
-  let x = seed;
-  return () => {
-    x = (x * 1103515245 + 12345) % 2 ** 31;
-    return 50 + (x % 900);
-  };
-}
 
 async function restoreAll(into: string): Promise<void> {
   // Listed again each time: an upgrade seals every snapshot anew, under a new name (same order by time).
@@ -70,7 +61,7 @@ afterAll(async () => {
 
 describe('bulwark migrate', () => {
   it('survives SIGKILL at random points, resumes, and ends in a clean format 2 repository', async () => {
-    const next = delays(7);
+    const rand = seededInts(7);
     let kills = 0;
     let finished = false;
     let output = '';
@@ -78,28 +69,14 @@ describe('bulwark migrate', () => {
     const formats: number[] = [];
     for (let attempt = 0; attempt < 60 && !finished; attempt++) {
       // Later attempts get longer before the kill, so the run finishes however slow the machine.
-      const wait = attempt < 12 ? next() : 60_000;
-      let timer: NodeJS.Timeout | undefined;
-      const r = await runCli(['migrate', '--json'], {
-        env,
-        timeoutMs: 300_000,
-        onSpawn: (pid) => {
-          timer = setTimeout(() => {
-            try {
-              process.kill(pid, 'SIGKILL');
-            } catch {
-              // already finished
-            }
-          }, wait);
-        },
-      });
-      clearTimeout(timer);
+      const wait = attempt < 12 ? 50 + rand(900) : 60_000;
+      const r = await runCliKilledAfter(['migrate', '--json'], wait, { env, timeoutMs: 300_000 });
       if (r.code === 0) {
         finished = true;
         output = r.stdout;
         break;
       }
-      expect(r.code, `migrate failed instead of being killed: ${r.stderr}`).toBe(128);
+      expect(r.killed, `migrate failed instead of being killed: ${r.stderr}`).toBe(true);
       kills++;
       // Whatever the point of the kill, the repository is whole in one format or the other.
       const l = await listed();

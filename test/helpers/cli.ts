@@ -60,3 +60,33 @@ export function jsonResult<T = Record<string, unknown>>(r: CliResult): T {
   if (!last) throw new Error(`no JSON result in output:\n${r.stdout}\n${r.stderr}`);
   return last;
 }
+
+/** Runs the CLI and SIGKILLs it after `ms` unless it finished first; `killed` says which happened. */
+export async function runCliKilledAfter(args: string[], ms: number, opts: CliOptions = {}): Promise<CliResult & { killed: boolean }> {
+  let timer: NodeJS.Timeout | undefined;
+  let killed = false;
+  const r = await runCli(args, {
+    ...opts,
+    onSpawn: (pid) => {
+      timer = setTimeout(() => {
+        try {
+          process.kill(pid, 'SIGKILL');
+          killed = true;
+        } catch {
+          // already finished
+        }
+      }, ms);
+    },
+  });
+  clearTimeout(timer);
+  return { ...r, killed: killed && r.code === 128 };
+}
+
+/** A seeded pseudo-random integer source (0 ≤ n < bound), the same on every machine and run. */
+export function seededInts(seed: number): (bound: number) => number {
+  let x = seed;
+  return (bound) => {
+    x = (x * 1103515245 + 12345) % 2 ** 31;
+    return x % bound;
+  };
+}

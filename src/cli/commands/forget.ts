@@ -1,10 +1,12 @@
-// forget
+// forget | prune
 import type { Command } from 'commander';
 import { forget } from '../../jobs/forget.js';
+import { prune, type PruneResult } from '../../repository/prune.js';
+import type { Repository } from '../../repository/repository.js';
 import { parseDuration, type GroupKey, type RetentionPolicy } from '../../repository/retention.js';
 import { BulwarkError } from '../../util/errors.js';
 import { Context } from '../context.js';
-import { shortId } from '../format.js';
+import { bytes, shortId } from '../format.js';
 
 const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
 
@@ -37,6 +39,30 @@ interface ForgetFlags {
   tag: string[];
   source?: string;
   dryRun?: boolean;
+  prune?: boolean;
+  maxUnused?: number;
+}
+
+/** '10%' or '0.1' → 0.1 */
+function parseUnused(v: string): number {
+  const m = /^(\d+(?:\.\d+)?)(%?)$/.exec(v.trim());
+  const n = m ? Number(m[1]) / (m[2] ? 100 : 1) : NaN;
+  if (!(n >= 0 && n <= 1)) throw new BulwarkError('usage', `--max-unused takes a share such as 10% or 0.1, not '${v}'`);
+  return n;
+}
+
+function describePrune(r: PruneResult): string {
+  const lines = [
+    `${r.dryRun ? 'dry run: ' : ''}${r.snapshots} snapshot(s), ${r.packs} pack(s)`,
+    `removed ${r.removed.packs} pack(s) condemned earlier (${bytes(r.removed.bytes)} freed)${r.revived ? `; ${r.revived} needed again and kept` : ''}`,
+    `condemned ${r.marked.packs} pack(s) (${bytes(r.marked.bytes)})${r.repacked.packs ? `, after copying ${r.repacked.blobs} needed blob(s) out of ${r.repacked.packs} of them` : ''}: a later prune removes them`,
+  ];
+  if (r.waiting) lines.push(`${r.waiting} condemned pack(s) wait for processes that started before they were condemned (a later prune removes them)`);
+  return lines.join('\n');
+}
+
+async function runPrune(repo: Repository, o: { dryRun?: boolean; maxUnused?: number }): Promise<PruneResult> {
+  return prune(repo, { dryRun: o.dryRun ?? false, ...(o.maxUnused !== undefined ? { maxUnused: o.maxUnused } : {}) });
 }
 
 export function register(program: Command): void {
@@ -57,6 +83,8 @@ export function register(program: Command): void {
     .option('--tag <tag>', 'only snapshots with this tag (repeatable)', collect, [])
     .option('--source <source>', 'only this source, e.g. files, disk:web01, vm:db01')
     .option('-n, --dry-run', 'show what would be kept and removed, and why; remove nothing')
+    .option('--prune', 'then prune: remove the data no snapshot needs any more')
+    .option('--max-unused <share>', 'with --prune: repack packs with more than this share unused (default 10%)', parseUnused)
     .addHelpText(
       'after',
       '\nPeriods are calendar hours, days, ISO weeks, months and years in local time; a snapshot any rule keeps is kept.\nExamples:\n  bulwark forget --keep-daily 7 --keep-weekly 5 --keep-monthly 12 --keep-yearly 3 --dry-run\n  bulwark forget --keep-last 10 --source vm:db01\n  bulwark forget 1a2b3c4d',
@@ -90,9 +118,38 @@ export function register(program: Command): void {
             for (const d of g.decisions) lines.push(`  ${d.keep ? 'keep  ' : 'remove'}  ${shortId(d.snapshot.id)}  ${d.snapshot.time.replace('T', ' ').replace(/\.\d+Z$/, '')}  ${d.reasons.join(', ')}`);
           }
           if (r.dryRun) lines.push(`dry run: ${r.removed.length} snapshot(s) would be removed; nothing was changed`);
-          else lines.push(`removed ${r.removed.length} snapshot(s); the data only they used stays in the repository until it is pruned`);
+          else lines.push(`removed ${r.removed.length} snapshot(s)${o.prune ? '' : '; the data only they used stays in the repository until it is pruned'}`);
           return lines.join('\n');
         });
+        if (o.prune) {
+          const p = await runPrune(repo, o);
+          ctx.print({ prune: p }, (x) => describePrune(x.prune));
+        }
+      });
+    });
+
+  program
+    .command('prune')
+    .description('remove the data no snapshot needs; backups may keep running meanwhile')
+    .option('--max-unused <share>', 'repack packs with more than this share unused (default 10%)', parseUnused)
+    .option('-n, --dry-run', 'say what would be condemned and removed; change nothing')
+    .addHelpText(
+      'after',
+      [
+        '',
+        'Removal takes two runs: a prune condemns the packs nothing needs, and a later prune removes them once',
+        'every process that could still reuse them has finished (so backups never have to stop). Run it',
+        'after forget, e.g. nightly: each run removes what the run before condemned.',
+        'Examples:',
+        '  bulwark forget --keep-daily 7 --keep-weekly 5 --prune',
+        '  bulwark prune --max-unused 5%',
+      ].join('\n'),
+    )
+    .action(async (o: { dryRun?: boolean; maxUnused?: number }, cmd: Command) => {
+      const ctx = Context.from(cmd);
+      await ctx.withRepo(async (repo) => {
+        const r = await runPrune(repo, o);
+        ctx.print(r, describePrune);
       });
     });
 }
