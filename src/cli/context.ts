@@ -4,7 +4,7 @@ import { defaultStateDir, FreshnessRecord } from '../repository/freshness.js';
 import { Repository, type InitOptions } from '../repository/repository.js';
 import { openBackend } from '../storage/open.js';
 import { BulwarkError } from '../util/errors.js';
-import { readPassword } from './password.js';
+import { readOtherPassword, readPassword } from './password.js';
 
 export interface GlobalOptions {
   repo?: string;
@@ -65,6 +65,20 @@ export class Context {
     const backend = openBackend(this.location);
     const password = await readPassword(this.opts.passwordFile !== undefined ? { passwordFile: this.opts.passwordFile } : {}, { confirm: true, what: 'password for the new repository' });
     return Repository.init(backend, password, opts);
+  }
+
+  /** Opens another repository (the other side of a copy) with its own password. */
+  async openOther(location: string, side: 'to' | 'from', passwordFile?: string): Promise<Repository> {
+    const backend = openBackend(location);
+    try {
+      await Repository.assertExists(backend);
+    } catch (err) {
+      await backend.close();
+      throw err;
+    }
+    const repo = await Repository.open(backend, await readOtherPassword(side, passwordFile), { onWarning: (m) => this.warn(m) });
+    repo.freshness = new FreshnessRecord(defaultStateDir(), repo.config.id);
+    return repo;
   }
 
   /** Runs fn with an open repository and always closes it. */

@@ -9,6 +9,7 @@ export const EXIT = {
   repositoryNotFound: 10,
   wrongPassword: 11,
   locked: 12,
+  appendOnly: 13,
 } as const;
 
 export function exitCodeFor(code: ErrorCode): number {
@@ -23,6 +24,8 @@ export function exitCodeFor(code: ErrorCode): number {
       return EXIT.wrongPassword;
     case 'repository-locked':
       return EXIT.locked;
+    case 'append-only':
+      return EXIT.appendOnly;
     default:
       return EXIT.failed;
   }

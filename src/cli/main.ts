@@ -2,6 +2,7 @@
 import { Command, CommanderError } from 'commander';
 import { BulwarkError } from '../util/errors.js';
 import { register as registerBackup } from './commands/backup.js';
+import { register as registerCopy } from './commands/copy.js';
 import { register as registerForget } from './commands/forget.js';
 import { register as registerInspect } from './commands/inspect.js';
 import { register as registerRepo } from './commands/repo.js';
@@ -23,12 +24,13 @@ export function buildProgram(): Command {
     .configureHelp({ showGlobalOptions: true })
     .addHelpText(
       'after',
-      '\nExit codes: 0 ok, 1 failed, 2 usage error, 3 finished with some items not read or not restored,\n            10 repository not found, 11 wrong password, 12 repository locked.',
+      '\nExit codes: 0 ok, 1 failed, 2 usage error, 3 finished with some items not read or not restored,\n            10 repository not found, 11 wrong password, 12 repository locked, 13 refused: append-only.',
     );
   registerRepo(program);
   registerBackup(program);
   registerInspect(program);
   registerForget(program);
+  registerCopy(program);
   registerRestore(program);
   registerVm(program);
   const applyExit = (cmd: Command): void => {

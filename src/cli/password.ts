@@ -64,6 +64,19 @@ export async function readPassword(src: PasswordSource, opts: { confirm?: boolea
   return first;
 }
 
+/**
+ * The password of the other repository of a copy: --to-password-file / --from-password-file, then
+ * BULWARK_TO_PASSWORD_FILE / BULWARK_FROM_PASSWORD_FILE, BULWARK_TO_PASSWORD / BULWARK_FROM_PASSWORD, or a prompt.
+ */
+export async function readOtherPassword(side: 'to' | 'from', file?: string): Promise<string> {
+  const prefix = `BULWARK_${side.toUpperCase()}_PASSWORD`;
+  const f = file ?? process.env[`${prefix}_FILE`];
+  if (f) return fromFile(f);
+  const env = process.env[prefix];
+  if (env !== undefined && env !== '') return env;
+  return prompt(`enter the password of the ${side === 'to' ? 'destination' : 'source'} repository: `);
+}
+
 /** A second password (key add / passwd): --new-password-file, BULWARK_NEW_PASSWORD, or a prompt. */
 export async function readNewPassword(file?: string): Promise<string> {
   if (file) return fromFile(file);

@@ -23,6 +23,7 @@ export interface ForgetResult {
 }
 
 export async function forget(repo: Repository, opts: ForgetOptions): Promise<ForgetResult> {
+  if (!opts.dryRun) repo.assertMayDelete('forget snapshots');
   return Lock.run(repo, false, 'forget', async () => {
     let groups: RetentionGroup[];
     let doomed: SnapshotWithId[];

@@ -29,12 +29,15 @@ export interface KeyFile {
   salt: string;
   data: string;
   meta?: string;
+  /** Version 1 only, informational (the sealed payload is what counts). */
+  appendOnly?: boolean;
 }
 
 interface KeyMeta {
   created: string;
   hostname: string;
   username: string;
+  appendOnly?: boolean;
 }
 
 export interface KeyInfo {
@@ -42,6 +45,8 @@ export interface KeyInfo {
   created: string;
   hostname: string;
   username: string;
+  /** A key that may add data and snapshots but never delete (see AppendOnlyBackend). */
+  appendOnly?: boolean;
   /** Set when the key file cannot be used (why); its other fields are then '?' where unreadable. */
   damaged?: string;
 }
@@ -60,6 +65,8 @@ export interface OpenedKey {
   format: FormatVersion | undefined;
   /** Version of the key file that opened. */
   keyVersion: 1 | 2;
+  /** The key may add, never delete. */
+  appendOnly: boolean;
 }
 
 const MiB = 1024 * 1024;
@@ -169,21 +176,22 @@ function currentUser(): string {
  * Seals the master key under `password` in a new key file of the layout that goes with the repository's
  * format; `params` default to calibrateKdf().
  */
-export async function writeKey(backend: Backend, master: MasterKey, password: string, clock: Clock, params: ScryptParams | undefined, format: FormatVersion): Promise<string> {
+export async function writeKey(backend: Backend, master: MasterKey, password: string, clock: Clock, params: ScryptParams | undefined, format: FormatVersion, opts: { appendOnly?: boolean } = {}): Promise<string> {
+  const appendOnly = opts.appendOnly ? { appendOnly: true } : {};
   params ??= await calibrateKdf();
   if (password.length === 0) throw new BulwarkError('usage', 'empty passwords are not allowed', { hint: 'choose a password of at least one character (better: a long passphrase)' });
   validateKdfParams(params);
   const salt = randomBytes(32);
   const derived = await deriveKey(password, salt, params);
-  const meta: KeyMeta = { created: clock.now().toISOString(), hostname: hostname(), username: currentUser() };
+  const meta: KeyMeta = { created: clock.now().toISOString(), hostname: hostname(), username: currentUser(), ...appendOnly };
   // Only the three numbers: a params object with more fields must not leak them into the file.
   const kdf = { kdf: 'scrypt' as const, N: params.N, r: params.r, p: params.p, salt: salt.toString('base64') };
   let file: KeyFile;
   if (format === 1) {
-    const payload = Buffer.from(JSON.stringify({ encrypt: master.encrypt.toString('base64'), id: master.id.toString('base64') }));
+    const payload = Buffer.from(JSON.stringify({ encrypt: master.encrypt.toString('base64'), id: master.id.toString('base64'), ...appendOnly }));
     file = { version: 1, ...meta, ...kdf, data: seal(derived, payload).toString('base64') };
   } else {
-    const payload = Buffer.from(JSON.stringify({ encrypt: master.encrypt.toString('base64'), id: master.id.toString('base64'), format }));
+    const payload = Buffer.from(JSON.stringify({ encrypt: master.encrypt.toString('base64'), id: master.id.toString('base64'), format, ...appendOnly }));
     file = {
       version: 2,
       ...kdf,
@@ -216,9 +224,9 @@ interface ParsedKey {
   sealed: Buffer;
 }
 
-function metadata(k: Record<string, unknown>): Pick<KeyInfo, 'created' | 'hostname' | 'username'> {
+function metadata(k: Record<string, unknown>): Pick<KeyInfo, 'created' | 'hostname' | 'username' | 'appendOnly'> {
   const str = (v: unknown): string => (typeof v === 'string' ? v : '?');
-  return { created: str(k.created), hostname: str(k.hostname), username: str(k.username) };
+  return { created: str(k.created), hostname: str(k.hostname), username: str(k.username), ...(k.appendOnly === true ? { appendOnly: true } : {}) };
 }
 
 /** The key file's contents, or why it cannot be used. Never throws: a bad key file must not stop the others. */
@@ -249,7 +257,7 @@ function parseKeyFile(bytes: Buffer): { key: ParsedKey; raw: Record<string, unkn
 }
 
 /** The master key from a decrypted payload, or why it is not one. */
-function parsePayload(payload: Buffer): { master: MasterKey; format: FormatVersion | undefined } | string {
+function parsePayload(payload: Buffer): { master: MasterKey; format: FormatVersion | undefined; appendOnly: boolean } | string {
   let k: unknown;
   try {
     k = JSON.parse(payload.toString('utf8'));
@@ -262,9 +270,10 @@ function parsePayload(payload: Buffer): { master: MasterKey; format: FormatVersi
   if (typeof e === 'string') return `decrypts, but its ${e}`;
   const i = decodeBase64(id, 'payload field id', KEY_BYTES, KEY_BYTES);
   if (typeof i === 'string') return `decrypts, but its ${i}`;
-  const { format } = k as Record<string, unknown>;
+  const { format, appendOnly } = k as Record<string, unknown>;
   if (format !== undefined && format !== 1 && format !== 2) return `decrypts, but names an unknown repository format ${JSON.stringify(format)}`;
-  return { master: { encrypt: e, id: i }, format };
+  if (appendOnly !== undefined && typeof appendOnly !== 'boolean') return 'decrypts, but its append-only flag is not true or false';
+  return { master: { encrypt: e, id: i }, format, appendOnly: appendOnly === true };
 }
 
 /** Loads a key file, or says why not; undefined when it was removed since the listing. */
@@ -329,7 +338,7 @@ export async function openWithPassword(backend: Backend, password: string): Prom
       openedDamaged.push({ name, reason: parsed });
       continue;
     }
-    return { master: parsed.master, format: parsed.format, keyId: name, skipped, keyVersion: file.version };
+    return { master: parsed.master, format: parsed.format, keyId: name, skipped, keyVersion: file.version, appendOnly: parsed.appendOnly };
   }
   if (openedDamaged.length > 0) {
     throw new BulwarkError('repository-corrupt', `the password opens ${openedDamaged.length === 1 ? 'a key file' : 'key files'} whose contents are damaged: ${describeSkipped(openedDamaged)}`, {
@@ -345,7 +354,7 @@ export async function openWithPassword(backend: Backend, password: string): Prom
 }
 
 /** Creation time, host and user of a version 2 key file, opened with the repository's master key. */
-function sealedMetadata(file: KeyFile, salt: Buffer, master: MasterKey | undefined): Pick<KeyInfo, 'created' | 'hostname' | 'username'> | string {
+function sealedMetadata(file: KeyFile, salt: Buffer, master: MasterKey | undefined): Pick<KeyInfo, 'created' | 'hostname' | 'username' | 'appendOnly'> | string {
   if (!master) return 'sealed';
   try {
     const m = unsealDocument<KeyMeta>(sealerFor(2, master), 'key-meta', Buffer.from(file.meta ?? '', 'base64'), 'key metadata', salt);

@@ -52,6 +52,7 @@ export async function migrate(repo: Repository, password: string, opts: MigrateO
     removed: { packs: 0, index: 0, snapshots: 0, locks: 0, keys: 0 },
     oldKeyFiles: 0,
   };
+  repo.assertMayDelete('upgrade the repository format (it replaces every pack)');
   if (repo.config.version === 1) {
     await Lock.run(repo, true, 'migrate', async () => {
       const v2 = repo.withFormat(2);

@@ -62,6 +62,7 @@ const DEFAULT_MAX_UNUSED = 0.1;
 
 export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<PruneResult> {
   const maxUnused = opts.maxUnused ?? DEFAULT_MAX_UNUSED;
+  if (!opts.dryRun) repo.assertMayDelete('prune');
   return Lock.run(repo, false, 'prune', async () => {
     // (1) The locks first: see the argument above for why this order.
     const me = (l: LockInfo): boolean => l.pid === process.pid && l.hostname === hostname();

@@ -30,6 +30,7 @@ import { OtherFormatObjectError, sealDocument, sealerFor, unsealDocument, type S
 import { MAX_TREE_BYTES } from './tree.js';
 import { decompressBounded } from './zstd.js';
 import { BlobWorkers } from './workers.js';
+import { AppendOnlyBackend, AppendOnlyError } from '../storage/append-only.js';
 
 export interface RepositoryConfig {
   version: FormatVersion;
@@ -39,6 +40,8 @@ export interface RepositoryConfig {
   blockSize: number;
   zstdLevel: number;
   packSize: number;
+  /** Every command may add, none may delete, until a full key turns it off (`append-only off`). */
+  appendOnly?: boolean;
 }
 
 export interface InitOptions {
@@ -51,6 +54,7 @@ export interface InitOptions {
   kdf?: { N: number; r: number; p: number };
   /** Format version; the newest unless a repository for older Bulwark versions is wanted. */
   version?: FormatVersion;
+  appendOnly?: boolean;
 }
 
 export interface OpenOptions {
@@ -117,7 +121,8 @@ export function validateConfig(c: RepositoryConfig): void {
     int(ch.maxSize, ch.avgSize, 64 * 1024 * 1024) &&
     int(c.blockSize, 4096, 64 * 1024 * 1024) &&
     int(c.zstdLevel, -7, 22) &&
-    int(c.packSize, 64 * 1024, 1024 * 1024 * 1024);
+    int(c.packSize, 64 * 1024, 1024 * 1024 * 1024) &&
+    (c.appendOnly === undefined || typeof c.appendOnly === 'boolean');
   if (!ok) throw new BulwarkError('repository-corrupt', 'the repository config holds invalid values (damaged or tampered with)', { hint: 'restore the config file from a copy of the repository' });
 }
 /** Blobs up to this size are opened on the calling thread rather than in a worker. */
@@ -163,6 +168,10 @@ export class Repository {
   freshness: FreshnessRecord | undefined;
   /** Locks this process holds: told the prune generation of every index it loads (see prune.ts). */
   readonly heldLocks = new Set<IndexWatcher>();
+  /** Why this repository may only be added to (an append-only key or setting), or undefined. */
+  appendOnly: string | undefined;
+  /** The key in use is append-only: new keys made with it are too. */
+  appendOnlyKey = false;
   /** Layout version of the key file that opened the repository (format 2 seals its details). */
   keyFileVersion: 1 | 2 = 2;
   /** Every blob a backup reuses is read and checked first; a damaged one is stored again. */
@@ -210,6 +219,7 @@ export class Repository {
       blockSize: opts.blockSize ?? DEFAULT_BLOCK_SIZE,
       zstdLevel: opts.zstdLevel ?? DEFAULT_ZSTD_LEVEL,
       packSize: opts.packSize ?? DEFAULT_PACK_SIZE,
+      ...(opts.appendOnly ? { appendOnly: true } : {}),
     };
     await backend.create();
     const keyId = await writeKey(backend, master, password, clock, opts.kdf, version);
@@ -228,8 +238,13 @@ export class Repository {
     }
     const config = await Repository.loadConfig(backend, master, opened.format);
     validateConfig(config);
-    const repo = new Repository(backend, master, keyId, config, opts.clock ?? systemClock, opts.workers);
+    // Append-only: enforced below everything, in the storage wrapper, so no command can delete by mistake.
+    const appendOnly = opened.appendOnly ? 'the key in use is append-only' : config.appendOnly ? 'the repository is append-only' : undefined;
+    const store = appendOnly ? new AppendOnlyBackend(backend, appendOnly, !opened.appendOnly) : backend;
+    const repo = new Repository(store, master, keyId, config, opts.clock ?? systemClock, opts.workers);
     repo.keyFileVersion = opened.keyVersion;
+    repo.appendOnly = appendOnly;
+    repo.appendOnlyKey = opened.appendOnly;
     if (opts.onWarning) repo.onWarning = opts.onWarning;
     return repo;
   }
@@ -623,7 +638,15 @@ export class Repository {
   }
 
   async loadDocument<T>(type: DocType, name: string): Promise<T> {
-    const bytes = await this.backend.load({ type, name });
+    let bytes: Buffer;
+    try {
+      bytes = await this.backend.load({ type, name });
+    } catch (err) {
+      // Whatever the backend threw becomes a typed error naming the object (the cause is kept, so
+      // isNotFound still sees a missing one).
+      if (err instanceof BulwarkError) throw err;
+      throw unable('load', type.replace(/s$/, ''), name, err, this.backend.isNotFound(err) ? 'not-found' : 'io');
+    }
     if (createHash('sha256').update(bytes).digest('hex') !== name) {
       throw new BulwarkError('repository-corrupt', `${type} file ${name} does not match its name (damaged)`, { hint: "run 'bulwark check'" });
     }
@@ -635,8 +658,21 @@ export class Repository {
     }
   }
 
-  async addKey(password: string, kdf?: InitOptions['kdf']): Promise<string> {
-    return writeKey(this.backend, this.key, password, this.clock, kdf, this.config.version);
+  /** Adds a key; one added with an append-only key is append-only too (no way up through Bulwark). */
+  async addKey(password: string, kdf?: InitOptions['kdf'], opts: { appendOnly?: boolean } = {}): Promise<string> {
+    return writeKey(this.backend, this.key, password, this.clock, kdf, this.config.version, { appendOnly: opts.appendOnly === true || this.appendOnlyKey });
+  }
+
+  /** Refuses, before any work, a command that deletes, when the repository may only be added to. */
+  assertMayDelete(what: string): void {
+    if (this.appendOnly) throw new AppendOnlyError(what, this.appendOnly);
+  }
+
+  /** Turns the repository's append-only setting on or off (rewrites the config; refused to an append-only key). */
+  async setAppendOnly(on: boolean): Promise<void> {
+    const { appendOnly: _old, ...rest } = this.config;
+    const config: RepositoryConfig = on ? { ...rest, appendOnly: true } : rest;
+    await this.backend.save({ type: 'config', name: '' }, sealDocument(this.sealer, 'config', config));
   }
 
   async close(): Promise<void> {

@@ -71,6 +71,8 @@ export interface Snapshot {
   freezeMs?: number;
   /** How a VM snapshot was taken: live (snapshot), vCPUs paused (suspend), guest shut down (stop). */
   mode?: 'snapshot' | 'suspend' | 'stop';
+  /** A copy (`bulwark copy`): the id of the restore point in the repository it was first written to. */
+  original?: string;
   summary: SnapshotSummary;
 }
 
@@ -98,6 +100,7 @@ export function snapshotProblem(s: Snapshot): string | undefined {
   if (!Array.isArray(s.tags) || !s.tags.every((t) => typeof t === 'string')) return 'its tags are invalid';
   if (s.tree !== undefined && (typeof s.tree !== 'string' || !HEX_ID.test(s.tree))) return 'its root tree id is invalid';
   if (s.parent !== undefined && (typeof s.parent !== 'string' || !HEX_ID.test(s.parent))) return 'its parent id is invalid';
+  if (s.original !== undefined && (typeof s.original !== 'string' || !HEX_ID.test(s.original))) return 'its original id is invalid';
   if (s.disks !== undefined) {
     if (!Array.isArray(s.disks)) return 'its disk list is invalid';
     for (const d of s.disks) {

@@ -36,6 +36,14 @@ export interface RetryOptions {
   onRetry?: (e: RetryEvent) => void;
 }
 
+/** A ranged read returned fewer bytes than asked (transient: retried). */
+class ShortReadError extends Error {
+  readonly code = 'EIO';
+  constructor(h: Handle, wanted: number, got: number) {
+    super(`short read of ${h.type} ${h.name}: ${got} of ${wanted} bytes`);
+  }
+}
+
 export class RetryBackend implements Backend {
   private readonly maxAttempts: number;
   private readonly initialDelayMs: number;
@@ -77,8 +85,25 @@ export class RetryBackend implements Backend {
     return this.run('save', h, () => this.inner.save(h, data));
   }
 
-  load(h: Handle, offset?: number, length?: number): Promise<Buffer> {
-    return this.run('load', h, () => this.inner.load(h, offset, length));
+  async load(h: Handle, offset?: number, length?: number): Promise<Buffer> {
+    // A ranged read that comes back short (a connection cut mid-reply) is retried like an error; the
+    // last attempt's bytes are returned as they are, for the caller to judge (damage, if they stay short).
+    let attempt = 0;
+    let short: Buffer | undefined;
+    try {
+      return await this.run('load', h, async () => {
+        attempt++;
+        const b = await this.inner.load(h, offset, length);
+        if (length !== undefined && b.length < length && attempt < this.maxAttempts) {
+          short = b;
+          throw new ShortReadError(h, length, b.length);
+        }
+        return b;
+      });
+    } catch (err) {
+      if (err instanceof ShortReadError && short) return short;
+      throw err;
+    }
   }
 
   stat(h: Handle): Promise<FileInfo> {
@@ -134,6 +159,7 @@ export class RetryBackend implements Backend {
 
   /** Whether waiting could help: not for a permanent error, and not for a missing object (it will stay missing). */
   private transient(err: unknown): boolean {
+    if (err instanceof ShortReadError) return true;
     return !this.inner.isPermanent(err) && !this.inner.isNotFound(err);
   }
 

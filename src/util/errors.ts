@@ -11,6 +11,7 @@ export type ErrorCode =
   | 'repository-locked'
   | 'repository-exists'
   | 'repository-corrupt'
+  | 'append-only'
   | 'no-space'
   | 'not-found'
   | 'io'

@@ -11,7 +11,7 @@ import { Repository } from '../../src/repository/repository.js';
 import { makeSeededFiles, patternBytes } from '../fixtures/tree.js';
 import { jsonResult, runCli, runCliKilledAfter, seededInts } from '../helpers/cli.js';
 import { listObjects } from '../helpers/hostile.js';
-import { CHEAP_KDF, tempDir } from '../helpers/repo.js';
+import { makeCliRepository, tempDir } from '../helpers/repo.js';
 
 const PASSWORD = 'prune';
 
@@ -33,9 +33,7 @@ interface PruneJson {
 /** A repository with small packs (many of them), and the environment that reaches it. */
 async function newRepo(name: string): Promise<{ path: string; env: Record<string, string> }> {
   const path = `${tmp.path}/${name}`;
-  const repo = await Repository.init(new LocalBackend(path), PASSWORD, { kdf: CHEAP_KDF, packSize: 64 * 1024 });
-  await repo.close();
-  return { path, env: { BULWARK_REPOSITORY: path, BULWARK_PASSWORD: PASSWORD, BULWARK_STATE_DIR: `${tmp.path}/state-${name}` } };
+  return { path, env: await makeCliRepository(path, PASSWORD, `${tmp.path}/state-${name}`, { packSize: 64 * 1024 }) };
 }
 
 async function backup(env: Record<string, string>, src: string): Promise<string> {

@@ -49,3 +49,13 @@ export async function tempDir(prefix = 'bulwark-test-'): Promise<{ path: string;
   const path = await mkdtemp(join(tmpdir(), prefix));
   return { path, cleanup: () => removeTree(path) };
 }
+
+/**
+ * A repository at `path` (cheap KDF, the given options) for tests that drive the real CLI; returns
+ * the environment that reaches it, with this host's records under `stateDir`.
+ */
+export async function makeCliRepository(path: string, password: string, stateDir: string, opts: InitOptions = {}): Promise<Record<string, string>> {
+  const repo = await Repository.init(new LocalBackend(path), password, { kdf: CHEAP_KDF, ...opts });
+  await repo.close();
+  return { BULWARK_REPOSITORY: path, BULWARK_PASSWORD: password, BULWARK_STATE_DIR: stateDir };
+}

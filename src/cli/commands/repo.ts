@@ -18,14 +18,15 @@ export function register(program: Command): void {
     .command('init')
     .description('create a repository (encrypted; the password is needed for every later access)')
     .option('--repository-version <n>', 'format version: 2 (default), or 1 for Bulwark releases before format 2')
+    .option('--append-only', 'nothing may be deleted (forget, prune, …) until `bulwark append-only off`')
     .addHelpText('after', '\nExample:\n  BULWARK_PASSWORD_FILE=/root/.bulwark-pw bulwark init -r /backup/repo')
-    .action(async (o: { repositoryVersion?: string }, cmd: Command) => {
+    .action(async (o: { repositoryVersion?: string; appendOnly?: boolean }, cmd: Command) => {
       const ctx = Context.from(cmd);
       const version = o.repositoryVersion === undefined ? undefined : Number(o.repositoryVersion);
       if (version !== undefined && version !== 1 && version !== 2) {
         throw new BulwarkError('usage', `--repository-version ${o.repositoryVersion} does not exist`, { hint: 'use 2 (the default) or 1' });
       }
-      const repo = await ctx.init(version === undefined ? {} : { version });
+      const repo = await ctx.init({ ...(version === undefined ? {} : { version }), ...(o.appendOnly ? { appendOnly: true } : {}) });
       try {
         ctx.print({ id: repo.config.id, location: repo.backend.properties.location, version: repo.config.version }, (r) =>
           [`created repository ${shortId(r.id)} (format ${r.version}) at ${r.location}`, '', 'Keep the password safe: without it the backups cannot be read.'].join('\n'),
@@ -45,7 +46,7 @@ export function register(program: Command): void {
         const keys = (await listKeys(repo.backend, repo.key)).map((k) => ({ ...k, current: k.id === repo.keyId }));
         ctx.printData(keys, (ks) =>
           [
-            table(['', 'ID', 'User', 'Host', 'Created'], ks.map((k) => [k.current ? '*' : k.damaged ? '!' : '', shortId(k.id), k.username, k.hostname, k.created])),
+            table(['', 'ID', 'Kind', 'User', 'Host', 'Created'], ks.map((k) => [k.current ? '*' : k.damaged ? '!' : '', shortId(k.id), k.damaged ? '?' : k.appendOnly ? 'append-only' : 'full', k.username, k.hostname, k.created])),
             ...ks.filter((k) => k.damaged).map((k) => `! key ${shortId(k.id)} is damaged (${k.damaged}); 'bulwark key remove ${shortId(k.id)}' removes it`),
           ].join('\n'),
         );
@@ -55,11 +56,13 @@ export function register(program: Command): void {
     .command('add')
     .description('add a password; the new password comes from --new-password-file, BULWARK_NEW_PASSWORD or a prompt')
     .option('--new-password-file <file>', 'file holding the new password')
-    .action(async (o: { newPasswordFile?: string }, cmd: Command) => {
+    .option('--append-only', 'a key that may back up but never delete (forget, prune, key changes are refused with it)')
+    .action(async (o: { newPasswordFile?: string; appendOnly?: boolean }, cmd: Command) => {
       const ctx = Context.from(cmd);
       await ctx.withRepo(async (repo) => {
-        const id = await repo.addKey(await readNewPassword(o.newPasswordFile));
-        ctx.print({ id }, (r) => `added key ${shortId(r.id)}`);
+        const id = await repo.addKey(await readNewPassword(o.newPasswordFile), undefined, { appendOnly: o.appendOnly ?? false });
+        const appendOnly = o.appendOnly === true || repo.appendOnlyKey;
+        ctx.print({ id, appendOnly }, (r) => `added ${r.appendOnly ? 'append-only ' : ''}key ${shortId(r.id)}`);
       });
     });
   key
@@ -69,6 +72,7 @@ export function register(program: Command): void {
     .action(async (id: string, _o: unknown, cmd: Command) => {
       const ctx = Context.from(cmd);
       await ctx.withRepo(async (repo) => {
+        repo.assertMayDelete('remove a key');
         const keys = await listKeys(repo.backend, repo.key);
         const match = keys.filter((k) => k.id.startsWith(id));
         if (match.length !== 1) throw new BulwarkError(match.length === 0 ? 'not-found' : 'usage', match.length === 0 ? `no key '${id}'` : `key prefix '${id}' is ambiguous`, { hint: "see 'bulwark key list'" });
@@ -84,6 +88,7 @@ export function register(program: Command): void {
     .action(async (o: { newPasswordFile?: string }, cmd: Command) => {
       const ctx = Context.from(cmd);
       await ctx.withRepo(async (repo) => {
+        repo.assertMayDelete('change the password (it removes the old key)');
         const id = await repo.addKey(await readNewPassword(o.newPasswordFile));
         // The new key is durable before the old one goes: an interruption leaves both passwords valid.
         await repo.backend.remove({ type: 'keys', name: repo.keyId });
@@ -140,6 +145,19 @@ export function register(program: Command): void {
     });
 
   program
+    .command('append-only')
+    .description('turn the repository setting on (nothing may be deleted) or off; needs a key that is not append-only')
+    .argument('<on|off>', 'on or off')
+    .action(async (state: string, _o: unknown, cmd: Command) => {
+      const ctx = Context.from(cmd);
+      if (state !== 'on' && state !== 'off') throw new BulwarkError('usage', `append-only takes on or off, not '${state}'`);
+      await ctx.withRepo(async (repo) => {
+        await Lock.run(repo, true, 'append-only', () => repo.setAppendOnly(state === 'on'));
+        ctx.print({ appendOnly: state === 'on' }, (r) => (r.appendOnly ? 'the repository is append-only: nothing can be deleted until append-only off' : 'the repository is no longer append-only'));
+      });
+    });
+
+  program
     .command('migrate')
     .description('upgrade the repository to the newest format (in place; resumes if interrupted)')
     .addHelpText(
@@ -184,6 +202,7 @@ export function register(program: Command): void {
     .action(async (_o: unknown, cmd: Command) => {
       const ctx = Context.from(cmd);
       await ctx.withRepo(async (repo) => {
+        repo.assertMayDelete('rebuild the index (it replaces the index files)');
         await Lock.run(repo, true, 'repair index', async () => {
           const r = await repairIndex(repo);
           ctx.print(r, () =>
@@ -208,6 +227,7 @@ export function register(program: Command): void {
       await ctx.withRepo(async (repo) => {
         await Lock.run(repo, false, 'repair snapshots', async () => {
           await repo.loadIndex();
+          if (o.forget && !o.dryRun) repo.assertMayDelete('forget the damaged snapshots');
           const r = await repairSnapshots(repo, { dryRun: o.dryRun ?? false, forget: o.forget ?? false });
           ctx.print(r, () =>
             [

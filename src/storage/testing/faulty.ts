@@ -59,6 +59,7 @@ export class FaultyBackend implements Backend {
   private rules: OpRule[] = [];
   private corruptions: CorruptRule[] = [];
   private byteLimit: number | undefined;
+  private randomFaults: { fraction: number; shortReads: number; next: () => number } | undefined;
   /** save() calls made through this wrapper, failed ones included. */
   saveCalls = 0;
   /** Bytes in saves that succeeded (or are under way). */
@@ -109,7 +110,25 @@ export class FaultyBackend implements Backend {
     return this;
   }
 
+  /**
+   * From now on a `fraction` of saves and loads fail with a transient error (half of the failed saves
+   * after storing: a lost reply), and a `shortReads` fraction of ranged loads return one byte too few; the
+   * choice comes from a seeded generator, so a run can be repeated.
+   */
+  failRandomly(opts: { fraction: number; shortReads?: number; seed: number }): this {
+    let x = opts.seed >>> 0 || 1;
+    const next = (): number => {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      return (x >>> 0) / 2 ** 32;
+    };
+    this.randomFaults = { fraction: opts.fraction, shortReads: opts.shortReads ?? 0, next };
+    return this;
+  }
+
   clearFaults(): this {
+    this.randomFaults = undefined;
     this.rules = [];
     this.corruptions = [];
     this.byteLimit = undefined;
@@ -122,6 +141,8 @@ export class FaultyBackend implements Backend {
 
   async save(h: Handle, data: Uint8Array): Promise<void> {
     this.saveCalls++;
+    const random = this.randomFaults && this.randomFaults.next() < this.randomFaults.fraction ? { lost: this.randomFaults.next() < 0.5 } : undefined;
+    if (random && !random.lost) throw this.fault('transient', `save ${describe(h)} (random)`);
     const rule = this.match('save', h.type);
     if (rule && !rule.replyLost) throw this.fault(rule.kind, `save ${describe(h)}`);
     if (this.byteLimit !== undefined && this.savedBytes + data.length > this.byteLimit) {
@@ -136,9 +157,16 @@ export class FaultyBackend implements Backend {
       throw err;
     }
     if (rule) throw this.fault(rule.kind, `save ${describe(h)} (stored; reply lost)`);
+    if (random) throw this.fault('transient', `save ${describe(h)} (random; stored, reply lost)`);
   }
 
   async load(h: Handle, offset?: number, length?: number): Promise<Buffer> {
+    if (this.randomFaults && this.randomFaults.next() < this.randomFaults.fraction) throw this.fault('transient', `load ${describe(h)} (random)`);
+    // Only ranged reads come back short: a whole object's size is known to a real backend, which checks it.
+    if (length !== undefined && this.randomFaults && this.randomFaults.next() < this.randomFaults.shortReads) {
+      const whole = await this.inner.load(h, offset, length);
+      if (whole.length > 0) return Buffer.from(whole.subarray(0, whole.length - 1));
+    }
     const rule = this.match('load', h.type);
     if (rule && !rule.replyLost) throw this.fault(rule.kind, `load ${describe(h)}`);
     const buf = await this.inner.load(h, offset, length);
