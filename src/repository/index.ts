@@ -74,6 +74,16 @@ export class MasterIndex {
   /** The highest prune generation among the index files loaded. */
   generation = 0;
 
+  /** Forgets everything loaded (to load a consistent set of index files again). */
+  clear(): void {
+    this.blobs.clear();
+    this.copies.clear();
+    this.bad.clear();
+    this.packSizes.clear();
+    this.obsolete.clear();
+    this.generation = 0;
+  }
+
   get blobCount(): number {
     return this.blobs.size;
   }

@@ -15,9 +15,12 @@
 //   (2) no snapshot listed *after* those locks needs a blob whose only copy is in the pack: a backup that
 //       finished before the lock listing wrote its snapshot before releasing its lock, so it is seen;
 //       one still running is held by (1). A pack that is needed again is revived (its mark dropped).
-// Why one file for the marks: a process that saw generation g has then seen every mark up to g. A
-// process that missed the file (it listed the index while prune rewrote it) records a lower generation
-// and so holds the sweep back: never the other way round. Locks stale by the rules of lock.ts (dead
+//       The index is loaded after the snapshots are listed, so it covers every snapshot listed.
+// Why one file for the marks: a process that saw generation g has then seen every mark up to g. And a
+// process never loads half an index: one that finds a listed index file gone (prune rewrote the index
+// meanwhile: new files first, old ones removed after) loads a fresh listing from scratch
+// (Repository.loadIndexFiles). Otherwise it could keep an old file's packs but miss the old mark file,
+// and reuse a pack this very run removes, though it started after this run listed the locks. Locks stale by the rules of lock.ts (dead
 // process on this host, no refresh for 30 minutes) hold nothing, as everywhere in Bulwark.
 //
 // Crash safety: new index files are durable before the old ones are removed, and packs are removed
@@ -70,14 +73,8 @@ export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<
     const otherPrune = locks.find((l) => l.purpose === 'prune');
     if (otherPrune) throw new RepositoryLockedError(otherPrune, 'prune');
 
-    const oldIndexFiles: string[] = [];
-    for await (const f of repo.backend.list('index')) oldIndexFiles.push(f.name);
-    const damagedIndex = await repo.loadIndexFiles();
-    if (damagedIndex.length > 0) {
-      throw new BulwarkError('repository-corrupt', `prune needs every index file readable; ${damagedIndex.length} are damaged (${damagedIndex[0]!.reason})`, { hint: "run 'bulwark repair index' first" });
-    }
-
-    // (2) Every blob a snapshot needs, from snapshots listed after the locks.
+    // (2) The snapshots, listed after the locks; then the index, loaded after the snapshots, so it holds
+    // the index files of every snapshot listed (a snapshot is written after its index files).
     const { snapshots, damaged, otherFormat } = await readSnapshots(repo);
     if (otherFormat > 0) throw new BulwarkError('failed', 'an upgrade of the repository format is unfinished', { hint: "run 'bulwark migrate' first" });
     if (damaged.length > 0) {
@@ -85,6 +82,13 @@ export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<
         hint: "run 'bulwark check', then 'bulwark repair snapshots --forget' or 'bulwark forget' the damaged ones",
       });
     }
+    const oldIndexFiles: string[] = [];
+    for await (const f of repo.backend.list('index')) oldIndexFiles.push(f.name);
+    const damagedIndex = await repo.loadIndexFiles();
+    if (damagedIndex.length > 0) {
+      throw new BulwarkError('repository-corrupt', `prune needs every index file readable; ${damagedIndex.length} are damaged (${damagedIndex[0]!.reason})`, { hint: "run 'bulwark repair index' first" });
+    }
+    // Every blob a snapshot needs.
     const used = await usedBlobs(repo, snapshots, opts);
 
     const byPack = new Map<string, { id: string; e: IndexEntry }[]>();

@@ -321,10 +321,24 @@ export class Repository {
 
   /** Loads the index files that can be read; returns the damaged ones, without working around them. */
   async loadIndexFiles(): Promise<{ name: string; reason: string }[]> {
+    // A listed file that is gone by the time it is read means a prune (or repair) rewrote the index
+    // meanwhile: it writes the new files before removing the old ones, so a fresh listing finds a whole
+    // set. Starting over matters: half of the old set (packs without the marks that condemn them) and
+    // half of the new would let a backup reuse a pack prune is removing (prune.ts).
+    for (let attempt = 1; ; attempt++) {
+      const { damaged, vanished } = await this.loadIndexListing();
+      if (!vanished || this.bytesWritten > 0) return damaged;
+      if (attempt >= 5) throw new BulwarkError('io', 'the index kept changing while it was read (a prune or repair running at the same time?)', { hint: 'run the command again' });
+      this.index.clear();
+    }
+  }
+
+  private async loadIndexListing(): Promise<{ damaged: { name: string; reason: string }[]; vanished: boolean }> {
     const names: string[] = [];
     for await (const f of this.backend.list('index')) names.push(f.name);
     const queue = [...names];
     const damaged: { name: string; reason: string }[] = [];
+    let vanished = false;
     const loadOne = async (): Promise<void> => {
       for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
         try {
@@ -332,7 +346,10 @@ export class Repository {
           validateIndexFile(file, name);
           this.index.addFile(file);
         } catch (err) {
-          if (this.backend.isNotFound(err)) continue; // removed since it was listed (a repair or prune)
+          if (this.backend.isNotFound(err)) {
+            vanished = true;
+            continue;
+          }
           if (err instanceof OtherFormatObjectError) continue;
           if (!(err instanceof BulwarkError) || err.code !== 'repository-corrupt') throw err;
           damaged.push({ name, reason: err.message });
@@ -340,7 +357,7 @@ export class Repository {
       }
     };
     await Promise.all(Array.from({ length: Math.min(8, queue.length) }, loadOne));
-    return damaged;
+    return { damaged, vanished };
   }
 
   /** Adds packs that are in storage but in no index file, from their own headers. Returns how many. */
