@@ -12,6 +12,8 @@ import type { BlobType } from './format.js';
 /** What a repository tells the locks its process holds when it loads the index (prune.ts). */
 export interface IndexWatcher {
   sawIndex(generation: number): Promise<void>;
+  /** Throws when the lock may already count as stale to others: no snapshot may then be written. */
+  assertFresh(): void;
 }
 
 export interface IndexEntry {

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { createTestRepository, type TestRepository } from '../../test/helpers/repo.js';
 import type { Clock } from '../util/clock.js';
-import { listLocks, Lock, LOCK_STALE_MS, removeLocks } from './lock.js';
+import { listLocks, Lock, LOCK_REFRESH_MS, LOCK_STALE_MS, removeLocks } from './lock.js';
 
 let t: TestRepository | undefined;
 afterEach(async () => {
@@ -10,6 +10,21 @@ afterEach(async () => {
 });
 
 describe('locks', () => {
+  it('writes no snapshot under a lock it could not refresh for most of the stale period', async () => {
+    let now = Date.parse('2026-01-01T00:00:00Z');
+    t = await createTestRepository({ clock: { now: () => new Date(now) } });
+    const lock = await Lock.acquire(t.repo, false, 'backup');
+    await t.repo.saveDocument('snapshots', { n: 1 });
+    // Another host would soon take this lock for stale, and a prune could remove what we reuse.
+    now += LOCK_STALE_MS - LOCK_REFRESH_MS + 60_000;
+    await expect(t.repo.saveDocument('snapshots', { n: 2 })).rejects.toThrow(/could not refresh its lock for 26 minutes .*the snapshot was not written/);
+    // Other documents are not held back, and a refresh makes the lock fresh again.
+    await t.repo.saveDocument('index', { version: 1, packs: [] });
+    await lock.sawIndex(0);
+    await t.repo.saveDocument('snapshots', { n: 3 });
+    await lock.release();
+  });
+
   it('lets shared locks coexist and keeps the exclusive lock alone', async () => {
     t = await createTestRepository();
     const a = await Lock.acquire(t.repo, false, 'backup');

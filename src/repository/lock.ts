@@ -89,12 +89,16 @@ export async function listLocks(repo: LockRepo): Promise<LockInfo[]> {
 export class Lock implements IndexWatcher {
   private timer: NodeJS.Timeout | undefined;
   private refreshing: Promise<void> = Promise.resolve();
+  /** When the lock file was last written (the repository's clock, ms). */
+  private refreshedAt: number;
 
   private constructor(
     private readonly repo: LockRepo,
     private id: string,
     private readonly doc: LockDocument,
-  ) {}
+  ) {
+    this.refreshedAt = Date.parse(doc.time);
+  }
 
   static async acquire(repo: LockRepo, exclusive: boolean, purpose: string): Promise<Lock> {
     const conflict = (l: LockInfo): boolean => !l.stale && (exclusive || l.exclusive);
@@ -143,9 +147,25 @@ export class Lock implements IndexWatcher {
     }
   }
 
+  /**
+   * A lock that could not be refreshed for longer than the refresh interval short of the stale period
+   * may look stale to another host soon: prune may then remove packs this process reuses. So the
+   * snapshot is not written (Repository.saveDocument asks); the next backup simply runs again.
+   */
+  assertFresh(): void {
+    const age = this.repo.clock.now().getTime() - this.refreshedAt;
+    if (age > LOCK_STALE_MS - LOCK_REFRESH_MS) {
+      throw new BulwarkError('failed', `this process could not refresh its lock for ${Math.round(age / 60_000)} minutes (others treat a lock as stale after ${LOCK_STALE_MS / 60_000}); the snapshot was not written`, {
+        hint: 'check the connection to the repository and run the command again',
+      });
+    }
+  }
+
   private async refresh(): Promise<void> {
     const old = this.id;
-    this.id = await this.repo.saveDocument('locks', { ...this.doc, time: this.repo.clock.now().toISOString() });
+    const time = this.repo.clock.now();
+    this.id = await this.repo.saveDocument('locks', { ...this.doc, time: time.toISOString() });
+    this.refreshedAt = time.getTime();
     await this.repo.backend.remove({ type: 'locks', name: old }).catch(() => undefined);
   }
 

@@ -644,6 +644,8 @@ export class Repository {
   // ---- sealed documents: index, snapshots, locks ----
 
   async saveDocument(type: DocType, doc: unknown): Promise<string> {
+    // A snapshot is written only under a lock others still see as live (lock.ts, prune.ts).
+    if (type === 'snapshots') for (const lock of this.heldLocks) lock.assertFresh();
     const bytes = sealDocument(this.sealer, type, doc);
     const name = createHash('sha256').update(bytes).digest('hex');
     try {
