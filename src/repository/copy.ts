@@ -12,7 +12,7 @@ import { BulwarkError } from '../util/errors.js';
 import { decodePage, encodePage } from './fixed-index.js';
 import { Lock } from './lock.js';
 import type { Repository } from './repository.js';
-import { readSnapshots, type Snapshot, type SnapshotFilter, type SnapshotWithId } from './snapshot.js';
+import { matchesFilter, readSnapshots, type Snapshot, type SnapshotFilter, type SnapshotWithId } from './snapshot.js';
 import { decodeTree, encodeTree, type Tree, type TreeNode } from './tree.js';
 
 export interface CopyOptions {
@@ -69,12 +69,8 @@ export async function copySnapshots(from: Repository, to: Repository, opts: Copy
 }
 
 function matches(s: SnapshotWithId, opts: CopyOptions): boolean {
-  const f = opts.filter ?? {};
   if (opts.ids?.length && !opts.ids.some((ref) => s.id.startsWith(ref))) return false;
-  if (f.hostname !== undefined && s.hostname !== f.hostname) return false;
-  if (f.source !== undefined && s.source !== f.source) return false;
-  if (f.tags?.length && !f.tags.every((t) => s.tags.includes(t))) return false;
-  return true;
+  return matchesFilter(s, opts.filter ?? {});
 }
 
 /** Source blob id → destination blob id, storing what the destination lacks. */

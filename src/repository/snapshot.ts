@@ -157,10 +157,11 @@ export async function readSnapshots(repo: SnapshotReader): Promise<SnapshotListi
 export async function listSnapshots(repo: SnapshotReader, filter: SnapshotFilter = {}): Promise<SnapshotWithId[]> {
   const { snapshots, damaged } = await readSnapshots(repo);
   for (const d of damaged) repo.onWarning?.(`snapshot ${d.id.slice(0, 8)} cannot be read and was skipped: ${d.reason}`);
-  return snapshots.filter((s) => matches(s, filter));
+  return snapshots.filter((s) => matchesFilter(s, filter));
 }
 
-function matches(s: Snapshot, f: SnapshotFilter): boolean {
+/** Whether a snapshot passes a host / source / tags filter. */
+export function matchesFilter(s: Snapshot, f: SnapshotFilter): boolean {
   if (f.hostname !== undefined && s.hostname !== f.hostname) return false;
   if (f.source !== undefined && s.source !== f.source) return false;
   if (f.tags && f.tags.length > 0 && !f.tags.every((t) => s.tags.includes(t))) return false;
