@@ -4,13 +4,15 @@
 set -euo pipefail
 
 # qemu: real guests (TCG) and images made by qemu-img; cpio/busybox/xz: the test guest's initramfs;
-# e2fsprogs/dosfstools: mkfs.* and e2fsck; attr: getfattr/setfattr; libnbd-bin: an independent NBD peer.
+# e2fsprogs/dosfstools: mkfs.* and e2fsck; attr: getfattr/setfattr; libnbd-bin: an independent NBD peer;
+# time: GNU time, the outside witness of peak memory (index scale test).
 packages=(
   qemu-system-x86 qemu-utils
   cpio busybox-static xz-utils
   e2fsprogs dosfstools
   attr
   libnbd-bin
+  time
 )
 
 missing=()

@@ -1,6 +1,7 @@
 // What every command shares: global options, opening the repository, and printing results.
 import type { Command } from 'commander';
 import { defaultStateDir, FreshnessRecord } from '../repository/freshness.js';
+import { defaultCacheDir } from '../repository/index-cache.js';
 import { Repository, type InitOptions } from '../repository/repository.js';
 import { openBackend } from '../storage/open.js';
 import { BulwarkError } from '../util/errors.js';
@@ -56,7 +57,7 @@ export class Context {
       throw err;
     }
     const password = await readPassword(this.opts.passwordFile !== undefined ? { passwordFile: this.opts.passwordFile } : {});
-    const repo = await Repository.open(backend, password, { onWarning: (m) => this.warn(m) });
+    const repo = await Repository.open(backend, password, { onWarning: (m) => this.warn(m), indexCache: defaultCacheDir() });
     repo.freshness = new FreshnessRecord(defaultStateDir(), repo.config.id);
     return { repo, password };
   }
@@ -64,7 +65,9 @@ export class Context {
   async init(opts: InitOptions): Promise<Repository> {
     const backend = openBackend(this.location);
     const password = await readPassword(this.opts.passwordFile !== undefined ? { passwordFile: this.opts.passwordFile } : {}, { confirm: true, what: 'password for the new repository' });
-    return Repository.init(backend, password, opts);
+    const repo = await Repository.init(backend, password, opts);
+    repo.indexCacheDir = defaultCacheDir();
+    return repo;
   }
 
   /** Opens another repository (the other side of a copy) with its own password. */
@@ -76,7 +79,7 @@ export class Context {
       await backend.close();
       throw err;
     }
-    const repo = await Repository.open(backend, await readOtherPassword(side, passwordFile), { onWarning: (m) => this.warn(m) });
+    const repo = await Repository.open(backend, await readOtherPassword(side, passwordFile), { onWarning: (m) => this.warn(m), indexCache: defaultCacheDir() });
     repo.freshness = new FreshnessRecord(defaultStateDir(), repo.config.id);
     return repo;
   }

@@ -142,7 +142,7 @@ export async function stats(repo: Repository, ref?: string): Promise<StatsResult
   const logicalBytes = sns.reduce((s, x) => s + (x.summary.totalSize ?? 0), 0);
   const out: StatsResult = {
     snapshots: sns.length,
-    packs: repo.index.packs.size,
+    packs: repo.index.packCount,
     blobs: repo.index.blobCount,
     storedBytes,
     logicalBytes,

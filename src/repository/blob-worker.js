@@ -8,6 +8,7 @@ import { Buffer } from 'node:buffer';
 import { parentPort, workerData } from 'node:worker_threads';
 import { Compressor, decompress } from 'zstd-napi';
 import { Xaes } from './xaes.js';
+import { GcPacer } from '../util/gc-pacer.js';
 
 // The platform binding directly, as in repository/blake3.ts (which this plain-JS worker cannot import).
 const { Blake3Hasher } = createRequire(import.meta.url)('@napi-rs/blake-hash-linux-x64-gnu');
@@ -16,6 +17,9 @@ const encKey = Buffer.from(workerData.encKey);
 const xaes = workerData.format === 2 ? new Xaes(encKey) : undefined;
 const idKey = Buffer.from(workerData.idKey);
 const level = workerData.zstdLevel;
+// The compressed copy and the sealing's own buffers are garbage at once: young, so a minor collection
+// frees them, cheaply.
+const pacer = new GcPacer(workerData.gcEveryBytes ?? 16 * 1024 * 1024, 'minor');
 const compressor = new Compressor();
 compressor.setParameters({ compressionLevel: level });
 
@@ -46,6 +50,7 @@ function own(buf) {
 }
 
 parentPort.on('message', (msg) => {
+  pacer.dropped(msg.data.byteLength);
   try {
     if (msg.op === 'seal') {
       const plain = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
@@ -59,7 +64,11 @@ parentPort.on('message', (msg) => {
           ulen = plain.length;
         }
       }
-      const sealed = own(seal(body, msg.ad));
+      const result = seal(body, msg.ad);
+      // Back in the buffer the plaintext came in, when it fits (the main thread reuses it).
+      const back = msg.data.buffer;
+      const sealed = result.length <= back.byteLength ? new Uint8Array(back, 0, result.length) : own(result);
+      if (sealed.buffer === back) sealed.set(result);
       parentPort.postMessage({ seq: msg.seq, sealed, ulen }, [sealed.buffer]);
     } else if (msg.op === 'open') {
       const sealed = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);

@@ -84,9 +84,9 @@ export async function checkRepository(repo: CheckRepo, opts: CheckOptions = {}):
   const stored = new Map<string, number>();
   for await (const f of repo.backend.list('data')) stored.set(f.name, f.size);
   let unreferencedPacks = 0;
-  for (const name of stored.keys()) if (!repo.index.packs.has(name) && damagedIndex.length === 0) unreferencedPacks++;
+  for (const name of stored.keys()) if (!repo.index.hasPack(name) && damagedIndex.length === 0) unreferencedPacks++;
   const brokenPacks = new Set<string>();
-  for (const [pack, end] of repo.index.packs) {
+  for (const [pack, end] of repo.index.packs()) {
     const size = stored.get(pack);
     if (size === undefined) {
       problems.push({ kind: 'pack-missing', object: pack, message: `pack ${pack} is in the index but not in storage` });
@@ -210,7 +210,7 @@ export async function checkRepository(repo: CheckRepo, opts: CheckOptions = {}):
   }
   return {
     snapshots: listing.snapshots.length + listing.damaged.length,
-    packs: repo.index.packs.size,
+    packs: repo.index.packCount,
     packsRead,
     blobsRead,
     unreferencedPacks,

@@ -1,13 +1,16 @@
 // The index maps blob ids to where they live (pack, offset, length). Each writer adds its own index
 // files and never rewrites another's, so many hosts can back up into one repository at once; the
-// in-memory view is the union of all index files.
+// view is the union of all index files, kept on local disk as sorted runs (index-cache.ts).
 //
 // A blob may be stored more than once (two hosts saved it at the same time, or a backup stored it again
 // because the first copy was found damaged). Every copy is kept, so a read can fall back to an intact
 // one. Copies found damaged (by check, or by a read in this process) are marked: a marked blob does not
 // count as present, so the next backup that meets it stores it again — the repository heals itself.
-import { BulwarkError } from '../util/errors.js';
 import type { BlobType } from './format.js';
+import type { IndexFileMeta, Run } from './index-cache.js';
+import type { IndexFile } from './index-file.js';
+
+export { validateIndexFile, type IndexFile } from './index-file.js';
 
 /** What a repository tells the locks its process holds when it loads the index (prune.ts). */
 export interface IndexWatcher {
@@ -24,47 +27,13 @@ export interface IndexEntry {
   ulen: number;
 }
 
-/** Index file document (sealed): the packs one writer added. */
-export interface IndexFile {
-  version: 1;
-  packs: { id: string; type: BlobType; blobs: { id: string; offset: number; length: number; ulen: number }[] }[];
-  /** Copies found damaged (by check): readers skip them and backups store those blobs again. */
-  damaged?: { id: string; pack: string }[];
-  /**
-   * Written by prune, in one file with no packs: the packs it condemned, each with the generation that
-   * condemned it, and this file's generation (the highest). See prune.ts for why one file.
-   */
-  generation?: number;
-  obsolete?: { pack: string; generation: number }[];
-}
-
-const HEX_ID = /^[0-9a-f]{64}$/;
-const MAX_BLOB_BYTES = 0xffffffff;
-
-/** Checks an index file's shape before any of it is believed (a hostile one could point anywhere). */
-export function validateIndexFile(f: IndexFile, name: string): void {
-  const bad = (why: string): BulwarkError => new BulwarkError('repository-corrupt', `index file ${name} is malformed: ${why}`);
-  if (typeof f !== 'object' || f === null || !Array.isArray(f.packs)) throw bad('no pack list');
-  for (const p of f.packs) {
-    if (typeof p !== 'object' || p === null || typeof p.id !== 'string' || !HEX_ID.test(p.id)) throw bad('a pack id is invalid');
-    if (p.type !== 'data' && p.type !== 'tree') throw bad(`pack ${p.id} has the unknown type '${String(p.type)}'`);
-    if (!Array.isArray(p.blobs)) throw bad(`pack ${p.id} has no blob list`);
-    for (const b of p.blobs) {
-      const ok = typeof b === 'object' && b !== null && typeof b.id === 'string' && HEX_ID.test(b.id) && [b.offset, b.length, b.ulen].every((v) => Number.isInteger(v) && v >= 0 && v <= MAX_BLOB_BYTES * 16);
-      if (!ok || b.length > MAX_BLOB_BYTES || b.ulen > MAX_BLOB_BYTES) throw bad(`pack ${p.id} lists an invalid blob`);
-    }
-  }
-  if (f.damaged !== undefined && (!Array.isArray(f.damaged) || !f.damaged.every((d) => typeof d?.id === 'string' && HEX_ID.test(d.id) && typeof d.pack === 'string' && HEX_ID.test(d.pack)))) {
-    throw bad('the damaged list is invalid');
-  }
-  const gen = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0;
-  if (f.generation !== undefined && !gen(f.generation)) throw bad('the prune generation is invalid');
-  if (f.obsolete !== undefined && (!Array.isArray(f.obsolete) || !f.obsolete.every((o) => typeof o?.pack === 'string' && HEX_ID.test(o.pack) && gen(o.generation)))) {
-    throw bad('the obsolete list is invalid');
-  }
-}
-
+/**
+ * The union of all index files: the runs of the on-disk cache (index-cache.ts), which hold what the
+ * repository's index files say, plus what this process added (its own packs, packs read from their
+ * headers), held in memory.
+ */
 export class MasterIndex {
+  private runs: Run[] = [];
   private readonly blobs = new Map<string, IndexEntry>();
   /** Further copies of blobs stored more than once (rare: kept apart so the common case stays one entry). */
   private readonly copies = new Map<string, IndexEntry[]>();
@@ -78,6 +47,8 @@ export class MasterIndex {
 
   /** Forgets everything loaded (to load a consistent set of index files again). */
   clear(): void {
+    for (const r of this.runs) r.close();
+    this.runs = [];
     this.blobs.clear();
     this.copies.clear();
     this.bad.clear();
@@ -86,23 +57,47 @@ export class MasterIndex {
     this.generation = 0;
   }
 
-  get blobCount(): number {
-    return this.blobs.size;
+  /** Forgets what the index files said (their runs, prune marks), keeping what this process added. */
+  detachRuns(): void {
+    for (const r of this.runs) r.close();
+    this.runs = [];
+    this.obsolete.clear();
+    this.generation = 0;
   }
 
-  get packs(): ReadonlyMap<string, number> {
-    return this.packSizes;
+  /** Takes the cache's runs, and what the index files in them say besides their packs. */
+  attach(runs: Run[], meta: Iterable<IndexFileMeta>): void {
+    this.runs.push(...runs);
+    for (const m of meta) this.addMeta(m);
+  }
+
+  /** Blob copies listed (a blob stored twice counts twice). */
+  get blobCount(): number {
+    return this.runs.reduce((s, r) => s + r.info.entries, 0) + this.blobs.size;
+  }
+
+  /** Bytes of memory the on-disk runs hold (their summaries and small runs held whole). */
+  get runMemoryBytes(): number {
+    return this.runs.reduce((s, r) => s + r.memoryBytes, 0);
   }
 
   private usable(id: string, c: IndexEntry): boolean {
     return !this.bad.has(`${id}/${c.pack}`) && !this.obsolete.has(c.pack);
   }
 
+  /** Every copy, in the order loaded: what this process added first, then the runs'. */
+  private copiesOf(id: string): IndexEntry[] {
+    const mine = this.blobs.get(id);
+    const out: IndexEntry[] = mine ? [mine, ...(this.copies.get(id) ?? [])] : [];
+    if (this.runs.length === 0) return out;
+    const key = Buffer.from(id, 'hex');
+    for (const r of this.runs) for (const e of r.find(key)) if (!out.some((c) => c.pack === e.pack)) out.push(e);
+    return out;
+  }
+
   /** The first copy neither known to be damaged nor in a pack prune condemned. */
   lookup(id: string): IndexEntry | undefined {
-    const e = this.blobs.get(id);
-    if (!e || this.usable(id, e)) return e;
-    return this.copies.get(id)?.find((c) => this.usable(id, c));
+    return this.copiesOf(id).find((c) => this.usable(id, c));
   }
 
   /**
@@ -110,11 +105,8 @@ export class MasterIndex {
    * removes them), then those marked damaged (a last resort for reads).
    */
   locations(id: string): IndexEntry[] {
-    const e = this.blobs.get(id);
-    if (!e) return [];
-    const all = [e, ...(this.copies.get(id) ?? [])];
     const rank = (c: IndexEntry): number => (this.bad.has(`${id}/${c.pack}`) ? 2 : this.obsolete.has(c.pack) ? 1 : 0);
-    return [...all].sort((a, b) => rank(a) - rank(b));
+    return this.copiesOf(id).sort((a, b) => rank(a) - rank(b));
   }
 
   /** Present with at least one copy not known to be damaged: a backup may reuse it. */
@@ -135,6 +127,45 @@ export class MasterIndex {
     return [...this.bad].map((k) => ({ id: k.slice(0, 64), pack: k.slice(65) }));
   }
 
+  /** The size of a pack (the end of its last blob), if any index lists it. */
+  packSize(pack: string): number | undefined {
+    let size = this.packSizes.get(pack);
+    if (this.runs.length > 0) {
+      const key = Buffer.from(pack, 'hex');
+      for (const r of this.runs) {
+        const s = r.packSize(key);
+        if (s !== undefined) size = Math.max(size ?? 0, s);
+      }
+    }
+    return size;
+  }
+
+  hasPack(pack: string): boolean {
+    return this.packSize(pack) !== undefined;
+  }
+
+  /** Every pack listed, once, with its size; in no particular order. */
+  *packs(): Generator<[string, number]> {
+    for (const [id, size] of this.packSizes) yield [id, this.packSize(id) ?? size];
+    for (const [i, r] of this.runs.entries()) {
+      let last: string | undefined;
+      for (const p of r.packs()) {
+        if (p.id === last) continue;
+        last = p.id;
+        // Listed by this process or an earlier run: already given.
+        if (this.packSizes.has(p.id) || this.runs.slice(0, i).some((o) => o.packSize(Buffer.from(p.id, 'hex')) !== undefined)) continue;
+        yield [p.id, this.packSize(p.id)!];
+      }
+    }
+  }
+
+  /** How many packs are listed (a full pass over the pack lists). */
+  get packCount(): number {
+    let n = 0;
+    for (const _ of this.packs()) n++;
+    return n;
+  }
+
   addFile(file: IndexFile): void {
     for (const p of file.packs) {
       let end = 0;
@@ -150,19 +181,38 @@ export class MasterIndex {
       }
       this.packSizes.set(p.id, Math.max(this.packSizes.get(p.id) ?? 0, end));
     }
-    for (const d of file.damaged ?? []) this.markDamaged(d.id, d.pack);
-    for (const o of file.obsolete ?? []) this.obsolete.set(o.pack, Math.min(o.generation, this.obsolete.get(o.pack) ?? Infinity));
-    this.generation = Math.max(this.generation, file.generation ?? 0);
+    this.addMeta(file);
   }
 
-  /** One entry per blob (its first copy). */
-  entries(): IterableIterator<[string, IndexEntry]> {
-    return this.blobs.entries();
+  private addMeta(m: IndexFileMeta): void {
+    for (const d of m.damaged ?? []) this.markDamaged(d.id, d.pack);
+    for (const o of m.obsolete ?? []) this.obsolete.set(o.pack, Math.min(o.generation, this.obsolete.get(o.pack) ?? Infinity));
+    this.generation = Math.max(this.generation, m.generation ?? 0);
   }
 
-  /** Every copy of every blob. */
+  /** One entry per blob (its first copy), read from disk as it goes. */
+  *entries(): Generator<[string, IndexEntry]> {
+    const seen = (id: string, i: number): boolean => this.blobs.has(id) || this.runs.slice(0, i).some((o) => o.find(Buffer.from(id, 'hex')).length > 0);
+    yield* this.blobs.entries();
+    for (const [i, r] of this.runs.entries()) {
+      let last: string | undefined;
+      for (const [id, e] of r.allEntries()) {
+        if (id === last) continue;
+        last = id;
+        if (!seen(id, i)) yield [id, e];
+      }
+    }
+  }
+
+  /** Every copy of every blob, read from disk as it goes. */
   *allEntries(): Generator<[string, IndexEntry]> {
     yield* this.blobs.entries();
     for (const [id, more] of this.copies) for (const e of more) yield [id, e];
+    for (const r of this.runs) yield* r.allEntries();
+  }
+
+  close(): void {
+    for (const r of this.runs) r.close();
+    this.runs = [];
   }
 }

@@ -10,6 +10,7 @@
 // gone on this same host, is stale: it no longer blocks anyone, and `unlock` removes it.
 import { hostname, userInfo } from 'node:os';
 import { BulwarkError } from '../util/errors.js';
+import { processAlive } from '../util/process-temp.js';
 import type { IndexWatcher } from './index.js';
 import type { Repository } from './repository.js';
 
@@ -49,15 +50,6 @@ export class RepositoryLockedError extends BulwarkError {
 }
 
 type LockRepo = Pick<Repository, 'saveDocument' | 'loadDocument' | 'backend' | 'clock'> & { heldLocks?: Set<IndexWatcher> };
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** A lock claiming a time further ahead than this is not believed (clocks differ by seconds, not days). */
 const MAX_CLOCK_AHEAD_MS = 24 * 60 * 60 * 1000;

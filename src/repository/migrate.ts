@@ -166,7 +166,7 @@ async function cleanup(v2: Repository, keyId: string, keyVersion: 1 | 2, passwor
     }
     await v2.loadIndexFiles();
     const unlisted: { name: string; size: number }[] = [];
-    for await (const f of v2.backend.list('data')) if (!v2.index.packs.has(f.name)) unlisted.push(f);
+    for await (const f of v2.backend.list('data')) if (!v2.index.hasPack(f.name)) unlisted.push(f);
     for (const [i, f] of unlisted.entries()) {
       opts.onProgress?.('cleanup', i, unlisted.length);
       let entries;

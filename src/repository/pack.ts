@@ -44,34 +44,44 @@ export function v2HeaderBytes(count: number): number {
 }
 
 export function buildPack(sealer: Sealer, blobs: readonly PackBlob[]): BuiltPack {
-  const v2 = sealer.version === 2;
-  const fixed = v2 ? V2_PACK_HEADER_FIXED_BYTES : 0;
-  const header = Buffer.alloc(v2 ? v2HeaderBytes(blobs.length) : blobs.length * PACK_ENTRY_BYTES);
   const entries: PackEntry[] = [];
   let offset = 0;
-  blobs.forEach((b, i) => {
-    const at = fixed + i * PACK_ENTRY_BYTES;
-    header.writeUInt8(BLOB_TYPE_CODES[b.type], at);
-    header.writeUInt32LE(b.sealed.length, at + 1);
-    header.writeUInt32LE(b.ulen, at + 5);
-    b.id.copy(header, at + 9);
+  for (const b of blobs) {
     entries.push({ type: b.type, id: b.id.toString('hex'), offset, length: b.sealed.length, ulen: b.ulen });
     offset += b.sealed.length;
+  }
+  const bytes = Buffer.concat([...blobs.map((b) => b.sealed), ...packTail(sealer, entries, offset)]);
+  const id = createHash('sha256').update(bytes).digest('hex');
+  return { id, bytes, entries };
+}
+
+/**
+ * What follows the blobs of a pack: filler (format 2), the sealed header, the trailer. `dataBytes` is
+ * the blobs' total length; `entries` lists them in order.
+ */
+export function packTail(sealer: Sealer, entries: readonly PackEntry[], dataBytes: number): Buffer[] {
+  const v2 = sealer.version === 2;
+  const fixed = v2 ? V2_PACK_HEADER_FIXED_BYTES : 0;
+  const header = Buffer.alloc(v2 ? v2HeaderBytes(entries.length) : entries.length * PACK_ENTRY_BYTES);
+  entries.forEach((e, i) => {
+    const at = fixed + i * PACK_ENTRY_BYTES;
+    header.writeUInt8(BLOB_TYPE_CODES[e.type], at);
+    header.writeUInt32LE(e.length, at + 1);
+    header.writeUInt32LE(e.ulen, at + 5);
+    header.write(e.id, at + 9, ID_BYTES, 'hex');
   });
   let filler = Buffer.alloc(0);
   if (v2) {
-    const unpadded = offset + header.length + sealer.overhead + PACK_TRAILER_BYTES;
+    const unpadded = dataBytes + header.length + sealer.overhead + PACK_TRAILER_BYTES;
     // Random, not zeros: storage that compresses would otherwise tell the filler's length.
     filler = randomBytes(padme(unpadded) - unpadded);
-    header.writeUInt32LE(blobs.length, 0);
+    header.writeUInt32LE(entries.length, 0);
     header.writeUInt32LE(filler.length, 4);
   }
   const sealedHeader = sealer.seal('pack-header', header);
   const trailer = Buffer.alloc(PACK_TRAILER_BYTES);
   trailer.writeUInt32LE(sealedHeader.length, 0);
-  const bytes = Buffer.concat([...blobs.map((b) => b.sealed), filler, sealedHeader, trailer]);
-  const id = createHash('sha256').update(bytes).digest('hex');
-  return { id, bytes, entries };
+  return [filler, sealedHeader, trailer];
 }
 
 /** Parses a pack's own header (used by check and index rebuilds); `bytes` is the whole pack. */

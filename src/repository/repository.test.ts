@@ -53,7 +53,7 @@ describe('Repository', () => {
     await other.loadIndex();
     expect(other.index.blobCount).toBe(20);
     for (let i = 0; i < blobs.length; i++) expect((await other.loadBlob('data', ids[i]!)).equals(blobs[i]!)).toBe(true);
-    expect(other.index.packs.size).toBeGreaterThan(1); // 1 MB of blobs in 256 KiB packs
+    expect(other.index.packCount).toBeGreaterThan(1); // 1 MB of blobs in 256 KiB packs
   });
 
   it('compresses compressible data and stores incompressible data raw', async () => {

@@ -23,9 +23,11 @@ import {
   type FormatVersion,
 } from './format.js';
 import type { FreshnessRecord } from './freshness.js';
+import { IndexCache, IndexFileVanishedError } from './index-cache.js';
 import { MasterIndex, validateIndexFile, type IndexEntry, type IndexFile, type IndexWatcher } from './index.js';
 import { openWithPassword, writeKey } from './keys.js';
-import { buildPack, parsePackHeader, type PackBlob, type PackEntry } from './pack.js';
+import { parsePackHeader, type PackBlob, type PackEntry } from './pack.js';
+import { PackSpool, type FinishedPack, type PackWriter } from './pack-writer.js';
 import { OtherFormatObjectError, sealDocument, sealerFor, unsealDocument, type Sealer } from './sealer.js';
 import { MAX_TREE_BYTES } from './tree.js';
 import { decompressBounded } from './zstd.js';
@@ -59,6 +61,8 @@ export interface InitOptions {
 
 export interface OpenOptions {
   clock?: Clock;
+  /** Folder for the on-disk index cache (index-cache.ts); without one, a private temporary folder. */
+  indexCache?: string;
   workers?: number;
   /** Told about damage that was worked around (a skipped key, index or snapshot file). */
   onWarning?: (message: string) => void;
@@ -131,13 +135,18 @@ const INLINE_OPEN_BYTES = 64 * 1024;
 const TREE_CACHE_BYTES = 64 * 1024 * 1024;
 /** Bookkeeping charged per blob on top of its bytes. */
 const BLOB_OVERHEAD = 256;
+/** Memory for blobs between saveBlob and their pack's file. */
+const SAVE_BUDGET_BYTES = 12 * 1024 * 1024;
 
 interface Packer {
   type: BlobType;
   slot: number;
-  blobs: PackBlob[];
+  /** The pack's temporary file (pack-writer.ts): blobs go to disk as they come, not into memory. */
+  writer: Promise<PackWriter>;
+  /** Bytes of blobs sent to it (written or being written). */
   bytes: number;
-  budget: number;
+  /** The writes so far, in order: each blob's write starts after the one before it. */
+  tail: Promise<void>;
 }
 
 export class Repository {
@@ -154,6 +163,7 @@ export class Repository {
   private readonly pendingIndex: IndexFile['packs'] = [];
   private readonly tasks = new Set<Promise<void>>();
   private readonly budget: Budget;
+  private readonly spool = new PackSpool();
   private failure: unknown;
   private readonly treePacks = new Map<string, Promise<Buffer>>();
   private treePackBytes = 0;
@@ -177,6 +187,9 @@ export class Repository {
   /** Every blob a backup reuses is read and checked first; a damaged one is stored again. */
   verifyReused = false;
   private readonly verified = new Set<string>();
+  /** Where the index cache lives (index-cache.ts); undefined: a private temporary folder. */
+  indexCacheDir: string | undefined;
+  private indexCache: IndexCache | undefined;
 
   private constructor(
     readonly backend: Backend,
@@ -190,10 +203,9 @@ export class Repository {
   ) {
     this.sealer = sealerFor(config.version, key);
     this.workers = new BlobWorkers(this.sealer, key.id, config.zstdLevel, workers);
-    // One pack being filled plus room for blobs being sealed. More buys no speed (measured: 160, 64
-    // and 32 MiB back up a 2 GiB image equally fast; peak RSS 400 MB at 64, 320 MB at 32) and costs
-    // memory. Partial packs that hold the budget are written early (makeRoom).
-    this.budget = new Budget(config.packSize + 16 * 1024 * 1024);
+    // Blobs being sealed and written to their pack's file; packs themselves are on disk. More buys no
+    // speed (two workers keep busy with a few blobs each) and costs memory.
+    this.budget = new Budget(SAVE_BUDGET_BYTES);
   }
 
   /**
@@ -246,6 +258,7 @@ export class Repository {
     repo.appendOnly = appendOnly;
     repo.appendOnlyKey = opened.appendOnly;
     if (opts.onWarning) repo.onWarning = opts.onWarning;
+    repo.indexCacheDir = opts.indexCache;
     return repo;
   }
 
@@ -327,44 +340,46 @@ export class Repository {
     // half of the new would let a backup reuse a pack prune is removing (prune.ts).
     for (let attempt = 1; ; attempt++) {
       const { damaged, vanished } = await this.loadIndexListing();
-      if (!vanished || this.bytesWritten > 0) return damaged;
+      if (!vanished) return damaged;
       if (attempt >= 5) throw new BulwarkError('io', 'the index kept changing while it was read (a prune or repair running at the same time?)', { hint: 'run the command again' });
-      this.index.clear();
     }
   }
 
   private async loadIndexListing(): Promise<{ damaged: { name: string; reason: string }[]; vanished: boolean }> {
     const names: string[] = [];
     for await (const f of this.backend.list('index')) names.push(f.name);
-    const queue = [...names];
     const damaged: { name: string; reason: string }[] = [];
-    let vanished = false;
-    const loadOne = async (): Promise<void> => {
-      for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
-        try {
-          const file = await this.loadDocument<IndexFile>('index', name);
-          validateIndexFile(file, name);
-          this.index.addFile(file);
-        } catch (err) {
-          if (this.backend.isNotFound(err)) {
-            vanished = true;
-            continue;
-          }
-          if (err instanceof OtherFormatObjectError) continue;
-          if (!(err instanceof BulwarkError) || err.code !== 'repository-corrupt') throw err;
-          damaged.push({ name, reason: err.message });
-        }
+    this.indexCache ??= IndexCache.forRepository(this.indexCacheDir, this.config.id, this.config.version, (m) => this.onWarning(m));
+    const read = async (name: string): Promise<IndexFile | undefined> => {
+      try {
+        const file = await this.loadDocument<IndexFile>('index', name);
+        validateIndexFile(file, name);
+        return file;
+      } catch (err) {
+        if (this.backend.isNotFound(err)) throw new IndexFileVanishedError(name);
+        if (err instanceof OtherFormatObjectError) return undefined;
+        if (!(err instanceof BulwarkError) || err.code !== 'repository-corrupt') throw err;
+        damaged.push({ name, reason: err.message });
+        return undefined;
       }
     };
-    await Promise.all(Array.from({ length: Math.min(8, queue.length) }, loadOne));
-    return { damaged, vanished };
+    // Loading again replaces what the index files said; what this process added stays.
+    this.index.detachRuns();
+    try {
+      const { runs, meta } = await this.indexCache.update(names, read);
+      this.index.attach(runs, meta.values());
+    } catch (err) {
+      if (err instanceof IndexFileVanishedError) return { damaged, vanished: true };
+      throw err;
+    }
+    return { damaged, vanished: false };
   }
 
   /** Adds packs that are in storage but in no index file, from their own headers. Returns how many. */
   async indexUnlistedPacks(onDamaged?: (pack: string, reason: string) => void): Promise<number> {
     let found = 0;
     for await (const f of this.backend.list('data')) {
-      if (this.index.packs.has(f.name)) continue;
+      if (this.index.hasPack(f.name)) continue;
       try {
         const entries = await this.readPackEntries(f.name, f.size);
         this.index.addFile(packIndexFile(f.name, entries));
@@ -433,26 +448,21 @@ export class Repository {
     if (!opts.force && this.hasBlob(id) && (!this.verifyReused || (await this.reusable(id)))) return { id, stored: false };
     if (this.pendingBlobs.has(id)) return { id, stored: false };
     this.pendingBlobs.add(id);
-    // Memory accounting: the plaintext is charged until it is sealed, then only the sealed bytes until
-    // their pack is written. Charging plaintext until the upload would deadlock on compressible data:
-    // the budget fills with blobs whose sealed form never adds up to a full pack.
+    // Memory accounting: the plaintext is charged until its sealed form is in the pack's file (the
+    // sealed form is smaller or about as large).
     const cost = plain.length + BLOB_OVERHEAD;
-    const admitted = this.budget.acquire(cost);
-    // Waiting: partial packs may hold the budget with no blob left in flight to trigger their writing
-    // (two data packs each just short of full, in format 2), so the wait itself asks for relief.
-    if (this.budget.contended) this.track(this.relievePressure());
-    await admitted;
+    await this.budget.acquire(cost);
     this.track(
       (async () => {
-        let held = cost;
         try {
-          const { sealed, ulen } = await this.workers.seal(plain, true, this.sealer.ad(type, Buffer.from(id, 'hex')));
-          const kept = Math.min(held, sealed.length + BLOB_OVERHEAD);
-          this.budget.release(held - kept);
-          held = 0; // the packer owns the charge from here; writePack releases it, also on failure
-          await this.addToPacker({ type, id: Buffer.from(id, 'hex'), sealed, ulen }, kept);
+          const { sealed, ulen, release } = await this.workers.seal(plain, true, this.sealer.ad(type, Buffer.from(id, 'hex')));
+          try {
+            await this.addToPacker({ type, id: Buffer.from(id, 'hex'), sealed, ulen });
+          } finally {
+            release();
+          }
         } finally {
-          if (held > 0) this.budget.release(held);
+          this.budget.release(cost);
         }
       })(),
     );
@@ -536,7 +546,7 @@ export class Repository {
 
   /** A whole tree pack from the cache (loading it once, however many callers ask at the same time). */
   private async treePack(pack: string): Promise<Buffer | undefined> {
-    const size = this.index.packs.get(pack) ?? Infinity;
+    const size = this.index.packSize(pack) ?? Infinity;
     if (size > TREE_CACHE_BYTES / 4) return undefined;
     let p = this.treePacks.get(pack);
     if (p) {
@@ -554,59 +564,47 @@ export class Repository {
     for (const [name] of this.treePacks) {
       if (this.treePackBytes <= TREE_CACHE_BYTES || name === pack) break;
       this.treePacks.delete(name);
-      this.treePackBytes -= this.index.packs.get(name) ?? 0;
+      this.treePackBytes -= this.index.packSize(name) ?? 0;
     }
     return p;
   }
 
-  /**
-   * Sealed blobs wait in packs that are not full yet, holding budget that only a written pack frees.
-   * When someone waits for budget and those packs hold at least half of it, the fullest is written
-   * now, smaller than usual (the format allows any size): otherwise a data pack and a tree pack
-   * filling side by side could hold the whole budget and the backup would wait forever.
-   */
-  private async relievePressure(): Promise<void> {
-    while (this.budget.contended) {
-      let fullest: Packer | undefined;
-      let parked = 0;
-      for (const p of this.packers.values()) {
-        parked += p.budget;
-        if (!fullest || p.budget > fullest.budget) fullest = p;
-      }
-      // Mostly blobs still being sealed: they release their plaintext charge soon.
-      if (!fullest || parked < this.budget.limitBytes / 2) return;
-      await this.writePack(fullest);
-    }
-  }
-
-  private async addToPacker(blob: PackBlob, cost: number): Promise<void> {
+  /** Appends a blob to a pack being filled (its file); writes the pack when it is full. */
+  private async addToPacker(blob: PackBlob): Promise<void> {
     const slot = this.sealer.version === 2 ? randomInt(V2_PACKERS_PER_TYPE) : 0;
     const key = `${blob.type}:${slot}`;
     let p = this.packers.get(key);
     if (!p) {
-      p = { type: blob.type, slot, blobs: [], bytes: 0, budget: 0 };
+      const writer = this.spool.open(this.sealer);
+      writer.catch(() => undefined); // awaited below; a failure to open is reported there
+      p = { type: blob.type, slot, writer, bytes: 0, tail: Promise.resolve() };
       this.packers.set(key, p);
     }
-    p.blobs.push(blob);
     p.bytes += blob.sealed.length;
-    p.budget += cost;
+    const packer = p;
+    const written = p.tail.then(async () => (await packer.writer).add(blob));
+    p.tail = written.catch(() => undefined);
+    await written;
     if (p.bytes >= this.config.packSize) await this.writePack(p);
-    else await this.relievePressure();
   }
 
   private async writePack(p: Packer): Promise<void> {
     const key = `${p.type}:${p.slot}`;
-    if (this.packers.get(key) !== p || p.blobs.length === 0) return;
+    if (this.packers.get(key) !== p) return;
     this.packers.delete(key);
-    const pack = buildPack(this.sealer, p.blobs);
+    await p.tail;
+    const writer = await p.writer;
+    let pack: FinishedPack | undefined;
     try {
-      await this.backend.save({ type: 'data', name: pack.id }, pack.bytes);
+      if (writer.entries.length === 0) return;
+      pack = await writer.finish();
+      await this.backend.save({ type: 'data', name: pack.id }, pack);
     } catch (err) {
-      throw unable('save', 'pack', pack.id, err, 'io');
+      throw unable('save', 'pack', pack?.id ?? 'being filled', err, 'io');
     } finally {
-      this.budget.release(p.budget);
+      await writer.discard();
     }
-    this.bytesWritten += pack.bytes.length;
+    this.bytesWritten += pack.size;
     this.pendingIndex.push(packIndexFile(pack.id, pack.entries).packs[0]!);
     this.index.addFile(packIndexFile(pack.id, pack.entries));
     for (const e of pack.entries) this.pendingBlobs.delete(e.id);
@@ -697,6 +695,11 @@ export class Repository {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.index.close();
+    this.indexCache?.close();
+    for (const p of this.packers.values()) await (await p.writer.catch(() => undefined))?.discard();
+    this.packers.clear();
+    this.spool.close();
     await this.workers.close();
     if (this.ownsBackend) await this.backend.close();
   }

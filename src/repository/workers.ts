@@ -5,6 +5,13 @@ import { Worker } from 'node:worker_threads';
 import { IntegrityError } from './crypto.js';
 import type { Sealer } from './sealer.js';
 
+/** Workers collect young garbage after this many bytes of buffers (util/gc-pacer.js). */
+const GC_EVERY_BYTES = 16 * 1024 * 1024;
+/** A sealed blob is at most this much longer than its plaintext (format 2's 40 bytes of overhead). */
+const SEAL_SLACK = 64;
+/** Transfer buffers kept for reuse, at most. */
+const POOL_BYTES = 24 * 1024 * 1024;
+
 interface Pending {
   resolve(v: WorkerReply): void;
   reject(e: Error): void;
@@ -30,6 +37,42 @@ export interface SealResult {
   sealed: Buffer;
   /** Plaintext length when stored compressed, 0 when stored raw. */
   ulen: number;
+  /** Hands the memory of `sealed` back for reuse; `sealed` must not be used after. */
+  release(): void;
+}
+
+/** Rounds up to one of eight sizes per power of two: a freed buffer fits most later requests of its class. */
+function sizeClass(n: number): number {
+  if (n <= 4096) return 4096;
+  const step = 2 ** (Math.floor(Math.log2(n)) - 3);
+  return Math.ceil(n / step) * step;
+}
+
+/**
+ * ArrayBuffers that travel to a worker and back. A blob's bytes go out in one and its sealed form comes
+ * back in the same memory, which is reused for the next blob: without it every blob leaves a dead
+ * buffer behind on the main thread, and V8 lets tens of MB of those pile up before it collects them.
+ */
+class TransferPool {
+  private readonly free = new Map<number, ArrayBuffer[]>();
+  private bytes = 0;
+
+  take(min: number): ArrayBuffer {
+    const cap = sizeClass(min);
+    const ab = this.free.get(cap)?.pop();
+    if (!ab) return new ArrayBuffer(cap);
+    this.bytes -= cap;
+    return ab;
+  }
+
+  give(ab: ArrayBuffer): void {
+    // A detached buffer (sent away again) has length 0; one of another size class was not ours.
+    if (ab.byteLength === 0 || ab.byteLength !== sizeClass(ab.byteLength) || this.bytes + ab.byteLength > POOL_BYTES) return;
+    let list = this.free.get(ab.byteLength);
+    if (!list) this.free.set(ab.byteLength, (list = []));
+    list.push(ab);
+    this.bytes += ab.byteLength;
+  }
 }
 
 /**
@@ -47,6 +90,7 @@ export class BlobWorkers {
   private readonly pending = new Map<number, Pending>();
   private seq = 0;
   private closed = false;
+  private readonly pool = new TransferPool();
 
   constructor(
     private readonly sealer: Sealer,
@@ -60,7 +104,7 @@ export class BlobWorkers {
     const url = new URL('./blob-worker.js', import.meta.url);
     for (let i = 0; i < this.threads; i++) {
       const worker = new Worker(url, {
-        workerData: { format: this.sealer.version, encKey: new Uint8Array(this.sealer.workerKey), idKey: new Uint8Array(this.idKey), zstdLevel: this.zstdLevel },
+        workerData: { format: this.sealer.version, encKey: new Uint8Array(this.sealer.workerKey), idKey: new Uint8Array(this.idKey), zstdLevel: this.zstdLevel, gcEveryBytes: GC_EVERY_BYTES },
       });
       worker.unref();
       const slot: Slot = { worker, busy: 0 };
@@ -86,9 +130,14 @@ export class BlobWorkers {
    * caller keeps its buffer: the bytes are copied.
    */
   async seal(data: Uint8Array, compress: boolean, ad: Uint8Array | null): Promise<SealResult> {
-    const r = await this.post({ op: 'seal', data: owned(data), compress, ad }, 'seal blob');
+    // The worker writes the sealed blob back into the buffer it was sent in when it fits (it always
+    // does with this slack), and sends that buffer back.
+    const out = new Uint8Array(this.pool.take(data.byteLength + SEAL_SLACK), 0, data.byteLength);
+    out.set(data);
+    const r = await this.post({ op: 'seal', data: out, compress, ad }, 'seal blob');
     const s = r.sealed!;
-    return { sealed: Buffer.from(s.buffer, s.byteOffset, s.byteLength), ulen: r.ulen ?? 0 };
+    const ab = s.buffer as ArrayBuffer;
+    return { sealed: Buffer.from(ab, s.byteOffset, s.byteLength), ulen: r.ulen ?? 0, release: () => this.pool.give(ab) };
   }
 
   /** Decrypts and decompresses; also returns the plaintext's blob id, computed in the worker. */

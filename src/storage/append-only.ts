@@ -4,7 +4,7 @@
 // and key changes are refused before they touch anything. What this can and cannot guarantee:
 // docs/repository-format.md (Append-only).
 import { BulwarkError } from '../util/errors.js';
-import type { Backend, BackendProperties, FileInfo, FileType, Handle } from './backend.js';
+import type { Backend, BackendProperties, FileInfo, FileType, Handle, SaveData } from './backend.js';
 
 export class AppendOnlyError extends BulwarkError {
   constructor(what: string, why: string) {
@@ -31,7 +31,7 @@ export class AppendOnlyBackend implements Backend {
     return this.inner.create();
   }
 
-  async save(h: Handle, data: Uint8Array): Promise<void> {
+  async save(h: Handle, data: SaveData): Promise<void> {
     if (h.type === 'config' && !this.configWritable) throw new AppendOnlyError('replace the repository config', this.why);
     return this.inner.save(h, data);
   }

@@ -27,6 +27,25 @@ export interface FileInfo {
   size: number;
 }
 
+/**
+ * An object's bytes in a local file the caller owns (a pack filled on disk): saved without being held
+ * in memory. The file must not change until save() resolves; it may be read more than once (retries).
+ */
+export interface FileSource {
+  readonly path: string;
+  readonly size: number;
+}
+
+export type SaveData = Uint8Array | FileSource;
+
+export function isFileSource(d: SaveData): d is FileSource {
+  return !(d instanceof Uint8Array);
+}
+
+export function saveSize(d: SaveData): number {
+  return isFileSource(d) ? d.size : d.length;
+}
+
 export interface BackendProperties {
   /** How many requests the repository should keep in flight against this backend. */
   connections: number;
@@ -38,7 +57,7 @@ export interface Backend {
   readonly properties: BackendProperties;
   /** Creates the layout (folders) of a new repository; fails if a config already exists. */
   create(): Promise<void>;
-  save(h: Handle, data: Uint8Array): Promise<void>;
+  save(h: Handle, data: SaveData): Promise<void>;
   /** Reads the whole object, or `length` bytes from `offset`. */
   load(h: Handle, offset?: number, length?: number): Promise<Buffer>;
   stat(h: Handle): Promise<FileInfo>;

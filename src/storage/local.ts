@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { constants, promises as fsp, type Dirent, type Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { BulwarkError, errnoCode, unable, type ErrorCode } from '../util/errors.js';
-import { FILE_TYPES, type Backend, type BackendProperties, type FileInfo, type FileType, type Handle } from './backend.js';
+import { FILE_TYPES, isFileSource, saveSize, type Backend, type BackendProperties, type FileInfo, type FileType, type Handle, type SaveData } from './backend.js';
 
 interface ReadHandle {
   fh: fsp.FileHandle;
@@ -235,8 +235,9 @@ export class LocalBackend implements Backend {
     return false;
   }
 
-  async save(h: Handle, data: Uint8Array): Promise<void> {
+  async save(h: Handle, data: SaveData): Promise<void> {
     const { dir, path } = this.pathOf(h);
+    const size = saveSize(data);
     const object = OBJECT_WORD[h.type];
     // lstat: a symlink named like this object is no copy of it, since load() would refuse it.
     const existing = await fsp.lstat(path).catch((err: unknown) => {
@@ -245,8 +246,8 @@ export class LocalBackend implements Backend {
     });
     // The config is the one object that is replaced (by a format upgrade): the rename below does that atomically.
     if (existing !== undefined && !(h.type === 'config' && existing.isFile())) {
-      if (!existing.isFile() || existing.size !== data.length) {
-        throw new BulwarkError('repository-corrupt', `unable to write ${object} '${path}': it exists with ${existing.isFile() ? `${existing.size} bytes, not ${data.length}` : 'a different kind (not a file)'}`, {
+      if (!existing.isFile() || existing.size !== size) {
+        throw new BulwarkError('repository-corrupt', `unable to write ${object} '${path}': it exists with ${existing.isFile() ? `${existing.size} bytes, not ${size}` : 'a different kind (not a file)'}`, {
           hint: "run 'bulwark check'",
         });
       }
@@ -273,10 +274,13 @@ export class LocalBackend implements Backend {
     try {
       fh = await this.openTemp(tmp, h.type);
       created = true;
-      let off = 0;
-      while (off < data.length) {
-        const { bytesWritten } = await fh.write(data, off, data.length - off, off);
-        off += bytesWritten;
+      if (isFileSource(data)) await copyInto(fh, data.path, data.size);
+      else {
+        let off = 0;
+        while (off < data.length) {
+          const { bytesWritten } = await fh.write(data, off, data.length - off, off);
+          off += bytesWritten;
+        }
       }
       // Before the sync, so the mode is as durable as the bytes; before the rename, so no reader ever
       // sees the object writable.
@@ -497,4 +501,24 @@ function beyondEnd(size: number, offset: number, length: number): BulwarkError {
   return new BulwarkError('repository-corrupt', `it has ${size} bytes, so ${length} bytes at offset ${offset} lie beyond its end`, {
     hint: "the index and the stored object disagree: run 'bulwark check'",
   });
+}
+
+const COPY_BUFFER_BYTES = 1024 * 1024;
+
+/** Copies `size` bytes of a local file into an open one, through one small buffer. */
+async function copyInto(fh: fsp.FileHandle, source: string, size: number): Promise<void> {
+  const src = await fsp.open(source, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(Math.min(COPY_BUFFER_BYTES, Math.max(1, size)));
+    let off = 0;
+    while (off < size) {
+      const { bytesRead } = await src.read(buf, 0, Math.min(buf.length, size - off), off);
+      if (bytesRead === 0) throw new Error(`${source} ended after ${off} of ${size} bytes`);
+      let done = 0;
+      while (done < bytesRead) done += (await fh.write(buf, done, bytesRead - done, off + done)).bytesWritten;
+      off += bytesRead;
+    }
+  } finally {
+    await src.close();
+  }
 }

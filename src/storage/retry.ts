@@ -2,7 +2,7 @@
 // not fail a long backup. Kept out of the backends, as in restic, so each backend stays simple and
 // every one gets the same policy.
 import { setTimeout as delay } from 'node:timers/promises';
-import type { Backend, BackendProperties, FileInfo, FileType, Handle } from './backend.js';
+import type { Backend, BackendProperties, FileInfo, FileType, Handle, SaveData } from './backend.js';
 
 export type RetriedOperation = 'create' | 'save' | 'load' | 'stat' | 'list' | 'remove';
 
@@ -79,7 +79,7 @@ export class RetryBackend implements Backend {
     return this.run('create', undefined, () => this.inner.create());
   }
 
-  save(h: Handle, data: Uint8Array): Promise<void> {
+  save(h: Handle, data: SaveData): Promise<void> {
     // Safe to repeat even when an earlier attempt did store the object and only its reply was lost:
     // the backend contract makes a save of the same bytes under the same name succeed.
     return this.run('save', h, () => this.inner.save(h, data));

@@ -256,7 +256,7 @@ describe('hostile packs', () => {
       const reopened = await Repository.open(new LocalBackend(h.path), TEST_PASSWORD);
       try {
         await reopened.loadIndex();
-        expect(reopened.index.packs.has(name)).toBe(false);
+        expect(reopened.index.hasPack(name)).toBe(false);
         // Listed by a (hostile) index file, check --read-data finds the header at odds with the pack.
         await reopened.saveDocument('index', { version: 1, packs: [{ id: name, type: 'data', blobs: [{ id: '07'.repeat(32), offset: 0, length: 50, ulen: 0 }] }] });
       } finally {

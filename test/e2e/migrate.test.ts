@@ -106,7 +106,7 @@ describe('bulwark migrate', () => {
       expect(repo.config.version).toBe(2);
       expect(await repo.loadIndex()).toEqual([]);
       for await (const f of repo.backend.list('data')) {
-        expect(repo.index.packs.has(f.name), `pack ${f.name} is indexed`).toBe(true);
+        expect(repo.index.hasPack(f.name), `pack ${f.name} is indexed`).toBe(true);
         await repo.readPackEntries(f.name, f.size);
       }
       for (const type of ['index', 'snapshots'] as const) for await (const f of repo.backend.list(type)) await repo.loadDocument(type, f.name);

@@ -1,6 +1,6 @@
 // Runs the real CLI (the built dist/, as users run it) in a child process.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -27,11 +27,14 @@ export interface CliOptions {
 
 /** Tests keep this host's per-repository records (rollback detection) out of the real home folder. */
 const STATE_DIR = mkdtempSync(join(tmpdir(), 'bulwark-test-state-'));
+/** And their index caches out of ~/.cache; open to all, as tests also run the CLI as other users. */
+export const CACHE_DIR = mkdtempSync(join(tmpdir(), 'bulwark-test-cache-'));
+chmodSync(CACHE_DIR, 0o1777);
 
 export function runCli(args: string[], opts: CliOptions = {}): Promise<CliResult> {
   if (!existsSync(`${ROOT}dist/cli/main.js`)) throw new Error("dist/ is missing: run 'npm run build' first (npm test does)");
   const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries({ ...process.env, BULWARK_STATE_DIR: STATE_DIR, ...opts.env })) if (v !== undefined) env[k] = v;
+  for (const [k, v] of Object.entries({ ...process.env, BULWARK_STATE_DIR: STATE_DIR, BULWARK_CACHE_DIR: CACHE_DIR, ...opts.env })) if (v !== undefined) env[k] = v;
   const cmd = opts.as ? 'setpriv' : NODE;
   const argv = opts.as ? [`--reuid=${opts.as.uid}`, `--regid=${opts.as.gid}`, '--clear-groups', NODE, BIN, ...args] : [BIN, ...args];
   return new Promise((resolve, reject) => {

@@ -122,6 +122,8 @@ export function register(program: Command): void {
       const ctx = Context.from(cmd);
       const subset = o.readDataSubset !== undefined ? parseSubset(o.readDataSubset) : undefined;
       await ctx.withRepo(async (repo) => {
+        // check judges the repository itself: it reads every index file, never the local index cache.
+        repo.indexCacheDir = undefined;
         const lock = o.lock ? await Lock.acquire(repo, false, 'check') : undefined;
         try {
           const r = await checkRepository(repo, { readData: o.readData ?? false, ...(subset ? { readDataSubset: subset } : {}), recordDamage: o.lock });

@@ -1,6 +1,6 @@
 // A backend wrapper that fails on purpose, for tests of everything above storage: retries, full disks,
 // lost replies and damaged objects, without needing a broken disk.
-import type { Backend, BackendProperties, FileInfo, FileType, Handle } from '../backend.js';
+import { saveSize, type Backend, type BackendProperties, type FileInfo, type FileType, type Handle, type SaveData } from '../backend.js';
 
 export type FaultKind = 'transient' | 'permanent' | 'no-space';
 export type Operation = 'save' | 'load' | 'stat' | 'list' | 'remove';
@@ -139,21 +139,21 @@ export class FaultyBackend implements Backend {
     return this.inner.create();
   }
 
-  async save(h: Handle, data: Uint8Array): Promise<void> {
+  async save(h: Handle, data: SaveData): Promise<void> {
     this.saveCalls++;
     const random = this.randomFaults && this.randomFaults.next() < this.randomFaults.fraction ? { lost: this.randomFaults.next() < 0.5 } : undefined;
     if (random && !random.lost) throw this.fault('transient', `save ${describe(h)} (random)`);
     const rule = this.match('save', h.type);
     if (rule && !rule.replyLost) throw this.fault(rule.kind, `save ${describe(h)}`);
-    if (this.byteLimit !== undefined && this.savedBytes + data.length > this.byteLimit) {
-      throw this.fault('no-space', `save ${describe(h)} (${data.length} bytes, ${Math.max(0, this.byteLimit - this.savedBytes)} free)`);
+    if (this.byteLimit !== undefined && this.savedBytes + saveSize(data) > this.byteLimit) {
+      throw this.fault('no-space', `save ${describe(h)} (${saveSize(data)} bytes, ${Math.max(0, this.byteLimit - this.savedBytes)} free)`);
     }
     // Counted before the await, so concurrent saves cannot all squeeze through the same free space.
-    this.savedBytes += data.length;
+    this.savedBytes += saveSize(data);
     try {
       await this.inner.save(h, data);
     } catch (err) {
-      this.savedBytes -= data.length;
+      this.savedBytes -= saveSize(data);
       throw err;
     }
     if (rule) throw this.fault(rule.kind, `save ${describe(h)} (stored; reply lost)`);

@@ -1,6 +1,9 @@
 // One test suite for every backend, checking the guarantees written down in backend.ts. A new backend
 // is done when it passes this unchanged (restic's internal/backend/test plays the same part).
 import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FILE_TYPES, type Backend, type FileInfo, type FileType, type Handle } from '../backend.js';
 
@@ -90,6 +93,28 @@ export function backendSuite(name: string, make: () => Promise<BackendUnderTest>
       const name = createHash('sha256').update(view).digest('hex');
       await b.save({ type: 'data', name }, view);
       expect((await b.load({ type: 'data', name })).equals(Buffer.from(view))).toBe(true);
+    });
+
+    it('saves an object from a local file, read through a small buffer, and leaves the file alone', async () => {
+      const dir = await mkdtemp(join(tmpdir(), 'bulwark-suite-'));
+      try {
+        for (const size of [0, 5, 2 * 1024 * 1024 + 3]) {
+          const o = object(size);
+          const path = join(dir, `src-${size}`);
+          await writeFile(path, o.data);
+          await b.save({ type: 'data', name: o.name }, { path, size });
+          expect((await b.load({ type: 'data', name: o.name })).equals(o.data)).toBe(true);
+          expect((await readFile(path)).equals(o.data)).toBe(true);
+          // Again, as a retry would: the same bytes under the same name succeed.
+          await b.save({ type: 'data', name: o.name }, { path, size });
+        }
+        const short = object(100);
+        await writeFile(join(dir, 'short'), short.data.subarray(0, 50));
+        await expect(b.save({ type: 'data', name: short.name }, { path: join(dir, 'short'), size: 100 })).rejects.toThrow();
+        await expect(b.stat({ type: 'data', name: short.name })).rejects.toSatisfy((e) => b.isNotFound(e));
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
     });
 
     it('loads ranges', async () => {
