@@ -133,10 +133,13 @@ export function validateConfig(c: RepositoryConfig): void {
 const INLINE_OPEN_BYTES = 64 * 1024;
 /** Memory for whole tree packs kept while walking snapshots. */
 const TREE_CACHE_BYTES = 64 * 1024 * 1024;
-/** Bookkeeping charged per blob on top of its bytes. */
-const BLOB_OVERHEAD = 256;
+/**
+ * Charged per blob on top of its bytes: its buffers and bookkeeping. A page, so that a tree of tiny
+ * files does not put tens of thousands of blobs in flight at once.
+ */
+const BLOB_OVERHEAD = 4096;
 /** Memory for blobs between saveBlob and their pack's file. */
-const SAVE_BUDGET_BYTES = 12 * 1024 * 1024;
+const SAVE_BUDGET_BYTES = 8 * 1024 * 1024;
 
 interface Packer {
   type: BlobType;

@@ -10,7 +10,9 @@ const GC_EVERY_BYTES = 16 * 1024 * 1024;
 /** A sealed blob is at most this much longer than its plaintext (format 2's 40 bytes of overhead). */
 const SEAL_SLACK = 64;
 /** Transfer buffers kept for reuse, at most. */
-const POOL_BYTES = 24 * 1024 * 1024;
+const POOL_BYTES = 8 * 1024 * 1024;
+/** Smaller buffers are made to measure and not kept: a pool of small ones would hold odd sizes. */
+const POOL_MIN_BYTES = 64 * 1024;
 
 interface Pending {
   resolve(v: WorkerReply): void;
@@ -43,7 +45,6 @@ export interface SealResult {
 
 /** Rounds up to one of eight sizes per power of two: a freed buffer fits most later requests of its class. */
 function sizeClass(n: number): number {
-  if (n <= 4096) return 4096;
   const step = 2 ** (Math.floor(Math.log2(n)) - 3);
   return Math.ceil(n / step) * step;
 }
@@ -58,6 +59,7 @@ class TransferPool {
   private bytes = 0;
 
   take(min: number): ArrayBuffer {
+    if (min < POOL_MIN_BYTES) return new ArrayBuffer(min);
     const cap = sizeClass(min);
     const ab = this.free.get(cap)?.pop();
     if (!ab) return new ArrayBuffer(cap);
@@ -67,7 +69,7 @@ class TransferPool {
 
   give(ab: ArrayBuffer): void {
     // A detached buffer (sent away again) has length 0; one of another size class was not ours.
-    if (ab.byteLength === 0 || ab.byteLength !== sizeClass(ab.byteLength) || this.bytes + ab.byteLength > POOL_BYTES) return;
+    if (ab.byteLength < POOL_MIN_BYTES || ab.byteLength !== sizeClass(ab.byteLength) || this.bytes + ab.byteLength > POOL_BYTES) return;
     let list = this.free.get(ab.byteLength);
     if (!list) this.free.set(ab.byteLength, (list = []));
     list.push(ab);
