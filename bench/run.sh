@@ -6,6 +6,11 @@ set -uo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH_DIR")
+# npm puts the node22/node24 devDependencies' `node` first on PATH: measure on the machine's own Node,
+# as users run it (scripts/system-node.sh, shared with the test scripts).
+# shellcheck source=../scripts/system-node.sh
+(cd "$ROOT" && . scripts/system-node.sh && printf '%s\n' "$SYSTEM_NODE") >/dev/null
+export PATH="$ROOT/.cache/system-node:$PATH"
 OUT=${BENCH_OUT:-$BENCH_DIR/out}
 DATA=$OUT/data
 WORK=$OUT/work

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { readdirSync } from 'node:fs';
+import { readdirSync, truncateSync, writeFileSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { tempDir } from '../../test/helpers/repo.js';
 import { IndexCache, IndexFileVanishedError } from './index-cache.js';
@@ -139,6 +139,21 @@ describe('index cache', () => {
     index.markDamaged(id, mine.packs[0]!.id);
     expect(index.lookup(id)?.pack).not.toBe(mine.packs[0]!.id);
     expect([...index.entries()].filter(([b]) => b === id)).toHaveLength(1);
+  });
+
+  it('starts afresh from a damaged run or manifest: it is only a cache', async () => {
+    const files = new Map(Array.from({ length: 4 }, (_, i) => [`f${i}`, indexFile(3, 5)]));
+    await load(files);
+    const folder = `${dir.path}/cache`;
+    const run = readdirSync(folder).find((n) => n.endsWith('.entries'))!;
+    truncateSync(`${folder}/${run}`, 100);
+    const again = await load(files);
+    expect(again.read.sort()).toEqual([...files.keys()].sort());
+    expectAll(again.index, files.values());
+    writeFileSync(`${folder}/manifest.json`, '{"version":1,"runs":[{"id":"x","files":7}],"meta":{}}');
+    const third = await load(files);
+    expect(third.read.sort()).toEqual([...files.keys()].sort());
+    expectAll(third.index, files.values());
   });
 
   it('works without a cache folder, in a private one removed at close', async () => {

@@ -364,7 +364,9 @@ export class IndexCache {
     if (this.private) return this.memoryManifest;
     try {
       const m = JSON.parse(readFileSync(join(this.dir, 'manifest.json'), 'utf8')) as Manifest;
-      if (m.version === MANIFEST_VERSION && Array.isArray(m.runs) && typeof m.meta === 'object' && m.meta !== null) return m;
+      const runOk = (r: RunInfo): boolean =>
+        typeof r === 'object' && r !== null && typeof r.id === 'string' && /^[0-9a-z]+-[0-9a-f]{12}$/.test(r.id) && Number.isSafeInteger(r.entries) && Number.isSafeInteger(r.packs) && Array.isArray(r.files) && r.files.every((f) => typeof f === 'string');
+      if (m.version === MANIFEST_VERSION && Array.isArray(m.runs) && m.runs.every(runOk) && typeof m.meta === 'object' && m.meta !== null) return m;
     } catch {
       // none yet, or unreadable: start afresh
     }
@@ -401,9 +403,9 @@ export class IndexCache {
     if (todo.length > 0) {
       const builder = new RunBuilder(this.dir);
       try {
-        const queue = [...todo];
+        let next = 0;
         const worker = async (): Promise<void> => {
-          for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
+          for (let name = todo[next++]; name !== undefined; name = todo[next++]) {
             const file = await read(name);
             if (!file) continue;
             builder.add(name, file);
@@ -414,7 +416,7 @@ export class IndexCache {
             if (Object.keys(m).length > 0) meta[name] = m;
           }
         };
-        await Promise.all(Array.from({ length: Math.min(8, queue.length) }, worker));
+        await Promise.all(Array.from({ length: Math.min(8, todo.length) }, worker));
         if (builder.files.length > 0) runs.push(builder.finish());
         else builder.discard();
       } catch (err) {
@@ -446,8 +448,13 @@ export class IndexCache {
       for (const r of runs) open.push(Run.open(this.dir, r, resident.has(r.id)));
     } catch (err) {
       for (const r of open) r.close();
-      // Another process merged these runs away between our reading the manifest and opening them.
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && attempt < 3) return this.update(names, read, attempt + 1);
+      if (attempt < 3) {
+        // Another process merged these runs away between our reading the manifest and opening them
+        // (ENOENT): read the manifest again. A damaged run (a crash, a full disk, a hand edit): the cache
+        // is only a cache, so start it afresh.
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.writeManifest({ version: MANIFEST_VERSION, runs: [], meta: {} });
+        return this.update(names, read, attempt + 1);
+      }
       throw err;
     }
     return { runs: open, meta: new Map(Object.entries(meta)) };

@@ -7,6 +7,7 @@ import * as fsp from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { FileSource } from '../storage/backend.js';
+import { BulwarkError } from '../util/errors.js';
 import { makeProcessTempDir } from '../util/process-temp.js';
 import { packTail, type PackBlob, type PackEntry } from './pack.js';
 import type { Sealer } from './sealer.js';
@@ -16,16 +17,24 @@ export interface FinishedPack extends FileSource {
   entries: PackEntry[];
 }
 
-const DIR_PREFIX = 'bulwark-packs-';
+/** Dot-named: inside a local repository, listings never show it. */
+const DIR_PREFIX = '.bulwark-packs-';
 
 /**
- * This process's folder for packs being filled, under TMPDIR; made on first use. Folders that killed
- * processes left behind are removed on the way.
+ * This process's folder for packs being filled: in the backend's spool folder when it has one (a local
+ * repository: the pack is then saved by a link, not a copy), else under TMPDIR. Made on first use;
+ * folders that killed processes left behind are removed on the way.
  */
 export class PackSpool {
   private dir: string | undefined;
+  private readonly root: string;
+  /** Where the space is, for messages: the repository's disk, or TMPDIR's. */
+  private readonly where: string;
 
-  constructor(private readonly root = tmpdir()) {}
+  constructor(repositoryFolder?: string) {
+    this.root = repositoryFolder ?? tmpdir();
+    this.where = repositoryFolder ? 'the repository disk' : `the disk of the temporary folder '${this.root}' (TMPDIR)`;
+  }
 
   private folder(): string {
     this.dir ??= makeProcessTempDir(DIR_PREFIX, this.root);
@@ -33,8 +42,12 @@ export class PackSpool {
   }
 
   async open(sealer: Sealer): Promise<PackWriter> {
-    const path = join(this.folder(), `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`);
-    return new PackWriter(sealer, path, await fsp.open(path, 'wx', 0o600));
+    try {
+      const path = join(this.folder(), `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`);
+      return new PackWriter(sealer, path, await fsp.open(path, 'wx', 0o600), this.where);
+    } catch (err) {
+      throw spoolError(err, this.where);
+    }
   }
 
   close(): void {
@@ -54,6 +67,7 @@ export class PackWriter {
     private readonly sealer: Sealer,
     readonly path: string,
     fh: fsp.FileHandle,
+    private readonly where: string,
   ) {
     this.fh = fh;
   }
@@ -62,7 +76,9 @@ export class PackWriter {
   async add(blob: PackBlob): Promise<void> {
     const fh = this.fh;
     if (!fh) throw new Error('pack writer is closed');
-    await writeAll(fh, blob.sealed, this.bytes);
+    await writeAll(fh, blob.sealed, this.bytes).catch((err: unknown) => {
+      throw spoolError(err, this.where);
+    });
     this.hash.update(blob.sealed);
     this.entries.push({ type: blob.type, id: blob.id.toString('hex'), offset: this.bytes, length: blob.sealed.length, ulen: blob.ulen });
     this.bytes += blob.sealed.length;
@@ -74,7 +90,9 @@ export class PackWriter {
     if (!fh) throw new Error('pack writer is closed');
     let at = this.bytes;
     for (const part of packTail(this.sealer, this.entries, this.bytes)) {
-      await writeAll(fh, part, at);
+      await writeAll(fh, part, at).catch((err: unknown) => {
+        throw spoolError(err, this.where);
+      });
       this.hash.update(part);
       at += part.length;
     }
@@ -96,4 +114,17 @@ async function writeAll(fh: fsp.FileHandle, buf: Uint8Array, position: number): 
     const { bytesWritten } = await fh.write(buf, off, buf.length - off, position + off);
     off += bytesWritten;
   }
+}
+
+/** A failed write of a pack being filled, said in the words of a full or unwritable disk. */
+function spoolError(err: unknown, where: string): Error {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    const what = code === 'ENOSPC' ? `no space left on ${where}` : `disk quota exceeded on ${where}`;
+    return new BulwarkError('no-space', `unable to fill a pack: ${what} (${code})`, { cause: err, hint: 'free space on that disk; objects already saved are intact' });
+  }
+  if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+    return new BulwarkError('io', `unable to fill a pack on ${where}: ${(err as Error).message}`, { cause: err, hint: 'check that the folder is writable by this user' });
+  }
+  return err instanceof Error ? err : new Error(String(err));
 }

@@ -166,7 +166,7 @@ export class Repository {
   private readonly pendingIndex: IndexFile['packs'] = [];
   private readonly tasks = new Set<Promise<void>>();
   private readonly budget: Budget;
-  private readonly spool = new PackSpool();
+  private readonly spool: PackSpool;
   private failure: unknown;
   private readonly treePacks = new Map<string, Promise<Buffer>>();
   private treePackBytes = 0;
@@ -209,6 +209,7 @@ export class Repository {
     // Blobs being sealed and written to their pack's file; packs themselves are on disk. More buys no
     // speed (two workers keep busy with a few blobs each) and costs memory.
     this.budget = new Budget(SAVE_BUDGET_BYTES);
+    this.spool = new PackSpool(backend.properties.spool);
   }
 
   /**

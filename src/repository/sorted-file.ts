@@ -16,7 +16,7 @@ const RECORDS_PER_BUCKET = 32;
 /** At most 2^21 buckets: an 8 MiB summary, whatever the count. */
 const MAX_BITS = 21;
 const WRITE_BUFFER_BYTES = 1024 * 1024;
-const READ_BUFFER_BYTES = 64 * 1024;
+const READ_BUFFER_BYTES = 16 * 1024;
 
 export class SortedFileError extends Error {}
 

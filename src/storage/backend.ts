@@ -29,7 +29,8 @@ export interface FileInfo {
 
 /**
  * An object's bytes in a local file the caller owns (a pack filled on disk): saved without being held
- * in memory. The file must not change until save() resolves; it may be read more than once (retries).
+ * in memory. The file must not change once handed to save() (a local backend may link it rather than
+ * copy it); it may be read more than once (retries). The caller removes its name when done.
  */
 export interface FileSource {
   readonly path: string;
@@ -51,6 +52,12 @@ export interface BackendProperties {
   connections: number;
   /** A human-readable location for messages, with no secrets in it. */
   location: string;
+  /**
+   * A local folder on the same file system as the objects where the repository may keep temporary
+   * files (dot-named, which list() never shows): a FileSource from there is saved by a link, not a
+   * copy. Absent for remote backends (the repository then uses TMPDIR).
+   */
+  spool?: string;
 }
 
 export interface Backend {

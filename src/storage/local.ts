@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { constants, promises as fsp, type Dirent, type Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { BulwarkError, errnoCode, unable, type ErrorCode } from '../util/errors.js';
-import { FILE_TYPES, isFileSource, saveSize, type Backend, type BackendProperties, type FileInfo, type FileType, type Handle, type SaveData } from './backend.js';
+import { FILE_TYPES, isFileSource, saveSize, type Backend, type BackendProperties, type FileInfo, type FileSource, type FileType, type Handle, type SaveData } from './backend.js';
 
 interface ReadHandle {
   fh: fsp.FileHandle;
@@ -156,7 +156,7 @@ export class LocalBackend implements Backend {
     const connections = opts.connections ?? 4;
     if (!Number.isInteger(connections) || connections < 1) throw new Error(`connections must be a positive integer, not ${connections}`);
     this.root = resolve(path);
-    this.properties = { connections, location: this.root };
+    this.properties = { connections, location: this.root, spool: this.root };
   }
 
   /**
@@ -272,10 +272,19 @@ export class LocalBackend implements Backend {
     let fh: fsp.FileHandle | undefined;
     let created = false;
     try {
-      fh = await this.openTemp(tmp, h.type);
-      created = true;
-      if (isFileSource(data)) await copyInto(fh, data.path, data.size);
-      else {
+      if (isFileSource(data) && (await linkInto(data, tmp))) {
+        // The caller's finished file, linked under the temp name: no copy. Checked like a copy would be.
+        created = true;
+        fh = await fsp.open(tmp, constants.O_RDONLY | constants.O_NOFOLLOW);
+        const got = (await fh.stat()).size;
+        if (got !== data.size) throw new Error(`${data.path} holds ${got} bytes, not ${data.size}`);
+      } else if (isFileSource(data)) {
+        fh = await this.openTemp(tmp, h.type);
+        created = true;
+        await copyInto(fh, data.path, data.size);
+      } else {
+        fh = await this.openTemp(tmp, h.type);
+        created = true;
         let off = 0;
         while (off < data.length) {
           const { bytesWritten } = await fh.write(data, off, data.length - off, off);
@@ -520,5 +529,20 @@ async function copyInto(fh: fsp.FileHandle, source: string, size: number): Promi
     }
   } finally {
     await src.close();
+  }
+}
+
+/**
+ * Links a FileSource under the temp name when both are on one file system; false when they are not
+ * (or the file system has no hard links), and the bytes must be copied.
+ */
+async function linkInto(data: FileSource, tmp: string): Promise<boolean> {
+  try {
+    await fsp.link(data.path, tmp);
+    return true;
+  } catch (err) {
+    // ENOENT: a missing data subfolder (the copy path recreates it) or source (the copy path says so).
+    if (['EXDEV', 'EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'EMLINK', 'ENOENT'].includes(errnoCode(err) ?? '')) return false;
+    throw err;
   }
 }

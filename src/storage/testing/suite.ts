@@ -1,6 +1,7 @@
 // One test suite for every backend, checking the guarantees written down in backend.ts. A new backend
 // is done when it passes this unchanged (restic's internal/backend/test plays the same part).
 import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -95,8 +96,10 @@ export function backendSuite(name: string, make: () => Promise<BackendUnderTest>
       expect((await b.load({ type: 'data', name })).equals(Buffer.from(view))).toBe(true);
     });
 
-    it('saves an object from a local file, read through a small buffer, and leaves the file alone', async () => {
-      const dir = await mkdtemp(join(tmpdir(), 'bulwark-suite-'));
+    // From TMPDIR (for a local backend there: the same file system, so linked) and from /dev/shm (another
+    // file system: copied).
+    it.each([tmpdir(), ...(existsSync('/dev/shm') ? ['/dev/shm'] : [])])('saves an object from a local file in %s, and leaves the file alone', async (root) => {
+      const dir = await mkdtemp(join(root, 'bulwark-suite-'));
       try {
         for (const size of [0, 5, 2 * 1024 * 1024 + 3]) {
           const o = object(size);
