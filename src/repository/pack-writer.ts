@@ -56,10 +56,18 @@ export class PackSpool {
   }
 }
 
+/**
+ * Small blobs are gathered into writes of this size: a tree of small files makes tens of thousands of
+ * blobs, and a system call (a thread-pool round trip) for each would cost more than the write.
+ */
+const GATHER_BYTES = 256 * 1024;
+
 export class PackWriter {
   readonly entries: PackEntry[] = [];
-  /** Bytes of blobs written so far. */
+  /** Bytes of blobs added so far (in the file, or gathered for it). */
   bytes = 0;
+  private readonly gathered = Buffer.allocUnsafe(GATHER_BYTES);
+  private gatheredBytes = 0;
   private readonly hash: Hash = createHash('sha256');
   private fh: fsp.FileHandle | undefined;
 
@@ -76,18 +84,37 @@ export class PackWriter {
   async add(blob: PackBlob): Promise<void> {
     const fh = this.fh;
     if (!fh) throw new Error('pack writer is closed');
-    await writeAll(fh, blob.sealed, this.bytes).catch((err: unknown) => {
-      throw spoolError(err, this.where);
-    });
+    const n = blob.sealed.length;
+    const small = n <= GATHER_BYTES / 4;
+    // Gathered bytes go first when full, and before a large blob written straight to its place after them.
+    if (!small || this.gatheredBytes + n > GATHER_BYTES) await this.writeGathered(fh);
+    if (small) {
+      blob.sealed.copy(this.gathered, this.gatheredBytes);
+      this.gatheredBytes += n;
+    } else {
+      await writeAll(fh, blob.sealed, this.bytes).catch((err: unknown) => {
+        throw spoolError(err, this.where);
+      });
+    }
     this.hash.update(blob.sealed);
     this.entries.push({ type: blob.type, id: blob.id.toString('hex'), offset: this.bytes, length: blob.sealed.length, ulen: blob.ulen });
     this.bytes += blob.sealed.length;
+  }
+
+  /** The gathered small blobs go to the file, where they belong: just before `bytes`. */
+  private async writeGathered(fh: fsp.FileHandle): Promise<void> {
+    if (this.gatheredBytes === 0) return;
+    await writeAll(fh, this.gathered.subarray(0, this.gatheredBytes), this.bytes - this.gatheredBytes).catch((err: unknown) => {
+      throw spoolError(err, this.where);
+    });
+    this.gatheredBytes = 0;
   }
 
   /** Writes filler, header and trailer; the file then holds the whole pack, named by its hash. */
   async finish(): Promise<FinishedPack> {
     const fh = this.fh;
     if (!fh) throw new Error('pack writer is closed');
+    await this.writeGathered(fh);
     let at = this.bytes;
     for (const part of packTail(this.sealer, this.entries, this.bytes)) {
       await writeAll(fh, part, at).catch((err: unknown) => {
