@@ -10,15 +10,6 @@ export class Budget {
     return this.used;
   }
 
-  get limitBytes(): number {
-    return this.limit;
-  }
-
-  /** Someone waits in acquire(). */
-  get contended(): boolean {
-    return this.waiters.length > 0;
-  }
-
   async acquire(amount: number): Promise<void> {
     // An amount larger than the whole limit is let through alone rather than waiting forever.
     if (this.waiters.length === 0 && (this.used + amount <= this.limit || this.used === 0)) {
