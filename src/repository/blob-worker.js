@@ -6,7 +6,7 @@ import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { Buffer } from 'node:buffer';
 import { parentPort, workerData } from 'node:worker_threads';
-import { Compressor, decompress } from 'zstd-napi';
+import { Compressor, Decompressor } from 'zstd-napi';
 import { Xaes } from './xaes.js';
 import { GcPacer } from '../util/gc-pacer.js';
 
@@ -41,6 +41,46 @@ function unseal(sealed, ad) {
   return b.length ? Buffer.concat([a, b]) : a;
 }
 
+// The native context behind zstd-napi's Decompressor decompresses into a buffer we give it, so a frame
+// can never make it allocate more than the blob's recorded length (as repository/zstd.ts does).
+const dctx = new Decompressor().dctx;
+
+/**
+ * Opens a batch of small blobs sent in one buffer: one message each way for the lot, and their
+ * plaintexts come back side by side in one buffer. A blob that fails is reported alone.
+ */
+function openBatch(msg) {
+  const input = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
+  let outBytes = 0;
+  for (const it of msg.items) outBytes += it.ulen > 0 ? it.ulen : it.len;
+  const out = Buffer.allocUnsafeSlow(outBytes);
+  const results = [];
+  let from = 0;
+  let at = 0;
+  for (const it of msg.items) {
+    const sealed = input.subarray(from, from + it.len);
+    from += it.len;
+    try {
+      const body = unseal(sealed, it.ad);
+      let len;
+      if (it.ulen > 0) {
+        len = dctx.decompress(out.subarray(at, at + it.ulen), body);
+        if (len !== it.ulen) throw new Error(`decompresses to ${len} bytes, not the ${it.ulen} recorded`);
+      } else {
+        out.set(body, at);
+        len = body.length;
+      }
+      const plain = out.subarray(at, at + len);
+      results.push({ at, len, id: Blake3Hasher.newKeyed(idKey).update(plain).digestBuffer().toString('hex') });
+      at += it.ulen > 0 ? it.ulen : it.len;
+    } catch (err) {
+      results.push({ error: err instanceof Error ? err.message : String(err) });
+      at += it.ulen > 0 ? it.ulen : it.len;
+    }
+  }
+  parentPort.postMessage({ seq: msg.seq, plain: out, results }, [out.buffer]);
+}
+
 /** Small Buffers live in a shared pool that must not be transferred: copy those into an own buffer. */
 function own(buf) {
   if (buf.byteOffset === 0 && buf.byteLength === buf.buffer.byteLength) return buf;
@@ -70,10 +110,17 @@ parentPort.on('message', (msg) => {
       const sealed = result.length <= back.byteLength ? new Uint8Array(back, 0, result.length) : own(result);
       if (sealed.buffer === back) sealed.set(result);
       parentPort.postMessage({ seq: msg.seq, sealed, ulen }, [sealed.buffer]);
+    } else if (msg.op === 'openBatch') {
+      openBatch(msg);
     } else if (msg.op === 'open') {
       const sealed = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
       let plain = unseal(sealed, msg.ad);
-      if (msg.ulen > 0) plain = decompress(plain);
+      if (msg.ulen > 0) {
+        const out = Buffer.allocUnsafeSlow(msg.ulen);
+        const n = dctx.decompress(out, plain);
+        if (n !== msg.ulen) throw new Error(`decompresses to ${n} bytes, not the ${msg.ulen} recorded`);
+        plain = out;
+      }
       // The blob id is checked here too, off the main thread: a restore verifies every byte it writes.
       const id = Blake3Hasher.newKeyed(idKey).update(plain).digestBuffer().toString('hex');
       const out = own(plain);

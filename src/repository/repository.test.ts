@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { chmod, readFile, writeFile } from 'node:fs/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createTestRepository, TEST_PASSWORD, type TestRepository } from '../../test/helpers/repo.js';
 import { LocalBackend } from '../storage/local.js';
@@ -22,6 +23,16 @@ function pseudoRandom(n: number, seed: number): Buffer {
     b[i] = x & 0xff;
   }
   return b;
+}
+
+/** Damages a stored blob in place: one bit flipped `at` bytes into its sealed form. */
+async function flipStoredByte(t: TestRepository, id: string, at: number): Promise<void> {
+  const e = t.repo.index.lookup(id)!;
+  const file = `${t.path}/data/${e.pack.slice(0, 2)}/${e.pack}`;
+  const bytes = await readFile(file);
+  bytes[e.offset + at]! ^= 0x01;
+  await chmod(file, 0o644);
+  await writeFile(file, bytes);
 }
 
 describe('Repository', () => {
@@ -98,16 +109,37 @@ describe('Repository', () => {
     t = await createTestRepository();
     const id = (await t.repo.saveBlob('data', pseudoRandom(10_000, 3))).id;
     await t.repo.flush();
-    const e = t.repo.index.lookup(id)!;
-    const { chmod, readFile, writeFile } = await import('node:fs/promises');
-    const file = `${t.path}/data/${e.pack.slice(0, 2)}/${e.pack}`;
-    const bytes = await readFile(file);
-    bytes[e.offset + 100]! ^= 0x01;
-    await chmod(file, 0o644);
-    await writeFile(file, bytes);
+    await flipStoredByte(t, id, 100);
     const err = await t.repo.loadBlob('data', id).catch((x: unknown) => x);
     expect(err).toBeInstanceOf(BulwarkError);
     expect((err as BulwarkError).code).toBe('repository-corrupt');
+  });
+
+  it('loads many small blobs at once (read ahead, opened in batches); a damaged one fails alone', async () => {
+    t = await createTestRepository();
+    const plains = Array.from({ length: 200 }, (_, i) => (i % 2 ? pseudoRandom(3000 + i, i + 1) : Buffer.alloc(5000 + i, i & 0xff)));
+    const ids: string[] = [];
+    for (const p of plains) ids.push((await t.repo.saveBlob('data', p)).id);
+    await t.repo.flush();
+    const victim = 77;
+    await flipStoredByte(t, ids[victim]!, 40);
+
+    const fresh = await t.reopen();
+    await fresh.loadIndex();
+    try {
+      const got = await Promise.allSettled(ids.map((id) => fresh.loadBlob('data', id)));
+      got.forEach((r, i) => {
+        if (i === victim) {
+          expect(r.status).toBe('rejected');
+          expect(((r as PromiseRejectedResult).reason as BulwarkError).code).toBe('repository-corrupt');
+        } else {
+          expect(r.status, `blob ${i}`).toBe('fulfilled');
+          expect((r as PromiseFulfilledResult<Buffer>).value.equals(plains[i]!), `blob ${i}`).toBe(true);
+        }
+      });
+    } finally {
+      await fresh.close();
+    }
   });
 });
 

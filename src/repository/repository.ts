@@ -29,6 +29,7 @@ import { openWithPassword, writeKey } from './keys.js';
 import { parsePackHeader, type PackBlob, type PackEntry } from './pack.js';
 import { PackSpool, type FinishedPack, type PackWriter } from './pack-writer.js';
 import { OtherFormatObjectError, sealDocument, sealerFor, unsealDocument, type Sealer } from './sealer.js';
+import { ReadAhead } from './read-ahead.js';
 import { MAX_TREE_BYTES } from './tree.js';
 import { decompressBounded } from './zstd.js';
 import { BlobWorkers } from './workers.js';
@@ -129,10 +130,10 @@ export function validateConfig(c: RepositoryConfig): void {
     (c.appendOnly === undefined || typeof c.appendOnly === 'boolean');
   if (!ok) throw new BulwarkError('repository-corrupt', 'the repository config holds invalid values (damaged or tampered with)', { hint: 'restore the config file from a copy of the repository' });
 }
-/** Blobs up to this size are opened on the calling thread rather than in a worker. */
-const INLINE_OPEN_BYTES = 64 * 1024;
+/** Data blobs up to this size (sealed) are read ahead and opened in batches. */
+const SMALL_BLOB_BYTES = 64 * 1024;
 /** Memory for whole tree packs kept while walking snapshots. */
-const TREE_CACHE_BYTES = 64 * 1024 * 1024;
+const TREE_CACHE_BYTES = 16 * 1024 * 1024;
 /**
  * Charged per blob on top of its bytes: its buffers and bookkeeping. A page, so that a tree of tiny
  * files does not put tens of thousands of blobs in flight at once.
@@ -169,6 +170,8 @@ export class Repository {
   private readonly spool: PackSpool;
   private failure: unknown;
   private readonly treePacks = new Map<string, Promise<Buffer>>();
+  /** Small data blobs are cut from windows of their packs read ahead (a restore reads them in order). */
+  private readonly readAhead = new ReadAhead((pack, offset, length) => this.loadRange(pack, offset, length));
   private treePackBytes = 0;
   private closed = false;
   /** Bytes of new packs written by this process (for summaries). */
@@ -501,16 +504,19 @@ export class Repository {
     if (e.ulen > limit || (e.ulen === 0 && e.length - this.sealer.overhead > limit)) throw new BulwarkError('repository-corrupt', `${type} blob ${id} is larger than a ${type} blob may be`);
     let plain: Buffer;
     let actualId: string;
-    if (e.type === 'tree' || e.length <= INLINE_OPEN_BYTES) {
+    if (e.type === 'tree') {
       // Trees are small and read in bursts (a whole snapshot's folders): whole tree packs are cached and
-      // trees opened here, which saves a storage request and a worker round trip per folder. Small data
-      // blobs are opened here too: a worker round trip would cost more than the work.
-      const pack = e.type === 'tree' ? await this.treePack(e.pack) : undefined;
+      // trees opened here, which saves a storage request and a worker round trip per folder.
+      const pack = await this.treePack(e.pack);
       const sealed = pack ? pack.subarray(e.offset, e.offset + e.length) : await this.loadRange(e.pack, e.offset, e.length);
       if (sealed.length !== e.length) throw new BulwarkError('repository-corrupt', `pack ${e.pack} is shorter than the index says`);
       const body = this.sealer.open(type, sealed, `${type} blob ${id}`, Buffer.from(id, 'hex'));
       plain = e.ulen > 0 ? decompressBounded(body, limit, `${type} blob ${id}`, e.ulen) : body;
       actualId = this.blobId(plain);
+    } else if (e.length <= SMALL_BLOB_BYTES) {
+      // Small data blobs are cut from windows read ahead and opened in batches.
+      const sealed = await this.readAhead.read(e.pack, this.index.packSize(e.pack) ?? 0, e.offset, e.length);
+      ({ plain, id: actualId } = await this.workers.openSmall(sealed, e.ulen, `${type} blob ${id}`, this.sealer.ad(type, Buffer.from(id, 'hex'))));
     } else {
       ({ plain, id: actualId } = await this.workers.open(await this.loadRange(e.pack, e.offset, e.length), e.ulen, `${type} blob ${id}`, this.sealer.ad(type, Buffer.from(id, 'hex'))));
     }

@@ -3,6 +3,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { IntegrityError } from './crypto.js';
+import { BulwarkError } from '../util/errors.js';
 import type { Sealer } from './sealer.js';
 
 /** Workers collect young garbage after this many bytes of buffers (util/gc-pacer.js). */
@@ -14,10 +15,29 @@ const POOL_BYTES = 8 * 1024 * 1024;
 /** Smaller buffers are made to measure and not kept: a pool of small ones would hold odd sizes. */
 const POOL_MIN_BYTES = 64 * 1024;
 
+/** Small blobs to open are gathered into one message up to this many sealed bytes. */
+const BATCH_BYTES = 256 * 1024;
+
+export interface Opened {
+  plain: Buffer;
+  /** Blob id (keyed BLAKE3) of the plaintext, computed in the worker. */
+  id: string;
+}
+
+interface BatchItem {
+  sealed: Uint8Array;
+  ulen: number;
+  ad: Uint8Array | null;
+  what: string;
+  resolve(v: Opened): void;
+  reject(e: Error): void;
+}
+
 interface Pending {
   resolve(v: WorkerReply): void;
   reject(e: Error): void;
   what: string;
+  opening: boolean;
 }
 
 interface WorkerReply {
@@ -27,7 +47,15 @@ interface WorkerReply {
   plain?: Uint8Array;
   /** Blob id (keyed BLAKE3) of the opened plaintext. */
   id?: string;
+  /** Of a batch: where each plaintext is in `plain`, or why it failed. */
+  results?: ({ at: number; len: number; id: string } | { error: string })[];
   error?: string;
+}
+
+/** A worker's error message as the error callers expect: failing to open a blob means it is damaged. */
+function workerError(message: string, what: string, opening: boolean): Error {
+  if (message.includes('authenticate')) return new IntegrityError(what);
+  return opening ? new BulwarkError('repository-corrupt', `${what}: ${message}`) : new Error(`${what}: ${message}`);
 }
 
 interface Slot {
@@ -93,6 +121,9 @@ export class BlobWorkers {
   private seq = 0;
   private closed = false;
   private readonly pool = new TransferPool();
+  private batch: BatchItem[] = [];
+  private batchBytes = 0;
+  private batchScheduled = false;
 
   constructor(
     private readonly sealer: Sealer,
@@ -115,7 +146,7 @@ export class BlobWorkers {
         const p = this.pending.get(msg.seq);
         if (!p) return;
         this.pending.delete(msg.seq);
-        if (msg.error !== undefined) p.reject(msg.error.includes('authenticate') ? new IntegrityError(p.what) : new Error(`${p.what}: ${msg.error}`));
+        if (msg.error !== undefined) p.reject(workerError(msg.error, p.what, p.opening));
         else p.resolve(msg);
       });
       worker.on('error', (err) => this.failAll(err));
@@ -142,11 +173,64 @@ export class BlobWorkers {
     return { sealed: Buffer.from(ab, s.byteOffset, s.byteLength), ulen: r.ulen ?? 0, release: () => this.pool.give(ab) };
   }
 
-  /** Decrypts and decompresses; also returns the plaintext's blob id, computed in the worker. */
-  async open(sealed: Uint8Array, ulen: number, what: string, ad: Uint8Array | null): Promise<{ plain: Buffer; id: string }> {
-    const r = await this.post({ op: 'open', data: owned(sealed), ulen, ad }, what);
+  /**
+   * Decrypts and decompresses; also returns the plaintext's blob id, computed in the worker. `sealed`
+   * is handed over: when it is a whole buffer of its own (a fresh read) it goes to the worker without a
+   * copy and is unusable afterwards.
+   */
+  async open(sealed: Uint8Array, ulen: number, what: string, ad: Uint8Array | null): Promise<Opened> {
+    const whole = sealed.byteOffset === 0 && sealed.byteLength === sealed.buffer.byteLength && sealed.buffer instanceof ArrayBuffer;
+    const r = await this.post({ op: 'open', data: whole ? sealed : owned(sealed), ulen, ad }, what);
     const p = r.plain!;
     return { plain: Buffer.from(p.buffer, p.byteOffset, p.byteLength), id: r.id! };
+  }
+
+  /**
+   * Opens a small blob like open(), in a batch with the others asked for in the same turn of the event
+   * loop: a restore of a tree of small files opens tens of thousands, and a message each way per blob
+   * would cost more than opening it.
+   */
+  openSmall(sealed: Uint8Array, ulen: number, what: string, ad: Uint8Array | null): Promise<Opened> {
+    if (this.closed) return Promise.reject(new Error('blob workers are closed'));
+    return new Promise((resolve, reject) => {
+      this.batch.push({ sealed, ulen, ad, what, resolve, reject });
+      this.batchBytes += sealed.byteLength;
+      if (this.batchBytes >= BATCH_BYTES) this.flushBatch();
+      else if (!this.batchScheduled) {
+        this.batchScheduled = true;
+        setImmediate(() => {
+          this.batchScheduled = false;
+          this.flushBatch();
+        });
+      }
+    });
+  }
+
+  private flushBatch(): void {
+    const items = this.batch;
+    if (items.length === 0) return;
+    const data = new Uint8Array(this.batchBytes);
+    this.batch = [];
+    this.batchBytes = 0;
+    let at = 0;
+    for (const it of items) {
+      data.set(it.sealed, at);
+      at += it.sealed.byteLength;
+    }
+    const meta = items.map((it) => ({ len: it.sealed.byteLength, ulen: it.ulen, ad: it.ad }));
+    this.post({ op: 'openBatch', data, items: meta }, 'open blobs').then(
+      (r) => {
+        const out = r.plain!;
+        items.forEach((it, i) => {
+          const res = r.results![i]!;
+          if ('error' in res) it.reject(workerError(res.error, it.what, true));
+          else it.resolve({ plain: Buffer.from(out.buffer, out.byteOffset + res.at, res.len), id: res.id });
+        });
+      },
+      (err: Error) => {
+        for (const it of items) it.reject(err);
+      },
+    );
   }
 
   private post(msg: Record<string, unknown> & { data: Uint8Array }, what: string): Promise<WorkerReply> {
@@ -157,7 +241,7 @@ export class BlobWorkers {
     const seq = ++this.seq;
     slot.busy++;
     return new Promise((resolve, reject) => {
-      this.pending.set(seq, { resolve, reject, what });
+      this.pending.set(seq, { resolve, reject, what, opening: msg.op !== 'seal' });
       slot.worker.postMessage({ ...msg, seq }, [msg.data.buffer as ArrayBuffer]);
     });
   }

@@ -9,7 +9,26 @@
 // files this restore wrote.
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { constants, fchmodSync, fchownSync, ftruncateSync, futimesSync, promises as fsp } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  closeSync,
+  constants,
+  fchmodSync,
+  fchownSync,
+  ftruncateSync,
+  futimesSync,
+  lchownSync,
+  linkSync,
+  lstatSync,
+  lutimesSync,
+  mkdirSync,
+  openSync,
+  promises as fsp,
+  symlinkSync,
+  unlinkSync,
+  utimesSync,
+} from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { promisify } from 'node:util';
 import { setAttribute } from 'fs-xattr';
@@ -22,14 +41,14 @@ import { Budget } from '../util/budget.js';
 import { DirHandle, O_PATH } from '../util/dirhandle.js';
 import { compileGlobs, type Matcher } from '../util/glob.js';
 import { orderedMap } from '../util/ordered.js';
-import { writeSparse } from '../util/sparse.js';
+import { writeSparseSync } from '../util/sparse.js';
 
 const run = promisify(execFile);
 
-/** Files restored at the same time within one folder. */
-const FILES_IN_FLIGHT = 16;
+/** Entries restored at the same time. */
+const FILES_IN_FLIGHT = 64;
 /** Loaded-but-unwritten blob bytes, whatever the number of files in flight. */
-const RESTORE_MEMORY = 128 * 1024 * 1024;
+const RESTORE_MEMORY = 32 * 1024 * 1024;
 
 export type RestoreRepo = Pick<Repository, 'loadBlob' | 'index'>;
 
@@ -88,13 +107,16 @@ export async function prepareTarget(target: string): Promise<string> {
 export class FilesRestorer {
   private readonly progress: Progress = newProgress();
   private readonly errors: { path: string; message: string }[] = [];
-  private readonly links = new Map<string, Buffer>();
+  /** The first copy of each hard-linked file, by its original device and inode: its path once written. */
+  private readonly links = new Map<string, Promise<Buffer>>();
   private readonly includes: Matcher | undefined;
   private lastEmit = 0;
   /** A crafted snapshot that names one subtree over and over must not expand without end. */
   private readonly guard = new ExpansionGuard();
   /** Bytes of blobs loaded and not yet written, across all files being restored. */
   private readonly budget = new Budget(RESTORE_MEMORY);
+  /** Entries being restored at once, across all folders. */
+  private readonly inFlight = new Budget(FILES_IN_FLIGHT);
 
   constructor(
     private readonly repo: RestoreRepo,
@@ -108,7 +130,8 @@ export class FilesRestorer {
     const target = await prepareTarget(this.opts.target);
     const root = await DirHandle.open(target);
     try {
-      await this.restoreNodes(root, Buffer.from(target), nodes, logicalDir, this.includes);
+      const { done } = await this.startNodes(root, Buffer.from(target), nodes, logicalDir, this.includes);
+      await done;
     } finally {
       await root.close();
     }
@@ -122,16 +145,29 @@ export class FilesRestorer {
     return tree;
   }
 
+  private failed(logical: string, err: unknown): void {
+    this.errors.push({ path: logical, message: err instanceof Error ? err.message : String(err) });
+    this.progress.errors++;
+  }
+
   /**
+   * Walks `nodes` into the folder `dir` and starts restoring them, waiting only for room among the
+   * entries in flight; `done` settles when every one of them is restored or has failed.
+   *
+   * Entries are restored many at a time across the whole snapshot, not folder by folder: each file is
+   * a chain of small waits (load, open in a worker) that would otherwise leave the disk and the CPU
+   * idle, and most folders hold only a few files. The walk itself stays depth-first and in order, so
+   * folder handles stay open only while entries below them are in flight.
+   *
    * `dir` is a handle on the folder being filled (paths through it stay short at any depth); `real`
    * is its ordinary path, needed only as the source of hard links.
    */
-  private async restoreNodes(dir: DirHandle, real: Buffer, nodes: TreeNode[], logicalDir: string, includes: Matcher | undefined): Promise<void> {
-    // Files of one folder are restored several at a time: each is a chain of small waits (create,
-    // load, write, owner, mode, times) that would otherwise leave the disk and the CPU idle.
+  private async startNodes(dir: DirHandle, real: Buffer, nodes: TreeNode[], logicalDir: string, includes: Matcher | undefined): Promise<{ done: Promise<void> }> {
     const running = new Set<Promise<void>>();
-    const drain = async (): Promise<void> => {
-      await Promise.all(running);
+    const track = (logical: string, task: Promise<void>): void => {
+      const t = task.catch((err: unknown) => this.failed(logical, err));
+      running.add(t);
+      void t.then(() => running.delete(t));
     };
     try {
       for (const node of nodes) {
@@ -140,54 +176,67 @@ export class FilesRestorer {
         this.guard.entry();
         const logical = `${logicalDir}/${displayName(name)}`;
         const path = dir.child(name);
-        if (includes && node.type !== 'dir' && !includes(logical)) continue;
-        const task = (async () => {
+        if (node.type === 'dir') {
           try {
-            if (node.type === 'dir') await this.dir(path, join(real, name), node, logical, includes);
-            else await this.leaf(path, join(real, name), node);
+            const started = await this.dir(path, join(real, name), node, logical, includes);
+            if (started) track(logical, started.done);
           } catch (err) {
-            this.errors.push({ path: logical, message: err instanceof Error ? err.message : String(err) });
-            this.progress.errors++;
+            this.failed(logical, err);
           }
-        })();
-        // Folders one at a time (they hold a handle each, and recurse); hard links in order, after the
-        // file they link to exists.
-        if (node.type === 'dir' || node.links > 1) {
-          await drain();
-          await task;
           continue;
         }
-        running.add(task);
-        void task.finally(() => running.delete(task));
-        if (running.size >= FILES_IN_FLIGHT) await Promise.race(running);
+        if (includes && !includes(logical)) continue;
+        await this.inFlight.acquire(1);
+        track(
+          logical,
+          this.leaf(path, join(real, name), node).finally(() => this.inFlight.release(1)),
+        );
       }
-    } finally {
-      await drain();
+    } catch (err) {
+      // Entries already started use `dir`'s handle: it must stay open until they are done.
+      await Promise.all(running);
+      throw err;
     }
+    return { done: Promise.all(running).then(() => undefined) };
   }
 
-  private async dir(path: Buffer, real: Buffer, node: TreeNode, logical: string, includes: Matcher | undefined): Promise<void> {
+  /** Makes a folder and starts its entries; `done` settles once they are restored and the folder's own metadata is set. */
+  private async dir(path: Buffer, real: Buffer, node: TreeNode, logical: string, includes: Matcher | undefined): Promise<{ done: Promise<void> } | undefined> {
     const tree = node.subtree ? await this.loadTree(node.subtree) : { nodes: [] };
-    if (includes && !includes(logical) && !(await this.anyIncluded(tree, logical, includes))) return;
+    if (includes && !includes(logical) && !(await this.anyIncluded(tree, logical, includes))) return undefined;
     try {
-      await fsp.mkdir(path, { mode: 0o700 });
+      mkdirSync(path, { mode: 0o700 });
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     }
     // Opening with O_NOFOLLOW|O_DIRECTORY refuses a symlink planted where the folder should be.
-    const handle = await DirHandle.open(path).catch((err: NodeJS.ErrnoException) => {
-      throw err.code === 'ENOTDIR' || err.code === 'ELOOP' ? new Error('exists in the target and is not a directory (not followed)') : err;
-    });
+    let handle: DirHandle;
+    try {
+      handle = DirHandle.openSync(path);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      throw code === 'ENOTDIR' || code === 'ELOOP' ? new Error('exists in the target and is not a directory (not followed)') : err;
+    }
+    let started: { done: Promise<void> };
     try {
       // Inside an included folder everything is restored.
-      await this.restoreNodes(handle, real, tree.nodes, logical, includes && includes(logical) ? undefined : includes);
-      this.progress.dirs++;
-      // Through the handle: /proc/self/fd/N names the directory inode opened above, whatever its path
-      // has become meanwhile.
-      await this.metadataByHandle(handle.path, node);
-    } finally {
-      await handle.close();
+      started = await this.startNodes(handle, real, tree.nodes, logical, includes && includes(logical) ? undefined : includes);
+    } catch (err) {
+      handle.closeSync();
+      throw err;
     }
+    const done = (async () => {
+      try {
+        await started.done;
+        this.progress.dirs++;
+        // Through the handle: /proc/self/fd/N names the directory inode opened above, whatever its path
+        // has become meanwhile. Last, so the entries made inside do not change its times again.
+        await this.metadataByHandle(handle.path, node);
+      } finally {
+        handle.closeSync();
+      }
+    })();
+    return { done };
   }
 
   private async anyIncluded(tree: Tree, logical: string, includes: Matcher): Promise<boolean> {
@@ -206,25 +255,32 @@ export class FilesRestorer {
     // symlink would turn the "file" into one.
     const linkKey = `${node.dev}:${node.inode}`;
     if (node.links > 1 && node.type === 'file') {
-      const first = this.links.get(linkKey);
-      if (first) {
-        const st = await fsp.lstat(first);
+      const partner = this.links.get(linkKey);
+      if (partner) {
+        // The partner was started earlier in the walk; it may still be being written.
+        const first = await partner.catch(() => {
+          throw new Error('its hard link partner was not restored; not linked');
+        });
+        const st = lstatSync(first);
         if (!st.isFile()) throw new Error('its hard link partner is not a regular file; not linked');
-        await replacing(path, () => fsp.link(first, path));
+        replacing(path, () => linkSync(first, path));
         this.progress.files++;
         return;
       }
     }
     switch (node.type) {
       case 'file':
-        await this.file(path, node);
-        if (node.links > 1) this.links.set(linkKey, real);
+        if (node.links > 1) {
+          const written = this.file(path, node).then(() => real);
+          this.links.set(linkKey, written);
+          await written;
+        } else await this.file(path, node);
         break;
       case 'symlink':
-        await replacing(path, () => fsp.symlink(linkTarget(node), path));
+        replacing(path, () => symlinkSync(linkTarget(node), path));
         // lchown and lutimes act on the link itself, never on what it points to.
-        await fsp.lchown(path, node.uid, node.gid);
-        await fsp.lutimes(path, toUtimes(node.atimeNs ?? node.mtimeNs), toUtimes(node.mtimeNs));
+        lchownSync(path, node.uid, node.gid);
+        lutimesSync(path, toUtimes(node.atimeNs ?? node.mtimeNs), toUtimes(node.mtimeNs));
         break;
       case 'fifo':
         await this.mknod(path, ['p']);
@@ -252,7 +308,10 @@ export class FilesRestorer {
    * fails, the partial file is removed: a half-written file must not look like restored data.
    */
   private async file(path: Buffer, node: TreeNode): Promise<void> {
-    const fh = await replacing(path, () => fsp.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600));
+    // Synchronous on purpose: creating, writing into the page cache, owner, mode and times are
+    // microsecond system calls, and a thread-pool round trip for each costs more than the call itself
+    // when restoring tens of thousands of files. Only the loads wait.
+    const fd = replacing(path, () => openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600));
     try {
       let pos = 0;
       const ids = node.content ?? [];
@@ -270,7 +329,7 @@ export class FilesRestorer {
       for await (const { data, cost } of orderedMap(ids, this.opts.prefetch ?? 8, load, (r) => this.budget.release(r.cost))) {
         // Zero pages become holes: sparse files come back sparse.
         try {
-          await writeSparse(fh, data, pos);
+          writeSparseSync(fd, data, pos);
         } finally {
           this.budget.release(cost);
         }
@@ -278,23 +337,21 @@ export class FilesRestorer {
         this.progress.bytesDone += data.length;
         this.emit();
       }
-      ftruncateSync(fh.fd, pos);
+      ftruncateSync(fd, pos);
     } catch (err) {
-      await fh.close().catch(() => undefined);
+      closeSync(fd);
       await fsp.unlink(path).catch(() => undefined);
       throw new Error(`${err instanceof Error ? err.message : String(err)} (the partial file was removed)`, { cause: err });
     }
     // The content is complete: a metadata failure (e.g. chown when not restoring as root) is reported
     // for the file, which stays.
-    // Synchronous on purpose: these are microsecond system calls, and a thread-pool round trip for each
-    // costs more than the call itself when restoring tens of thousands of files.
     try {
-      fchownSync(fh.fd, node.uid, node.gid);
-      fchmodSync(fh.fd, node.mode);
-      await this.xattrs(`/proc/self/fd/${fh.fd}`, path, node);
-      futimesSync(fh.fd, toUtimes(node.atimeNs ?? node.mtimeNs), toUtimes(node.mtimeNs));
+      fchownSync(fd, node.uid, node.gid);
+      fchmodSync(fd, node.mode);
+      await this.xattrs(`/proc/self/fd/${fd}`, path, node);
+      futimesSync(fd, toUtimes(node.atimeNs ?? node.mtimeNs), toUtimes(node.mtimeNs));
     } finally {
-      await fh.close();
+      closeSync(fd);
     }
   }
 
@@ -312,10 +369,10 @@ export class FilesRestorer {
 
   /** `proc` is /proc/self/fd/N of a handle on the inode itself: following it can only reach that inode. */
   private async metadataByHandle(proc: Buffer, node: TreeNode): Promise<void> {
-    await fsp.chown(proc, node.uid, node.gid);
-    await fsp.chmod(proc, node.mode);
+    chownSync(proc, node.uid, node.gid);
+    chmodSync(proc, node.mode);
     await this.xattrs(proc.toString(), proc, node);
-    await fsp.utimes(proc, toUtimes(node.atimeNs ?? node.mtimeNs), toUtimes(node.mtimeNs));
+    utimesSync(proc, toUtimes(node.atimeNs ?? node.mtimeNs), toUtimes(node.mtimeNs));
   }
 
   private async xattrs(procPath: string, shown: Buffer, node: TreeNode): Promise<void> {
@@ -355,15 +412,16 @@ export class FilesRestorer {
  * unlinked and the creation tried once more, so it is replaced, never followed. Trying first saves an
  * unlink per entry on the usual, empty target.
  */
-async function replacing<T>(path: Buffer, create: () => Promise<T>): Promise<T> {
+function replacing<T>(path: Buffer, create: () => T): T {
   try {
-    return await create();
+    return create();
   } catch (err) {
     if (errnoCode(err) !== 'EEXIST') throw err;
   }
-  await fsp.unlink(path);
+  unlinkSync(path);
   return create();
 }
+
 
 /**
  * utimes takes seconds as a double, which cannot hold a nanosecond time exactly; libuv truncates it.
