@@ -121,6 +121,32 @@ describe('Chunker', () => {
     expect(lengths(new Chunker(SMALL, gearTable(SEED)), data)).toEqual(lens);
   });
 
+  it('cuts runs of zeros (holes) exactly where hashing them would, for seeds whose zero chunks are full or short', async () => {
+    const tiny: ChunkerParams = { minSize: 64, avgSize: 256, maxSize: 1024 };
+    // Most gear tables never cut inside zeros (zero chunks are maxSize); find one that does.
+    let shortSeed = 0;
+    while (new Chunker(tiny, gearTable(Buffer.from([shortSeed & 0xff, shortSeed >> 8]))).zeroLength === tiny.maxSize) shortSeed++;
+    const cases: [ChunkerParams, Buffer][] = [
+      [SMALL, SEED],
+      [tiny, SEED],
+      [tiny, Buffer.from([shortSeed & 0xff, shortSeed >> 8])],
+    ];
+    for (const [params, seed] of cases) {
+      const chunker = new Chunker(params, gearTable(seed));
+      // Zero runs of many lengths between data, starting at and off chunk boundaries, and a zero tail.
+      const parts: Buffer[] = [];
+      for (const z of [0, 1, params.minSize, chunker.zeroLength - 1, chunker.zeroLength, 3 * params.maxSize + 17, 10 * params.maxSize]) {
+        parts.push(noise(params.avgSize + z, z + 7), Buffer.alloc(z));
+      }
+      const data = Buffer.concat(parts);
+      // chunkStream scans with the hash only: the reference.
+      const reference = (await collect(chunkStream(pieces(data, () => 4096), chunker))).map((c) => c.length);
+      expect(lengths(chunker, data)).toEqual(reference);
+    }
+    expect(new Chunker(SMALL, gearTable(SEED)).zeroLength).toBe(SMALL.maxSize);
+    expect(new Chunker(tiny, gearTable(Buffer.from([shortSeed & 0xff, shortSeed >> 8]))).zeroLength).toBeLessThan(tiny.maxSize);
+  });
+
   it('cuts elsewhere under another seed', () => {
     const data = noise(16 * MiB);
     const a = new Set(offsets(lengths(new Chunker(SMALL, gear), data)));

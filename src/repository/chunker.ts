@@ -141,10 +141,15 @@ function topBits(n: number): number {
 // Lets chunkStream resume scans across input pieces without making that a public method of Chunker.
 let ruleOf: (c: Chunker) => Rule;
 
+/** Compared against in slices: zero runs are checked with memcmp, not byte by byte. */
+const ZERO_SLICE = new Uint8Array(64 * 1024);
+
 export class Chunker {
   readonly #rule: Rule;
   /** Reused by cut(): it is synchronous, so calls never overlap. */
   readonly #st: ScanState = { pos: 0, h: 0 };
+  #zeroLength: number | undefined;
+  #lastWasZero = false;
 
   static {
     ruleOf = (c) => c.#rule;
@@ -154,11 +159,32 @@ export class Chunker {
     this.#rule = new Rule(params, gear);
   }
 
+  /**
+   * The length of a chunk cut from a long run of zero bytes. The rule depends only on the chunk's own
+   * bytes, so every chunk that starts inside such a run (a hole of a sparse file) has this length:
+   * usually maxSize, shorter for the rare gear table whose hash of zeros matches a mask.
+   */
+  get zeroLength(): number {
+    if (this.#zeroLength === undefined) {
+      const zeros = new Uint8Array(this.#rule.max);
+      this.#zeroLength = this.#rule.scan(zeros, 0, zeros.length, { pos: 0, h: 0 });
+    }
+    return this.#zeroLength;
+  }
+
+  /** Whether the last chunk cut() returned was all zeros, zeroLength long (its blob id is known without hashing). */
+  get lastWasZero(): boolean {
+    return this.#lastWasZero;
+  }
+
   /** Returns the length of the chunk that starts at data[start], looking at data[start..end). If fewer than maxSize bytes are available and !final, returns 0 when no cut point was found (caller must supply more data); when final, returns at most end-start. */
   cut(data: Uint8Array, start: number, end: number, final: boolean): number {
     if (!(Number.isInteger(start) && Number.isInteger(end) && start >= 0 && start <= end && end <= data.length)) {
       throw new Error(`chunker: bad range ${start}..${end} of ${data.length} bytes`);
     }
+    // A run of zeros (a hole) is cut without hashing: the result is the same, found at memcmp speed.
+    this.#lastWasZero = data[start] === 0 && end - start >= this.zeroLength && allZero(data, start, start + this.zeroLength);
+    if (this.#lastWasZero) return this.zeroLength;
     const st = this.#st;
     st.pos = 0;
     st.h = 0;
@@ -166,6 +192,15 @@ export class Chunker {
     if (r >= 0) return r - start;
     return final ? end - start : 0;
   }
+}
+
+function allZero(data: Uint8Array, from: number, to: number): boolean {
+  const b = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  for (let at = from; at < to; at += ZERO_SLICE.length) {
+    const n = Math.min(ZERO_SLICE.length, to - at);
+    if (b.compare(ZERO_SLICE, 0, n, at, at + n) !== 0) return false;
+  }
+  return true;
 }
 
 /**

@@ -30,6 +30,7 @@ import { parsePackHeader, type PackBlob, type PackEntry } from './pack.js';
 import { PackSpool, type FinishedPack, type PackWriter } from './pack-writer.js';
 import { OtherFormatObjectError, sealDocument, sealerFor, unsealDocument, type Sealer } from './sealer.js';
 import { ReadAhead } from './read-ahead.js';
+import { Chunker, gearTable } from './chunker.js';
 import { MAX_TREE_BYTES } from './tree.js';
 import { decompressBounded } from './zstd.js';
 import { BlobWorkers } from './workers.js';
@@ -430,6 +431,20 @@ export class Repository {
     } catch {
       return false;
     }
+  }
+
+  private zeroChunkCache: { length: number; id: string } | undefined;
+  /**
+   * The chunk every long run of zero bytes (a hole of a sparse file) is cut into, and its blob id:
+   * backups store holes without hashing them, and restores leave them as holes without loading them.
+   */
+  zeroChunk(): { length: number; id: string } {
+    if (!this.zeroChunkCache) {
+      const c = this.config.chunker;
+      const length = new Chunker(c, gearTable(Buffer.from(c.seed, 'hex'))).zeroLength;
+      this.zeroChunkCache = { length, id: this.blobId(Buffer.alloc(length)) };
+    }
+    return this.zeroChunkCache;
   }
 
   blobId(plain: Uint8Array): string {

@@ -50,7 +50,7 @@ const FILES_IN_FLIGHT = 64;
 /** Loaded-but-unwritten blob bytes, whatever the number of files in flight. */
 const RESTORE_MEMORY = 32 * 1024 * 1024;
 
-export type RestoreRepo = Pick<Repository, 'loadBlob' | 'index'>;
+export type RestoreRepo = Pick<Repository, 'loadBlob' | 'index' | 'zeroChunk'>;
 
 export interface FilesRestoreOptions {
   target: string;
@@ -315,26 +315,30 @@ export class FilesRestorer {
     try {
       let pos = 0;
       const ids = node.content ?? [];
-      const load = async (id: string): Promise<{ data: Buffer; cost: number }> => {
+      const zero = this.repo.zeroChunk();
+      const load = async (id: string): Promise<{ data: Buffer | undefined; length: number; cost: number }> => {
+        // A hole's chunk is known by its id: it stays a hole, nothing is read.
+        if (id === zero.id) return { data: undefined, length: zero.length, cost: 0 };
         const e = this.repo.index.lookup(id);
         const cost = e ? e.ulen || e.length : 0;
         await this.budget.acquire(cost);
         try {
-          return { data: await this.repo.loadBlob('data', id), cost };
+          const data = await this.repo.loadBlob('data', id);
+          return { data, length: data.length, cost };
         } catch (err) {
           this.budget.release(cost);
           throw err;
         }
       };
-      for await (const { data, cost } of orderedMap(ids, this.opts.prefetch ?? 8, load, (r) => this.budget.release(r.cost))) {
+      for await (const { data, length, cost } of orderedMap(ids, this.opts.prefetch ?? 8, load, (r) => this.budget.release(r.cost))) {
         // Zero pages become holes: sparse files come back sparse.
         try {
-          writeSparseSync(fd, data, pos);
+          if (data) writeSparseSync(fd, data, pos);
         } finally {
           this.budget.release(cost);
         }
-        pos += data.length;
-        this.progress.bytesDone += data.length;
+        pos += length;
+        this.progress.bytesDone += length;
         this.emit();
       }
       ftruncateSync(fd, pos);

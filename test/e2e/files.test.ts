@@ -1,5 +1,6 @@
 // Issue "Repository engine, file backup and restore": a tree holding every kind of item is backed up and
 // restored through the real CLI, then compared item by item (content and metadata).
+import { execFileSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jsonResult, runCli } from '../helpers/cli.js';
@@ -119,5 +120,49 @@ describe('file backup and restore of every kind of item', () => {
     expect(s.snapshots).toBe(3);
     // Three snapshots of the same ~90 MB tree (64 MiB of it sparse) stored once.
     expect(s.dedupRatio).toBeGreaterThan(3);
+  });
+});
+
+describe('sparse files', () => {
+  it('a 4 GiB file of holes and unaligned data islands comes back byte for byte, as holes, with its holes stored once', async () => {
+    const dir = await tempDir();
+    try {
+      const data = `${dir.path}/src`;
+      await fsp.mkdir(data);
+      const file = `${data}/disk.img`;
+      const fh = await fsp.open(file, 'w');
+      const size = 4 * 1024 ** 3;
+      await fh.truncate(size);
+      // Islands at odd offsets: chunk boundaries fall inside data, inside holes and between them.
+      const islands = [0, 12_345_678, 1_000_000_007, 2_147_483_000, size - 777];
+      for (const [i, at] of islands.entries()) {
+        const bytes = Buffer.alloc(Math.min(300_000 + i * 1000, size - at), i + 1);
+        for (let j = 0; j < bytes.length; j += 97) bytes[j] = j & 0xff;
+        await fh.write(bytes, 0, bytes.length, at);
+      }
+      await fh.close();
+      const e = { BULWARK_REPOSITORY: `${dir.path}/repo`, BULWARK_PASSWORD: 'test password' };
+      expect((await runCli(['init'], { env: e })).code).toBe(0);
+      const backup = await runCli(['backup', 'files', data, '--json'], { env: e });
+      expect(backup.code, backup.stderr).toBe(0);
+      const stats = jsonResult<{ summary: { bytesNew: number } }>(backup);
+      // The holes are one chunk, stored once; new chunks are the islands with the zeros around them
+      // up to the next cut (at most two of maxSize each).
+      expect(stats.summary.bytesNew).toBeLessThan((1 + 2 * islands.length) * 8 * 1024 * 1024);
+      const repo = JSON.parse((await runCli(['stats', '--json'], { env: e })).stdout) as { storedBytes: number };
+      expect(repo.storedBytes).toBeLessThan(4 * 1024 * 1024);
+
+      const out = `${dir.path}/out`;
+      const restore = await runCli(['restore', 'latest', '--target', out], { env: e });
+      expect(restore.code, restore.stderr).toBe(0);
+      const restored = `${out}${file}`;
+      const st = await fsp.stat(restored);
+      expect(st.size).toBe(size);
+      expect(st.blocks * 512).toBeLessThan(16 * 1024 * 1024);
+      // cmp, an outside witness, reads both whole.
+      execFileSync('cmp', [file, restored]);
+    } finally {
+      await dir.cleanup();
+    }
   });
 });

@@ -15,7 +15,7 @@ import { DirHandle } from '../../util/dirhandle.js';
 import { nodeFromStat, readXattrsSync, sameContent } from './metadata.js';
 import { scanTotals, type ScanTotals } from './scan.js';
 
-export type ArchiveRepo = Pick<Repository, 'saveBlob' | 'loadBlob' | 'blobId' | 'hasBlob' | 'config'>;
+export type ArchiveRepo = Pick<Repository, 'saveBlob' | 'loadBlob' | 'blobId' | 'hasBlob' | 'config' | 'zeroChunk'>;
 
 export interface FilesBackupOptions {
   paths: string[];
@@ -315,7 +315,8 @@ export class FilesArchiver {
         const n = this.chunker.cut(buf, start, filled, eof);
         if (n === 0) continue;
         const chunk = buf.subarray(start, start + n);
-        const r = await this.repo.saveBlob('data', chunk);
+        // A hole's chunks all have one id, known without hashing (sparse files read at memcmp speed).
+        const r = await this.repo.saveBlob('data', chunk, this.chunker.lastWasZero ? this.repo.zeroChunk().id : undefined);
         if (r.stored) {
           this.blobsNew++;
           this.progress.bytesNew += n;
