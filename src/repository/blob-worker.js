@@ -45,6 +45,49 @@ function unseal(sealed, ad) {
 // can never make it allocate more than the blob's recorded length (as repository/zstd.ts does).
 const dctx = new Decompressor().dctx;
 
+/** Compresses when asked and worthwhile, then seals. `ulen` is the plaintext length when compressed, else 0. */
+function compressAndSeal(plain, compress, ad) {
+  let body = plain;
+  let ulen = 0;
+  if (compress) {
+    const z = compressor.compress(plain);
+    // Incompressible data is stored raw: saves the decompression on restore and never grows a blob.
+    if (z.length < plain.length - (plain.length >> 5)) {
+      body = z;
+      ulen = plain.length;
+    }
+  }
+  return { sealed: seal(body, ad), ulen };
+}
+
+/** Seals a batch of small blobs sent in one buffer; their sealed forms go back side by side in one buffer. */
+function sealBatch(msg) {
+  const input = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
+  const parts = [];
+  const results = [];
+  let from = 0;
+  let total = 0;
+  for (const it of msg.items) {
+    const plain = input.subarray(from, from + it.len);
+    from += it.len;
+    try {
+      const { sealed, ulen } = compressAndSeal(plain, it.compress, it.ad);
+      parts.push(sealed);
+      results.push({ at: total, len: sealed.length, ulen });
+      total += sealed.length;
+    } catch (err) {
+      results.push({ error: err instanceof Error ? err.message : String(err) });
+    }
+  }
+  const out = Buffer.allocUnsafeSlow(total);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  parentPort.postMessage({ seq: msg.seq, out, results }, [out.buffer]);
+}
+
 /**
  * Opens a batch of small blobs sent in one buffer: one message each way for the lot, and their
  * plaintexts come back side by side in one buffer. A blob that fails is reported alone.
@@ -78,7 +121,7 @@ function openBatch(msg) {
       at += it.ulen > 0 ? it.ulen : it.len;
     }
   }
-  parentPort.postMessage({ seq: msg.seq, plain: out, results }, [out.buffer]);
+  parentPort.postMessage({ seq: msg.seq, out, results }, [out.buffer]);
 }
 
 /** Small Buffers live in a shared pool that must not be transferred: copy those into an own buffer. */
@@ -94,22 +137,14 @@ parentPort.on('message', (msg) => {
   try {
     if (msg.op === 'seal') {
       const plain = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
-      let body = plain;
-      let ulen = 0;
-      if (msg.compress) {
-        const z = compressor.compress(plain);
-        // Incompressible data is stored raw: saves the decompression on restore and never grows a blob.
-        if (z.length < plain.length - (plain.length >> 5)) {
-          body = z;
-          ulen = plain.length;
-        }
-      }
-      const result = seal(body, msg.ad);
+      const { sealed: result, ulen } = compressAndSeal(plain, msg.compress, msg.ad);
       // Back in the buffer the plaintext came in, when it fits (the main thread reuses it).
       const back = msg.data.buffer;
       const sealed = result.length <= back.byteLength ? new Uint8Array(back, 0, result.length) : own(result);
       if (sealed.buffer === back) sealed.set(result);
       parentPort.postMessage({ seq: msg.seq, sealed, ulen }, [sealed.buffer]);
+    } else if (msg.op === 'sealBatch') {
+      sealBatch(msg);
     } else if (msg.op === 'openBatch') {
       openBatch(msg);
     } else if (msg.op === 'open') {

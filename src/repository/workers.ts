@@ -15,7 +15,9 @@ const POOL_BYTES = 8 * 1024 * 1024;
 /** Smaller buffers are made to measure and not kept: a pool of small ones would hold odd sizes. */
 const POOL_MIN_BYTES = 64 * 1024;
 
-/** Small blobs to open are gathered into one message up to this many sealed bytes. */
+/** Blobs up to this size are sealed or opened in batches: one message each way for many. */
+const BATCH_BLOB_BYTES = 64 * 1024;
+/** A batch is sent once it holds this many bytes (or at the end of the event loop's turn). */
 const BATCH_BYTES = 256 * 1024;
 
 export interface Opened {
@@ -24,13 +26,24 @@ export interface Opened {
   id: string;
 }
 
+type BatchOp = 'openBatch' | 'sealBatch';
+
+/** One blob's part of a batch reply: where its result is in the reply's buffer, or why it failed. */
+type BatchResult = { at: number; len: number; id?: string; ulen?: number } | { error: string };
+
 interface BatchItem {
-  sealed: Uint8Array;
-  ulen: number;
-  ad: Uint8Array | null;
+  bytes: Uint8Array;
+  /** What the worker needs besides the bytes (lengths, associated data). */
+  meta: Record<string, unknown>;
   what: string;
-  resolve(v: Opened): void;
+  done(out: Uint8Array, r: BatchResult): void;
   reject(e: Error): void;
+}
+
+interface Batch {
+  items: BatchItem[];
+  bytes: number;
+  scheduled: boolean;
 }
 
 interface Pending {
@@ -47,8 +60,9 @@ interface WorkerReply {
   plain?: Uint8Array;
   /** Blob id (keyed BLAKE3) of the opened plaintext. */
   id?: string;
-  /** Of a batch: where each plaintext is in `plain`, or why it failed. */
-  results?: ({ at: number; len: number; id: string } | { error: string })[];
+  /** Of a batch: every blob's result side by side, and where each is in it. */
+  out?: Uint8Array;
+  results?: BatchResult[];
   error?: string;
 }
 
@@ -121,9 +135,10 @@ export class BlobWorkers {
   private seq = 0;
   private closed = false;
   private readonly pool = new TransferPool();
-  private batch: BatchItem[] = [];
-  private batchBytes = 0;
-  private batchScheduled = false;
+  private readonly batches: Record<BatchOp, Batch> = {
+    openBatch: { items: [], bytes: 0, scheduled: false },
+    sealBatch: { items: [], bytes: 0, scheduled: false },
+  };
 
   constructor(
     private readonly sealer: Sealer,
@@ -163,6 +178,19 @@ export class BlobWorkers {
    * caller keeps its buffer: the bytes are copied.
    */
   async seal(data: Uint8Array, compress: boolean, ad: Uint8Array | null): Promise<SealResult> {
+    // Small blobs (a tree of small files makes tens of thousands) go in batches: a message each way
+    // per blob cost more than sealing it.
+    if (data.byteLength <= BATCH_BLOB_BYTES) {
+      return new Promise((resolve, reject) => {
+        this.enqueue('sealBatch', {
+          bytes: data,
+          meta: { len: data.byteLength, compress, ad },
+          what: 'seal blob',
+          done: (out, r) => resolve({ sealed: Buffer.from(out.buffer, out.byteOffset + (r as { at: number }).at, (r as { len: number }).len), ulen: (r as { ulen?: number }).ulen ?? 0, release: () => undefined }),
+          reject,
+        });
+      });
+    }
     // The worker writes the sealed blob back into the buffer it was sent in when it fits (it always
     // does with this slack), and sends that buffer back.
     const out = new Uint8Array(this.pool.take(data.byteLength + SEAL_SLACK), 0, data.byteLength);
@@ -191,40 +219,54 @@ export class BlobWorkers {
    * would cost more than opening it.
    */
   openSmall(sealed: Uint8Array, ulen: number, what: string, ad: Uint8Array | null): Promise<Opened> {
-    if (this.closed) return Promise.reject(new Error('blob workers are closed'));
     return new Promise((resolve, reject) => {
-      this.batch.push({ sealed, ulen, ad, what, resolve, reject });
-      this.batchBytes += sealed.byteLength;
-      if (this.batchBytes >= BATCH_BYTES) this.flushBatch();
-      else if (!this.batchScheduled) {
-        this.batchScheduled = true;
-        setImmediate(() => {
-          this.batchScheduled = false;
-          this.flushBatch();
-        });
-      }
+      this.enqueue('openBatch', {
+        bytes: sealed,
+        meta: { len: sealed.byteLength, ulen, ad },
+        what,
+        done: (out, r) => resolve({ plain: Buffer.from(out.buffer, out.byteOffset + (r as { at: number }).at, (r as { len: number }).len), id: (r as { id: string }).id }),
+        reject,
+      });
     });
   }
 
-  private flushBatch(): void {
-    const items = this.batch;
+  /** Adds to a batch; it goes when full, or once this turn of the event loop has queued what it will. */
+  private enqueue(op: BatchOp, item: BatchItem): void {
+    if (this.closed) {
+      item.reject(new Error('blob workers are closed'));
+      return;
+    }
+    const b = this.batches[op];
+    b.items.push(item);
+    b.bytes += item.bytes.byteLength;
+    if (b.bytes >= BATCH_BYTES) this.flush(op);
+    else if (!b.scheduled) {
+      b.scheduled = true;
+      setImmediate(() => {
+        b.scheduled = false;
+        this.flush(op);
+      });
+    }
+  }
+
+  private flush(op: BatchOp): void {
+    const b = this.batches[op];
+    const items = b.items;
     if (items.length === 0) return;
-    const data = new Uint8Array(this.batchBytes);
-    this.batch = [];
-    this.batchBytes = 0;
+    const data = new Uint8Array(b.bytes);
+    b.items = [];
+    b.bytes = 0;
     let at = 0;
     for (const it of items) {
-      data.set(it.sealed, at);
-      at += it.sealed.byteLength;
+      data.set(it.bytes, at);
+      at += it.bytes.byteLength;
     }
-    const meta = items.map((it) => ({ len: it.sealed.byteLength, ulen: it.ulen, ad: it.ad }));
-    this.post({ op: 'openBatch', data, items: meta }, 'open blobs').then(
+    this.post({ op, data, items: items.map((it) => it.meta) }, op === 'openBatch' ? 'open blobs' : 'seal blobs').then(
       (r) => {
-        const out = r.plain!;
         items.forEach((it, i) => {
           const res = r.results![i]!;
-          if ('error' in res) it.reject(workerError(res.error, it.what, true));
-          else it.resolve({ plain: Buffer.from(out.buffer, out.byteOffset + res.at, res.len), id: res.id });
+          if ('error' in res) it.reject(workerError(res.error, it.what, op === 'openBatch'));
+          else it.done(r.out!, res);
         });
       },
       (err: Error) => {
@@ -241,7 +283,7 @@ export class BlobWorkers {
     const seq = ++this.seq;
     slot.busy++;
     return new Promise((resolve, reject) => {
-      this.pending.set(seq, { resolve, reject, what, opening: msg.op !== 'seal' });
+      this.pending.set(seq, { resolve, reject, what, opening: msg.op !== 'seal' && msg.op !== 'sealBatch' });
       slot.worker.postMessage({ ...msg, seq }, [msg.data.buffer as ArrayBuffer]);
     });
   }
