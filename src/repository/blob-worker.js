@@ -60,25 +60,33 @@ function compressAndSeal(plain, compress, ad) {
   return { sealed: seal(body, ad), ulen };
 }
 
-/** Seals a batch of small blobs sent in one buffer; their sealed forms go back side by side in one buffer. */
-function sealBatch(msg) {
+/** Runs `fn` on each blob of a batch with its bytes; a blob that fails is reported alone. */
+function eachBlob(msg, fn) {
   const input = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
-  const parts = [];
   const results = [];
   let from = 0;
-  let total = 0;
   for (const it of msg.items) {
-    const plain = input.subarray(from, from + it.len);
+    const bytes = input.subarray(from, from + it.len);
     from += it.len;
     try {
-      const { sealed, ulen } = compressAndSeal(plain, it.compress, it.ad);
-      parts.push(sealed);
-      results.push({ at: total, len: sealed.length, ulen });
-      total += sealed.length;
+      results.push(fn(it, bytes));
     } catch (err) {
       results.push({ error: err instanceof Error ? err.message : String(err) });
     }
   }
+  return results;
+}
+
+/** Seals a batch of small blobs sent in one buffer; their sealed forms go back side by side in one buffer. */
+function sealBatch(msg) {
+  const parts = [];
+  let total = 0;
+  const results = eachBlob(msg, (it, plain) => {
+    const { sealed, ulen } = compressAndSeal(plain, it.compress, it.ad);
+    parts.push(sealed);
+    total += sealed.length;
+    return { at: total - sealed.length, len: sealed.length, ulen };
+  });
   const out = Buffer.allocUnsafeSlow(total);
   let at = 0;
   for (const p of parts) {
@@ -90,37 +98,23 @@ function sealBatch(msg) {
 
 /**
  * Opens a batch of small blobs sent in one buffer: one message each way for the lot, and their
- * plaintexts come back side by side in one buffer. A blob that fails is reported alone.
+ * plaintexts come back side by side in one buffer, each in a slot of its recorded length.
  */
 function openBatch(msg) {
-  const input = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
-  let outBytes = 0;
-  for (const it of msg.items) outBytes += it.ulen > 0 ? it.ulen : it.len;
-  const out = Buffer.allocUnsafeSlow(outBytes);
-  const results = [];
-  let from = 0;
-  let at = 0;
-  for (const it of msg.items) {
-    const sealed = input.subarray(from, from + it.len);
-    from += it.len;
-    try {
-      const body = unseal(sealed, it.ad);
-      let len;
-      if (it.ulen > 0) {
-        len = dctx.decompress(out.subarray(at, at + it.ulen), body);
-        if (len !== it.ulen) throw new Error(`decompresses to ${len} bytes, not the ${it.ulen} recorded`);
-      } else {
-        out.set(body, at);
-        len = body.length;
-      }
-      const plain = out.subarray(at, at + len);
-      results.push({ at, len, id: Blake3Hasher.newKeyed(idKey).update(plain).digestBuffer().toString('hex') });
-      at += it.ulen > 0 ? it.ulen : it.len;
-    } catch (err) {
-      results.push({ error: err instanceof Error ? err.message : String(err) });
-      at += it.ulen > 0 ? it.ulen : it.len;
-    }
-  }
+  const slot = (it) => (it.ulen > 0 ? it.ulen : it.len);
+  const out = Buffer.allocUnsafeSlow(msg.items.reduce((n, it) => n + slot(it), 0));
+  let next = 0;
+  const results = eachBlob(msg, (it, sealed) => {
+    const at = next;
+    next += slot(it);
+    const body = unseal(sealed, it.ad);
+    let len = body.length;
+    if (it.ulen > 0) {
+      len = dctx.decompress(out.subarray(at, at + it.ulen), body);
+      if (len !== it.ulen) throw new Error(`decompresses to ${len} bytes, not the ${it.ulen} recorded`);
+    } else out.set(body, at);
+    return { at, len, id: Blake3Hasher.newKeyed(idKey).update(out.subarray(at, at + len)).digestBuffer().toString('hex') };
+  });
   parentPort.postMessage({ seq: msg.seq, out, results }, [out.buffer]);
 }
 
