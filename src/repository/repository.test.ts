@@ -115,6 +115,29 @@ describe('Repository', () => {
     expect((err as BulwarkError).code).toBe('repository-corrupt');
   });
 
+  it('copies a small blob when it is saved: the caller may reuse its buffer at once (as the archiver does)', async () => {
+    t = await createTestRepository();
+    const buf = Buffer.alloc(64 * 1024);
+    const expected: Buffer[] = [];
+    const ids: string[] = [];
+    for (let i = 0; i < 100; i++) {
+      buf.fill(i & 0xff);
+      buf.writeUInt32LE(i, 0);
+      const plain = buf.subarray(0, 1000 + i * 37);
+      expected.push(Buffer.from(plain));
+      ids.push((await t.repo.saveBlob('data', plain)).id);
+    }
+    buf.fill(0xee);
+    await t.repo.flush();
+    const other = await t.reopen();
+    await other.loadIndex();
+    try {
+      for (let i = 0; i < ids.length; i++) expect((await other.loadBlob('data', ids[i]!)).equals(expected[i]!), `blob ${i}`).toBe(true);
+    } finally {
+      await other.close();
+    }
+  });
+
   it('loads many small blobs at once (read ahead, opened in batches); a damaged one fails alone', async () => {
     t = await createTestRepository();
     const plains = Array.from({ length: 200 }, (_, i) => (i % 2 ? pseudoRandom(3000 + i, i + 1) : Buffer.alloc(5000 + i, i & 0xff)));

@@ -17,6 +17,7 @@ const POOL_MIN_BYTES = 64 * 1024;
 
 /** Blobs up to this size are sealed or opened in batches: one message each way for many. */
 const BATCH_BLOB_BYTES = 64 * 1024;
+const EMPTY = new Uint8Array(0);
 /** A batch is sent once it holds this many bytes (or at the end of the event loop's turn). */
 const BATCH_BYTES = 256 * 1024;
 
@@ -32,6 +33,7 @@ type BatchOp = 'openBatch' | 'sealBatch';
 type BatchResult = { at: number; len: number; id?: string; ulen?: number } | { error: string };
 
 interface BatchItem {
+  /** Only until enqueue() has copied them. */
   bytes: Uint8Array;
   /** What the worker needs besides the bytes (lengths, associated data). */
   meta: Record<string, unknown>;
@@ -42,6 +44,8 @@ interface BatchItem {
 
 interface Batch {
   items: BatchItem[];
+  /** The items' bytes, copied in as they come: callers may reuse their buffers at once (the archiver does). */
+  data: Uint8Array;
   bytes: number;
   scheduled: boolean;
 }
@@ -136,8 +140,8 @@ export class BlobWorkers {
   private closed = false;
   private readonly pool = new TransferPool();
   private readonly batches: Record<BatchOp, Batch> = {
-    openBatch: { items: [], bytes: 0, scheduled: false },
-    sealBatch: { items: [], bytes: 0, scheduled: false },
+    openBatch: { items: [], data: new Uint8Array(0), bytes: 0, scheduled: false },
+    sealBatch: { items: [], data: new Uint8Array(0), bytes: 0, scheduled: false },
   };
 
   constructor(
@@ -219,6 +223,7 @@ export class BlobWorkers {
    * would cost more than opening it.
    */
   openSmall(sealed: Uint8Array, ulen: number, what: string, ad: Uint8Array | null): Promise<Opened> {
+    if (sealed.byteLength > BATCH_BLOB_BYTES) return this.open(sealed, ulen, what, ad);
     return new Promise((resolve, reject) => {
       this.enqueue('openBatch', {
         bytes: sealed,
@@ -237,8 +242,10 @@ export class BlobWorkers {
       return;
     }
     const b = this.batches[op];
-    b.items.push(item);
+    if (b.items.length === 0) b.data = new Uint8Array(BATCH_BYTES + BATCH_BLOB_BYTES);
+    b.data.set(item.bytes, b.bytes);
     b.bytes += item.bytes.byteLength;
+    b.items.push({ ...item, bytes: EMPTY });
     if (b.bytes >= BATCH_BYTES) this.flush(op);
     else if (!b.scheduled) {
       b.scheduled = true;
@@ -253,14 +260,9 @@ export class BlobWorkers {
     const b = this.batches[op];
     const items = b.items;
     if (items.length === 0) return;
-    const data = new Uint8Array(b.bytes);
+    const data = b.data.subarray(0, b.bytes);
     b.items = [];
     b.bytes = 0;
-    let at = 0;
-    for (const it of items) {
-      data.set(it.bytes, at);
-      at += it.bytes.byteLength;
-    }
     this.post({ op, data, items: items.map((it) => it.meta) }, op === 'openBatch' ? 'open blobs' : 'seal blobs').then(
       (r) => {
         items.forEach((it, i) => {
