@@ -17,6 +17,8 @@ WORK=$OUT/work
 LOGS=$OUT/logs
 IMAGE_MIB=${BENCH_IMAGE_MIB:-2048}
 TREE_MIB=${BENCH_TREE_MIB:-1024}
+SMALL_FILES=${BENCH_SMALL_FILES:-30000}    # files in the small-files tree
+SMALL_MAX_KIB=${BENCH_SMALL_MAX_KIB:-16}  # each at most this large
 FILL_PCT=${BENCH_IMAGE_FILL_PCT:-70}      # share of the image filled with files, the rest stays empty
 CHANGE_PCT=${BENCH_CHANGE_PCT:-1}         # share of the image rewritten for the "changed" re-backup
 TOOLS=${BENCH_TOOLS:-bulwark restic borg}
@@ -67,6 +69,7 @@ make_data() {
   local image_key="v2 image=$IMAGE_MIB fill=$FILL_PCT roots=$DATA_ROOTS"
   local tree_key="v1 $image_key tree=$TREE_MIB"
   local patch_key="v1 image=$IMAGE_MIB change=$CHANGE_PCT"
+  local small_key="v1 files=$SMALL_FILES max=$SMALL_MAX_KIB roots=$DATA_ROOTS"
   local image_ok=0 tree_ok=0
   [[ -f $DATA/vm-disk.img && -f $DATA/vm-disk.img.sha256 && "$(cat "$DATA/image.key" 2>/dev/null)" == "$image_key" ]] && image_ok=1
   [[ -d $DATA/tree && "$(cat "$DATA/tree.key" 2>/dev/null)" == "$tree_key" ]] && tree_ok=1
@@ -111,6 +114,19 @@ make_data() {
       || die "copying files for the tree failed"
     mv "$DATA/tree.new" "$DATA/tree"
     echo "$tree_key" >"$DATA/tree.key"
+  fi
+
+  if [[ ! -d $DATA/small || "$(cat "$DATA/small.key" 2>/dev/null)" != "$small_key" ]]; then
+    log "building small/ ($SMALL_FILES real files of at most $SMALL_MAX_KIB KiB)"
+    rm -rf "$DATA/small" "$DATA/small.new" "$DATA/small.key"
+    # shellcheck disable=SC2086
+    node "$BENCH_DIR/lib/pick-small.mjs" "$DATA/small.list" "$SMALL_FILES" "$((SMALL_MAX_KIB * 1024))" $DATA_ROOTS >&2 \
+      || die "pick-small failed"
+    mkdir -p "$DATA/small.new"
+    tar -C / --null --no-recursion -T "$DATA/small.list" -cf - | tar -C "$DATA/small.new" -xf - \
+      || die "copying files for the small-files tree failed"
+    mv "$DATA/small.new" "$DATA/small"
+    echo "$small_key" >"$DATA/small.key"
   fi
 
   if [[ ! -f $DATA/patch.bin || "$(cat "$DATA/patch.key" 2>/dev/null)" != "$patch_key" ]]; then
@@ -198,21 +214,21 @@ tool_env() { # tool repo -> ENVV (array of VAR=value)
   esac
 }
 
-cmd_for() { # tool step name -> CMD ; step: init | backup-image | backup-tree | restore-image | restore-tree
-  local tool=$1 step=$2 name=${3:-}
+cmd_for() { # tool step name [dir] -> CMD ; step: init | backup-image | backup-tree | restore-image | restore-tree
+  local tool=$1 step=$2 name=${3:-} dir=${4:-tree}
   case $tool:$step in
     bulwark:init) CMD=(node "$BULWARK_JS" init) ;;
     bulwark:backup-image) CMD=(node "$BULWARK_JS" backup disk vm-disk.img) ;;
-    bulwark:backup-tree) CMD=(node "$BULWARK_JS" backup files tree) ;;
+    bulwark:backup-tree) CMD=(node "$BULWARK_JS" backup files "$dir") ;;
     bulwark:restore-image) CMD=(node "$BULWARK_JS" restore vm latest --target .) ;;
     bulwark:restore-tree) CMD=(node "$BULWARK_JS" restore latest --target .) ;;
     restic:init) CMD=(restic init) ;;
     restic:backup-image) CMD=(restic backup vm-disk.img) ;;
-    restic:backup-tree) CMD=(restic backup tree/) ;;
+    restic:backup-tree) CMD=(restic backup "$dir/") ;;
     restic:restore-*) CMD=(restic restore latest --target .) ;;
     borg:init) CMD=(borg init -e repokey) ;;
     borg:backup-image) CMD=(borg create "::$name" vm-disk.img) ;;
-    borg:backup-tree) CMD=(borg create "::$name" tree) ;;
+    borg:backup-tree) CMD=(borg create "::$name" "$dir") ;;
     borg:restore-*) CMD=(borg extract "::$name") ;;
   esac
   CMD=(env "${ENVV[@]}" "${CMD[@]}")
@@ -242,8 +258,8 @@ find_restored_file() { # dir -> path of the single regular file below it
   printf 'expected one restored file, found %s' "${#files[@]}"
   return 1
 }
-find_restored_tree() { # dir -> the shortest path of a directory named "tree" below it
-  find "$1" -mindepth 1 -type d -name tree -prune -printf '%d\t%p\n' | sort -n | head -n 1 | cut -f2-
+find_restored_tree() { # dir name -> the shortest path of a directory of that name below it
+  find "$1" -mindepth 1 -type d -name "$2" -prune -printf '%d\t%p\n' | sort -n | head -n 1 | cut -f2-
 }
 
 # --------------------------------------------------------------------------------------------- runs
@@ -292,34 +308,34 @@ bench_image() { # tool
   fi
 }
 
-bench_tree() { # tool
-  local tool=$1 repo=$WORK/repos/$1-tree target=$WORK/restore/$1-tree
-  init_repo "$tool" tree "$repo" first repo_after_first unchanged repo_after_unchanged restore verify || return 0
+bench_tree() { # tool dataset (tree | small: a folder of that name in $DATA)
+  local tool=$1 ds=$2 repo=$WORK/repos/$1-$2 target=$WORK/restore/$1-$2
+  init_repo "$tool" "$ds" "$repo" first repo_after_first unchanged repo_after_unchanged restore verify || return 0
   tool_env "$tool" "$repo"
-  log "$tool tree: warming the page cache"
-  tar -C "$DATA" -cf - tree | cat >/dev/null
+  log "$tool $ds: warming the page cache"
+  tar -C "$DATA" -cf - "$ds" | cat >/dev/null
 
-  cmd_for "$tool" backup-tree tree-1 && timed "$tool" tree first "$DATA" "${CMD[@]}"
-  repo_size "$tool" tree repo_after_first "$repo"
-  cmd_for "$tool" backup-tree tree-2 && timed "$tool" tree unchanged "$DATA" "${CMD[@]}"
-  repo_size "$tool" tree repo_after_unchanged "$repo"
+  cmd_for "$tool" backup-tree "$ds-1" "$ds" && timed "$tool" "$ds" first "$DATA" "${CMD[@]}"
+  repo_size "$tool" "$ds" repo_after_first "$repo"
+  cmd_for "$tool" backup-tree "$ds-2" "$ds" && timed "$tool" "$ds" unchanged "$DATA" "${CMD[@]}"
+  repo_size "$tool" "$ds" repo_after_unchanged "$repo"
 
   rm -rf "$target" && mkdir -p "$target"
-  cmd_for "$tool" restore-tree tree-2 && timed "$tool" tree restore "$target" "${CMD[@]}"
+  cmd_for "$tool" restore-tree "$ds-2" "$ds" && timed "$tool" "$ds" restore "$target" "${CMD[@]}"
   if ((LAST_OK)); then
     local d diffout
-    d=$(find_restored_tree "$target")
+    d=$(find_restored_tree "$target" "$ds")
     if [[ -z $d ]]; then
-      record "$tool" tree verify FAIL '' '' "no directory named tree under the restore target"
-      log "*** FAIL: $tool tree restore: no tree/ under $target ***"
-    elif diffout=$(diff -rq --no-dereference "$DATA/tree" "$d" 2>&1); then
-      record "$tool" tree verify ok '' '' "$d"
+      record "$tool" "$ds" verify FAIL '' '' "no directory named $ds under the restore target"
+      log "*** FAIL: $tool $ds restore: no $ds/ under $target ***"
+    elif diffout=$(diff -rq --no-dereference "$DATA/$ds" "$d" 2>&1); then
+      record "$tool" "$ds" verify ok '' '' "$d"
     else
-      record "$tool" tree verify FAIL '' '' "diff -r: $(printf '%s\n' "$diffout" | wc -l) differences, e.g. $(printf '%s\n' "$diffout" | head -n 2)"
-      log "*** FAIL: $tool tree restore differs from the source (diff -rq $DATA/tree $d) ***"
+      record "$tool" "$ds" verify FAIL '' '' "diff -r: $(printf '%s\n' "$diffout" | wc -l) differences, e.g. $(printf '%s\n' "$diffout" | head -n 2)"
+      log "*** FAIL: $tool $ds restore differs from the source (diff -rq $DATA/$ds $d) ***"
     fi
   else
-    record "$tool" tree verify skipped '' '' 'restore failed'
+    record "$tool" "$ds" verify skipped '' '' 'restore failed'
   fi
   rm -rf "$target"
 }
@@ -364,7 +380,12 @@ write_meta() {
     echo "TREE_MIB_ACTUAL=$(find "$DATA/tree" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.0f", s / 1048576}')"
     echo "TREE_FILES=$(find "$DATA/tree" -type f | wc -l)"
     echo "TREE_DIRS=$(find "$DATA/tree" -type d | wc -l)"
+    echo "SMALL_BYTES=$(find "$DATA/small" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')"
+    echo "SMALL_FILES=$(find "$DATA/small" -type f | wc -l)"
+    echo "SMALL_DIRS=$(find "$DATA/small" -type d | wc -l)"
+    echo "SMALL_MAX_KIB=$SMALL_MAX_KIB"
     echo "TIMEOUT=$TIMEOUT"
+    echo "RESTORE_FS=$RESTORE_FS"
     echo "DIST_STALE=${DIST_STALE:-0}"
     echo "LOAD_START=$LOAD_START"
     echo "IDLE_START=$IDLE_START"
@@ -381,8 +402,17 @@ main() {
     log "another benchmark run is using $OUT: waiting for it to finish"
     flock 9
   fi
+  umount "$WORK/restore" 2>/dev/null
   rm -rf "$LOGS" "$WORK"
   mkdir -p "$LOGS" "$WORK/src" "$WORK/repos" "$WORK/restore" "$WORK/cache"
+  # Restores go to a tmpfs of their own (BENCH_RESTORE_TMPFS=0: to the disk). ext4 creates inodes
+  # slowly for minutes after many were deleted (its allocator checks each recently freed one), and the
+  # bench deletes each restore before the next tool's: whichever tool came next paid for the one before.
+  RESTORE_FS=disk
+  if [[ ${BENCH_RESTORE_TMPFS:-1} == 1 ]] && mount -t tmpfs -o size=8g bulwark-bench "$WORK/restore" 2>/dev/null; then
+    RESTORE_FS=tmpfs
+    trap 'umount "$WORK/restore" 2>/dev/null' EXIT
+  fi
   local t0=$SECONDS
   LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
   IDLE_START=$(idle_pct)
@@ -409,11 +439,13 @@ main() {
 
   local tool
   for tool in $TOOLS; do bench_image "$tool"; done
-  for tool in $TOOLS; do bench_tree "$tool"; done
+  for tool in $TOOLS; do bench_tree "$tool" tree; done
+  for tool in $TOOLS; do bench_tree "$tool" small; done
 
   echo "LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$META"
   node "$BENCH_DIR/lib/report.mjs" "$OUT" || die "report failed"
   log "done in $((SECONDS - t0)) s; results in $OUT/results.md and results.json, logs in $LOGS"
+  umount "$WORK/restore" 2>/dev/null
   if [[ ${BENCH_KEEP:-0} != 1 ]]; then
     rm -rf "$WORK"
   else

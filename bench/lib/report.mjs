@@ -137,14 +137,26 @@ row('repo size after image runs (MB)', 'MB', 'image', 'repo_after_changed', byte
 for (const [m, l] of imageSteps) row(`peak RSS ${l.slice(3)} (MB)`, 'MB', 'image', m, rssMB);
 for (const [m, l] of imageSteps) row(`CPU time ${l.slice(3)} (s, user+sys)`, 's', 'image', m, cpuSeconds);
 
-section(`tree: ${meta.TREE_MIB_ACTUAL} MiB in ${meta.TREE_FILES} real files, ${meta.TREE_DIRS} directories`);
-for (const [m, l] of treeSteps) row(`${l} (s)`, 's', 'tree', m, seconds);
-derived('restore verified (diff -r against the source)', '', verified('tree'));
-derived('first backup (MB/s of file data)', 'MB/s', throughput('tree', treeBytes));
-row('repo size after first backup (MB)', 'MB', 'tree', 'repo_after_first', bytesMB);
-row('repo size after tree runs (MB)', 'MB', 'tree', 'repo_after_unchanged', bytesMB);
-for (const [m, l] of treeSteps) row(`peak RSS ${l.slice(3)} (MB)`, 'MB', 'tree', m, rssMB);
-for (const [m, l] of treeSteps) row(`CPU time ${l.slice(3)} (s, user+sys)`, 's', 'tree', m, cpuSeconds);
+/** The rows of a file-tree data set (the bench tree, the small-files tree). */
+function treeSection(title, ds, bytes) {
+  section(title);
+  for (const [m, l] of treeSteps) row(`${l} (s)`, 's', ds, m, seconds);
+  derived('restore verified (diff -r against the source)', '', verified(ds));
+  derived('first backup (MB/s of file data)', 'MB/s', throughput(ds, bytes));
+  row('repo size after first backup (MB)', 'MB', ds, 'repo_after_first', bytesMB);
+  row(`repo size after ${ds} runs (MB)`, 'MB', ds, 'repo_after_unchanged', bytesMB);
+  for (const [m, l] of treeSteps) row(`peak RSS ${l.slice(3)} (MB)`, 'MB', ds, m, rssMB);
+  for (const [m, l] of treeSteps) row(`CPU time ${l.slice(3)} (s, user+sys)`, 's', ds, m, cpuSeconds);
+}
+
+treeSection(`tree: ${meta.TREE_MIB_ACTUAL} MiB in ${meta.TREE_FILES} real files, ${meta.TREE_DIRS} directories`, 'tree', treeBytes);
+if (meta.SMALL_FILES) {
+  treeSection(
+    `small files: ${(Number(meta.SMALL_BYTES) / 1048576).toFixed(0)} MiB in ${meta.SMALL_FILES} real files of at most ${meta.SMALL_MAX_KIB} KiB, ${meta.SMALL_DIRS} directories`,
+    'small',
+    Number(meta.SMALL_BYTES),
+  );
+}
 
 function fmt(num, unit) {
   if (unit === 's') return num < 10 ? num.toFixed(2) : num.toFixed(1);
@@ -175,6 +187,7 @@ lines.push(
   'Warm cache: the page cache cannot be dropped reliably here, so before each tool\'s first backup the data is ' +
     'read once (`cat` / `tar | cat` to /dev/null) and every tool runs with its source data in RAM; `sync` runs ' +
     'before each timed step, and the timings do not include writing the repository or restored data back to disk. ' +
+    (meta.RESTORE_FS === 'tmpfs' ? 'Restores go to a tmpfs (on ext4, creating inodes is slow for minutes after the previous tool\'s restore was deleted). ' : '') +
     'Wall seconds, peak RSS and CPU time from `/usr/bin/time -f "%e %M %U %S"`. MB = 10^6 bytes. ' +
     'Ratios are tool ÷ bulwark: above 1× means bulwark is faster / smaller / leaner; for MB/s rows, below 1× means bulwark is faster.',
 );
@@ -203,7 +216,7 @@ for (const r of rows) {
 }
 lines.push('');
 lines.push(
-  `Commands: restic \`backup vm-disk.img\` / \`backup tree/\` / \`restore latest --target\`; ` +
+  `Commands: restic \`backup vm-disk.img\` / \`backup tree/\` (\`small/\`) / \`restore latest --target\`; ` +
     `borg \`create\` (default compression, lz4) / \`extract\`, repos \`init -e repokey\`; ` +
     `bulwark \`backup disk vm-disk.img\` / \`backup files tree\` / \`restore vm latest --target\` / \`restore latest --target\`. ` +
     `The 1 % change: ${meta.PATCH_BLOCKS} random 1 MiB-aligned blocks of the image overwritten in place with incompressible data.`,
