@@ -57,8 +57,4 @@ export class ReadAhead {
     }
     return data.subarray(offset - w.start, offset - w.start + length);
   }
-
-  clear(): void {
-    this.windows = [];
-  }
 }

@@ -17,7 +17,6 @@ const POOL_MIN_BYTES = 64 * 1024;
 
 /** Blobs up to this size are sealed or opened in batches: one message each way for many. */
 const BATCH_BLOB_BYTES = 64 * 1024;
-const EMPTY = new Uint8Array(0);
 /** A batch is sent once it holds this many bytes (or at the end of the event loop's turn). */
 const BATCH_BYTES = 256 * 1024;
 
@@ -29,23 +28,31 @@ export interface Opened {
 
 type BatchOp = 'openBatch' | 'sealBatch';
 
-/** One blob's part of a batch reply: where its result is in the reply's buffer, or why it failed. */
-type BatchResult = { at: number; len: number; id?: string; ulen?: number } | { error: string };
+/** One blob's part of a batch reply: where its result is in the reply's buffer (and its id, or its ulen). */
+interface BatchDone {
+  at: number;
+  len: number;
+  id?: string;
+  ulen?: number;
+}
+type BatchResult = BatchDone | { error: string };
 
 interface BatchItem {
-  /** Only until enqueue() has copied them. */
-  bytes: Uint8Array;
   /** What the worker needs besides the bytes (lengths, associated data). */
   meta: Record<string, unknown>;
   what: string;
-  done(out: Uint8Array, r: BatchResult): void;
+  /** `out` is the reply's buffer; the blob's result is the part `r` names. */
+  done(out: Buffer, r: BatchDone): void;
   reject(e: Error): void;
 }
 
 interface Batch {
   items: BatchItem[];
-  /** The items' bytes, copied in as they come: callers may reuse their buffers at once (the archiver does). */
-  data: Uint8Array;
+  /**
+   * The items' bytes, copied in as they are queued (callers may reuse their buffers at once: the
+   * archiver does). Reused; each batch sends a copy of just its bytes.
+   */
+  staging: Uint8Array;
   bytes: number;
   scheduled: boolean;
 }
@@ -140,8 +147,8 @@ export class BlobWorkers {
   private closed = false;
   private readonly pool = new TransferPool();
   private readonly batches: Record<BatchOp, Batch> = {
-    openBatch: { items: [], data: new Uint8Array(0), bytes: 0, scheduled: false },
-    sealBatch: { items: [], data: new Uint8Array(0), bytes: 0, scheduled: false },
+    openBatch: { items: [], staging: new Uint8Array(BATCH_BYTES + BATCH_BLOB_BYTES), bytes: 0, scheduled: false },
+    sealBatch: { items: [], staging: new Uint8Array(BATCH_BYTES + BATCH_BLOB_BYTES), bytes: 0, scheduled: false },
   };
 
   constructor(
@@ -186,11 +193,10 @@ export class BlobWorkers {
     // per blob cost more than sealing it.
     if (data.byteLength <= BATCH_BLOB_BYTES) {
       return new Promise((resolve, reject) => {
-        this.enqueue('sealBatch', {
-          bytes: data,
+        this.enqueue('sealBatch', data, {
           meta: { len: data.byteLength, compress, ad },
           what: 'seal blob',
-          done: (out, r) => resolve({ sealed: Buffer.from(out.buffer, out.byteOffset + (r as { at: number }).at, (r as { len: number }).len), ulen: (r as { ulen?: number }).ulen ?? 0, release: () => undefined }),
+          done: (out, r) => resolve({ sealed: out.subarray(r.at, r.at + r.len), ulen: r.ulen ?? 0, release: () => undefined }),
           reject,
         });
       });
@@ -225,27 +231,25 @@ export class BlobWorkers {
   openSmall(sealed: Uint8Array, ulen: number, what: string, ad: Uint8Array | null): Promise<Opened> {
     if (sealed.byteLength > BATCH_BLOB_BYTES) return this.open(sealed, ulen, what, ad);
     return new Promise((resolve, reject) => {
-      this.enqueue('openBatch', {
-        bytes: sealed,
+      this.enqueue('openBatch', sealed, {
         meta: { len: sealed.byteLength, ulen, ad },
         what,
-        done: (out, r) => resolve({ plain: Buffer.from(out.buffer, out.byteOffset + (r as { at: number }).at, (r as { len: number }).len), id: (r as { id: string }).id }),
+        done: (out, r) => resolve({ plain: out.subarray(r.at, r.at + r.len), id: r.id! }),
         reject,
       });
     });
   }
 
   /** Adds to a batch; it goes when full, or once this turn of the event loop has queued what it will. */
-  private enqueue(op: BatchOp, item: BatchItem): void {
+  private enqueue(op: BatchOp, bytes: Uint8Array, item: BatchItem): void {
     if (this.closed) {
       item.reject(new Error('blob workers are closed'));
       return;
     }
     const b = this.batches[op];
-    if (b.items.length === 0) b.data = new Uint8Array(BATCH_BYTES + BATCH_BLOB_BYTES);
-    b.data.set(item.bytes, b.bytes);
-    b.bytes += item.bytes.byteLength;
-    b.items.push({ ...item, bytes: EMPTY });
+    b.staging.set(bytes, b.bytes);
+    b.bytes += bytes.byteLength;
+    b.items.push(item);
     if (b.bytes >= BATCH_BYTES) this.flush(op);
     else if (!b.scheduled) {
       b.scheduled = true;
@@ -260,15 +264,16 @@ export class BlobWorkers {
     const b = this.batches[op];
     const items = b.items;
     if (items.length === 0) return;
-    const data = b.data.subarray(0, b.bytes);
+    const data = b.staging.slice(0, b.bytes);
     b.items = [];
     b.bytes = 0;
     this.post({ op, data, items: items.map((it) => it.meta) }, op === 'openBatch' ? 'open blobs' : 'seal blobs').then(
       (r) => {
+        const out = Buffer.from(r.out!.buffer, r.out!.byteOffset, r.out!.byteLength);
         items.forEach((it, i) => {
           const res = r.results![i]!;
           if ('error' in res) it.reject(workerError(res.error, it.what, op === 'openBatch'));
-          else it.done(r.out!, res);
+          else it.done(out, res);
         });
       },
       (err: Error) => {
