@@ -21,6 +21,15 @@ const forbidden = [
     to: { path: '\\.test\\.ts$|/testing/|^test/' },
   },
 ];
+// The hypervisor seam (src/hypervisors/session.ts): jobs and the CLI reach VMs through a driver's
+// session, never through a wire protocol's client.
+forbidden.push({
+  name: 'no-protocol-clients-above-the-seam',
+  comment: 'jobs/ and cli/ talk to hypervisors through hypervisors/session.ts, not protocols/',
+  severity: 'error',
+  from: { path: '^src/(jobs|cli)/' },
+  to: { path: '^src/protocols/' },
+});
 layers.forEach((group, i) => {
   const above = layers.slice(0, i).flat();
   if (above.length === 0) return;

@@ -1,6 +1,7 @@
 // Restore jobs: pick what to restore from a snapshot and hand it to the restorers.
 import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+import { defineDomain, restoredDomainXml } from '../hypervisors/libvirt/define.js';
 import { fileNameOf, qemuScript } from '../hypervisors/qemu/command-line.js';
 import type { Repository } from '../repository/repository.js';
 import { findSnapshot, type SnapshotFilter, type SnapshotWithId } from '../repository/snapshot.js';
@@ -62,11 +63,31 @@ export interface RestoreDisksJobOptions {
   disks?: string[];
   filter?: SnapshotFilter;
   onProgress?: ProgressSink;
-  /** VM snapshots: also write <target>/<vm>.qemu.sh, a QEMU command line on the restored disks. */
+  /**
+   * VM snapshots: a QEMU VM gets <target>/<vm>.qemu.sh, a QEMU command line on the restored disks; a
+   * libvirt domain is defined again (on its recorded connection, or `connect`).
+   */
   define?: boolean;
+  /** libvirt: the restored domain's definition is written to <target>/<name>.xml (and returned) without defining it. */
+  printXml?: boolean;
+  /** libvirt: the restored domain's name (default <name>-restored, or the original's with keepIdentity). */
+  name?: string;
+  /** libvirt: keep the original's name, UUID and MAC addresses (to replace a lost VM, not run beside it). */
+  keepIdentity?: boolean;
+  /** libvirt: define on this connection instead of the recorded one. */
+  connect?: string;
 }
 
-export async function restoreDisks(repo: Repository, opts: RestoreDisksJobOptions): Promise<{ snapshot: SnapshotWithId; disks: DiskRestoreResult[]; definition?: string }> {
+export interface RestoredDomain {
+  uri: string;
+  name: string;
+  uuid?: string;
+  xml: string;
+  xmlFile: string;
+  defined: boolean;
+}
+
+export async function restoreDisks(repo: Repository, opts: RestoreDisksJobOptions): Promise<{ snapshot: SnapshotWithId; disks: DiskRestoreResult[]; definition?: string; domain?: RestoredDomain }> {
   await repo.loadIndex();
   const sn = await findSnapshot(repo, opts.ref, opts.filter);
   if (!sn.disks || sn.disks.length === 0) {
@@ -74,6 +95,9 @@ export async function restoreDisks(repo: Repository, opts: RestoreDisksJobOption
   }
   const wanted = opts.disks && opts.disks.length > 0 ? sn.disks.filter((d) => opts.disks!.includes(d.name)) : sn.disks;
   if (wanted.length === 0) throw new BulwarkError('not-found', `snapshot ${sn.id.slice(0, 8)} has no disk named ${opts.disks!.join(', ')}`, { hint: `its disks: ${sn.disks.map((d) => d.name).join(', ')}` });
+  if ((opts.printXml || opts.keepIdentity || opts.name || opts.connect) && !sn.vm?.libvirt) {
+    throw new BulwarkError('usage', `snapshot ${sn.id.slice(0, 8)} is not of a libvirt domain: --print-xml, --name, --keep-identity and --connect apply to libvirt domains`, { hint: 'leave them out; --define writes a QEMU command line for a QEMU VM' });
+  }
   if (opts.define && !sn.vm) {
     throw new BulwarkError('usage', `snapshot ${sn.id.slice(0, 8)} is not a VM snapshot: there is no configuration to define`, { hint: 'leave out --define' });
   }
@@ -82,8 +106,19 @@ export async function restoreDisks(repo: Repository, opts: RestoreDisksJobOption
   for (const d of wanted) {
     disks.push(await restoreDisk(repo, d, { targetDir: target, format: opts.format ?? 'raw', ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) }));
   }
-  if (!opts.define || !sn.vm) return { snapshot: sn, disks };
   const dir = resolve(target);
+  if (sn.vm?.libvirt && (opts.define || opts.printXml)) {
+    const name = opts.name ?? (opts.keepIdentity ? sn.vm.name : `${sn.vm.name}-restored`);
+    const restored = new Map(wanted.map((d, i) => [d.name, { path: resolve(disks[i]!.path), format: opts.format ?? 'raw' }]));
+    const xml = restoredDomainXml(sn.vm.libvirt.xml, { name, keepIdentity: opts.keepIdentity ?? false, disks: restored });
+    const xmlFile = join(dir, `${fileNameOf(name)}.xml`);
+    await writeFile(xmlFile, xml + '\n', { mode: 0o644 });
+    const uri = opts.connect ?? sn.vm.libvirt.uri;
+    if (!opts.define) return { snapshot: sn, disks, domain: { uri, name, xml, xmlFile, defined: false } };
+    const defined = await defineDomain(uri, xml);
+    return { snapshot: sn, disks, domain: { uri, name: defined.name, uuid: defined.uuid, xml, xmlFile, defined: true } };
+  }
+  if (!opts.define || !sn.vm) return { snapshot: sn, disks };
   const definition = join(dir, `${fileNameOf(sn.vm.name)}.qemu.sh`);
   const restored = wanted.map((d, i) => ({ name: d.name, path: resolve(disks[i]!.path), format: opts.format ?? 'raw' }));
   await writeFile(definition, qemuScript(sn.vm, restored, { dir }), { mode: 0o755 });

@@ -1,13 +1,15 @@
 import { describe, expect, it } from 'vitest';
-import { checkVm, expectedWrites, newBitmapName, qemuCanFleece, type VmDisk, type VmInfo } from './vms.js';
+import type { VmDisk } from '../hypervisors/session.js';
+import { qemuCanFleece, qemuDriver } from '../hypervisors/qemu/session.js';
+import { checkVm, expectedWrites, newBitmapName, type VmInfo } from './vms.js';
 
 const GiB = 1024 ** 3;
 const now = Date.UTC(2026, 10, 25, 12);
 
 function disk(size: number, bitmaps: { name: string; count: number; recording?: boolean }[]): VmDisk {
   return {
-    name: 'vda', device: 'vd0', qomPath: '/machine/peripheral/vd0', node: 'disk0', bitmapNode: 'disk0', format: 'qcow2', size, file: '/img/a.qcow2', layered: false,
-    bitmaps: bitmaps.map((b) => ({ granularity: 65536, recording: b.recording ?? true, persistent: true, busy: false, inconsistent: false, ...b })),
+    name: 'vda', format: 'qcow2', size, file: '/img/a.qcow2', layered: false,
+    bitmaps: bitmaps.map((b) => ({ recording: b.recording ?? true, inconsistent: false, ...b })),
   };
 }
 
@@ -26,17 +28,17 @@ describe('expectedWrites', () => {
 });
 
 describe('checkVm scratch rule', () => {
-  const vm = (disks: VmDisk[]): VmInfo => ({ name: 'web01', qmp: '/q', status: 'running', qemuVersion: '7.2.0', disks, agent: { state: 'responding', version: '7.2.0' } });
+  const vm = (disks: VmDisk[]): VmInfo => ({ name: 'web01', address: '/q', status: 'running', qemuVersion: '7.2.0', disks, scratchRule: 'shadow', agent: { state: 'responding', version: '7.2.0' } });
   it('adds twice the expected writes to max(10 GiB, 15 %) and names the measured rate', () => {
     const busy = disk(100 * GiB, [{ name: newBitmapName(Date.now() - 3600_000), count: 36 * GiB }]); // ~10 MiB/s
-    const findings = checkVm(vm([busy]), { free: 16 * GiB }, { scratchDir: '/var/tmp' });
+    const findings = checkVm(qemuDriver, vm([busy]), { free: 16 * GiB }, { scratchDir: '/var/tmp' });
     const f = findings.find((x) => x.check === 'scratch');
     expect(f?.message).toMatch(/35\.\d GiB needed \(max.*\+ 2 × 10\.\d GiB expected writes, measured change rate 10\.\d+ MiB\/s\)/);
-    expect(checkVm(vm([disk(100 * GiB, [])]), { free: 16 * GiB }, { scratchDir: '/var/tmp' }).some((x) => x.check === 'scratch')).toBe(false);
+    expect(checkVm(qemuDriver, vm([disk(100 * GiB, [])]), { free: 16 * GiB }, { scratchDir: '/var/tmp' }).some((x) => x.check === 'scratch')).toBe(false);
   });
   it('reports a fleecing filter an interrupted backup left in the write path', () => {
     const left = { ...disk(GiB, []), layered: true };
-    const f = checkVm(vm([left]), { free: 100 * GiB }, { scratchDir: '/var/tmp' }).find((x) => x.check === 'leftovers');
+    const f = checkVm(qemuDriver, vm([left]), { free: 100 * GiB }, { scratchDir: '/var/tmp' }).find((x) => x.check === 'leftovers');
     expect(f?.fix).toMatch(/bulwark backup vm web01/);
   });
   it('refuses QEMU older than 7.1, which cannot break the snapshot instead of the guest', () => {
@@ -45,7 +47,7 @@ describe('checkVm scratch rule', () => {
     expect(qemuCanFleece('7.0.0')).toBe(false);
     expect(qemuCanFleece('6.2.0')).toBe(false);
     const old = { ...vm([disk(GiB, [])]), qemuVersion: '6.2.0' };
-    expect(checkVm(old, { free: 100 * GiB }, { scratchDir: '/var/tmp' }).find((x) => x.check === 'qemu-version')?.severity).toBe('error');
-    expect(checkVm(vm([disk(GiB, [])]), { free: 100 * GiB }, { scratchDir: '/var/tmp' }).some((x) => x.check === 'qemu-version')).toBe(false);
+    expect(checkVm(qemuDriver, old, { free: 100 * GiB }, { scratchDir: '/var/tmp' }).find((x) => x.check === 'qemu-version')?.severity).toBe('error');
+    expect(checkVm(qemuDriver, vm([disk(GiB, [])]), { free: 100 * GiB }, { scratchDir: '/var/tmp' }).some((x) => x.check === 'qemu-version')).toBe(false);
   });
 });

@@ -3,26 +3,12 @@
 import { randomBytes } from 'node:crypto';
 import { statfs } from 'node:fs/promises';
 import { freemem } from 'node:os';
-import type { VmEndpoint } from '../hypervisors/registry.js';
-import { QgaClient, type QgaFilesystem } from '../protocols/qga/client.js';
-import { QmpClient } from '../protocols/qmp/client.js';
-import { isOurNode } from '../hypervisors/qemu/fleece.js';
-import { inspectDisks, type QemuDisk } from '../hypervisors/qemu/inspect.js';
-import { BulwarkError } from '../util/errors.js';
+import { labelOf, type VmEndpoint } from '../hypervisors/registry.js';
+import type { DriverFor } from '../hypervisors/drivers.js';
+import type { VmDisk, VmDriver, VmInfo } from '../hypervisors/session.js';
+import type { BulwarkError } from '../util/errors.js';
 
-export type VmDisk = QemuDisk;
-
-export type AgentState = 'responding' | 'not responding' | 'not configured';
-
-export interface VmInfo {
-  name: string;
-  qmp: string;
-  qga?: string;
-  status: string;
-  qemuVersion: string;
-  disks: VmDisk[];
-  agent: { state: AgentState; version?: string; error?: string; filesystems?: QgaFilesystem[] };
-}
+export type { VmInfo } from '../hypervisors/session.js';
 
 export type Severity = 'error' | 'warning' | 'info';
 
@@ -39,55 +25,10 @@ const GiB = 1024 ** 3;
 /** File systems the guest agent cannot freeze (no freeze_fs in the kernel driver). */
 const UNFREEZABLE = new Set(['vfat', 'msdos', 'exfat', 'fuseblk', 'ntfs', 'ntfs3', 'iso9660', 'squashfs']);
 
-export async function inspectVm(endpoint: VmEndpoint, opts: { agentTimeoutMs?: number } = {}): Promise<VmInfo> {
-  const qmp = await QmpClient.connect(endpoint.qmp, { timeoutMs: 5000, commandTimeoutMs: 5000 }).catch((err: unknown) => {
-    throw new BulwarkError((err as BulwarkError).code ?? 'failed', `cannot reach QEMU at '${endpoint.qmp}': ${(err as Error).message}`, {
-      hint: 'is the VM running, and is this its QMP socket (-qmp unix:…,server=on,wait=off)?',
-      cause: err,
-    });
-  });
-  try {
-    const [status, named, version, disks] = await Promise.all([qmp.execute('query-status'), qmp.execute('query-name'), qmp.execute('query-version'), inspectDisks(qmp, isOurNode)]);
-    const q = version.qemu;
-    const info: VmInfo = {
-      name: endpoint.name ?? named.name ?? endpoint.qmp,
-      qmp: endpoint.qmp,
-      ...(endpoint.qga ? { qga: endpoint.qga } : {}),
-      status: status.status,
-      qemuVersion: `${q.major}.${q.minor}.${q.micro}`,
-      disks,
-      agent: { state: 'not configured' },
-    };
-    if (endpoint.qga) {
-      let qga: QgaClient | undefined;
-      try {
-        const t = opts.agentTimeoutMs ?? 3000;
-        qga = await QgaClient.connect(endpoint.qga, { timeoutMs: t, commandTimeoutMs: t });
-        const gi = await qga.info();
-        info.agent = { state: 'responding', version: gi.version };
-        if (gi.commands.some((c) => c.name === 'guest-get-fsinfo' && c.enabled)) info.agent.filesystems = await qga.getFsinfo();
-      } catch (err) {
-        info.agent = { state: 'not responding', error: (err as Error).message };
-      } finally {
-        await qga?.close().catch(() => undefined);
-      }
-    }
-    return info;
-  } finally {
-    await qmp.close();
-  }
-}
-
 /** Free bytes of the file system holding `dir`. */
 async function freeBytes(dir: string): Promise<{ free: number; total: number }> {
   const s = await statfs(dir);
   return { free: s.bavail * s.bsize, total: s.blocks * s.bsize };
-}
-
-/** QEMU 7.1 brought copy-before-write's on-cbw-error=break-snapshot, which fleecing relies on. */
-export function qemuCanFleece(version: string): boolean {
-  const [major = 0, minor = 0] = version.split('.').map(Number);
-  return major > 7 || (major === 7 && minor >= 1);
 }
 
 /** The scratch space a VM's backup may need for its fleecing images (the shadow-storage rule of thumb). */
@@ -130,17 +71,16 @@ export interface DoctorOptions {
   expectedWrites?: number;
 }
 
-export function checkVm(vm: VmInfo, scratch: { free: number }, opts: DoctorOptions): Finding[] {
+export function checkVm(driver: VmDriver, vm: VmInfo, scratch: { free: number }, opts: DoctorOptions): Finding[] {
   const f: Finding[] = [];
   const obj = vm.name;
   if (vm.status !== 'running' && vm.status !== 'paused') {
     f.push({ severity: 'warning', check: 'vm-state', object: obj, message: `VM is ${vm.status}`, fix: 'a VM that is not running is backed up crash-consistent, without the agent' });
   }
-  if (!qemuCanFleece(vm.qemuVersion)) {
-    f.push({ severity: 'error', check: 'qemu-version', object: obj, message: `QEMU ${vm.qemuVersion} is too old for safe live backups: the copy-before-write filter that fails the backup rather than the guest's writes when scratch space runs out needs QEMU 7.1`, fix: 'upgrade QEMU to 7.1 or newer (Debian 12 ships 7.2), then restart the VM; or back it up offline with backup disk' });
-  }
+  const can = driver.canFleece(vm.qemuVersion);
+  if (!can.ok) f.push({ severity: 'error', check: 'qemu-version', object: obj, message: can.why, fix: can.fix });
   if (vm.agent.state === 'not configured') {
-    f.push({ severity: 'warning', check: 'agent', object: obj, message: 'no guest agent socket given: backups will be crash-consistent', fix: 'install qemu-guest-agent in the guest, add a virtio-serial channel org.qemu.guest_agent.0, and pass qga=<socket>' });
+    f.push({ severity: 'warning', check: 'agent', object: obj, message: `no guest agent: backups will be crash-consistent (${vm.agent.error ?? 'none given'})`, fix: 'install qemu-guest-agent in the guest, add a virtio-serial port named org.qemu.guest_agent.0 on a unix socket chardev (it is found from there), or pass qga=<socket>' });
   } else if (vm.agent.state === 'not responding') {
     f.push({ severity: 'error', check: 'agent', object: obj, message: `guest agent does not answer: ${vm.agent.error ?? 'no reply'}`, fix: 'start qemu-guest-agent in the guest (systemctl start qemu-guest-agent), or back up with --consistency crash' });
   } else if (vm.agent.version) {
@@ -166,9 +106,15 @@ export function checkVm(vm: VmInfo, scratch: { free: number }, opts: DoctorOptio
     }
     for (const b of d.bitmaps) {
       if (b.inconsistent) {
-        f.push({ severity: 'error', check: 'bitmaps', object: `${obj}/${d.name}`, message: `dirty bitmap '${b.name}' is inconsistent (not stored properly, e.g. after a host crash)`, fix: `remove it: block-dirty-bitmap-remove node=${d.bitmapNode} name=${b.name}; the next backup reads the whole disk` });
+        f.push({ severity: 'error', check: 'bitmaps', object: `${obj}/${d.name}`, message: `dirty bitmap '${b.name}' is inconsistent (not stored properly, e.g. after a host crash)`, fix: `remove it (QMP block-dirty-bitmap-remove name=${b.name} on the disk's format node); the next backup reads the whole disk` });
       }
     }
+  }
+  if (vm.scratchRule === 'full') {
+    if (scratch.free < total) {
+      f.push({ severity: 'error', check: 'scratch', object: opts.scratchDir, message: `scratch space: ${(scratch.free / GiB).toFixed(1)} GiB free, ${(total / GiB).toFixed(1)} GiB needed (a libvirt backup reserves the disks' whole size before the point in time, so that running out can never pause the guest)`, fix: 'free space there or choose another --scratch-dir on a large file system that supports fallocate (ext4, xfs)' });
+    }
+    return f;
   }
   const measured = expectedWrites(vm.disks);
   const writes = opts.expectedWrites ?? measured.bytes;
@@ -180,7 +126,7 @@ export function checkVm(vm: VmInfo, scratch: { free: number }, opts: DoctorOptio
   return f;
 }
 
-export async function doctor(endpoints: VmEndpoint[], opts: DoctorOptions & { repository?: string }): Promise<{ vms: VmInfo[]; findings: Finding[] }> {
+export async function doctor(drivers: DriverFor, endpoints: VmEndpoint[], opts: DoctorOptions & { repository?: string }): Promise<{ vms: VmInfo[]; findings: Finding[] }> {
   const findings: Finding[] = [];
   const vms: VmInfo[] = [];
   let scratch = { free: 0, total: 0 };
@@ -204,11 +150,11 @@ export async function doctor(endpoints: VmEndpoint[], opts: DoctorOptions & { re
   }
   for (const e of endpoints) {
     try {
-      const vm = await inspectVm(e);
+      const vm = await drivers(e).describe(e);
       vms.push(vm);
-      findings.push(...checkVm(vm, scratch, opts));
+      findings.push(...checkVm(drivers(e), vm, scratch, opts));
     } catch (err) {
-      findings.push({ severity: 'error', check: 'qmp', object: e.name ?? e.qmp, message: (err as Error).message, ...((err as BulwarkError).hint ? { fix: (err as BulwarkError).hint! } : {}) });
+      findings.push({ severity: 'error', check: 'qmp', object: labelOf(e), message: (err as Error).message, ...((err as BulwarkError).hint ? { fix: (err as BulwarkError).hint! } : {}) });
     }
   }
   return { vms, findings };

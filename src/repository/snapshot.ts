@@ -36,6 +36,8 @@ export interface VmConfig {
   disks: { name: string; device: string; format: string; size: number; file: string }[];
   nics?: { id: string; mac?: string; model?: string }[];
   qemuVersion?: string;
+  /** A libvirt domain: its connection and its persistent definition (restore --define defines it again). */
+  libvirt?: { uri: string; xml: string };
 }
 
 export interface SnapshotSummary {

@@ -58,11 +58,17 @@ describe('vm list and doctor', () => {
     expect(f.findings.every((x) => x.fix)).toBe(true);
   });
 
+  it('finds the guest agent through QEMU when qga= is not given', async () => {
+    const r = await runCli(['vm', 'list', '--connect', `qmp:${guest.qmpSocket}`, '--json']);
+    const [vm] = JSON.parse(r.stdout) as { qga?: string; agent: { state: string } }[];
+    expect(vm).toMatchObject({ qga: guest.qgaSocket, agent: { state: 'responding' } });
+  });
+
   it('passes (exit 0) with enough scratch space; warns without an agent; fails on an unreachable VM', async () => {
     const ok = await runCli(['doctor', '--connect', connect, '--scratch-dir', '/var/tmp']);
     expect(ok.code, ok.stdout).toBe(0);
     expect(ok.stdout).toMatch(/WARNING .*raw disk/);
-    const noAgent = jsonResult<{ findings: { check: string }[] }>(await runCli(['doctor', '--connect', `qmp:${guest.qmpSocket}`, '--scratch-dir', '/var/tmp', '--json']));
+    const noAgent = jsonResult<{ findings: { check: string }[] }>(await runCli(['doctor', '--connect', `qmp:${guest.qmpSocket},qga=off`, '--scratch-dir', '/var/tmp', '--json']));
     expect(noAgent.findings.map((x) => x.check)).toContain('agent');
     const gone = await runCli(['doctor', '--connect', `qmp:${tmp.path}/nope.sock`, '--scratch-dir', '/var/tmp']);
     expect(gone.code).toBe(1);

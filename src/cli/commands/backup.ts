@@ -3,11 +3,10 @@ import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { backupDiskImage, backupFiles, type BackupJobResult } from '../../jobs/backup.js';
 import { backupVms, type ConsistencyPolicy } from '../../jobs/backup-vm.js';
-import { qemuProvider } from '../../jobs/qemu-provider.js';
-import { endpointsFrom, type VmEndpoint } from '../../hypervisors/registry.js';
-import { QmpClient } from '../../protocols/qmp/client.js';
-import { quiesceAndSnapshot } from '../../quiesce/protocol.js';
+import { driverFor } from '../../hypervisors/drivers.js';
+import { endpointsFrom, isLibvirt, labelOf, type VmEndpoint } from '../../hypervisors/registry.js';
 import { BulwarkError } from '../../util/errors.js';
+import { exitCodeFor } from '../exit-codes.js';
 import { Context } from '../context.js';
 import { bytes, duration, parseSize, rate, shortId } from '../format.js';
 import { progressView, wantsTotals } from '../progress.js';
@@ -110,9 +109,9 @@ export function register(program: Command): void {
 
   backup
     .command('vm')
-    .description('live, consistent backup of running QEMU VMs; --group takes one point in time for all named VMs')
+    .description('live, consistent backup of running QEMU VMs and libvirt domains; --group takes one point in time for all named VMs')
     .argument('<name...>', 'VMs by name (from --connect …,name= or the VM list)')
-    .option('--connect <uri>', 'qmp:/path/qmp.sock[,qga=/path/qga.sock][,name=N][,hooks=PATH] or file:/path/vms.json (repeatable)', collect, [])
+    .option('--connect <uri>', 'qmp:/path/qmp.sock[,qga=/path/qga.sock|off][,name=N][,hooks=PATH], qemu:///system[,hooks=PATH] (libvirt) or file:/path/vms.json (repeatable; the agent is found through QEMU without qga=)', collect, [])
     .option('--group', 'freeze all named VMs, snapshot all, thaw all: one point in time')
     .option('--consistency <policy>', 'application | auto | crash', 'auto')
     .option('--mode <mode>', 'snapshot (live) | suspend (pause vCPUs around the snapshot point) | stop (clean shutdown, point, start again)', 'snapshot')
@@ -139,7 +138,7 @@ export function register(program: Command): void {
         const view = progressView(ctx.opts, 'backup');
         let results;
         try {
-          results = await backupVms(repo, qemuProvider, (targets, policy, snap) => quiesceAndSnapshot(targets, policy, snap), {
+          results = await backupVms(repo, driverFor, {
             endpoints,
             group: o.group ?? false,
             policy: o.consistency as ConsistencyPolicy,
@@ -152,16 +151,20 @@ export function register(program: Command): void {
             tags: o.tag,
             ...(o.host ? { host: o.host } : {}),
             onProgress: (p) => view.update(p),
+            onEvent: (e) => {
+              // What guardians did on their own is news as it happens; the result's warnings repeat it.
+              if (e.phase === 'guardian' && !ctx.opts.json && !ctx.opts.quiet) process.stderr.write(`VM ${e.vm}: ${e.message}\n`);
+            },
           });
         } finally {
           view.stop();
         }
-        const out = results.map((r) => ({ vm: r.vm, snapshot: r.snapshot?.id, error: r.error, consistency: r.consistency, freezeMs: r.freezeMs, frozen: r.frozen, snapshotAt: r.snapshotAt, warnings: r.warnings, disks: r.disks }));
+        const out = results.map((r) => ({ vm: r.vm, snapshot: r.snapshot?.id, error: r.error, code: r.code, hint: r.hint, consistency: r.consistency, freezeMs: r.freezeMs, frozen: r.frozen, snapshotAt: r.snapshotAt, warnings: r.warnings, disks: r.disks }));
         ctx.print({ results: out }, () =>
           results
             .map((r) =>
               r.error
-                ? `VM ${r.vm}: FAILED: ${r.error}`
+                ? [`VM ${r.vm}: FAILED: ${r.error}`, ...(r.hint ? [`  hint: ${r.hint}`] : []), ...r.warnings.map((w) => `  warning: ${w}`)].join('\n')
                 : [
                     `VM ${r.vm}: snapshot ${shortId(r.snapshot!.id)}, ${r.consistency}-consistent, ${o.mode === 'stop' ? `down ${duration(r.freezeMs ?? 0)}` : `I/O held ${r.freezeMs} ms`}`,
                     ...r.disks.map((d) => `  ${d.name}: ${d.read} read of ${bytes(d.bytesRead)}, ${bytes(d.bytesNew)} new${d.reason ? ` (${d.reason})` : ''}`),
@@ -170,28 +173,35 @@ export function register(program: Command): void {
             )
             .join('\n'),
         );
-        const failed = results.filter((r) => r.error).length;
-        if (failed === results.length) process.exitCode = 1;
-        else if (failed > 0) ctx.markPartial();
+        // All failed: the exit code of their error when they share one (2 for a usage error), else 1.
+        const failed = results.filter((r) => r.error);
+        const codes = new Set(failed.map((r) => r.code ?? 'failed'));
+        if (failed.length === results.length && failed.length > 0) process.exitCode = codes.size === 1 ? exitCodeFor([...codes][0]!) : 1;
+        else if (failed.length > 0) ctx.markPartial();
       });
     });
 }
 
-/** Endpoints for the VM names asked for; endpoints without a name are asked for theirs over QMP. */
+/**
+ * Endpoints for the VM names asked for: endpoints without a name are asked for theirs; a libvirt
+ * connection given without a domain offers all of its domains (by name, or by UUID).
+ */
 async function selectEndpoints(all: VmEndpoint[], names: string[]): Promise<VmEndpoint[]> {
   const named: VmEndpoint[] = [];
+  const connections = all.filter((e) => isLibvirt(e) && !e.libvirt.domain);
   for (const e of all) {
-    if (e.name) named.push(e);
-    else {
-      const qmp = await QmpClient.connect(e.qmp).catch(() => undefined);
-      const n = qmp ? (await qmp.execute('query-name').catch(() => ({}) as { name?: string })).name : undefined;
-      await qmp?.close();
-      named.push(n ? { ...e, name: n } : e);
+    if (connections.includes(e)) {
+      named.push(...(await driverFor(e).list(e)));
+      continue;
     }
+    const n = e.name ?? (await driverFor(e).nameOf(e));
+    named.push(n ? { ...e, name: n } : e);
   }
   return names.map((n) => {
     const e = named.find((x) => x.name === n);
-    if (!e) throw new BulwarkError('usage', `no VM named '${n}' among the connected VMs (${named.map((x) => x.name ?? x.qmp).join(', ') || 'none'})`, { hint: "add --connect qmp:…,name=NAME, or see 'bulwark vm list'" });
-    return e;
+    if (e) return e;
+    const byUuid = /^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$/i.test(n) ? connections[0] : undefined;
+    if (byUuid && isLibvirt(byUuid)) return { ...byUuid, libvirt: { ...byUuid.libvirt, domain: n } };
+    throw new BulwarkError('usage', `no VM named '${n}' among the connected VMs (${named.map(labelOf).join(', ') || 'none'})`, { hint: "add --connect qmp:…,name=NAME or --connect qemu:///system, or see 'bulwark vm list'" });
   });
 }

@@ -61,23 +61,43 @@ export function register(program: Command): void {
     .argument('<snapshot>', "snapshot id, unique prefix, or 'latest'")
     .option('--format <format>', 'raw or qcow2', 'raw')
     .option('--disk <name>', 'only this disk (repeatable)', collect, [])
-    .option('--define', "VM snapshots: also write <dir>/<vm>.qemu.sh, a QEMU command line that boots the restored disks with the recorded machine")
-    .addHelpText('after', '\nExample:\n  bulwark restore vm latest --source disk:web01 --target /var/lib/libvirt/images/restore')
+    .option('--define', "VM snapshots: a libvirt domain is defined again on the restored disks (not started); a QEMU VM gets <dir>/<vm>.qemu.sh, a QEMU command line with the recorded machine")
+    .option('--print-xml', 'libvirt domains: write the restored domain\'s XML to <dir>/<name>.xml and show it, without defining it')
+    .option('--name <name>', 'libvirt domains: the restored domain\'s name (default <name>-restored)')
+    .option('--keep-identity', 'libvirt domains: keep the original name, UUID and MAC addresses (to replace a lost VM, not to run beside it)')
+    .option('--connect <uri>', 'libvirt domains: define on this connection instead of the recorded one (qemu:///system, qemu:///session)')
+    .addHelpText('after', '\nExamples:\n  bulwark restore vm latest --source disk:web01 --target /var/lib/libvirt/images/restore\n  bulwark restore vm latest --source vm:web01 --target /var/lib/libvirt/images/web01-r --format qcow2 --define')
     .action(async (ref: string, _o: unknown, cmd: Command) => {
       const ctx = Context.from(cmd);
-      const o = cmd.optsWithGlobals<{ target?: string; format: string; disk: string[]; define?: boolean; host?: string; tag: string[]; source?: string }>();
+      const o = cmd.optsWithGlobals<{ target?: string; format: string; disk: string[]; define?: boolean; printXml?: boolean; name?: string; keepIdentity?: boolean; connect?: string; host?: string; tag: string[]; source?: string }>();
+      if (o.connect !== undefined && !/^qemu(\+unix)?:\/\/\/(system|session)/.test(o.connect)) throw new BulwarkError('usage', `--connect '${o.connect}' is not a libvirt URI`, { hint: 'qemu:///system or qemu:///session' });
       if (!o.target) throw new BulwarkError('usage', "required option '-t, --target <dir>' not specified", { hint: 'bulwark restore vm <snapshot> --target <dir>' });
       if (o.format !== 'raw' && o.format !== 'qcow2') throw new BulwarkError('usage', `unknown format '${o.format}'`, { hint: 'use --format raw or --format qcow2' });
       const target = o.target;
       await ctx.withRepo(async (repo) => {
         const view = progressView(ctx.opts, 'restore');
         try {
-          const r = await restoreDisks(repo, { ref, target, format: o.format as 'raw' | 'qcow2', disks: o.disk, filter: filterOpts(o), define: o.define ?? false, onProgress: (p) => view.update(p) });
+          const r = await restoreDisks(repo, {
+            ref,
+            target,
+            format: o.format as 'raw' | 'qcow2',
+            disks: o.disk,
+            filter: filterOpts(o),
+            define: o.define ?? false,
+            printXml: o.printXml ?? false,
+            ...(o.name ? { name: o.name } : {}),
+            ...(o.keepIdentity ? { keepIdentity: true } : {}),
+            ...(o.connect ? { connect: o.connect } : {}),
+            onProgress: (p) => view.update(p),
+          });
           view.stop();
-          ctx.print({ snapshot: r.snapshot.id, disks: r.disks, ...(r.definition ? { definition: r.definition } : {}) }, () =>
+          const dom = r.domain;
+          ctx.print({ snapshot: r.snapshot.id, disks: r.disks, ...(r.definition ? { definition: r.definition } : {}), ...(dom ? { domain: { uri: dom.uri, name: dom.name, uuid: dom.uuid, defined: dom.defined, xmlFile: dom.xmlFile, ...(o.printXml ? { xml: dom.xml } : {}) } } : {}) }, () =>
             [
               ...r.disks.map((d) => `restored disk ${d.path} (${bytes(d.size)}, ${bytes(d.bytesWritten)} written, the rest left sparse)`),
               ...(r.definition ? [`VM definition ${r.definition}: review it, then run it to boot the restored VM`] : []),
+              ...(dom?.defined ? [`defined libvirt domain ${dom.name} (${dom.uuid}) on ${dom.uri}, not started; its XML is in ${dom.xmlFile}`] : []),
+              ...(dom && !dom.defined ? [dom.xml, `(also written to ${dom.xmlFile}; define it with --define)`] : []),
             ].join('\n'),
           );
         } finally {

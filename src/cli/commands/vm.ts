@@ -1,7 +1,8 @@
 // vm list | doctor
 import type { Command } from 'commander';
-import { endpointsFrom } from '../../hypervisors/registry.js';
-import { doctor, inspectVm, type Finding } from '../../jobs/vms.js';
+import { driverFor, expandEndpoints } from '../../hypervisors/drivers.js';
+import { addressOf, endpointsFrom, labelOf } from '../../hypervisors/registry.js';
+import { doctor, type Finding, type VmInfo } from '../../jobs/vms.js';
 import { BulwarkError } from '../../util/errors.js';
 import { Context } from '../context.js';
 import { bytes } from '../format.js';
@@ -23,23 +24,23 @@ export function register(program: Command): void {
   const vm = program.command('vm').description('virtual machines');
   vm.command('list')
     .description('VMs seen, with state, disks and guest agent status')
-    .option('--connect <uri>', 'qmp:/path/qmp.sock[,qga=/path/qga.sock][,name=N] or file:/path/vms.json (repeatable)', collect, [])
-    .addHelpText('after', '\nExample:\n  bulwark vm list --connect qmp:/run/qemu/web01.qmp,qga=/run/qemu/web01.qga')
+    .option('--connect <uri>', 'qmp:/path/qmp.sock[,qga=/path/qga.sock|off][,name=N], qemu:///system (libvirt) or file:/path/vms.json (repeatable; the agent is found through QEMU without qga=)', collect, [])
+    .addHelpText('after', '\nExamples:\n  bulwark vm list --connect qmp:/run/qemu/web01.qmp\n  bulwark vm list --connect qemu:///system')
     .action(async (o: { connect: string[] }, cmd: Command) => {
       const ctx = Context.from(cmd);
-      const endpoints = await endpointsFrom(o.connect);
-      const rows = [];
+      const endpoints = await expandEndpoints(await endpointsFrom(o.connect));
+      const rows: VmInfo[] = [];
       for (const e of endpoints) {
         try {
-          rows.push(await inspectVm(e));
+          rows.push(await driverFor(e).describe(e));
         } catch (err) {
-          rows.push({ name: e.name ?? e.qmp, qmp: e.qmp, status: `unreachable: ${(err as Error).message}`, qemuVersion: '', disks: [], agent: { state: 'not responding' as const } });
+          rows.push({ name: labelOf(e), address: addressOf(e), status: `unreachable: ${(err as Error).message}`, qemuVersion: '', disks: [], scratchRule: 'shadow', agent: { state: 'not responding' } });
         }
       }
       ctx.printData(rows, (vms) =>
         table(
-          ['Name', 'State', 'Disks', 'Agent', 'QMP'],
-          vms.map((v) => [v.name, v.status, v.disks.map((d) => `${d.name} ${d.format} ${bytes(d.size)}${d.format === 'qcow2' ? ' (incremental)' : ' (full reads)'}`).join(', ') || '-', v.agent.state + ('version' in v.agent && v.agent.version ? ` ${v.agent.version}` : ''), v.qmp]),
+          ['Name', 'State', 'Disks', 'Agent', 'Address'],
+          vms.map((v) => [v.name, v.status, v.disks.map((d) => `${d.name} ${d.format} ${bytes(d.size)}${d.format === 'qcow2' ? ' (incremental)' : ' (full reads)'}`).join(', ') || '-', v.agent.state + (v.agent.version ? ` ${v.agent.version}` : ''), v.address]),
         ),
       );
     });
@@ -48,18 +49,18 @@ export function register(program: Command): void {
     .command('doctor')
     .description('pre-flight checks for VM backups, each with severity and fix; exit 1 on any error-level finding')
     .argument('[vm...]', 'only these VMs (by name)')
-    .option('--connect <uri>', 'qmp:/path/qmp.sock[,qga=…] or file:/path/vms.json (repeatable)', collect, [])
+    .option('--connect <uri>', 'qmp:/path/qmp.sock[,qga=…], qemu:///system (libvirt) or file:/path/vms.json (repeatable)', collect, [])
     .option('--scratch-dir <dir>', 'where fleecing images go during backups', DEFAULT_SCRATCH_DIR)
     .addHelpText('after', '\nExample:\n  bulwark doctor --connect file:/etc/bulwark/vms.json --scratch-dir /var/tmp')
     .action(async (names: string[], o: { connect: string[]; scratchDir: string }, cmd: Command) => {
       const ctx = Context.from(cmd);
-      let endpoints = await endpointsFrom(o.connect);
+      let endpoints = await expandEndpoints(await endpointsFrom(o.connect));
       if (names.length > 0) {
         endpoints = endpoints.filter((e) => e.name === undefined || names.includes(e.name));
         if (endpoints.length === 0) throw new BulwarkError('usage', `no VM named ${names.join(', ')} in the given VM list`);
       }
       const repository = ctx.opts.repo ?? process.env['BULWARK_REPOSITORY'];
-      const r = await doctor(endpoints, { scratchDir: o.scratchDir, ...(repository ? { repository } : {}) });
+      const r = await doctor(driverFor, endpoints, { scratchDir: o.scratchDir, ...(repository ? { repository } : {}) });
       const wanted = names.length > 0 ? r.findings.filter((f) => !r.vms.some((v) => f.object.startsWith(v.name)) || names.some((n) => f.object.startsWith(n))) : r.findings;
       ctx.printData({ vms: r.vms.map((v) => ({ name: v.name, status: v.status, agent: v.agent.state })), findings: wanted }, (d) => findingsText(d.findings));
       if (wanted.some((f) => f.severity === 'error')) process.exitCode = 1;

@@ -97,12 +97,11 @@ export async function shutdownGuest(qmp: QmpClient, opts: ShutdownOptions): Prom
 }
 
 /**
- * Boots the guest again in the same QEMU process, after shutdownGuest. The shutdown action is put
- * back at once; the reboot action only once the guest is up (its agent answers, or after `settleMs`
- * without one), because firmware may reset the machine while it starts, and under -no-reboot that
- * reset would end QEMU. `settled` says when that is done.
+ * Boots a shut-down guest again in the same QEMU process (after shutdownGuest, or a guardian taking
+ * over): reset and continue, with the VM's own shutdown action put back whatever happens. Reboot
+ * stays `reset` until settleRebootAction.
  */
-export async function startGuestAgain(qmp: QmpClient, actions: PowerActions, opts: { qgaSocket?: string; settleMs?: number } = {}): Promise<{ settled: Promise<void> }> {
+export async function restartGuest(qmp: QmpClient, actions: PowerActions): Promise<void> {
   try {
     await qmp.execute('set-action', { reboot: 'reset' });
     await qmp.execute('system_reset');
@@ -120,19 +119,24 @@ export async function startGuestAgain(qmp: QmpClient, actions: PowerActions, opt
   } finally {
     await qmp.execute('set-action', { shutdown: actions.shutdown }).catch(() => undefined);
   }
-  if (actions.reboot === 'reset') return { settled: Promise.resolve() };
-  const settled = (async () => {
-    const end = Date.now() + (opts.settleMs ?? 120_000);
-    while (Date.now() < end) {
-      if (opts.qgaSocket) {
-        const qga = await QgaClient.connect(opts.qgaSocket, { timeoutMs: 2000, commandTimeoutMs: 2000 }).catch(() => undefined);
-        const up = qga ? await qga.ping().then(() => true, () => false) : false;
-        await qga?.close().catch(() => undefined);
-        if (up) break;
-      }
-      await new Promise((r) => setTimeout(r, 1000));
+}
+
+/**
+ * Puts the VM's reboot action back once the restarted guest is up (its agent answers, or after
+ * `settleMs` without one): firmware may reset the machine while it starts, and under -no-reboot that
+ * reset would end QEMU.
+ */
+export async function settleRebootAction(qmp: QmpClient, actions: PowerActions, opts: { qgaSocket?: string; settleMs?: number } = {}): Promise<void> {
+  if (actions.reboot === 'reset') return;
+  const end = Date.now() + (opts.settleMs ?? 120_000);
+  while (Date.now() < end) {
+    if (opts.qgaSocket) {
+      const qga = await QgaClient.connect(opts.qgaSocket, { timeoutMs: 2000, commandTimeoutMs: 2000 }).catch(() => undefined);
+      const up = qga ? await qga.ping().then(() => true, () => false) : false;
+      await qga?.close().catch(() => undefined);
+      if (up) break;
     }
-    await qmp.execute('set-action', { reboot: actions.reboot }).catch(() => undefined);
-  })();
-  return { settled };
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+  await qmp.execute('set-action', { reboot: actions.reboot }).catch(() => undefined);
 }

@@ -106,6 +106,10 @@ export class QmpClient extends EventEmitter {
   private readonly commandTimeoutMs: number;
   private readonly pending = new Map<string, Pending>();
   private nextId = 1;
+  /** Prefix of request ids: an adopted connection must not answer to the ids its first owner used. */
+  private idPrefix = '';
+  /** Skip lines that are not JSON instead of failing: an adopted connection may start mid-message. */
+  private lenient = false;
   private buffer = '';
   private closedReason: Error | undefined;
   private isClosed = false;
@@ -159,6 +163,20 @@ export class QmpClient extends EventEmitter {
   }
 
   /**
+   * Takes over a connection another process negotiated and handed down (a guardian's fd 3, see
+   * socketForWatchdog): no greeting, no negotiation. The first owner may have died mid-message, so a
+   * newline goes first to end any partial command, and unparsable lines (the tail of a message it was
+   * reading) are skipped. Replies to the first owner's commands carry ids this client never uses.
+   */
+  static adopt(socket: net.Socket, label: string, opts: { commandTimeoutMs?: number } = {}): QmpClient {
+    const client = new QmpClient(label, socket, opts.commandTimeoutMs ?? 10_000);
+    client.idPrefix = 'adopted-';
+    client.lenient = true;
+    socket.write('\n');
+    return client;
+  }
+
+  /**
    * The connection's file descriptor, for a watchdog process to inherit and take over if this
    * process dies. The watchdog must not read it while this client is in use.
    */
@@ -186,7 +204,7 @@ export class QmpClient extends EventEmitter {
     if (this.isClosed) {
       return Promise.reject(new BulwarkError('protocol', `cannot send QMP command '${command}': connection to '${this.socketPath}' is closed`, this.closedReason ? { cause: this.closedReason } : {}));
     }
-    const id = String(this.nextId++);
+    const id = `${this.idPrefix}${this.nextId++}`;
     const timeoutMs = opts.timeoutMs ?? this.commandTimeoutMs;
     const message: RawMessage = { execute: command, id };
     if (args !== undefined) message['arguments'] = args;
@@ -294,6 +312,7 @@ export class QmpClient extends EventEmitter {
       try {
         msg = JSON.parse(line);
       } catch (err) {
+        if (this.lenient) continue;
         this.socket.destroy();
         this.shutdown(new BulwarkError('protocol', `QMP peer '${this.socketPath}' sent a line that is not JSON: ${line.slice(0, 200)}`, { cause: err }));
         return;

@@ -10,7 +10,7 @@ import { decodePage, encodePage } from '../../repository/fixed-index.js';
 import { FIXED_INDEX_PAGE_ENTRIES } from '../../repository/format.js';
 import type { Repository } from '../../repository/repository.js';
 import { BASE_ALLOCATION, NBD_STATE_DIRTY, NBD_STATE_HOLE, NBD_STATE_ZERO } from '../../protocols/nbd/constants.js';
-import type { NbdClient } from '../../protocols/nbd/client.js';
+import { NbdClient } from '../../protocols/nbd/client.js';
 import { BulwarkError } from '../../util/errors.js';
 import { orderedMap } from '../../util/ordered.js';
 import type { RateLimiter } from '../../util/rate-limit.js';
@@ -133,4 +133,25 @@ export async function readDiskOverNbd(repo: NbdDiskRepo, nbd: NbdClient, opts: N
   if (page.length > 0 || result.pages.length === 0) await flushPage();
   opts.onProgress?.(progress);
   return result;
+}
+
+/**
+ * One disk of a point in time as a VM session exports it (hypervisors/session.ts, PointExport):
+ * connects to its NBD server, reads, disconnects. `incremental` is used only when the export carries
+ * a dirty context.
+ */
+export async function readDiskFromNbd(
+  repo: NbdDiskRepo,
+  source: { socket: string; exportName: string; dirtyContext?: string },
+  opts: Omit<NbdDiskReadOptions, 'incremental'> & { incremental?: { parentPages: string[]; parentSize: number } },
+): Promise<NbdDiskReadResult & { read: 'full' | 'incremental' }> {
+  const context = opts.incremental ? source.dirtyContext : undefined;
+  const nbd = await NbdClient.connect({ path: source.socket }, { exportName: source.exportName, metaContexts: [BASE_ALLOCATION, ...(context ? [context] : [])] });
+  try {
+    const { incremental, ...rest } = opts;
+    const r = await readDiskOverNbd(repo, nbd, { ...rest, ...(incremental && context ? { incremental: { context, ...incremental } } : {}) });
+    return { ...r, read: context ? 'incremental' : 'full' };
+  } finally {
+    await nbd.disconnect().catch(() => nbd.destroy());
+  }
 }
