@@ -5,7 +5,8 @@ set -euo pipefail
 
 # qemu: real guests (TCG) and images made by qemu-img; cpio/busybox/xz: the test guest's initramfs;
 # e2fsprogs/dosfstools: mkfs.* and e2fsck; attr: getfattr/setfattr; libnbd-bin: an independent NBD peer;
-# time: GNU time, the outside witness of peak memory (index scale test).
+# time: GNU time, the outside witness of peak memory (index scale test); libvirt-daemon-system (and
+# virsh, an outside witness): libvirt domains, started by the tests themselves (test/helpers/libvirtd.ts).
 packages=(
   qemu-system-x86 qemu-utils
   cpio busybox-static xz-utils
@@ -13,6 +14,7 @@ packages=(
   attr
   libnbd-bin
   time
+  libvirt-daemon-system libvirt-clients
 )
 
 missing=()

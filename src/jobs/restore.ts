@@ -110,7 +110,7 @@ export async function restoreDisks(repo: Repository, opts: RestoreDisksJobOption
   if (sn.vm?.libvirt && (opts.define || opts.printXml)) {
     const name = opts.name ?? (opts.keepIdentity ? sn.vm.name : `${sn.vm.name}-restored`);
     const restored = new Map(wanted.map((d, i) => [d.name, { path: resolve(disks[i]!.path), format: opts.format ?? 'raw' }]));
-    const xml = restoredDomainXml(sn.vm.libvirt.xml, { name, keepIdentity: opts.keepIdentity ?? false, disks: restored });
+    const xml = restoredDomainXml(sn.vm.libvirt.xml, { name, keepIdentity: opts.keepIdentity ?? false, disks: restored, logDir: dir });
     const xmlFile = join(dir, `${fileNameOf(name)}.xml`);
     await writeFile(xmlFile, xml + '\n', { mode: 0o644 });
     const uri = opts.connect ?? sn.vm.libvirt.uri;

@@ -154,7 +154,7 @@ function randomMac(): string {
  * restored file (and its format at the restored format); the live-only parts (ids, aliases, the
  * security label, the checkpoint of a backup job) left out.
  */
-export function restoredDomainXml(xml: string, opts: { name: string; keepIdentity: boolean; disks: Map<string, { path: string; format: string }> }): string {
+export function restoredDomainXml(xml: string, opts: { name: string; keepIdentity: boolean; disks: Map<string, { path: string; format: string }>; logDir?: string }): string {
   const tree = new XMLParser(ordered).parse(xml) as Node[];
   const domain = tree.find((n) => 'domain' in n);
   if (!domain) throw new BulwarkError('repository-corrupt', 'the domain XML kept with this restore point has no <domain> element');
@@ -162,6 +162,13 @@ export function restoredDomainXml(xml: string, opts: { name: string; keepIdentit
   delete attrs['@id'];
   const children = domain['domain'] as Node[];
   const kept: Node[] = [];
+  // File-backed serial ports and consoles of the original: the restored domain logs beside its disks
+  // (a file the running original holds cannot be opened twice). The same old path gets the same new one.
+  const logs = new Map<string, string>();
+  const newLog = (old: string): string => {
+    if (!logs.has(old)) logs.set(old, `${opts.logDir}/${opts.name.replace(/[^A-Za-z0-9_.-]/g, '_')}-console${logs.size || ''}.log`);
+    return logs.get(old)!;
+  };
   for (const c of children) {
     if ('uuid' in c && !opts.keepIdentity) continue;
     if ('seclabel' in c) continue;
@@ -188,6 +195,13 @@ export function restoredDomainXml(xml: string, opts: { name: string; keepIdentit
           const parts = dev['channel'] as Node[];
           const isAgent = parts.some((p) => 'target' in p && obj(p[':@'])['@name'] === 'org.qemu.guest_agent.0');
           if (isAgent) for (const p of parts) if ('source' in p) delete obj(p[':@'])['@path'];
+        }
+        for (const kind of ['serial', 'console']) {
+          if (!(kind in dev) || opts.keepIdentity || !opts.logDir || obj(dev[':@'])['@type'] !== 'file') continue;
+          for (const p of dev[kind] as Node[]) {
+            const old = obj(p[':@'])['@path'];
+            if ('source' in p && typeof old === 'string') p[':@'] = { ...obj(p[':@']), '@path': newLog(old) };
+          }
         }
         if ('interface' in dev && !opts.keepIdentity) {
           for (const p of dev['interface'] as Node[]) if ('mac' in p) p[':@'] = { '@address': randomMac() };

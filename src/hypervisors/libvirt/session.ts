@@ -136,8 +136,10 @@ class LibvirtSession implements VmSession {
   }
 
   async dropStaleBitmaps(_disk: VmDisk, base: string | undefined): Promise<void> {
-    // Checkpoints belong to the domain, not a disk: the first call does the work. Deleting one
-    // merges its changes into its parent's, so no change is lost.
+    // Checkpoints belong to the domain, not a disk: a disk without a base (one added since) says
+    // nothing about which are stale; any disk with one does. Deleting a checkpoint merges its
+    // changes into its parent's, so no change is lost; a successful run removes the rest.
+    if (base === undefined) return;
     for (const { cp } of await this.ourCheckpoints()) {
       if (cp.name !== base) await this.lv.deleteCheckpoint(cp).catch(() => undefined);
     }
@@ -278,14 +280,20 @@ class LibvirtPoint implements PointInTime {
   }
 
   async finish(ok: boolean): Promise<void> {
-    if (this.begun) await this.lv.abortJob(this.dom).catch(() => undefined);
+    if (this.begun) {
+      await this.lv.abortJob(this.dom).catch(() => undefined);
+      // libvirt ends the job after the call returns (filters removed, scratch files closed and
+      // relabelled): the files stay until it has.
+      const end = Date.now() + 60_000;
+      while (Date.now() < end && (await this.lv.jobType(this.dom).catch(() => 0)) !== 0) await new Promise((r) => setTimeout(r, 50));
+    }
     await rm(this.dir, { recursive: true, force: true });
     const all = await this.lv.checkpoints(this.dom).catch(() => [] as Checkpoint[]);
-    if (ok) {
-      // The new checkpoint is the next incremental's base; the old one has served.
-      const old = all.find((c) => c.name === this.opts.previousBitmap);
-      if (old) await this.lv.deleteCheckpoint(old).catch(() => undefined);
-    } else if (this.checkpointMade) {
+    if (ok && this.checkpointMade) {
+      // The new checkpoint is the next incremental's base; older ones of ours have served (a --full
+      // run has no previous base, but may leave one behind).
+      for (const old of all.filter((c) => isOurs(c.name) && c.name !== this.opts.newBitmap)) await this.lv.deleteCheckpoint(old).catch(() => undefined);
+    } else if (!ok && this.checkpointMade) {
       // Its changes go back into the base's (libvirt merges a deleted checkpoint into its parent).
       const made = all.find((c) => c.name === this.opts.newBitmap);
       if (made) await this.lv.deleteCheckpoint(made).catch(() => undefined);
