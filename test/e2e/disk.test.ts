@@ -81,12 +81,30 @@ describe('disk images', () => {
     execFileSync('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', `${out}/web01.qcow2`, image], { stdio: 'pipe' });
   });
 
-  it('refuses container formats it cannot read yet, with a hint (exit 2)', async () => {
+  it('backs up a qcow2 image with a backing file as its virtual disk, reading only its data; qemu-img compare is the witness', async () => {
+    const base = `${tmp.path}/base.qcow2`;
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', base, '256M']);
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 0 3M', '-c', 'write -P 0x5b 100M 1M', base]);
     const q = `${tmp.path}/vm.qcow2`;
-    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', q, '64M']);
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', q]);
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x6c 1M 64k', '-c', 'write -z 100M 512k', '-c', 'write -P 0x6d 200M 2M', q]);
+    const b = jsonResult<{ snapshots: { snapshot: string; summary: { bytesRead: number } }[] }>(await runCli(['backup', 'disk', q, '--name', 'vm', '--json'], { env })).snapshots[0]!;
+    // 3 + 1 MiB in the base (half of it zeroed above), 64 KiB + 2 MiB on top: nowhere near 256 MiB.
+    expect(b.summary.bytesRead).toBeLessThanOrEqual(7 * 1024 * 1024);
+    const out = `${tmp.path}/restored-qcow2`;
+    const r = await runCli(['restore', 'vm', b.snapshot, '--target', out], { env });
+    expect(r.code, r.stderr).toBe(0);
+    execFileSync('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', q, `${out}/vm.raw`], { stdio: 'pipe' });
+    const rec = jsonResult<{ id: string; disks: { format: string }[] }[]>(await runCli(['snapshots', '--source', 'disk:vm', '--json'], { env }));
+    expect(rec.find((x) => x.id === b.snapshot)!.disks[0]!.format).toBe('qcow2');
+  });
+
+  it('refuses container formats it cannot read yet, with a hint (exit 2)', async () => {
+    const q = `${tmp.path}/vm.vhdx`;
+    execFileSync('qemu-img', ['create', '-q', '-f', 'vhdx', q, '64M']);
     const r = await runCli(['backup', 'disk', q], { env });
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/is a qcow2 image/);
+    expect(r.stderr).toMatch(/is a vhdx image/);
     expect(r.stderr).toMatch(/qemu-img convert/);
     const m = await runCli(['backup', 'disk', `${tmp.path}/missing.img`], { env });
     expect(m.code).toBe(1);

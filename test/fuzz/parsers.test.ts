@@ -6,6 +6,7 @@
 //   npx vitest run test/fuzz                      bounded count (CI)
 //   FUZZ_CASES=12000 npx vitest run test/fuzz     per parser; 9 parsers (pack headers of both formats), 108,000 cases
 import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import { compress } from 'zstd-napi';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,6 +19,7 @@ import { validateConfig, type RepositoryConfig } from '../../src/repository/repo
 import { snapshotProblem, type Snapshot } from '../../src/repository/snapshot.js';
 import { decodeTree, displayName, linkTarget, nodeName } from '../../src/repository/tree.js';
 import { decompressBounded } from '../../src/repository/zstd.js';
+import { Qcow2Image } from '../../src/formats/qcow2/reader.js';
 import { LocalBackend } from '../../src/storage/local.js';
 import { BulwarkError } from '../../src/util/errors.js';
 import { node } from '../helpers/hostile.js';
@@ -192,6 +194,28 @@ describe(`parsers under ${CASES} mutated inputs each`, () => {
       const opened = await openWithPassword(backend, TEST_PASSWORD);
       // The valid key always opens; the mutant is either skipped (rejected) or is a working key.
       if (opened.skipped.length > 0) throw new BulwarkError('repository-corrupt', opened.skipped[0]!.reason);
+    });
+  }, 600_000);
+
+  it('qcow2 images (header, tables, clusters: opened and read whole)', async () => {
+    // A small image made by qemu-img with data, a zero cluster and a compressed cluster; each mutant
+    // is written to a file, opened, and its whole virtual disk read.
+    const dir = await fsp.mkdtemp(`${t.dir}/qcow2-fuzz-`);
+    const src = `${dir}/src.raw`;
+    await fsp.writeFile(src, Buffer.concat([Buffer.alloc(65536, 0x41), Buffer.from('compress me '.repeat(5462)).subarray(0, 65536)]));
+    execFileSync('qemu-img', ['convert', '-q', '-c', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=4k', src, `${dir}/img.qcow2`]);
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x42 8k 4k', '-c', 'write -z 16k 4k', `${dir}/img.qcow2`]);
+    const valid = await fsp.readFile(`${dir}/img.qcow2`);
+    const target = `${dir}/mutant.qcow2`;
+    await fuzz('qcow2 image', 9, (r) => mutateBytes(valid, r), async (b) => {
+      await fsp.writeFile(target, b);
+      const img = await Qcow2Image.open(target);
+      try {
+        const buf = Buffer.alloc(Math.min(img.size, 1 << 20));
+        for (let off = 0; off < Math.min(img.size, 16 << 20); off += buf.length) if (await img.hasData(off, buf.length)) await img.read(buf, off);
+      } finally {
+        await img.close();
+      }
     });
   }, 600_000);
 });

@@ -9,6 +9,8 @@ import type { Repository } from '../../repository/repository.js';
 import type { DiskRecord, SnapshotSummary } from '../../repository/snapshot.js';
 import { BulwarkError, unable } from '../../util/errors.js';
 import { newProgress, type ProgressSink } from '../progress.js';
+import type { DiskImage } from '../../formats/image.js';
+import { Qcow2Image } from '../../formats/qcow2/reader.js';
 import { detectFormat, deviceSize } from './image.js';
 
 export type DiskRepo = Pick<Repository, 'saveBlob' | 'blobId' | 'hasBlob' | 'config'>;
@@ -36,6 +38,53 @@ export function diskNameFor(path: string): string {
   return dot > 0 ? b.slice(0, dot) : b;
 }
 
+/** The disk's fixed index as it is built: one entry per block, a page stored every FIXED_INDEX_PAGE_ENTRIES. */
+class PageWriter {
+  blobsNew = 0;
+  private page: (string | null)[] = [];
+
+  constructor(
+    private readonly repo: DiskRepo,
+    private readonly record: DiskRecord,
+  ) {}
+
+  hole(): Promise<void> {
+    return this.push(null);
+  }
+
+  /** Stores a block; resolves with the bytes it added to the repository (0 when deduplicated). */
+  async data(block: Buffer): Promise<number> {
+    const r = await this.repo.saveBlob('data', block);
+    if (r.stored) this.blobsNew++;
+    await this.push(r.id);
+    return r.stored ? block.length : 0;
+  }
+
+  private async push(id: string | null): Promise<void> {
+    this.page.push(id);
+    if (this.page.length === FIXED_INDEX_PAGE_ENTRIES) await this.flush();
+  }
+
+  private async flush(): Promise<void> {
+    const r = await this.repo.saveBlob('tree', encodePage(this.page));
+    if (r.stored) this.blobsNew++;
+    this.record.pages.push(r.id);
+    this.page = [];
+  }
+
+  async finish(): Promise<void> {
+    if (this.page.length > 0 || this.record.pages.length === 0) await this.flush();
+  }
+}
+
+/** The parent's index, when the image file is the same file, untouched since, and its index is whole. */
+function reuseParent(repo: DiskRepo, record: DiskRecord, p: DiskRecord | undefined): DiskBackupResult | undefined {
+  const id = record.fileIdentity;
+  if (!id || !p?.fileIdentity || p.blockSize !== record.blockSize || JSON.stringify(p.fileIdentity) !== JSON.stringify(id) || !p.pages.every((x) => repo.hasBlob(x))) return undefined;
+  record.pages = p.pages;
+  return { disk: record, reused: true, summary: { bytesRead: 0, bytesNew: 0, blobsNew: 0, totalSize: record.size, warnings: [] } };
+}
+
 export async function backupDisk(repo: DiskRepo, opts: DiskBackupOptions): Promise<DiskBackupResult> {
   const name = opts.name ?? diskNameFor(opts.path);
   let st;
@@ -47,34 +96,25 @@ export async function backupDisk(repo: DiskRepo, opts: DiskBackupOptions): Promi
   if (!st.isFile() && !st.isBlockDevice()) throw new BulwarkError('usage', `'${opts.path}' is neither a disk image file nor a block device`);
   const size = st.isBlockDevice() ? await deviceSize(Number(st.rdev)) : Number(st.size);
   const format = await detectFormat(opts.path, size);
-  if (format !== 'raw') {
-    throw new BulwarkError('usage', `'${opts.path}' is a ${format} image; this version backs up raw images and block devices only`, {
-      hint: `convert it first: qemu-img convert -O raw '${opts.path}' disk.raw (or back up the running VM with 'bulwark backup vm')`,
+  if (format !== 'raw' && format !== 'qcow2') {
+    throw new BulwarkError('usage', `'${opts.path}' is a ${format} image; this version reads raw and qcow2 images and block devices`, {
+      hint: `convert it first: qemu-img convert -O qcow2 '${opts.path}' disk.qcow2 (or back up the running VM with 'bulwark backup vm')`,
     });
   }
   const blockSize = repo.config.blockSize;
   const identity = st.isFile()
     ? { size, mtimeNs: st.mtimeNs.toString(), ctimeNs: st.ctimeNs.toString(), ino: Number(st.ino), dev: Number(st.dev) }
     : undefined;
+  if (format === 'qcow2') return backupImage(repo, await Qcow2Image.open(opts.path), name, identity, opts);
   const record: DiskRecord = { name, size, blockSize, pages: [], source: opts.path, format: 'raw', ...(identity ? { fileIdentity: identity } : {}) };
 
-  const p = opts.parent;
-  if (identity && p?.fileIdentity && p.blockSize === blockSize && JSON.stringify(p.fileIdentity) === JSON.stringify(identity) && p.pages.every((id) => repo.hasBlob(id))) {
-    record.pages = p.pages;
-    return { disk: record, reused: true, summary: { bytesRead: 0, bytesNew: 0, blobsNew: 0, totalSize: size, warnings: [] } };
-  }
+  const reused = reuseParent(repo, record, opts.parent);
+  if (reused) return reused;
 
   const progress = newProgress();
   progress.bytesTotal = size;
   const zero = Buffer.alloc(blockSize);
-  let blobsNew = 0;
-  let page: (string | null)[] = [];
-  const flushPage = async (): Promise<void> => {
-    const r = await repo.saveBlob('tree', encodePage(page));
-    if (r.stored) blobsNew++;
-    record.pages.push(r.id);
-    page = [];
-  };
+  const pages = new PageWriter(repo, record);
 
   const fh = await fsp.open(opts.path, 'r');
   try {
@@ -94,16 +134,8 @@ export async function backupDisk(repo: DiskRepo, opts: DiskBackupOptions): Promi
       pending = readAt(bufs[which]!, pos + n);
       for (let off = 0; off < n; off += blockSize) {
         const block = cur.subarray(off, Math.min(off + blockSize, n));
-        if (block.equals(block.length === blockSize ? zero : zero.subarray(0, block.length))) page.push(null);
-        else {
-          const r = await repo.saveBlob('data', block);
-          if (r.stored) {
-            blobsNew++;
-            progress.bytesNew += block.length;
-          }
-          page.push(r.id);
-        }
-        if (page.length === FIXED_INDEX_PAGE_ENTRIES) await flushPage();
+        if (block.equals(block.length === blockSize ? zero : zero.subarray(0, block.length))) await pages.hole();
+        else progress.bytesNew += await pages.data(block);
       }
       pos += n;
       progress.bytesDone = pos;
@@ -114,10 +146,53 @@ export async function backupDisk(repo: DiskRepo, opts: DiskBackupOptions): Promi
       }
     }
     await pending;
-    if (page.length > 0 || record.pages.length === 0) await flushPage();
+    await pages.finish();
   } finally {
     await fh.close();
   }
   opts.onProgress?.(progress);
-  return { disk: record, reused: false, summary: { bytesRead: size, bytesNew: progress.bytesNew, blobsNew, totalSize: size, warnings: [] } };
+  return { disk: record, reused: false, summary: { bytesRead: size, bytesNew: progress.bytesNew, blobsNew: pages.blobsNew, totalSize: size, warnings: [] } };
+}
+
+/**
+ * A container image (qcow2): its virtual disk read block by block, in order; a block with no data in
+ * the image (or its backing chain) becomes a hole without being read. The image's own file identity
+ * lets an unchanged image reuse its parent's index, as for raw images (a backing file that changed
+ * under an unchanged image is not detected: back up chains whose base may change with --force).
+ */
+async function backupImage(repo: DiskRepo, img: DiskImage, name: string, identity: DiskRecord['fileIdentity'], opts: DiskBackupOptions): Promise<DiskBackupResult> {
+  const blockSize = repo.config.blockSize;
+  const size = img.size;
+  const record: DiskRecord = { name, size, blockSize, pages: [], source: opts.path, format: img.format, ...(identity ? { fileIdentity: identity } : {}) };
+  try {
+    const reused = reuseParent(repo, record, opts.parent);
+    if (reused) return reused;
+    const progress = newProgress();
+    progress.bytesTotal = size;
+    const pages = new PageWriter(repo, record);
+    const buf = Buffer.allocUnsafe(blockSize);
+    const zero = Buffer.alloc(blockSize);
+    let lastEmit = 0;
+    for (let off = 0; off < size; off += blockSize) {
+      const len = Math.min(blockSize, size - off);
+      const block = buf.subarray(0, len);
+      if (!(await img.hasData(off, len))) await pages.hole();
+      else {
+        await img.read(block, off);
+        if (block.equals(zero.subarray(0, len))) await pages.hole();
+        else progress.bytesNew += await pages.data(block);
+      }
+      progress.bytesDone = off + len;
+      const now = Date.now();
+      if (opts.onProgress && now - lastEmit > 100) {
+        lastEmit = now;
+        opts.onProgress(progress);
+      }
+    }
+    await pages.finish();
+    opts.onProgress?.(progress);
+    return { disk: record, reused: false, summary: { bytesRead: img.dataBytesRead, bytesNew: progress.bytesNew, blobsNew: pages.blobsNew, totalSize: size, warnings: [] } };
+  } finally {
+    await img.close();
+  }
 }
