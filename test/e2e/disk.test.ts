@@ -99,12 +99,35 @@ describe('disk images', () => {
     expect(rec.find((x) => x.id === b.snapshot)!.disks[0]!.format).toBe('qcow2');
   });
 
+  it('backs up VMDK (sparse, streamOptimized, flat), VDI and VHD images as their virtual disks', async () => {
+    const src = `${tmp.path}/fmt-src.raw`;
+    execFileSync('truncate', ['-s', '64M', src]);
+    execFileSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x71 0 1M', '-c', 'write -P 0x72 33M 64k', src]);
+    for (const [fmt, opts, name] of [
+      ['vmdk', 'subformat=monolithicSparse', 'ms'],
+      ['vmdk', 'subformat=streamOptimized', 'so'],
+      ['vmdk', 'subformat=twoGbMaxExtentFlat', 'tf'],
+      ['vdi', 'static=off', 'vd'],
+      ['vpc', 'subformat=dynamic', 'vh'],
+    ] as const) {
+      const img = `${tmp.path}/fmt-${name}.${fmt === 'vpc' ? 'vhd' : fmt}`;
+      execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', fmt, '-o', opts, src, img]);
+      const b = await runCli(['backup', 'disk', img, '--name', `fmt-${name}`, '--json'], { env });
+      expect(b.code, b.stderr).toBe(0);
+      const id = jsonResult<{ snapshots: { snapshot: string }[] }>(b).snapshots[0]!.snapshot;
+      const out = `${tmp.path}/fmt-out-${name}`;
+      const r = await runCli(['restore', 'vm', id, '--target', out], { env });
+      expect(r.code, r.stderr).toBe(0);
+      execFileSync('qemu-img', ['compare', '-f', fmt, '-F', 'raw', img, `${out}/fmt-${name}.raw`], { stdio: 'pipe' });
+    }
+  });
+
   it('refuses container formats it cannot read yet, with a hint (exit 2)', async () => {
     const q = `${tmp.path}/vm.vhdx`;
     execFileSync('qemu-img', ['create', '-q', '-f', 'vhdx', q, '64M']);
     const r = await runCli(['backup', 'disk', q], { env });
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/is a vhdx image/);
+    expect(r.stderr).toMatch(/is a VHDX image/);
     expect(r.stderr).toMatch(/qemu-img convert/);
     const m = await runCli(['backup', 'disk', `${tmp.path}/missing.img`], { env });
     expect(m.code).toBe(1);

@@ -19,7 +19,7 @@ import { validateConfig, type RepositoryConfig } from '../../src/repository/repo
 import { snapshotProblem, type Snapshot } from '../../src/repository/snapshot.js';
 import { decodeTree, displayName, linkTarget, nodeName } from '../../src/repository/tree.js';
 import { decompressBounded } from '../../src/repository/zstd.js';
-import { Qcow2Image } from '../../src/formats/qcow2/reader.js';
+import { openDiskImage, type ContainerFormat } from '../../src/formats/open.js';
 import { LocalBackend } from '../../src/storage/local.js';
 import { BulwarkError } from '../../src/util/errors.js';
 import { node } from '../helpers/hostile.js';
@@ -197,25 +197,35 @@ describe(`parsers under ${CASES} mutated inputs each`, () => {
     });
   }, 600_000);
 
-  it('qcow2 images (header, tables, clusters: opened and read whole)', async () => {
-    // A small image made by qemu-img with data, a zero cluster and a compressed cluster; each mutant
-    // is written to a file, opened, and its whole virtual disk read.
-    const dir = await fsp.mkdtemp(`${t.dir}/qcow2-fuzz-`);
-    const src = `${dir}/src.raw`;
-    await fsp.writeFile(src, Buffer.concat([Buffer.alloc(65536, 0x41), Buffer.from('compress me '.repeat(5462)).subarray(0, 65536)]));
-    execFileSync('qemu-img', ['convert', '-q', '-c', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=4k', src, `${dir}/img.qcow2`]);
-    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x42 8k 4k', '-c', 'write -z 16k 4k', `${dir}/img.qcow2`]);
-    const valid = await fsp.readFile(`${dir}/img.qcow2`);
-    const target = `${dir}/mutant.qcow2`;
-    await fuzz('qcow2 image', 9, (r) => mutateBytes(valid, r), async (b) => {
-      await fsp.writeFile(target, b);
-      const img = await Qcow2Image.open(target);
-      try {
-        const buf = Buffer.alloc(Math.min(img.size, 1 << 20));
-        for (let off = 0; off < Math.min(img.size, 16 << 20); off += buf.length) if (await img.hasData(off, buf.length)) await img.read(buf, off);
-      } finally {
-        await img.close();
-      }
-    });
-  }, 600_000);
+  // Disk images: a small image per container format, made by qemu-img with data, a hole and (where
+  // the format has them) zero and compressed clusters; each mutant is written to a file, opened, and
+  // its whole virtual disk read.
+  for (const [format, qemuFormat, opts, seed] of [
+    ['qcow2', 'qcow2', ['-c', '-o', 'cluster_size=4k'], 9],
+    ['vdi', 'vdi', [], 10],
+    ['vhd', 'vpc', ['-o', 'subformat=dynamic'], 11],
+    ['vmdk', 'vmdk', ['-o', 'subformat=monolithicSparse'], 12],
+    ['vmdk', 'vmdk', ['-o', 'subformat=streamOptimized'], 13],
+  ] as [ContainerFormat, string, string[], number][]) {
+    it(`${format} images (${opts.join(' ') || 'default'}): opened and read whole`, async () => {
+      const dir = await fsp.mkdtemp(`${t.dir}/${format}-fuzz-`);
+      const src = `${dir}/src.raw`;
+      await fsp.writeFile(src, Buffer.concat([Buffer.alloc(65536, 0x41), Buffer.from('compress me '.repeat(5462)).subarray(0, 65536), Buffer.alloc(65536)]));
+      const image = `${dir}/img`;
+      execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', qemuFormat, ...opts, src, image]);
+      if (format === 'qcow2') execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x42 8k 4k', '-c', 'write -z 16k 4k', image]);
+      const valid = await fsp.readFile(image);
+      const target = `${dir}/mutant`;
+      await fuzz(`${format} image ${opts.join(' ')}`.trim(), seed, (r) => mutateBytes(valid, r), async (b) => {
+        await fsp.writeFile(target, b);
+        const img = await openDiskImage(target, format);
+        try {
+          const buf = Buffer.alloc(Math.min(img.size, 1 << 20));
+          for (let off = 0; off < Math.min(img.size, 16 << 20); off += buf.length) if (await img.hasData(off, buf.length)) await img.read(buf, off);
+        } finally {
+          await img.close();
+        }
+      });
+    }, 600_000);
+  }
 });

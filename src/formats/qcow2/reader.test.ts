@@ -3,10 +3,11 @@
 // holes must not be read (the reader's own count of data bytes read, against what was written).
 // Then damaged and hostile images: clear errors, no hang, no unbounded allocation.
 import { execFileSync } from 'node:child_process';
-import { openSync, readSync, closeSync, writeSync } from 'node:fs';
+import { openSync, readSync, closeSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { patchFile } from '../../../test/helpers/patch.js';
 import { tempDir } from '../../../test/helpers/repo.js';
 import { qemuImg, qemuIo } from '../../protocols/nbd/testing/qemu-nbd.js';
 import { BulwarkError } from '../../util/errors.js';
@@ -135,16 +136,6 @@ describe('qcow2 reader, against qemu-img', () => {
   });
 });
 
-/** Overwrites bytes of a file in place. */
-function patch(file: string, offset: number, bytes: Buffer): void {
-  const fd = openSync(file, 'r+');
-  try {
-    writeSync(fd, bytes, 0, bytes.length, offset);
-  } finally {
-    closeSync(fd);
-  }
-}
-
 function u64(v: bigint): Buffer {
   const b = Buffer.alloc(8);
   b.writeBigUInt64BE(v);
@@ -161,18 +152,18 @@ describe('qcow2 reader, damaged and hostile images', () => {
 
   it('an L1 table offset past the end of the file', async () => {
     const f = await fresh('h-l1.qcow2');
-    patch(f, 40, u64(1n << 40n));
+    patchFile(f, 40, u64(1n << 40n));
     await expect(Qcow2Image.open(f)).rejects.toThrow(/L1 table at offset \d+ is outside the file/);
   });
 
   it('an absurd virtual size, and a cluster size QEMU never writes', async () => {
     const f = await fresh('h-size.qcow2');
-    patch(f, 24, u64(1n << 60n));
+    patchFile(f, 24, u64(1n << 60n));
     await expect(Qcow2Image.open(f)).rejects.toThrow(/virtual size \d+ bytes is absurd/);
     const g = await fresh('h-cluster.qcow2');
     const b = Buffer.alloc(4);
     b.writeUInt32BE(40);
-    patch(g, 20, b);
+    patchFile(g, 20, b);
     await expect(Qcow2Image.open(g)).rejects.toThrow(/cluster size 2\^40/);
   });
 
@@ -186,7 +177,7 @@ describe('qcow2 reader, damaged and hostile images', () => {
     readSync(fd, l1, 0, 8, Number(head.readBigUInt64BE(40)));
     closeSync(fd);
     const l2 = Number(l1.readBigUInt64BE(0) & 0x00fffffffffffe00n);
-    patch(f, l2 + 16 * 8, u64((1n << 63n) | (1n << 45n)));
+    patchFile(f, l2 + 16 * 8, u64((1n << 63n) | (1n << 45n)));
     const img = await Qcow2Image.open(f);
     try {
       await expect(img.read(Buffer.alloc(65536), MiB)).rejects.toThrow(/cluster pointer \(\d+\) is past the end of the file/);

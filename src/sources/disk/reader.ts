@@ -10,7 +10,7 @@ import type { DiskRecord, SnapshotSummary } from '../../repository/snapshot.js';
 import { BulwarkError, unable } from '../../util/errors.js';
 import { newProgress, type ProgressSink } from '../progress.js';
 import type { DiskImage } from '../../formats/image.js';
-import { Qcow2Image } from '../../formats/qcow2/reader.js';
+import { openDiskImage } from '../../formats/open.js';
 import { detectFormat, deviceSize } from './image.js';
 
 export type DiskRepo = Pick<Repository, 'saveBlob' | 'blobId' | 'hasBlob' | 'config'>;
@@ -96,16 +96,11 @@ export async function backupDisk(repo: DiskRepo, opts: DiskBackupOptions): Promi
   if (!st.isFile() && !st.isBlockDevice()) throw new BulwarkError('usage', `'${opts.path}' is neither a disk image file nor a block device`);
   const size = st.isBlockDevice() ? await deviceSize(Number(st.rdev)) : Number(st.size);
   const format = await detectFormat(opts.path, size);
-  if (format !== 'raw' && format !== 'qcow2') {
-    throw new BulwarkError('usage', `'${opts.path}' is a ${format} image; this version reads raw and qcow2 images and block devices`, {
-      hint: `convert it first: qemu-img convert -O qcow2 '${opts.path}' disk.qcow2 (or back up the running VM with 'bulwark backup vm')`,
-    });
-  }
   const blockSize = repo.config.blockSize;
   const identity = st.isFile()
     ? { size, mtimeNs: st.mtimeNs.toString(), ctimeNs: st.ctimeNs.toString(), ino: Number(st.ino), dev: Number(st.dev) }
     : undefined;
-  if (format === 'qcow2') return backupImage(repo, await Qcow2Image.open(opts.path), name, identity, opts);
+  if (format !== 'raw') return backupImage(repo, await openDiskImage(opts.path, format), name, identity, opts);
   const record: DiskRecord = { name, size, blockSize, pages: [], source: opts.path, format: 'raw', ...(identity ? { fileIdentity: identity } : {}) };
 
   const reused = reuseParent(repo, record, opts.parent);
@@ -155,7 +150,7 @@ export async function backupDisk(repo: DiskRepo, opts: DiskBackupOptions): Promi
 }
 
 /**
- * A container image (qcow2): its virtual disk read block by block, in order; a block with no data in
+ * A container image (qcow2, VMDK, VDI, VHD): its virtual disk read block by block, in order; a block with no data in
  * the image (or its backing chain) becomes a hole without being read. The image's own file identity
  * lets an unchanged image reuse its parent's index, as for raw images (a backing file that changed
  * under an unchanged image is not detected: back up chains whose base may change with --force).
