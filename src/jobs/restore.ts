@@ -7,7 +7,10 @@ import type { Repository } from '../repository/repository.js';
 import { findSnapshot, type SnapshotFilter, type SnapshotWithId } from '../repository/snapshot.js';
 import type { TreeNode } from '../repository/tree.js';
 import { loadTree, lookupPath } from '../repository/walk.js';
-import { restoreDisk, type DiskRestoreResult } from '../restore/disk.js';
+import { restoreDisk, type DiskRestoreResult, type RestoreFormat } from '../restore/disk.js';
+
+/** QEMU's (and libvirt's) driver name of a restore format. */
+const driverOf = (f: RestoreFormat): string => (f === 'vhd' ? 'vpc' : f);
 import { FilesRestorer, prepareTarget, type FilesRestoreResult } from '../restore/files.js';
 import { verifyRestored } from '../restore/verify.js';
 import type { ProgressSink } from '../sources/progress.js';
@@ -59,7 +62,7 @@ export async function restoreFiles(repo: Repository, opts: RestoreFilesJobOption
 export interface RestoreDisksJobOptions {
   ref: string;
   target: string;
-  format?: 'raw' | 'qcow2';
+  format?: RestoreFormat;
   disks?: string[];
   filter?: SnapshotFilter;
   onProgress?: ProgressSink;
@@ -109,7 +112,7 @@ export async function restoreDisks(repo: Repository, opts: RestoreDisksJobOption
   const dir = resolve(target);
   if (sn.vm?.libvirt && (opts.define || opts.printXml)) {
     const name = opts.name ?? (opts.keepIdentity ? sn.vm.name : `${sn.vm.name}-restored`);
-    const restored = new Map(wanted.map((d, i) => [d.name, { path: resolve(disks[i]!.path), format: opts.format ?? 'raw' }]));
+    const restored = new Map(wanted.map((d, i) => [d.name, { path: resolve(disks[i]!.path), format: driverOf(opts.format ?? 'raw') }]));
     const xml = restoredDomainXml(sn.vm.libvirt.xml, { name, keepIdentity: opts.keepIdentity ?? false, disks: restored, logDir: dir });
     const xmlFile = join(dir, `${fileNameOf(name)}.xml`);
     await writeFile(xmlFile, xml + '\n', { mode: 0o644 });
@@ -120,7 +123,7 @@ export async function restoreDisks(repo: Repository, opts: RestoreDisksJobOption
   }
   if (!opts.define || !sn.vm) return { snapshot: sn, disks };
   const definition = join(dir, `${fileNameOf(sn.vm.name)}.qemu.sh`);
-  const restored = wanted.map((d, i) => ({ name: d.name, path: resolve(disks[i]!.path), format: opts.format ?? 'raw' }));
+  const restored = wanted.map((d, i) => ({ name: d.name, path: resolve(disks[i]!.path), format: driverOf(opts.format ?? 'raw') }));
   await writeFile(definition, qemuScript(sn.vm, restored, { dir }), { mode: 0o755 });
   return { snapshot: sn, disks, definition };
 }

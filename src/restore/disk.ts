@@ -16,7 +16,7 @@ const run = promisify(execFile);
 
 export interface DiskRestoreOptions {
   targetDir: string;
-  format: 'raw' | 'qcow2';
+  format: RestoreFormat;
   onProgress?: ProgressSink;
   prefetch?: number;
 }
@@ -45,6 +45,19 @@ async function* dataBlocks(repo: Pick<Repository, 'loadBlob'>, disk: DiskRecord)
     }
   }
 }
+
+/** Formats a disk can be restored as: raw written directly, the others converted from it by qemu-img. */
+export const RESTORE_FORMATS = ['raw', 'qcow2', 'vmdk', 'vhdx', 'vdi', 'vhd'] as const;
+export type RestoreFormat = (typeof RESTORE_FORMATS)[number];
+const QEMU_IMG_FORMAT: Record<Exclude<RestoreFormat, 'raw'>, string[]> = {
+  qcow2: ['qcow2'],
+  // streamOptimized would do for archiving; monolithicSparse is what VMware Workstation opens and writes.
+  vmdk: ['vmdk', '-o', 'subformat=monolithicSparse'],
+  vhdx: ['vhdx', '-o', 'subformat=dynamic'],
+  vdi: ['vdi'],
+  // force_size: the VHD keeps the disk's exact size instead of rounding it to a CHS geometry.
+  vhd: ['vpc', '-o', 'subformat=dynamic,force_size=on'],
+};
 
 export async function restoreDisk(repo: Pick<Repository, 'loadBlob'>, disk: DiskRecord, opts: DiskRestoreOptions): Promise<DiskRestoreResult> {
   const name = safeDiskName(disk.name);
@@ -84,10 +97,14 @@ export async function restoreDisk(repo: Pick<Repository, 'loadBlob'>, disk: Disk
   }
   await fh.close();
   await fsp.rename(partialPath, rawPath);
-  if (opts.format === 'qcow2') {
+  if (opts.format !== 'raw') {
+    const [fmt, ...o] = QEMU_IMG_FORMAT[opts.format];
     try {
-      await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', rawPath, finalPath]);
+      await run('qemu-img', ['convert', '-f', 'raw', '-O', fmt!, ...o, rawPath, finalPath]);
     } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new BulwarkError('failed', `restoring as ${opts.format} needs qemu-img, which is not installed`, { hint: 'install it (Debian: apt-get install qemu-utils), or restore --format raw', cause: err });
+      }
       throw unable('convert', 'disk', rawPath, (err as { stderr?: string }).stderr?.trim() || err);
     } finally {
       await fsp.unlink(rawPath).catch(() => undefined);

@@ -120,6 +120,15 @@ describe('disk images', () => {
       expect(r.code, r.stderr).toBe(0);
       execFileSync('qemu-img', ['compare', '-f', fmt, '-F', 'raw', img, `${out}/fmt-${name}.raw`], { stdio: 'pipe' });
     }
+    // And back out in each of those formats (qemu-img converts the restored raw image).
+    const last = jsonResult<{ id: string }[]>(await runCli(['snapshots', '--source', 'disk:fmt-vh', '--json'], { env })).pop()!.id;
+    for (const [fmt, qemuFmt] of [['vmdk', 'vmdk'], ['vhdx', 'vhdx'], ['vdi', 'vdi'], ['vhd', 'vpc']]) {
+      const out = `${tmp.path}/fmt-as-${fmt}`;
+      const r = await runCli(['restore', 'vm', last, '--target', out, '--format', fmt!], { env });
+      expect(r.code, r.stderr).toBe(0);
+      execFileSync('qemu-img', ['compare', '-f', qemuFmt!, '-F', 'raw', `${out}/fmt-vh.${fmt}`, src], { stdio: 'pipe' });
+    }
+    expect((await runCli(['restore', 'vm', last, '--target', `${tmp.path}/fmt-bad`, '--format', 'ova'], { env })).code).toBe(2);
   });
 
   it('refuses container formats it cannot read yet, with a hint (exit 2)', async () => {

@@ -1,6 +1,7 @@
 // restore <snapshot>[:<path>] | restore vm <snapshot>
 import type { Command } from 'commander';
 import { restoreDisks, restoreFiles } from '../../jobs/restore.js';
+import { RESTORE_FORMATS, type RestoreFormat } from '../../restore/disk.js';
 import { BulwarkError } from '../../util/errors.js';
 import { Context } from '../context.js';
 import { bytes, shortId } from '../format.js';
@@ -59,7 +60,7 @@ export function register(program: Command): void {
     .command('vm')
     .description('restore whole disks of a VM or disk snapshot as <dir>/<disk>.<format> (takes --target, --host, --tag, --source)')
     .argument('<snapshot>', "snapshot id, unique prefix, or 'latest'")
-    .option('--format <format>', 'raw or qcow2', 'raw')
+    .option('--format <format>', 'raw, or (converted by qemu-img) qcow2, vmdk, vhdx, vdi, vhd', 'raw')
     .option('--disk <name>', 'only this disk (repeatable)', collect, [])
     .option('--define', "VM snapshots: a libvirt domain is defined again on the restored disks (not started); a QEMU VM gets <dir>/<vm>.qemu.sh, a QEMU command line with the recorded machine")
     .option('--print-xml', 'libvirt domains: write the restored domain\'s XML to <dir>/<name>.xml and show it, without defining it')
@@ -72,7 +73,7 @@ export function register(program: Command): void {
       const o = cmd.optsWithGlobals<{ target?: string; format: string; disk: string[]; define?: boolean; printXml?: boolean; name?: string; keepIdentity?: boolean; connect?: string; host?: string; tag: string[]; source?: string }>();
       if (o.connect !== undefined && !/^qemu(\+unix)?:\/\/\/(system|session)/.test(o.connect)) throw new BulwarkError('usage', `--connect '${o.connect}' is not a libvirt URI`, { hint: 'qemu:///system or qemu:///session' });
       if (!o.target) throw new BulwarkError('usage', "required option '-t, --target <dir>' not specified", { hint: 'bulwark restore vm <snapshot> --target <dir>' });
-      if (o.format !== 'raw' && o.format !== 'qcow2') throw new BulwarkError('usage', `unknown format '${o.format}'`, { hint: 'use --format raw or --format qcow2' });
+      if (!(RESTORE_FORMATS as readonly string[]).includes(o.format)) throw new BulwarkError('usage', `unknown format '${o.format}'`, { hint: `use --format ${RESTORE_FORMATS.join(', ')}` });
       const target = o.target;
       await ctx.withRepo(async (repo) => {
         const view = progressView(ctx.opts, 'restore');
@@ -80,7 +81,7 @@ export function register(program: Command): void {
           const r = await restoreDisks(repo, {
             ref,
             target,
-            format: o.format as 'raw' | 'qcow2',
+            format: o.format as RestoreFormat,
             disks: o.disk,
             filter: filterOpts(o),
             define: o.define ?? false,

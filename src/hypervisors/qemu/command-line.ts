@@ -7,7 +7,8 @@ import type { VmConfig } from '../../repository/snapshot.js';
 export interface RestoredDisk {
   name: string;
   path: string;
-  format: 'raw' | 'qcow2';
+  /** QEMU's block driver name: raw, qcow2, vmdk, vhdx, vdi, vpc. */
+  format: string;
 }
 
 /** Single-quoted for the shell: safe whatever the characters. */
