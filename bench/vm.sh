@@ -2,10 +2,11 @@
 # Bulwark against virtnbdbackup on a live VM, in one run, on the same test guest and the same data
 # disk: full backup of the running guest, incremental backup after the guest wrote new data, restore
 # of the latest point and a check of the restored disk. Prints a markdown table (also
-# bench/out/vm-results.md). Bulwark sees the guest as plain QEMU (QMP + guest-agent sockets),
-# virtnbdbackup as a libvirt domain: both boot the same kernel/initramfs (test/guest/build.sh) on
-# their own copy of the same qcow2 data disk. See bench/README.md for the BENCH_VM_* knobs. Needs
-# root (apt-get, libvirtd).
+# bench/out/vm-results.md). Three tools: Bulwark on plain QEMU (QMP + guest-agent sockets, tool
+# "bulwark"), Bulwark on a libvirt domain (its libvirt driver, tool "bulwark-libvirt") and
+# virtnbdbackup on the same kind of libvirt domain: all boot the same kernel/initramfs
+# (test/guest/build.sh) on their own copy of the same qcow2 data disk. See bench/README.md for the
+# BENCH_VM_* knobs. Needs root (apt-get, libvirtd).
 set -uo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -18,7 +19,7 @@ LOGS=$VMOUT/logs
 DISK_MIB=${BENCH_VM_DISK_MIB:-2048}
 FILL_PCT=${BENCH_VM_FILL_PCT:-60}          # share of the data disk filled with real files
 WRITE_MIB=${BENCH_VM_WRITE_MIB:-96}        # new data the guest writes between full and incremental
-TOOLS=${BENCH_VM_TOOLS:-bulwark virtnbdbackup}
+TOOLS=${BENCH_VM_TOOLS:-bulwark bulwark-libvirt virtnbdbackup}
 TIMEOUT=${BENCH_VM_TIMEOUT:-900}           # seconds, per timed step
 BOOT_TIMEOUT=${BENCH_VM_BOOT_TIMEOUT:-180} # seconds until the guest agent answers
 MEM_MIB=${BENCH_VM_MEM_MIB:-256}
@@ -98,8 +99,8 @@ ensure_packages() {
   has mkfs.ext4 && has debugfs && has e2fsck || need+=(e2fsprogs)
   has qemu-system-x86_64 || need+=(qemu-system-x86)
   has qemu-img && has qemu-nbd || need+=(qemu-utils)
-  if [[ " $TOOLS " == *" virtnbdbackup "* ]]; then
-    has virtnbdbackup || need+=(virtnbdbackup)
+  [[ " $TOOLS " == *" virtnbdbackup "* ]] && ! has virtnbdbackup && need+=(virtnbdbackup)
+  if [[ " $TOOLS " == *" virtnbdbackup "* || " $TOOLS " == *" bulwark-libvirt "* ]]; then
     has libvirtd || need+=(libvirt-daemon)
     [[ -e /usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so ]] || need+=(libvirt-daemon-driver-qemu)
     has virsh || need+=(libvirt-clients)
@@ -424,18 +425,101 @@ verify_restore() { # tool dir
 
 ALL_METRICS=(full size_full inc size_inc restore verify)
 
+# ------------------------------------------------------------------------------ shared by halves
+copy_disk() { # tool dir
+  log "$1: copying the data disk"
+  cp --sparse=always "$DATA/disk.qcow2" "$2/disk.qcow2" && return 0
+  fail_rest "$1" "copying the disk failed" "${ALL_METRICS[@]}"
+  return 1
+}
+
+# Restore the latest point into dir/restore (argv: the tool's restore command), then check it.
+restore_and_verify() { # tool dir argv...
+  local tool=$1 w=$2
+  shift 2
+  rm -rf "$w/restore"
+  timed "$tool" restore "$@"
+  if ((LAST_OK)); then verify_restore "$tool" "$w/restore"; else record "$tool" verify skipped '' '' '' 'restore failed'; fi
+  rm -rf "$w/restore"
+}
+
+# The libvirt halves (bulwark-libvirt, virtnbdbackup): libvirtd up, $DOMAIN defined on dir/disk.qcow2,
+# started, its agent answering; the boot time recorded. On failure every measure is FAILED.
+boot_domain() { # tool dir
+  local tool=$1 w=$2
+  if ! ensure_libvirtd; then
+    fail_rest "$tool" "libvirtd could not be started: $(tail -n 3 "$LOGS/libvirtd.log" 2>/dev/null)" "${ALL_METRICS[@]}"
+    return 1
+  fi
+  if ! define_domain "$w" "$w/disk.qcow2"; then
+    fail_rest "$tool" "virsh define failed: $(tail -n 3 "$LOGS/libvirtd.log")" "${ALL_METRICS[@]}"
+    return 1
+  fi
+  log "$tool: booting the guest (libvirt domain type qemu, TCG)"
+  local t0=$SECONDS
+  if ! timeout 120 "${VIRSH[@]}" start "$DOMAIN" >"$LOGS/$tool-start.out" 2>&1; then
+    fail_rest "$tool" "virsh start failed: $(tail -n 5 "$LOGS/$tool-start.out")" "${ALL_METRICS[@]}"
+    remove_domain
+    return 1
+  fi
+  if ! node "$AGENT" ping "virsh:$DOMAIN" "$BOOT_TIMEOUT" 2>"$LOGS/$tool-boot.err"; then
+    fail_rest "$tool" "guest did not boot: $(cat "$LOGS/$tool-boot.err"; tail -n 5 "$w/console.log" 2>/dev/null)" "${ALL_METRICS[@]}"
+    remove_domain
+    return 1
+  fi
+  record "$tool" boot ok "$((SECONDS - t0))" '' '' ''
+  log "$tool: guest agent up after $((SECONDS - t0)) s"
+  cat "$w/disk.qcow2" >/dev/null # warm cache, the same for every tool
+}
+
 # --------------------------------------------------------------------------------------- Bulwark
+# The Bulwark halves (bulwark, bulwark-libvirt): BW is the command (node bin/bulwark.js with the
+# repository and password in its environment), made by bulwark_init.
+BW=()
+bulwark_init() { # tool repo
+  BW=(env BULWARK_REPOSITORY="$2" BULWARK_PASSWORD="$PASSWORD" node "$BULWARK_JS")
+  timeout 120 "${BW[@]}" init >"$LOGS/$1-init.out" 2>"$LOGS/$1-init.err" && return 0
+  fail_rest "$1" "init failed"$'\n'"$(tail_of "$LOGS/$1-init" $?)" "${ALL_METRICS[@]}"
+  return 1
+}
+
+# What the incremental read, from its JSON summary (it must say "incremental", not "full").
+bulwark_inc_read() { # tool
+  local inc_read
+  inc_read=$(node -e '
+    const lines = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n");
+    const s = lines.map((l) => { try { return JSON.parse(l); } catch { return {}; } }).find((m) => m.type === "summary");
+    const d = s?.results?.[0]?.disks?.[0];
+    if (d) console.log(`${d.bytesRead}\t${d.read}`);' "$LOGS/$1-inc.out" 2>/dev/null)
+  [[ -n $inc_read ]] || return 0
+  record "$1" inc_read ok "${inc_read%%$'\t'*}" '' '' "${inc_read#*$'\t'}"
+  [[ ${inc_read#*$'\t'} == incremental ]] || log "warning: $1's second backup read the disk as '${inc_read#*$'\t'}', not incremental"
+}
+
+# Full backup, the guest writes, incremental backup (argv: the backup command, run twice). Returns 1
+# when the guest could not write (the rest is then recorded as FAILED).
+bulwark_backups() { # tool repo agent-target argv...
+  local tool=$1 repo=$2 target=$3
+  shift 3
+  timed "$tool" full "$@"
+  output_size "$tool" size_full "$repo"
+  if ! guest_write "$tool" "$target"; then
+    fail_rest "$tool" "writing in the guest failed" inc size_inc restore verify
+    return 1
+  fi
+  timed "$tool" inc "$@"
+  output_size "$tool" size_inc "$repo"
+  bulwark_inc_read "$tool"
+  timeout 120 "${BW[@]}" snapshots --json >"$LOGS/$tool-snapshots.json" 2>&1
+  return 0
+}
+
 bench_bulwark() {
   local w=$WORK/bulwark repo=$WORK/bulwark/repo
   mkdir -p "$w/scratch"
-  local BW=(env BULWARK_REPOSITORY="$repo" BULWARK_PASSWORD="$PASSWORD" node "$BULWARK_JS")
   local connect="qmp:$w/qmp.sock,qga=$w/qga.sock,name=$DOMAIN"
-  log "bulwark: copying the data disk"
-  cp --sparse=always "$DATA/disk.qcow2" "$w/disk.qcow2" || { fail_rest bulwark "copying the disk failed" "${ALL_METRICS[@]}"; return; }
-  if ! timeout 120 "${BW[@]}" init >"$LOGS/bulwark-init.out" 2>"$LOGS/bulwark-init.err"; then
-    fail_rest bulwark "init failed"$'\n'"$(tail_of "$LOGS/bulwark-init" $?)" "${ALL_METRICS[@]}"
-    return
-  fi
+  copy_disk bulwark "$w" || return
+  bulwark_init bulwark "$repo" || return
   log "bulwark: booting the guest (plain QEMU, TCG)"
   local t0=$SECONDS
   start_plain_guest "$w" "$w/disk.qcow2"
@@ -446,69 +530,51 @@ bench_bulwark() {
   fi
   record bulwark boot ok "$((SECONDS - t0))" '' '' ''
   log "bulwark: guest agent up after $((SECONDS - t0)) s"
-  cat "$w/disk.qcow2" >/dev/null # warm cache, as for the other tool
+  cat "$w/disk.qcow2" >/dev/null # warm cache, as for the other tools
 
-  timed bulwark full "${BW[@]}" backup vm "$DOMAIN" --connect "$connect" --scratch-dir "$w/scratch" --json
-  output_size bulwark size_full "$repo"
-  if ! guest_write bulwark "$w/qga.sock"; then
-    fail_rest bulwark "writing in the guest failed" inc size_inc restore verify
+  if ! bulwark_backups bulwark "$repo" "$w/qga.sock" \
+    "${BW[@]}" backup vm "$DOMAIN" --connect "$connect" --scratch-dir "$w/scratch" --json; then
     stop_plain_qemu
     return
   fi
-  timed bulwark inc "${BW[@]}" backup vm "$DOMAIN" --connect "$connect" --scratch-dir "$w/scratch" --json
-  output_size bulwark size_inc "$repo"
-  # What the incremental read, from its summary (it must say "incremental", not "full").
-  local inc_read
-  inc_read=$(node -e '
-    const lines = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n");
-    const s = lines.map((l) => { try { return JSON.parse(l); } catch { return {}; } }).find((m) => m.type === "summary");
-    const d = s?.results?.[0]?.disks?.[0];
-    if (d) console.log(`${d.bytesRead}\t${d.read}`);' "$LOGS/bulwark-inc.out" 2>/dev/null)
-  if [[ -n $inc_read ]]; then
-    record bulwark inc_read ok "${inc_read%%$'\t'*}" '' '' "${inc_read#*$'\t'}"
-    [[ ${inc_read#*$'\t'} == incremental ]] || log "warning: bulwark's second backup read the disk as '${inc_read#*$'\t'}', not incremental"
-  fi
-  timeout 120 "${BW[@]}" snapshots --json >"$LOGS/bulwark-snapshots.json" 2>&1
   log "bulwark: stopping the guest"
   stop_plain_qemu
+  restore_and_verify bulwark "$w" "${BW[@]}" restore vm latest --target "$w/restore"
+}
 
-  rm -rf "$w/restore"
-  timed bulwark restore "${BW[@]}" restore vm latest --target "$w/restore"
-  if ((LAST_OK)); then verify_restore bulwark "$w/restore"; else record bulwark verify skipped '' '' '' 'restore failed'; fi
-  rm -rf "$w/restore"
+# ------------------------------------------------------------------------------- Bulwark, libvirt
+# Bulwark on the same libvirt domain as virtnbdbackup, through its libvirt driver. The driver
+# reserves the disk's whole size in the scratch folder (fallocate), made before the backup starts:
+# --scratch-min 0 skips the free-space rule of thumb. QEMU (maybe not root) must reach the scratch
+# image: the folders are 755.
+bench_bulwark_libvirt() {
+  local w=$WORK/bulwark-libvirt repo=$WORK/bulwark-libvirt/repo
+  mkdir -p "$w/scratch" && chmod 755 "$WORK" "$w" "$w/scratch"
+  copy_disk bulwark-libvirt "$w" || return
+  bulwark_init bulwark-libvirt "$repo" || return
+  boot_domain bulwark-libvirt "$w" || return
+
+  if ! bulwark_backups bulwark-libvirt "$repo" "virsh:$DOMAIN" \
+    "${BW[@]}" backup vm "$DOMAIN" --connect qemu:///system --scratch-dir "$w/scratch" --scratch-min 0 --json; then
+    remove_domain
+    return
+  fi
+  log "bulwark-libvirt: stopping the guest"
+  remove_domain
+  restore_and_verify bulwark-libvirt "$w" "${BW[@]}" restore vm latest --target "$w/restore"
 }
 
 # --------------------------------------------------------------------------------- virtnbdbackup
 bench_virtnbdbackup() {
   local w=$WORK/virtnbdbackup backup=$WORK/virtnbdbackup/backup
-  mkdir -p "$w/scratch"
-  if ! ensure_libvirtd; then
-    fail_rest virtnbdbackup "libvirtd could not be started: $(tail -n 3 "$LOGS/libvirtd.log" 2>/dev/null)" "${ALL_METRICS[@]}"
-    return
-  fi
-  log "virtnbdbackup: copying the data disk"
-  cp --sparse=always "$DATA/disk.qcow2" "$w/disk.qcow2" || { fail_rest virtnbdbackup "copying the disk failed" "${ALL_METRICS[@]}"; return; }
-  if ! define_domain "$w" "$w/disk.qcow2"; then
-    fail_rest virtnbdbackup "virsh define failed: $(tail -n 3 "$LOGS/libvirtd.log")" "${ALL_METRICS[@]}"
-    return
-  fi
-  log "virtnbdbackup: booting the guest (libvirt domain type qemu, TCG)"
-  local t0=$SECONDS
-  if ! timeout 120 "${VIRSH[@]}" start "$DOMAIN" >"$LOGS/virtnbdbackup-start.out" 2>&1; then
-    fail_rest virtnbdbackup "virsh start failed: $(tail -n 5 "$LOGS/virtnbdbackup-start.out")" "${ALL_METRICS[@]}"
-    remove_domain
-    return
-  fi
-  if ! node "$AGENT" ping "virsh:$DOMAIN" "$BOOT_TIMEOUT" 2>"$LOGS/virtnbdbackup-boot.err"; then
-    fail_rest virtnbdbackup "guest did not boot: $(cat "$LOGS/virtnbdbackup-boot.err"; tail -n 5 "$w/console.log" 2>/dev/null)" "${ALL_METRICS[@]}"
-    remove_domain
-    return
-  fi
-  record virtnbdbackup boot ok "$((SECONDS - t0))" '' '' ''
-  log "virtnbdbackup: guest agent up after $((SECONDS - t0)) s"
-  cat "$w/disk.qcow2" >/dev/null
+  mkdir -p "$w/scratch" && chmod 755 "$WORK" "$w" "$w/scratch"
+  copy_disk virtnbdbackup "$w" || return
+  boot_domain virtnbdbackup "$w" || return
 
-  local VNB=(virtnbdbackup -d "$DOMAIN" -o "$backup" -S "$w/scratch" -f "$w/nbd.sock" -n)
+  # QEMU itself binds the NBD socket: under a libvirtd already running it may not be root, so the
+  # socket goes into a folder anyone can write to (sticky, as /tmp).
+  mkdir -p "$w/sock" && chmod 1777 "$w/sock"
+  local VNB=(virtnbdbackup -d "$DOMAIN" -o "$backup" -S "$w/scratch" -f "$w/sock/nbd.sock" -n)
   # shellcheck disable=SC2206
   VNB+=($VNB_ARGS)
   rm -rf "$backup"
@@ -528,11 +594,7 @@ bench_virtnbdbackup() {
   record virtnbdbackup boot_files ok "$(find "$backup" -maxdepth 1 -type f \( -name 'vmlinuz.*' -o -name 'initrd.gz.*' \) -printf '%s\n' | awk '{s += $1} END {print s + 0}')" '' '' ''
   log "virtnbdbackup: stopping the guest"
   remove_domain
-
-  rm -rf "$w/restore"
-  timed virtnbdbackup restore virtnbdrestore -i "$backup" -o "$w/restore" -f "$w/nbd-restore.sock" -n -L "$LOGS/virtnbdrestore.log"
-  if ((LAST_OK)); then verify_restore virtnbdbackup "$w/restore"; else record virtnbdbackup verify skipped '' '' '' 'restore failed'; fi
-  rm -rf "$w/restore"
+  restore_and_verify virtnbdbackup "$w" virtnbdrestore -i "$backup" -o "$w/restore" -f "$w/nbd-restore.sock" -n -L "$LOGS/virtnbdrestore.log"
 }
 
 # -------------------------------------------------------------------------------------------- meta
@@ -587,7 +649,7 @@ main() {
     flock 9
   fi
   rm -rf "$LOGS" "$WORK"
-  mkdir -p "$LOGS" "$WORK/bulwark" "$WORK/virtnbdbackup"
+  mkdir -p "$LOGS" "$WORK/bulwark" "$WORK/bulwark-libvirt" "$WORK/virtnbdbackup"
   local t0=$SECONDS
   LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
   IDLE_START=$(idle_pct)
@@ -609,8 +671,9 @@ main() {
   for tool in $TOOLS; do
     case $tool in
       bulwark) bench_bulwark ;;
+      bulwark-libvirt) bench_bulwark_libvirt ;;
       virtnbdbackup) bench_virtnbdbackup ;;
-      *) log "unknown tool $tool (bulwark, virtnbdbackup)" ;;
+      *) log "unknown tool $tool (bulwark, bulwark-libvirt, virtnbdbackup)" ;;
     esac
   done
   cleanup
@@ -624,7 +687,7 @@ main() {
   else
     log "kept the disks, repository and backup folder in $WORK"
   fi
-  if awk -F'\t' '$3 == "FAIL" || ($1 == "bulwark" && $3 == "FAILED") {bad = 1} END {exit !bad}' "$RESULTS"; then
+  if awk -F'\t' '$3 == "FAIL" || (($1 == "bulwark" || $1 == "bulwark-libvirt") && $3 == "FAILED") {bad = 1} END {exit !bad}' "$RESULTS"; then
     log "exit 1: a restore verification failed or a Bulwark step failed (see the table)"
     return 1
   fi

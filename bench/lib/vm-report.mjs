@@ -19,7 +19,9 @@ for (const line of readFileSync(join(dir, 'meta.txt'), 'utf8').split('\n')) {
   const i = line.indexOf('=');
   if (i > 0) meta[line.slice(0, i)] = line.slice(i + 1);
 }
-const TOOLS = ['bulwark', 'virtnbdbackup'];
+const TOOLS = ['bulwark', 'bulwark-libvirt', 'virtnbdbackup'];
+// Bulwark's output has no copies of the guest's kernel and initrd (virtnbdbackup's has).
+const isBulwark = (t) => t === 'bulwark' || t === 'bulwark-libvirt';
 const ran = (meta.TOOLS ?? TOOLS.join(' ')).split(/\s+/).filter(Boolean);
 
 const results = {};
@@ -101,10 +103,10 @@ const rows = [
   }],
   ['output growth by incremental (MiB)', growth],
   ['output size after incremental (MiB)', (t) => cell(t, 'size_inc', MiB)],
-  ['… of which copies of the guest kernel + initrd (MiB)', (t) => (t === 'bulwark' && ran.includes(t) ? { num: 0 } : cell(t, 'boot_files', MiB))],
+  ['… of which copies of the guest kernel + initrd (MiB)', (t) => (isBulwark(t) && ran.includes(t) ? { num: 0 } : cell(t, 'boot_files', MiB))],
   ['output size after incremental without those (MiB)', (t) => {
     const a = cell(t, 'size_inc', MiB);
-    if (a.num === undefined || t === 'bulwark') return a;
+    if (a.num === undefined || isBulwark(t)) return a;
     const b = cell(t, 'boot_files', MiB);
     return b.num === undefined ? b : { num: a.num - b.num };
   }],
@@ -115,7 +117,7 @@ const rows = [
 ];
 
 const L = [];
-L.push(`# Bulwark vs virtnbdbackup, live VM — ${meta.DATE ?? ''}`);
+L.push(`# Bulwark (plain QEMU and libvirt) vs virtnbdbackup, live VM — ${meta.DATE ?? ''}`);
 L.push('');
 L.push(
   `Machine: ${meta.CPU} (${meta.NPROC} cores), ${meta.RAM_GIB} GiB RAM, ${meta.OS}, kernel ${meta.KERNEL}; QEMU ${meta.QEMU_VERSION} under TCG (no KVM). ` +
@@ -126,20 +128,22 @@ L.push(
   `Guest: test/guest (busybox + qemu-ga, writer off), 1 vCPU, ${meta.MEM_MIB} MiB, TCG. Data disk: ${meta.DISK_MIB} MiB qcow2 ext4 (virtio-blk) holding ` +
     `${meta.FILES_MIB} MiB in ${meta.FILES} real files (mkfs.ext4 -d), mounted on /data; each tool gets its own copy of it. ` +
     `Between full and incremental the guest writes ${meta.WRITE_MIB} MiB of /dev/urandom to a new file and syncs (guest-exec). ` +
-    `Bulwark: plain QEMU (QMP + agent sockets), default settings (encrypted, zstd). virtnbdbackup: libvirt domain, stream format, ${meta.VNB_ARGS ? `extra args \`${meta.VNB_ARGS}\`` : 'default settings (no compression, no encryption)'}. ` +
-    `Both freeze the guest's file system through the agent. The guest is stopped before the restore. Restores: Bulwark \`restore vm latest\` (raw image), virtnbdrestore (qcow2). ` +
+    `bulwark: Bulwark on plain QEMU (QMP + agent sockets); bulwark-libvirt: Bulwark on a libvirt domain through its libvirt driver (\`--connect qemu:///system\`, the same domain definition as virtnbdbackup's); both with default settings (encrypted, zstd). ` +
+    `virtnbdbackup: libvirt domain, stream format, ${meta.VNB_ARGS ? `extra args \`${meta.VNB_ARGS}\`` : 'default settings (no compression, no encryption)'}. ` +
+    `All three freeze the guest's file system through the agent. The guest is stopped before the restore. Restores: Bulwark \`restore vm latest\` (raw image), virtnbdrestore (qcow2). ` +
     `Times and peak RSS from \`/usr/bin/time\` around the tool's own command (QEMU's and libvirtd's work is not in them; RSS is the largest single process). ` +
-    `MiB = 2^20 bytes; output size = \`du -sb\` of Bulwark's repository / virtnbdbackup's backup folder. Ratio = virtnbdbackup ÷ bulwark (above 1× = Bulwark faster/smaller/leaner).`,
+    `MiB = 2^20 bytes; output size = \`du -sb\` of each Bulwark repository / virtnbdbackup's backup folder. Ratios = virtnbdbackup ÷ bulwark and virtnbdbackup ÷ bulwark-libvirt (above 1× = that Bulwark faster/smaller/leaner).`,
 );
 L.push('');
 L.push(`CPU idle just before the run: ${meta.IDLE_START} %; load average at start ${meta.LOAD_START}, at end ${meta.LOAD_END ?? '?'}. Run took ${meta.TOTAL_SECONDS ?? '?'} s.`);
 L.push('');
-L.push('| measure | bulwark | virtnbdbackup | ratio (virtnbdbackup ÷ bulwark) |');
-L.push('| --- | ---: | ---: | ---: |');
+L.push('| measure | bulwark | bulwark-libvirt | virtnbdbackup | ratio (virtnbdbackup ÷ bulwark) | ratio (virtnbdbackup ÷ bulwark-libvirt) |');
+L.push('| --- | ---: | ---: | ---: | ---: | ---: |');
 for (const [label, f] of rows) {
   const b = f('bulwark');
+  const bl = f('bulwark-libvirt');
   const v = f('virtnbdbackup');
-  L.push(`| ${label} | ${show(b)} | ${show(v)} | ${ratio(b, v)} |`);
+  L.push(`| ${label} | ${show(b)} | ${show(bl)} | ${show(v)} | ${ratio(b, v)} | ${ratio(bl, v)} |`);
 }
 const boot = (t) => get(t, 'boot');
 const wr = (t) => get(t, 'guest_write');

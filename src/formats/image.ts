@@ -61,11 +61,16 @@ export class RawImage implements DiskImage {
 /** Reads exactly `length` bytes at `offset` of a container file, or fails naming what was being read. */
 export async function readExactly(fh: fsp.FileHandle, length: number, offset: number, what: string, file: string): Promise<Buffer> {
   const buf = Buffer.alloc(length);
+  await readInto(fh, buf, offset, what, file);
+  return buf;
+}
+
+/** Reads exactly `out.length` bytes at `offset` into `out`, or fails naming what was being read. */
+export async function readInto(fh: fsp.FileHandle, out: Buffer, offset: number, what: string, file: string): Promise<void> {
   let done = 0;
-  while (done < length) {
-    const { bytesRead } = await fh.read(buf, done, length - done, offset + done);
+  while (done < out.length) {
+    const { bytesRead } = await fh.read(out, done, out.length - done, offset + done);
     if (bytesRead === 0) throw new BulwarkError('failed', `'${file}' is damaged: its ${what} at offset ${offset} runs past the end of the file`);
     done += bytesRead;
   }
-  return buf;
 }

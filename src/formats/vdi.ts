@@ -4,7 +4,7 @@
 // never written (zeros), 0xfffffffe for a block written as zeros. Little-endian throughout.
 import { promises as fsp } from 'node:fs';
 import { BulwarkError } from '../util/errors.js';
-import { readExactly, type DiskImage } from './image.js';
+import { readExactly, readInto, type DiskImage } from './image.js';
 
 const SIGNATURE = 0xbeda107f;
 const UNALLOCATED = 0xffffffff;
@@ -83,8 +83,7 @@ export class VdiImage implements DiskImage {
       const n = Math.min(end - pos, this.blockSize - within);
       const at = this.host(b);
       if (at !== undefined) {
-        const part = await readExactly(this.fh, n, at + within, `block ${b}`, this.file);
-        part.copy(buf, pos - offset);
+        await readInto(this.fh, buf.subarray(pos - offset, pos - offset + n), at + within, `block ${b}`, this.file);
         this.dataBytesRead += n;
       }
       pos += n;

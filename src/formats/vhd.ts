@@ -6,7 +6,7 @@
 // read here).
 import { promises as fsp } from 'node:fs';
 import { BulwarkError } from '../util/errors.js';
-import { readExactly, type DiskImage } from './image.js';
+import { readExactly, readInto, type DiskImage } from './image.js';
 
 const UNALLOCATED = 0xffffffff;
 const MAX_SIZE = 2 ** 56;
@@ -108,7 +108,7 @@ export class VhdImage implements DiskImage {
     const end = Math.min(this.size, offset + buf.length);
     if (!this.dynamic) {
       if (end > offset) {
-        (await readExactly(this.fh, end - offset, offset, 'data', this.file)).copy(buf);
+        await readInto(this.fh, buf.subarray(0, end - offset), offset, 'data', this.file);
         this.dataBytesRead += end - offset;
       }
       return;
@@ -120,7 +120,7 @@ export class VhdImage implements DiskImage {
       const n = Math.min(end - pos, bs - within);
       const at = this.host(b);
       if (at !== undefined && (await this.written(b, at, within, within + n))) {
-        (await readExactly(this.fh, n, at + within, `block ${b}`, this.file)).copy(buf, pos - offset);
+        await readInto(this.fh, buf.subarray(pos - offset, pos - offset + n), at + within, `block ${b}`, this.file);
         this.dataBytesRead += n;
       }
       pos += n;

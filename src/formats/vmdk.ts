@@ -8,7 +8,7 @@ import { promises as fsp } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
 import { inflateSync } from 'node:zlib';
 import { BulwarkError } from '../util/errors.js';
-import { readExactly, type DiskImage } from './image.js';
+import { readExactly, readInto, type DiskImage } from './image.js';
 
 const SPARSE_MAGIC = 0x564d444b; // 'KDMV' little-endian
 const GD_AT_END = 0xffffffffffffffffn;
@@ -148,13 +148,26 @@ class SparseExtent implements Extent {
     for (let pos = offset; pos < end; ) {
       const g = Math.floor(pos / this.grainBytes);
       const within = pos - g * this.grainBytes;
-      const n = Math.min(end - pos, this.grainBytes - within);
       const e = await this.gte(g);
-      if (this.isData(e)) {
-        const grain = await this.grain(e);
-        grain.copy(buf, pos - offset, within, within + n);
-        counted += n;
+      if (!this.isData(e)) {
+        pos += Math.min(end - pos, this.grainBytes - within);
+        continue;
       }
+      if (this.flags & FLAG_COMPRESSED) {
+        const n = Math.min(end - pos, this.grainBytes - within);
+        (await this.grain(e)).copy(buf, pos - offset, within, within + n);
+        counted += n;
+        pos += n;
+        continue;
+      }
+      // Uncompressed grains that follow each other in the file are read in one go.
+      let last = g;
+      while ((last + 1) * this.grainBytes < end && (await this.gte(last + 1)) === e + ((last + 1 - g) * this.grainBytes) / 512) last++;
+      const n = Math.min(end, (last + 1) * this.grainBytes) - pos;
+      const at = e * 512 + within;
+      if (at + n > this.fileSize) throw this.damaged(`a grain pointer (sector ${e}) is past the end of the file`);
+      await readInto(this.fh, buf.subarray(pos - offset, pos - offset + n), at, `grains from sector ${e}`, this.file);
+      counted += n;
       pos += n;
     }
     return counted;

@@ -253,10 +253,26 @@ export class Qcow2Image implements DiskImage {
     for (let pos = offset; pos < end; ) {
       const c = Math.floor(pos / this.clusterSize);
       const cStart = c * this.clusterSize;
-      const upto = Math.min(end, cStart + this.clusterSize);
-      await this.readCluster(c, buf.subarray(pos - offset, upto - offset), pos - cStart);
+      let upto = Math.min(end, cStart + this.clusterSize);
+      const host = this.extL2 ? undefined : await this.plainHost(c);
+      if (host === undefined) {
+        await this.readCluster(c, buf.subarray(pos - offset, upto - offset), pos - cStart);
+      } else {
+        // Clusters whose data follow each other in the file are read in one go.
+        let last = c;
+        while ((last + 1) * this.clusterSize < end && (await this.plainHost(last + 1)) === host + (last + 1 - c) * this.clusterSize) last++;
+        upto = Math.min(end, (last + 1) * this.clusterSize);
+        await this.readHost(host + (pos - cStart), buf.subarray(pos - offset, upto - offset));
+      }
       pos = upto;
     }
+  }
+
+  /** The host offset of cluster `c` when it is plain data (not compressed, zero or unallocated). */
+  private async plainHost(c: number): Promise<number | undefined> {
+    const { e } = await this.entry(c);
+    if (e & COMPRESSED || (this.header.version === 3 && e & ZERO) || !this.allocated(e)) return undefined;
+    return Number(e & OFFSET_MASK);
   }
 
   /** Fills `out` with cluster `c`'s bytes from `within` on. */
