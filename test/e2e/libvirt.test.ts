@@ -88,6 +88,23 @@ describe('libvirt domains', () => {
     const list = jsonResult<{ name: string; status: string; disks: { name: string; format: string }[]; agent: { state: string } }[]>(await runCli(['vm', 'list', '--connect', 'qemu:///system', '--json'], { env }));
     expect(list.find((v) => v.name === DOMAIN)).toMatchObject({ status: 'running', disks: [{ name: 'vda', format: 'qcow2' }], agent: { state: 'responding' } });
 
+    // doctor: the libvirt rule for scratch space is the disks' whole size (128 MiB here).
+    const small = `${tmp.path}/doctor-small`;
+    await mkdir(small);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', small]);
+    let found;
+    try {
+      found = await runCli(['doctor', DOMAIN, '--connect', 'qemu:///system', '--scratch-dir', small, '--json'], { env });
+    } finally {
+      execFileSync('umount', ['-l', small]);
+    }
+    expect(found.code).toBe(1);
+    expect(jsonResult<{ findings: { severity: string; check: string; message: string }[] }>(found).findings).toContainEqual(
+      expect.objectContaining({ check: 'scratch', severity: 'error', message: expect.stringMatching(/0\.1 GiB needed \(a libvirt backup reserves the disks' whole size/) }),
+    );
+    const ok = await runCli(['doctor', DOMAIN, '--connect', 'qemu:///system', '--scratch-dir', scratch], { env });
+    expect(ok.code, ok.stdout + ok.stderr).toBe(0);
+
     await new Promise((r) => setTimeout(r, 3000));
     const r = await backup();
     expect(r.code, JSON.stringify(r.result) + r.stderr).toBe(0);
