@@ -11,7 +11,7 @@ import { promises as fsp } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { inflateRawSync } from 'node:zlib';
 import { BulwarkError } from '../../util/errors.js';
-import { RawImage, readExactly, type DiskImage } from '../image.js';
+import { RawImage, readExactly, readInto, type DiskImage } from '../image.js';
 import { decompressZstdCluster } from './zstd.js';
 
 const MAGIC = 0x514649fb;
@@ -315,13 +315,8 @@ export class Qcow2Image implements DiskImage {
       if (!this.data) throw this.bad(`a cluster pointer (${at}) is past the end of the file`);
     }
     const n = Math.min(out.length, src.size - at);
-    let done = 0;
-    while (done < n) {
-      const { bytesRead } = await src.fh.read(out, done, n - done, at + done);
-      if (bytesRead === 0) throw this.bad(`a cluster at ${at} could not be read whole`);
-      done += bytesRead;
-    }
-    this.ownData += done;
+    await readInto(src.fh, out.subarray(0, n), at, 'cluster', src.file);
+    this.ownData += n;
   }
 
   private async compressedCluster(e: bigint): Promise<Buffer> {

@@ -3,6 +3,7 @@
 // query-chardev gives that chardev's socket. Only a unix socket that QEMU listens on can be used
 // by us; any other backend (a pty, a socket QEMU connects out to) is reported, not guessed at.
 import type { QmpClient } from '../../protocols/qmp/client.js';
+import { optional } from './inspect.js';
 
 export const AGENT_PORT_NAME = 'org.qemu.guest_agent.0';
 
@@ -14,14 +15,6 @@ export function listeningUnixPath(filename: string): string | undefined {
   const m = /^(?:disconnected:)?unix:([^,]+)((?:,[^,]*)*)$/.exec(filename.split(' <-> ')[0]!.trim());
   if (!m || !/(^|,)server(=on)?(,|$)/.test(m[2]!.slice(1))) return undefined;
   return m[1];
-}
-
-async function optional<T>(p: Promise<T>): Promise<T | undefined> {
-  try {
-    return await p;
-  } catch {
-    return undefined;
-  }
 }
 
 export async function findAgentSocket(qmp: QmpClient): Promise<AgentSocket> {

@@ -54,7 +54,8 @@ export function disksOfGraph(graph: BlockGraph, isOurs: (node: string) => boolea
   return disks;
 }
 
-async function optional<T>(p: Promise<T>): Promise<T | undefined> {
+/** A QMP answer that may legitimately be missing (an older QEMU, a device without the property). */
+export async function optional<T>(p: Promise<T>): Promise<T | undefined> {
   try {
     return await p;
   } catch {
