@@ -8,16 +8,15 @@
 // file's size before it is read, sizes are bounded (L1 ≤ 32 MiB as QEMU allows, virtual size ≤ 2^56),
 // a backing chain may not loop and is at most 32 images deep.
 import { promises as fsp } from 'node:fs';
-import { dirname, isAbsolute, resolve } from 'node:path';
 import { inflateRawSync } from 'node:zlib';
 import { BulwarkError } from '../../util/errors.js';
+import { enterChain, resolveNear } from '../chain.js';
 import { RawImage, readExactly, readInto, type DiskImage } from '../image.js';
 import { decompressZstdCluster } from './zstd.js';
 
 const MAGIC = 0x514649fb;
 const MAX_L1_BYTES = 32 * 1024 * 1024;
 const MAX_SIZE = 2 ** 56;
-const MAX_CHAIN = 32;
 const L2_CACHE_BYTES = 8 * 1024 * 1024;
 const OFFSET_MASK = 0x00fffffffffffe00n;
 const COMPRESSED = 1n << 62n;
@@ -104,12 +103,6 @@ export function parseHeader(head: Buffer, fileSize: number, file: string): Qcow2
   return h;
 }
 
-function resolveNear(file: string, name: string): string {
-  if (name.includes('\0')) throw new BulwarkError('failed', `'${file}' names a file with a NUL byte`);
-  if (/^[a-z]+:/i.test(name) && !name.startsWith('file:')) throw new BulwarkError('failed', `'${file}' refers to '${name}', which is not a local file`);
-  const plain = name.replace(/^file:/, '');
-  return isAbsolute(plain) ? plain : resolve(dirname(file), plain);
-}
 
 export class Qcow2Image implements DiskImage {
   readonly format = 'qcow2';
@@ -143,11 +136,7 @@ export class Qcow2Image implements DiskImage {
 
   /** Opens `file` and its backing chain. `seen`: the chain so far, to refuse loops. */
   static async open(file: string, seen: string[] = []): Promise<Qcow2Image> {
-    const real = await fsp.realpath(file).catch((err: unknown) => {
-      throw new BulwarkError('not-found', seen.length ? `the backing file '${file}' of '${seen[seen.length - 1]}' cannot be opened: ${(err as Error).message}` : `cannot open '${file}': ${(err as Error).message}`, { cause: err });
-    });
-    if (seen.includes(real)) throw new BulwarkError('failed', `the backing chain of '${seen[0]}' loops: ${[...seen, real].join(' → ')}`);
-    if (seen.length >= MAX_CHAIN) throw new BulwarkError('failed', `the backing chain of '${seen[0]}' is more than ${MAX_CHAIN} images deep`);
+    const real = await enterChain(file, seen);
     const fh = await fsp.open(real, 'r');
     const opened: { close(): Promise<void> }[] = [fh];
     try {
