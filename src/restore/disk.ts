@@ -1,9 +1,12 @@
-// Whole-disk restore from a fixed index: the output file is created at full size first (sparse), then
-// only non-hole blocks are written, so holes in the backup stay holes on disk.
+// Whole-disk restore from a fixed index: only non-hole blocks are written, so holes in the backup stay
+// holes. Raw: the file is created at full size first (sparse) and zero pages are skipped. qcow2: written
+// by Bulwark's own streaming writer, zero clusters left unallocated. Other formats: qemu-img converts a
+// raw restore.
 import { execFile } from 'node:child_process';
 import { constants, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { Qcow2Writer } from '../formats/qcow2/writer.js';
 import { decodePage } from '../repository/fixed-index.js';
 import type { Repository } from '../repository/repository.js';
 import type { DiskRecord } from '../repository/snapshot.js';
@@ -46,11 +49,10 @@ async function* dataBlocks(repo: Pick<Repository, 'loadBlob'>, disk: DiskRecord)
   }
 }
 
-/** Formats a disk can be restored as: raw written directly, the others converted from it by qemu-img. */
+/** Formats a disk can be restored as: raw and qcow2 written directly, the others converted from raw by qemu-img. */
 export const RESTORE_FORMATS = ['raw', 'qcow2', 'vmdk', 'vhdx', 'vdi', 'vhd'] as const;
 export type RestoreFormat = (typeof RESTORE_FORMATS)[number];
-const QEMU_IMG_FORMAT: Record<Exclude<RestoreFormat, 'raw'>, string[]> = {
-  qcow2: ['qcow2'],
+const QEMU_IMG_FORMAT: Record<Exclude<RestoreFormat, 'raw' | 'qcow2'>, string[]> = {
   // streamOptimized would do for archiving; monolithicSparse is what VMware Workstation opens and writes.
   vmdk: ['vmdk', '-o', 'subformat=monolithicSparse'],
   vhdx: ['vhdx', '-o', 'subformat=dynamic'],
@@ -59,11 +61,53 @@ const QEMU_IMG_FORMAT: Record<Exclude<RestoreFormat, 'raw'>, string[]> = {
   vhd: ['vpc', '-o', 'subformat=dynamic,force_size=on'],
 };
 
+/** Where restored blocks go: blocks arrive in ascending order; write returns the bytes actually stored. */
+interface DiskSink {
+  write(data: Buffer, offset: number): Promise<number>;
+  /** Everything on disk (synced) and the file closed. */
+  finish(): Promise<void>;
+  abort(): Promise<void>;
+}
+
+/** Creates `path` exclusively (never through a symlink), mode 0600, as a raw or qcow2 disk of `size` bytes. */
+async function openSink(format: 'raw' | 'qcow2', path: string, size: number): Promise<DiskSink> {
+  if (format === 'qcow2') {
+    const w = await Qcow2Writer.create(path, size);
+    return {
+      async write(data, offset) {
+        const before = w.dataBytes;
+        await w.write(offset, data);
+        return w.dataBytes - before;
+      },
+      finish: () => w.close(),
+      abort: () => w.abort(),
+    };
+  }
+  const fh = await fsp.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  try {
+    await fh.truncate(size);
+  } catch (err) {
+    await fh.close().catch(() => undefined);
+    throw err;
+  }
+  return {
+    write: (data, offset) => writeSparse(fh, data, offset),
+    async finish() {
+      await fh.sync();
+      await fh.close();
+    },
+    abort: () => fh.close(),
+  };
+}
+
 export async function restoreDisk(repo: Pick<Repository, 'loadBlob'>, disk: DiskRecord, opts: DiskRestoreOptions): Promise<DiskRestoreResult> {
   const name = safeDiskName(disk.name);
   const rawPath = join(opts.targetDir, `${name}.raw`);
   const finalPath = join(opts.targetDir, `${name}.${opts.format}`);
-  for (const p of new Set([rawPath, finalPath])) {
+  const direct = opts.format === 'raw' || opts.format === 'qcow2';
+  // The file the blocks are written to: the restored disk itself, or the raw image qemu-img converts.
+  const writtenPath = direct ? finalPath : rawPath;
+  for (const p of new Set([writtenPath, finalPath])) {
     if (await fsp.lstat(p).then(() => true, () => false)) {
       throw new BulwarkError('failed', `'${p}' already exists; restore never overwrites a disk`, { hint: 'move it away or choose another --target' });
     }
@@ -73,31 +117,29 @@ export async function restoreDisk(repo: Pick<Repository, 'loadBlob'>, disk: Disk
   let bytesWritten = 0;
   // Written under a temporary name and renamed when complete: a failed restore must not leave a file
   // that looks like a restored disk. The partial file stays (a disk may be worth salvaging) and is named.
-  const partialPath = `${rawPath}.partial`;
+  const partialPath = `${writtenPath}.partial`;
   await fsp.unlink(partialPath).catch(() => undefined);
-  const fh = await fsp.open(partialPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600).catch((err: unknown) => {
+  const sink = await openSink(opts.format === 'qcow2' ? 'qcow2' : 'raw', partialPath, disk.size).catch((err: unknown) => {
     throw unable('create', 'disk file', partialPath, err);
   });
   try {
-    await fh.truncate(disk.size);
     // The block list is read page by page as the writer advances; blobs are prefetched ahead of it.
     for await (const { index, data } of orderedMap(dataBlocks(repo, disk), opts.prefetch ?? 8, async (b) => ({ index: b.index, data: await repo.loadBlob('data', b.id) }))) {
-      bytesWritten += await writeSparse(fh, data, index * disk.blockSize);
+      bytesWritten += await sink.write(data, index * disk.blockSize);
       progress.bytesDone = index * disk.blockSize + data.length;
       opts.onProgress?.(progress);
     }
-    await fh.sync();
+    await sink.finish();
   } catch (err) {
-    await fh.close().catch(() => undefined);
+    await sink.abort().catch(() => undefined);
     const reason = err instanceof Error ? err.message : String(err);
     throw new BulwarkError(err instanceof BulwarkError ? err.code : 'failed', `restore of disk '${name}' failed: ${reason}; the incomplete image was left as '${partialPath}'`, {
       hint: err instanceof BulwarkError && err.hint ? err.hint : 'it is not a usable disk; remove it once you no longer need it',
       cause: err,
     });
   }
-  await fh.close();
-  await fsp.rename(partialPath, rawPath);
-  if (opts.format !== 'raw') {
+  await fsp.rename(partialPath, writtenPath);
+  if (opts.format !== 'raw' && opts.format !== 'qcow2') {
     const [fmt, ...o] = QEMU_IMG_FORMAT[opts.format];
     try {
       await run('qemu-img', ['convert', '-f', 'raw', '-O', fmt!, ...o, rawPath, finalPath]);

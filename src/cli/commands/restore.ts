@@ -60,7 +60,7 @@ export function register(program: Command): void {
     .command('vm')
     .description('restore whole disks of a VM or disk snapshot as <dir>/<disk>.<format> (takes --target, --host, --tag, --source)')
     .argument('<snapshot>', "snapshot id, unique prefix, or 'latest'")
-    .option('--format <format>', 'raw, or (converted by qemu-img) qcow2, vmdk, vhdx, vdi, vhd', 'raw')
+    .option('--format <format>', 'raw or qcow2 (written by Bulwark itself), or (converted by qemu-img) vmdk, vhdx, vdi, vhd', 'raw')
     .option('--disk <name>', 'only this disk (repeatable)', collect, [])
     .option('--define', "VM snapshots: a libvirt domain is defined again on the restored disks (not started); a QEMU VM gets <dir>/<vm>.qemu.sh, a QEMU command line with the recorded machine")
     .option('--print-xml', 'libvirt domains: write the restored domain\'s XML to <dir>/<name>.xml and show it, without defining it')
