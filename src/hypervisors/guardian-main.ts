@@ -14,7 +14,7 @@
 // QEMU is reached through the QMP connection inherited as fd 3, libvirt through a connection of its own.
 import { Socket } from 'node:net';
 import { createInterface } from 'node:readline';
-import { Libvirt, uuidBytes, type Domain } from '../protocols/libvirt/remote.js';
+import { DomainState, Libvirt, uuidBytes, type Domain } from '../protocols/libvirt/remote.js';
 import { QgaClient } from '../protocols/qga/client.js';
 import { QmpClient } from '../protocols/qmp/client.js';
 import { BulwarkError } from '../util/errors.js';
@@ -204,9 +204,25 @@ class LibvirtBackend implements Backend {
 
   async takeOver(last: GuardianPhase): Promise<void> {
     const { lv, dom } = await this.vm();
-    if (last === 'paused' && (await lv.state(dom)).state === 3) {
+    const state = async (): Promise<number> => (await lv.state(dom)).state;
+    if (last === 'paused' && (await state()) === DomainState.paused) {
       await lv.resume(dom);
       log('resumed the VM (its vCPUs were paused for the point in time)');
+    }
+    if (last === 'stopping') {
+      const end = Date.now() + config.stopTimeoutMs;
+      while ((await state()) !== DomainState.shutoff && Date.now() < end) await sleep(500);
+    }
+    if (last === 'stopping' || last === 'down') {
+      // --mode stop: the domain is shut off, or was started paused for the point in time.
+      const s = await state();
+      if (s === DomainState.shutoff) {
+        await lv.start(dom);
+        log('started the VM again (it was shut down for the backup)');
+      } else if (s === DomainState.paused) {
+        await lv.resume(dom);
+        log('resumed the VM (it was started paused for the point in time after its shutdown)');
+      } else if (last === 'stopping') log(`the guest did not finish shutting down within ${Math.round(config.stopTimeoutMs / 1000)} s; it was left as it is`);
     }
     if (await lv.jobType(dom).catch(() => 0)) {
       const ours = await lv.backupXml(dom).then((x) => backupExports(x).socket?.startsWith(this.t.jobDir), () => false);

@@ -3,6 +3,8 @@
 //
 //   --connect qmp:/run/qemu/web01.qmp[,qga=/run/qemu/web01.qga|off][,name=web01][,hooks=/etc/qemu/fsfreeze-hook]
 //   --connect qemu:///system[,hooks=…][,qga=off]     (also qemu:///session, qemu+unix:///system?socket=PATH)
+//   --connect dir:/srv/vms/web01            (a VirtualBox, VMware Workstation or Hyper-V machine folder,
+//                                            read offline; or a folder of them)
 //   --connect file:/etc/bulwark/vms.json     (also the default when it exists, or BULWARK_VMS)
 //
 // Without qga=, the guest agent's socket is asked of QEMU (the org.qemu.guest_agent.0 port's
@@ -36,20 +38,30 @@ export interface LibvirtEndpoint extends EndpointCommon {
   libvirt: { uri: string; domain?: string };
 }
 
-export type VmEndpoint = QmpEndpoint | LibvirtEndpoint;
+/** A VirtualBox, VMware Workstation or Hyper-V machine folder, read offline (or a folder of them). */
+export interface FolderEndpoint extends EndpointCommon {
+  dir: string;
+}
+
+export type VmEndpoint = QmpEndpoint | LibvirtEndpoint | FolderEndpoint;
 
 export function isLibvirt(e: VmEndpoint): e is LibvirtEndpoint {
   return 'libvirt' in e;
 }
 
+export function isFolder(e: VmEndpoint): e is FolderEndpoint {
+  return 'dir' in e;
+}
+
 /** What the endpoint addresses, for messages and the restore point: a socket path, or URI#domain. */
 export function addressOf(e: VmEndpoint): string {
+  if (isFolder(e)) return `dir:${e.dir}`;
   return isLibvirt(e) ? `${e.libvirt.uri}${e.libvirt.domain ? `#${e.libvirt.domain}` : ''}` : e.qmp;
 }
 
 /** The endpoint as a person would call it. */
 export function labelOf(e: VmEndpoint): string {
-  return e.name ?? (isLibvirt(e) ? (e.libvirt.domain ?? e.libvirt.uri) : e.qmp);
+  return e.name ?? (isFolder(e) ? e.dir : isLibvirt(e) ? (e.libvirt.domain ?? e.libvirt.uri) : e.qmp);
 }
 
 const LIBVIRT_URI = /^qemu(\+unix)?:\/\/\/(system|session)(\?[^,]*)?$/;
@@ -78,9 +90,14 @@ function libvirtEndpoint(spec: string): LibvirtEndpoint {
 
 export function parseConnect(spec: string): { endpoint?: VmEndpoint; file?: string } {
   if (spec.startsWith('file:')) return { file: spec.slice('file:'.length) };
+  if (spec.startsWith('dir:')) {
+    const dir = spec.slice('dir:'.length);
+    if (!isAbsolute(dir) || dir.includes(',')) throw new BulwarkError('usage', `--connect '${spec}' needs an absolute folder path`, { hint: 'dir:/srv/vms/web01 (a VirtualBox, VMware Workstation or Hyper-V machine folder, or a folder of them)' });
+    return { endpoint: { dir } };
+  }
   if (/^qemu(\+[a-z]+)?:/.test(spec)) return { endpoint: libvirtEndpoint(spec) };
   if (!spec.startsWith('qmp:')) {
-    throw new BulwarkError('usage', `unknown --connect '${spec}'`, { hint: 'use qmp:/path/to/qmp.sock[,qga=/path/to/qga.sock][,name=NAME], qemu:///system (libvirt) or file:/path/to/vms.json' });
+    throw new BulwarkError('usage', `unknown --connect '${spec}'`, { hint: 'use qmp:/path/to/qmp.sock[,qga=/path/to/qga.sock][,name=NAME], qemu:///system (libvirt), dir:/path/to/machine-folder or file:/path/to/vms.json' });
   }
   const [first, ...rest] = spec.slice('qmp:'.length).split(',');
   const endpoint: QmpEndpoint = { qmp: socketPath(first ?? '', 'QMP', spec) };

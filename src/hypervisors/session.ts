@@ -7,6 +7,7 @@
 //   open → cleanupLeftovers → inspect → dropStaleBitmaps → preparePoint → guard
 //   → [freeze through agent()] → pause? → point.take → resume? → [thaw] (or shutdown → take → start)
 //   → point.export → point.finish(ok) → close
+import type { DiskImage } from '../formats/image.js';
 import type { VmConfig } from '../repository/snapshot.js';
 import type { VmEndpoint } from './registry.js';
 
@@ -41,11 +42,22 @@ export interface GuestAgent {
   thaw(): Promise<number>;
 }
 
-/** A VM's disks exported at the point in time. */
-export interface PointExport {
+/** A running VM's disks exported at the point in time, over NBD. */
+export interface NbdPointExport {
   /** Unix socket of the NBD server that serves them. */
   socket: string;
   disks: { name: string; exportName: string; dirtyContext?: string }[];
+}
+
+/** A stopped VM's disks, read where they lie through the format readers (formats/). */
+export interface ImagePointExport {
+  images: { name: string; open(): Promise<DiskImage> }[];
+}
+
+export type PointExport = NbdPointExport | ImagePointExport;
+
+export function isImageExport(e: PointExport): e is ImagePointExport {
+  return 'images' in e;
 }
 
 /** The point-in-time image of a VM's disks: prepared before the freeze, taken inside it. */
@@ -56,6 +68,11 @@ export interface PointInTime {
   take(opts: { paused: boolean }): Promise<void>;
   /** After the point: its disks over NBD, with the changes since the incremental base as a dirty context. */
   export(): Promise<PointExport>;
+  /**
+   * After the transfer, before the restore point is written: fails when the point no longer holds
+   * (a stopped VM started, or its disk images changed, while they were read).
+   */
+  verify?(): Promise<void>;
   /** After a failed read: the driver's explanation, when it has one (scratch space ran out). */
   diagnose(): Promise<string | undefined>;
   /** Tears everything down. `ok`: the new bitmap becomes the incremental base; otherwise it is merged back. */
@@ -89,6 +106,11 @@ export interface VmSession {
    * guest, if it runs out); 'full', the disks' whole size, reserved before the point (libvirt).
    */
   readonly scratchRule: 'shadow' | 'full';
+  /**
+   * The VM is not running: its disks are read as they lie (no freeze, no scratch, no guardian), and
+   * the point is as consistent as the VM was left: `application` after a clean shutdown.
+   */
+  readonly offline?: { consistency: 'application' | 'crash'; why: string };
   inspect(): Promise<{ disks: VmDisk[]; config: VmConfig }>;
   /**
    * Removes what a killed run left in the hypervisor and in `scratchDir`; returns what a guardian of

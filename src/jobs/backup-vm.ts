@@ -15,12 +15,13 @@ import { hostname as osHostname, userInfo } from 'node:os';
 import { statfs } from 'node:fs/promises';
 import { labelOf, type VmEndpoint } from '../hypervisors/registry.js';
 import type { DriverFor } from '../hypervisors/drivers.js';
-import type { PointInTime, VmDisk, VmSession } from '../hypervisors/session.js';
+import { isImageExport, type PointExport, type PointInTime, type VmDisk, type VmSession } from '../hypervisors/session.js';
 import { quiesceAndSnapshot, type ConsistencyPolicy, type QuiesceOutcome } from '../quiesce/protocol.js';
 import { Lock } from '../repository/lock.js';
 import type { Repository } from '../repository/repository.js';
 import { listSnapshots, type Consistency, type DiskRecord, type Snapshot, type SnapshotWithId, type VmConfig } from '../repository/snapshot.js';
 import type { ProgressSink } from '../sources/progress.js';
+import { readImage } from '../sources/disk/reader.js';
 import { readDiskFromNbd } from '../sources/vm/nbd-reader.js';
 import { BulwarkError, type ErrorCode } from '../util/errors.js';
 import { RateLimiter } from '../util/rate-limit.js';
@@ -167,18 +168,22 @@ async function prepareVm(repo: Repository, drivers: DriverFor, endpoint: VmEndpo
       opts.onEvent?.({ vm: label, phase: 'prepare', message: m });
     }
     let { disks, config } = await session.inspect();
-    const can = driver.canFleece(config.qemuVersion);
+    const offline = session.offline !== undefined;
+    const can = offline ? ({ ok: true } as const) : driver.canFleece(config.qemuVersion);
     if (!can.ok) throw new BulwarkError('failed', can.why, { hint: can.fix });
     // The parent is looked up even for --full: its bitmap is the one to keep (and to replace on success).
     const parent = (await listSnapshots(repo, { hostname: host, source: `vm:${session.name}` })).pop();
-    for (const d of disks) await session.dropStaleBitmaps(d, parent?.disks?.find((x) => x.name === d.name)?.bitmap);
-    ({ disks, config } = await session.inspect());
+    if (!offline) {
+      for (const d of disks) await session.dropStaleBitmaps(d, parent?.disks?.find((x) => x.name === d.name)?.bitmap);
+      ({ disks, config } = await session.inspect());
+    }
     const { bases, reasons } = incrementalBases(repo, disks, config, parent, opts.full);
-    await checkScratch(session, disks, opts);
+    if (!offline) await checkScratch(session, disks, opts);
     const newBitmap = newBitmapName();
     const previousBitmap = [...bases.values()][0]?.bitmap;
     point = await session.preparePoint(disks, { scratchDir: opts.scratchDir, newBitmap, ...(previousBitmap ? { previousBitmap } : {}) });
-    // The guardian is started now, not inside the freeze window.
+    // The guardian is started now, not inside the freeze window; a stopped VM needs none.
+    if (offline) return { endpoint, session, name: session.name, disks, config, ...(parent ? { parent } : {}), bases: new Map(), reasons: new Map(), point, newBitmap, notes };
     const freezes = opts.policy !== 'crash' && opts.mode !== 'stop' && session.hasAgent;
     const pauses = opts.mode === 'stop' || batchPauses(opts) || point.pausesVcpus;
     await session.guard({ agent: freezes, power: pauses, stopTimeoutMs: opts.stopTimeoutMs ?? 300_000, logDir: opts.scratchDir, ...(opts.freezeDeadlineMs ? { freezeDeadlineMs: opts.freezeDeadlineMs } : {}) });
@@ -214,6 +219,33 @@ function freezeAndPoint(prepared: Prepared[], opts: VmBackupOptions): Promise<Qu
       for (const p of paused) await p.session.resume().catch(() => undefined);
     }
   });
+}
+
+/**
+ * Step 2 for VMs that are not running: nothing to freeze or stop; the point is the disks as they lie,
+ * as consistent as the VM was left (a clean shutdown: application). In a group they join the common
+ * point trivially: they do not change while it is taken.
+ */
+async function offlinePoints(prepared: Prepared[], opts: VmBackupOptions): Promise<QuiesceOutcome[]> {
+  const outcomes: QuiesceOutcome[] = [];
+  for (const p of prepared) {
+    const off = p.session.offline!;
+    const o: QuiesceOutcome = { name: p.name, consistency: off.consistency, freezeMs: 0, warnings: [off.why] };
+    outcomes.push(o);
+    if (opts.policy === 'application' && off.consistency !== 'application') {
+      o.error = new BulwarkError('failed', `VM ${p.name} is not running and was not shut down cleanly (${off.why}): its disks are only crash-consistent, and --consistency application was asked`, {
+        hint: 'boot it and shut it down cleanly, or pass --consistency auto',
+      });
+      continue;
+    }
+    try {
+      await p.point.take({ paused: true });
+      p.snapshotAt = Date.now();
+    } catch (err) {
+      o.error = err instanceof BulwarkError ? err : new BulwarkError('failed', (err as Error).message, { cause: err });
+    }
+  }
+  return outcomes;
 }
 
 /**
@@ -256,13 +288,36 @@ async function stopAndPoint(prepared: Prepared[], opts: VmBackupOptions): Promis
       try {
         d.p.settling = (await d.p.session.start()).settled;
       } catch (err) {
-        d.o.error ??= new BulwarkError('failed', `VM ${d.p.name} was shut down for the backup and could not be started again: ${(err as Error).message}`, { hint: "start it with QMP 'system_reset' then 'cont'" });
+        d.o.error ??= new BulwarkError('failed', `VM ${d.p.name} was shut down for the backup and could not be started again: ${(err as Error).message}`, { hint: 'start it again by hand (virsh start; for a bare QEMU, QMP system_reset then cont)' });
       }
       d.o.freezeMs = Math.round(performance.now() - d.t0);
       d.o.frozenTo = Date.now();
     }
   }
   return outcomes;
+}
+
+/** One disk of the point: over NBD (dirty blocks only where the base allows), or a stopped VM's image read whole. */
+async function readPointDisk(repo: Repository, exp: PointExport, p: Prepared, d: VmDisk, base: DiskRecord | undefined, opts: VmBackupOptions, limiter: RateLimiter | undefined): Promise<{ read: 'full' | 'incremental'; size: number; pages: string[]; bytesRead: number; bytesNew: number; blobsNew: number }> {
+  const progress = opts.onProgress ? { onProgress: opts.onProgress } : {};
+  if (isImageExport(exp)) {
+    const e = exp.images.find((x) => x.name === d.name);
+    if (!e) throw new BulwarkError('failed', `disk ${d.name} of VM ${p.name} has no image to read`);
+    const img = await e.open();
+    try {
+      return { read: 'full', ...(await readImage(repo, img, { ...progress, ...(limiter ? { limiter } : {}) })) };
+    } finally {
+      await img.close();
+    }
+  }
+  const e = exp.disks.find((x) => x.name === d.name);
+  if (!e) throw new BulwarkError('failed', `disk ${d.name} of VM ${p.name} was not exported`);
+  return readDiskFromNbd(repo, { socket: exp.socket, ...e }, {
+    blockSize: repo.config.blockSize,
+    ...(base ? { incremental: { parentPages: base.pages, parentSize: base.size } } : {}),
+    ...progress,
+    ...(limiter ? { limiter } : {}),
+  });
 }
 
 /** Steps 3 and 4: every disk read at the point (dirty blocks only where the base allows), then the restore point written. */
@@ -284,24 +339,18 @@ async function transferAndCommit(repo: Repository, p: Prepared, outcome: Quiesce
   let blobsNew = 0;
   let totalSize = 0;
   for (const d of p.disks) {
-    const e = exp.disks.find((x) => x.name === d.name);
-    if (!e) throw new BulwarkError('failed', `disk ${d.name} of VM ${p.name} was not exported`);
     const base = p.bases.get(d.name);
-    const r = await readDiskFromNbd(repo, { socket: exp.socket, ...e }, {
-      blockSize: repo.config.blockSize,
-      ...(base ? { incremental: { parentPages: base.pages, parentSize: base.size } } : {}),
-      ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
-      ...(limiter ? { limiter } : {}),
-    });
+    const r = await readPointDisk(repo, exp, p, d, base, opts, limiter);
     const reason = r.read === 'full' ? (p.reasons.get(d.name) ?? (base ? 'the point in time carries no record of changes' : undefined)) : undefined;
     result.disks.push({ name: d.name, read: r.read, bytesRead: r.bytesRead, bytesNew: r.bytesNew, ...(reason ? { reason } : {}) });
     if (r.read === 'full' && reason && p.parent) result.warnings.push(`${d.name}: full read (${reason})`);
-    records.push({ name: d.name, size: r.size, blockSize: repo.config.blockSize, pages: r.pages, source: d.file, format: d.format, read: r.read, ...(d.format === 'qcow2' ? { bitmap: p.newBitmap } : {}) });
+    records.push({ name: d.name, size: r.size, blockSize: repo.config.blockSize, pages: r.pages, source: d.file, format: d.format, read: r.read, ...(d.format === 'qcow2' && !p.session.offline ? { bitmap: p.newBitmap } : {}) });
     bytesRead += r.bytesRead;
     bytesNew += r.bytesNew;
     blobsNew += r.blobsNew;
     totalSize += r.size;
   }
+  await p.point.verify?.();
   result.warnings.push(...p.notes);
   const sn: Snapshot = {
     version: 1,
@@ -360,7 +409,8 @@ async function backupBatch(repo: Repository, drivers: DriverFor, batch: VmEndpoi
     }
     if (prepared.length === 0) return results;
     const started = Date.now();
-    const outcomes = opts.mode === 'stop' ? await stopAndPoint(prepared, opts) : await freezeAndPoint(prepared, opts);
+    const live = prepared.filter((p) => !p.session.offline);
+    const outcomes = [...(await offlinePoints(prepared.filter((p) => p.session.offline), opts)), ...(live.length === 0 ? [] : opts.mode === 'stop' ? await stopAndPoint(live, opts) : await freezeAndPoint(live, opts))];
     for (const p of prepared) {
       const outcome = outcomes.find((o) => o.name === p.name)!;
       if (outcome.error) {

@@ -49,6 +49,17 @@ async function ourCheckpoints(domain = DOMAIN): Promise<string[]> {
   return (await virsh('checkpoint-list', domain, '--name')).split('\n').map((s) => s.trim()).filter((s) => s.startsWith('bulwark-'));
 }
 
+/** A clean shutdown through the guest agent, waited for. */
+async function shutDown(): Promise<void> {
+  await waitForAgent(DOMAIN);
+  await virsh('shutdown', DOMAIN, '--mode', 'agent');
+  const down = Date.now() + 120_000;
+  while (!/shut off/.test(await virsh('domstate', DOMAIN))) {
+    expect(Date.now(), 'the guest shut down').toBeLessThan(down);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
 async function jobActive(domain = DOMAIN): Promise<boolean> {
   return !/Job type:\s+None/.test(await virsh('domjobinfo', domain));
 }
@@ -191,12 +202,7 @@ describe('libvirt domains', () => {
     // Added to the definition and the guest restarted cleanly (this test guest does not survive a
     // PCIe hot-plug; a clean shutdown also stores the checkpoints' bitmaps in the images).
     await virsh('attach-disk', DOMAIN, extra, 'vdb', '--driver', 'qemu', '--subdriver', 'qcow2', '--targetbus', 'virtio', '--config');
-    await virsh('shutdown', DOMAIN, '--mode', 'agent');
-    const down = Date.now() + 120_000;
-    while (!/shut off/.test(await virsh('domstate', DOMAIN))) {
-      expect(Date.now(), 'the guest shut down').toBeLessThan(down);
-      await new Promise((r) => setTimeout(r, 500));
-    }
+    await shutDown();
     await virsh('start', DOMAIN);
     await waitForAgent(DOMAIN);
     const added = (await backup()).result;
@@ -269,5 +275,56 @@ describe('libvirt domains', () => {
     execFileSync('e2fsck', ['-fn', raw], { stdio: 'pipe' });
     expect(verifyWriterLog(await readFileFromExt4Image(raw, '/log.txt')).torn).toBe(0);
     await expectGuestHealthy();
+  });
+
+  it('--mode stop: the guest is shut down cleanly, the point taken, the domain running again; the checkpoint keeps the next run incremental', async () => {
+    const idBefore = (await virsh('domid', DOMAIN)).trim();
+    const r = await backup('--mode', 'stop');
+    expect(r.code, JSON.stringify(r.result) + r.stderr).toBe(0);
+    expect(r.result.consistency).toBe('application');
+    expect(r.result.warnings.join('\n')).toMatch(/shut down for the backup \(through the guest agent\) and started again/);
+    // libvirt's witness: a new QEMU process runs the domain; the guest booted again and its agent answers.
+    expect((await virsh('domid', DOMAIN)).trim()).not.toBe(idBefore);
+    await waitForAgent(DOMAIN);
+    expect((await virsh('domstate', DOMAIN)).trim()).toBe('running');
+    expect(await jobActive()).toBe(false);
+    const raw = await restoredDisk(r.result.snapshot!, `${tmp.path}/r-stop`);
+    // Cleanly unmounted: nothing for e2fsck to replay or repair.
+    execFileSync('e2fsck', ['-fn', raw], { stdio: 'pipe' });
+    expect(verifyWriterLog(await readFileFromExt4Image(raw, '/log.txt')).torn).toBe(0);
+    const next = (await backup()).result;
+    expect(next.error, next.error).toBeUndefined();
+    expect(next.disks.map((d) => d.read)).toEqual(['incremental', 'incremental']);
+    await expectGuestHealthy();
+  });
+
+  it('a shut-off domain is backed up through the image readers, holes unread, identical to its image; a destroyed one is only crash-consistent', async () => {
+    await shutDown();
+    const r = await backup();
+    expect(r.code, JSON.stringify(r.result) + r.stderr).toBe(0);
+    expect(r.result.consistency).toBe('application');
+    expect(r.result.freezeMs).toBe(0);
+    expect(r.result.warnings.join('\n')).toMatch(/shut down \(cleanly\): its disks were read as they lie/);
+    const vda = r.result.disks.find((d) => d.name === 'vda')!;
+    expect(vda.read).toBe('full');
+    expect(vda.bytesRead, 'holes are not read').toBeLessThan(128 * 1024 * 1024);
+    expect((await virsh('domstate', DOMAIN)).trim()).toBe('shut off');
+    const raw = await restoredDisk(r.result.snapshot!, `${tmp.path}/r-off`);
+    // The outside witness: qemu-img reads the domain's own image the same.
+    execFileSync('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', raw, `${tmp.path}/web.qcow2`], { stdio: 'pipe' });
+
+    // Forced off: the disks are as after a power cut; --consistency application refuses, auto warns.
+    await virsh('start', DOMAIN);
+    await waitForAgent(DOMAIN);
+    await virsh('destroy', DOMAIN);
+    const strict = await backup('--consistency', 'application');
+    expect(strict.code).not.toBe(0);
+    expect(strict.result.error).toMatch(/not shut down cleanly .*--consistency application/);
+    const auto = await backup();
+    expect(auto.code, JSON.stringify(auto.result)).toBe(0);
+    expect(auto.result.consistency).toBe('crash');
+    expect(auto.result.warnings.join('\n')).toMatch(/forced off \(destroyed\)/);
+    await virsh('start', DOMAIN);
+    await waitForAgent(DOMAIN);
   });
 });

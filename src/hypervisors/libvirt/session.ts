@@ -15,10 +15,12 @@ import { randomBytes } from 'node:crypto';
 import { chown, mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { Libvirt, STATE_NAMES, BACKUP_BEGIN_REUSE_EXTERNAL, DomainState, XML_INACTIVE, uuidString, type Checkpoint, type Domain } from '../../protocols/libvirt/remote.js';
+import { Libvirt, STATE_NAMES, BACKUP_BEGIN_REUSE_EXTERNAL, DomainState, SHUTDOWN_ACPI, SHUTDOWN_AGENT, ShutoffReason, START_PAUSED, XML_INACTIVE, uuidString, type Checkpoint, type Domain } from '../../protocols/libvirt/remote.js';
 import type { VmConfig } from '../../repository/snapshot.js';
 import { BulwarkError } from '../../util/errors.js';
+import { openImage } from '../../formats/open.js';
 import { Guardian, guardianLogsLeft } from '../guardian.js';
+import { OfflinePoint } from '../offline-point.js';
 import { addressOf, isLibvirt, type LibvirtEndpoint, type VmEndpoint } from '../registry.js';
 import type { GuardOptions, GuestAgent, PointExport, PointInTime, VmDisk, VmDriver, VmInfo, VmSession } from '../session.js';
 import { backupExports, backupXml, checkpointDisks, checkpointXml, parseDomain, type DomainInfo } from './domain-xml.js';
@@ -55,6 +57,26 @@ interface LibvirtDisk extends VmDisk {
   type: 'file' | 'block';
 }
 
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** A shut-off domain's disks are as consistent as the way it stopped (libvirt's shut-off reason). */
+function offlineState(reason: number): { consistency: 'application' | 'crash'; why: string } {
+  switch (reason) {
+    case ShutoffReason.shutdown:
+      return { consistency: 'application', why: 'the VM is shut down (cleanly): its disks were read as they lie' };
+    case ShutoffReason.saved:
+      return { consistency: 'crash', why: 'the VM is saved with its memory (managed save): its disks alone are as after a power cut' };
+    case ShutoffReason.destroyed:
+      return { consistency: 'crash', why: 'the VM was forced off (destroyed): its disks are as after a power cut' };
+    case ShutoffReason.crashed:
+    case ShutoffReason.failed:
+      return { consistency: 'crash', why: 'the VM crashed or failed: its disks are as after a power cut' };
+    default:
+      // Also after libvirtd restarted: it forgets why an inactive domain stopped.
+      return { consistency: 'crash', why: 'the VM is shut off and libvirt does not know how it stopped: its disks are taken as after a power cut' };
+  }
+}
+
 class LibvirtSession implements VmSession {
   readonly scratchRule = 'full';
   private guardian: Guardian | undefined;
@@ -68,6 +90,7 @@ class LibvirtSession implements VmSession {
     private readonly dom: Domain,
     info: DomainInfo,
     private readonly log: (message: string) => void,
+    readonly offline?: { consistency: 'application' | 'crash'; why: string },
   ) {
     this.info = info;
   }
@@ -95,7 +118,16 @@ class LibvirtSession implements VmSession {
     this.info = parseDomain(live);
     const disks: LibvirtDisk[] = [];
     for (const d of this.info.disks) {
-      const { capacity } = await this.lv.blockInfo(this.dom, d.target);
+      const capacity = await this.lv.blockInfo(this.dom, d.target).then(
+        (b) => b.capacity,
+        // A shut-off domain's disk: its image says.
+        async (err: unknown) => {
+          if (!this.offline) throw err;
+          const img = await openImage(d.source, d.format);
+          await img.close();
+          return img.size;
+        },
+      );
       disks.push({
         name: d.target,
         format: d.format,
@@ -146,6 +178,13 @@ class LibvirtSession implements VmSession {
   }
 
   async preparePoint(disks: VmDisk[], opts: { scratchDir: string; newBitmap: string; previousBitmap?: string }): Promise<PointInTime> {
+    if (this.offline) {
+      return new OfflinePoint(
+        this.name,
+        (disks as LibvirtDisk[]).map((d) => ({ name: d.name, file: d.file, format: d.format, ...(d.type === 'block' ? { size: d.size } : {}) })),
+        async () => ((await this.lv.state(this.dom)).state === DomainState.shutoff ? undefined : 'was started'),
+      );
+    }
     const dir = join(opts.scratchDir, `${jobStem(this.name)}${randomBytes(4).toString('hex')}`);
     // QEMU runs as another user under qemu:///system: its NBD socket and scratch files live in a
     // folder only it (and root) can enter.
@@ -210,14 +249,40 @@ class LibvirtSession implements VmSession {
     this.guardian?.phase('none');
   }
 
-  async shutdown(): Promise<'agent' | 'acpi'> {
-    // libvirt's backup API needs a running domain, and a shut-off domain's QEMU is gone: the point
-    // would have to be read from the disk images themselves.
-    throw new BulwarkError('usage', `--mode stop is not available for libvirt domains (VM ${this.name})`, { hint: 'use --mode snapshot (live, with the guest agent) or --mode suspend' });
+  async shutdown(timeoutMs: number): Promise<'agent' | 'acpi'> {
+    if (!this.guardian) throw new Error('LibvirtSession: shutdown needs guard() first');
+    if (!(await this.lv.isPersistent(this.dom))) {
+      throw new BulwarkError('usage', `VM ${this.name} is a transient libvirt domain: shut down, it would be gone`, { hint: 'define it (virsh define) to use --mode stop, or use --mode snapshot' });
+    }
+    this.guardian.phase('stopping');
+    let via: 'agent' | 'acpi' = 'acpi';
+    if (this.hasAgent) {
+      via = await this.lv.shutdown(this.dom, SHUTDOWN_AGENT).then(
+        () => 'agent' as const,
+        () => this.lv.shutdown(this.dom, SHUTDOWN_ACPI).then(() => 'acpi' as const),
+      );
+    } else await this.lv.shutdown(this.dom, SHUTDOWN_ACPI);
+    const end = Date.now() + timeoutMs;
+    while ((await this.lv.state(this.dom)).state !== DomainState.shutoff) {
+      if (Date.now() > end) {
+        this.guardian.phase('none');
+        throw new BulwarkError('failed', `VM ${this.name} did not finish shutting down within ${Math.round(timeoutMs / 1000)} s (asked through the ${via === 'agent' ? 'guest agent' : 'ACPI power button'}); it may still power off`, {
+          hint: 'check the guest, or raise --stop-timeout',
+        });
+      }
+      await sleep(250);
+    }
+    this.guardian.phase('down');
+    return via;
   }
 
   async start(): Promise<{ settled: Promise<void> }> {
-    await this.lv.start(this.dom);
+    // The point was taken with the domain started paused (libvirt's backup needs a QEMU): resume
+    // it; a domain that never got that far is booted.
+    const { state } = await this.lv.state(this.dom);
+    if (state === DomainState.paused) await this.lv.resume(this.dom);
+    else if (state === DomainState.shutoff) await this.lv.start(this.dom);
+    this.guardian?.phase('none');
     return { settled: Promise.resolve() };
   }
 
@@ -248,6 +313,9 @@ class LibvirtPoint implements PointInTime {
   }
 
   async take(): Promise<void> {
+    // --mode stop: the guest is shut down and its QEMU gone; libvirt's backup needs one, so the
+    // domain is started with its vCPUs stopped: the disks are exactly as the shutdown left them.
+    if ((await this.lv.state(this.dom)).state === DomainState.shutoff) await this.lv.start(this.dom, START_PAUSED);
     // One call: libvirt takes every disk's point and the checkpoint in one QEMU transaction.
     const cp = checkpointXml(this.opts.newBitmap, this.items.map((it) => ({ target: it.d.name, bitmap: it.d.format === 'qcow2' })));
     const incremental = this.items.some((it) => it.incremental) ? this.opts.previousBitmap : undefined;
@@ -320,12 +388,12 @@ export const libvirtDriver: VmDriver = {
     const lv = await connect(endpoint);
     try {
       const dom = await lookup(lv, endpoint);
-      const { state } = await lv.state(dom);
-      if (state !== DomainState.running && state !== DomainState.paused) {
-        throw new BulwarkError('failed', `libvirt domain ${dom.name} is ${STATE_NAMES[state] ?? `in state ${state}`}: a live backup needs it running`, { hint: "start it, or back its disk images up with 'bulwark backup disk'" });
+      const { state, reason } = await lv.state(dom);
+      if (state !== DomainState.running && state !== DomainState.paused && state !== DomainState.shutoff) {
+        throw new BulwarkError('failed', `libvirt domain ${dom.name} is ${STATE_NAMES[state] ?? `in state ${state}`}: it can be backed up running or shut off`, { hint: 'wait until it is running or shut off, then run the backup again' });
       }
       const info = parseDomain(await lv.xml(dom));
-      return new LibvirtSession(endpoint.name ?? dom.name, endpoint, lv, dom, info, opts.log ?? (() => undefined));
+      return new LibvirtSession(endpoint.name ?? dom.name, endpoint, lv, dom, info, opts.log ?? (() => undefined), state === DomainState.shutoff ? offlineState(reason) : undefined);
     } catch (err) {
       await lv.close();
       throw err;

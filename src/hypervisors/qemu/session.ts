@@ -20,7 +20,7 @@ export function qemuCanFleece(version: string): boolean {
 }
 
 function asQmp(e: VmEndpoint): QmpEndpoint {
-  if (isLibvirt(e)) throw new Error('the QEMU driver was handed a libvirt endpoint');
+  if (!('qmp' in e)) throw new Error('the QEMU driver was handed an endpoint without a QMP socket');
   return e;
 }
 

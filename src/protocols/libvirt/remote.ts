@@ -26,6 +26,9 @@ export const XML_INACTIVE = 2;
 export const BACKUP_BEGIN_REUSE_EXTERNAL = 1;
 export const SHUTDOWN_ACPI = 1;
 export const SHUTDOWN_AGENT = 2;
+export const START_PAUSED = 1;
+/** Why a domain is shut off (virDomainShutoffReason). */
+export const ShutoffReason = { unknown: 0, shutdown: 1, destroyed: 2, crashed: 3, migrated: 4, saved: 5, failed: 6, fromSnapshot: 7, daemon: 8 } as const;
 export const UNDEFINE_CHECKPOINTS_METADATA = 256;
 
 const P = {
@@ -39,6 +42,7 @@ const P = {
   connectGetLibVersion: 157,
   domainGetJobInfo: 163,
   domainAbortJob: 164,
+  domainIsPersistent: 151,
   domainGetBlockInfo: 194,
   domainCreateWithFlags: 196,
   domainGetState: 212,
@@ -177,8 +181,14 @@ export class Libvirt {
     await this.domCall(P.domainShutdownFlags, dom, (w) => w.uint(flags));
   }
 
-  async start(dom: Domain): Promise<Domain> {
-    return readDomain(await this.domCall(P.domainCreateWithFlags, dom, (w) => w.uint(0)));
+  /** Boots a defined domain; START_PAUSED: its QEMU starts with the vCPUs stopped. */
+  async start(dom: Domain, flags = 0): Promise<Domain> {
+    return readDomain(await this.domCall(P.domainCreateWithFlags, dom, (w) => w.uint(flags)));
+  }
+
+  /** A persistent domain outlives a shutdown; a transient one is gone with its QEMU. */
+  async isPersistent(dom: Domain): Promise<boolean> {
+    return (await this.domCall(P.domainIsPersistent, dom)).int() === 1;
   }
 
   async destroy(dom: Domain): Promise<void> {

@@ -12,6 +12,7 @@ import { newProgress, type ProgressSink } from '../progress.js';
 import type { DiskImage } from '../../formats/image.js';
 import { openDiskImage } from '../../formats/open.js';
 import { detectFormat, deviceSize } from './image.js';
+import type { RateLimiter } from '../../util/rate-limit.js';
 
 export type DiskRepo = Pick<Repository, 'saveBlob' | 'blobId' | 'hasBlob' | 'config'>;
 
@@ -149,44 +150,65 @@ export async function backupDisk(repo: DiskRepo, opts: DiskBackupOptions): Promi
   return { disk: record, reused: false, summary: { bytesRead: size, bytesNew: progress.bytesNew, blobsNew: pages.blobsNew, totalSize: size, warnings: [] } };
 }
 
+/** One disk image read whole into a fixed index (a stopped VM's disk, through the format readers). */
+export interface ImageReadResult {
+  pages: string[];
+  size: number;
+  bytesRead: number;
+  bytesNew: number;
+  blobsNew: number;
+}
+
 /**
- * A container image (qcow2, VMDK, VDI, VHD): its virtual disk read block by block, in order; a block with no data in
- * the image (or its backing chain) becomes a hole without being read. The image's own file identity
+ * Reads a disk image block by block, in order: a block with no data in the image (or its backing
+ * chain) becomes a hole without being read. Closes nothing: the caller owns `img`.
+ */
+export async function readImage(repo: DiskRepo, img: DiskImage, opts: { onProgress?: ProgressSink; limiter?: RateLimiter } = {}): Promise<ImageReadResult> {
+  const blockSize = repo.config.blockSize;
+  const size = img.size;
+  const record: DiskRecord = { name: '', size, blockSize, pages: [], source: '', format: img.format };
+  const progress = newProgress();
+  progress.bytesTotal = size;
+  const pages = new PageWriter(repo, record);
+  const buf = Buffer.allocUnsafe(blockSize);
+  const zero = Buffer.alloc(blockSize);
+  const readBefore = img.dataBytesRead;
+  let lastEmit = 0;
+  for (let off = 0; off < size; off += blockSize) {
+    const len = Math.min(blockSize, size - off);
+    const block = buf.subarray(0, len);
+    if (!(await img.hasData(off, len))) await pages.hole();
+    else {
+      await opts.limiter?.take(len);
+      await img.read(block, off);
+      if (block.equals(zero.subarray(0, len))) await pages.hole();
+      else progress.bytesNew += await pages.data(block);
+    }
+    progress.bytesDone = off + len;
+    const now = Date.now();
+    if (opts.onProgress && now - lastEmit > 100) {
+      lastEmit = now;
+      opts.onProgress(progress);
+    }
+  }
+  await pages.finish();
+  opts.onProgress?.(progress);
+  return { pages: record.pages, size, bytesRead: img.dataBytesRead - readBefore, bytesNew: progress.bytesNew, blobsNew: pages.blobsNew };
+}
+
+/**
+ * A container image (qcow2, VMDK, VDI, VHD, VHDX) as a disk backup. The image's own file identity
  * lets an unchanged image reuse its parent's index, as for raw images (a backing file that changed
  * under an unchanged image is not detected: back up chains whose base may change with --force).
  */
 async function backupImage(repo: DiskRepo, img: DiskImage, name: string, identity: DiskRecord['fileIdentity'], opts: DiskBackupOptions): Promise<DiskBackupResult> {
-  const blockSize = repo.config.blockSize;
-  const size = img.size;
-  const record: DiskRecord = { name, size, blockSize, pages: [], source: opts.path, format: img.format, ...(identity ? { fileIdentity: identity } : {}) };
+  const record: DiskRecord = { name, size: img.size, blockSize: repo.config.blockSize, pages: [], source: opts.path, format: img.format, ...(identity ? { fileIdentity: identity } : {}) };
   try {
     const reused = reuseParent(repo, record, opts.parent);
     if (reused) return reused;
-    const progress = newProgress();
-    progress.bytesTotal = size;
-    const pages = new PageWriter(repo, record);
-    const buf = Buffer.allocUnsafe(blockSize);
-    const zero = Buffer.alloc(blockSize);
-    let lastEmit = 0;
-    for (let off = 0; off < size; off += blockSize) {
-      const len = Math.min(blockSize, size - off);
-      const block = buf.subarray(0, len);
-      if (!(await img.hasData(off, len))) await pages.hole();
-      else {
-        await img.read(block, off);
-        if (block.equals(zero.subarray(0, len))) await pages.hole();
-        else progress.bytesNew += await pages.data(block);
-      }
-      progress.bytesDone = off + len;
-      const now = Date.now();
-      if (opts.onProgress && now - lastEmit > 100) {
-        lastEmit = now;
-        opts.onProgress(progress);
-      }
-    }
-    await pages.finish();
-    opts.onProgress?.(progress);
-    return { disk: record, reused: false, summary: { bytesRead: img.dataBytesRead, bytesNew: progress.bytesNew, blobsNew: pages.blobsNew, totalSize: size, warnings: [] } };
+    const r = await readImage(repo, img, opts.onProgress ? { onProgress: opts.onProgress } : {});
+    record.pages = r.pages;
+    return { disk: record, reused: false, summary: { bytesRead: r.bytesRead, bytesNew: r.bytesNew, blobsNew: r.blobsNew, totalSize: r.size, warnings: [] } };
   } finally {
     await img.close();
   }
