@@ -4,6 +4,7 @@ import { RawImage, type DiskImage } from './image.js';
 import { Qcow2Image } from './qcow2/reader.js';
 import { VdiImage } from './vdi.js';
 import { VhdImage } from './vhd.js';
+import { VhdxImage } from './vhdx.js';
 import { VmdkImage } from './vmdk.js';
 
 export type ContainerFormat = 'qcow2' | 'vhdx' | 'vmdk' | 'vdi' | 'vhd';
@@ -19,9 +20,7 @@ export async function openDiskImage(path: string, format: ContainerFormat): Prom
     case 'vmdk':
       return VmdkImage.open(path);
     case 'vhdx':
-      throw new BulwarkError('usage', `'${path}' is a VHDX image, which this version does not read yet`, {
-        hint: `convert it first: qemu-img convert -O qcow2 '${path}' disk.qcow2`,
-      });
+      return VhdxImage.open(path);
   }
 }
 

@@ -112,6 +112,8 @@ export interface VmSession {
    */
   readonly offline?: { consistency: 'application' | 'crash'; why: string };
   inspect(): Promise<{ disks: VmDisk[]; config: VmConfig }>;
+  /** Files kept whole with the restore point (a machine folder's configuration), relative path and where to read it. */
+  configFiles?(): Promise<{ path: string; file: string }[]>;
   /**
    * Removes what a killed run left in the hypervisor and in `scratchDir`; returns what a guardian of
    * that run did on its own (from the log it left), for the user to see.

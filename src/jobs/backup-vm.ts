@@ -22,6 +22,7 @@ import type { Repository } from '../repository/repository.js';
 import { listSnapshots, type Consistency, type DiskRecord, type Snapshot, type SnapshotWithId, type VmConfig } from '../repository/snapshot.js';
 import type { ProgressSink } from '../sources/progress.js';
 import { readImage } from '../sources/disk/reader.js';
+import { storeConfigFiles } from '../sources/vm/config-files.js';
 import { readDiskFromNbd } from '../sources/vm/nbd-reader.js';
 import { BulwarkError, type ErrorCode } from '../util/errors.js';
 import { RateLimiter } from '../util/rate-limit.js';
@@ -350,6 +351,7 @@ async function transferAndCommit(repo: Repository, p: Prepared, outcome: Quiesce
     blobsNew += r.blobsNew;
     totalSize += r.size;
   }
+  if (p.session.configFiles && p.config.folder) p.config.folder.files = await storeConfigFiles(repo, await p.session.configFiles());
   await p.point.verify?.();
   result.warnings.push(...p.notes);
   const sn: Snapshot = {

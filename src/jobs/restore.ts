@@ -7,6 +7,7 @@ import type { Repository } from '../repository/repository.js';
 import { findSnapshot, type SnapshotFilter, type SnapshotWithId } from '../repository/snapshot.js';
 import type { TreeNode } from '../repository/tree.js';
 import { loadTree, lookupPath } from '../repository/walk.js';
+import { restoreMachineFolder } from '../restore/machine-folder.js';
 import { restoreDisk, type DiskRestoreResult, type RestoreFormat } from '../restore/disk.js';
 
 /** QEMU's (and libvirt's) driver name of a restore format. */
@@ -90,7 +91,7 @@ export interface RestoredDomain {
   defined: boolean;
 }
 
-export async function restoreDisks(repo: Repository, opts: RestoreDisksJobOptions): Promise<{ snapshot: SnapshotWithId; disks: DiskRestoreResult[]; definition?: string; domain?: RestoredDomain }> {
+export async function restoreDisks(repo: Repository, opts: RestoreDisksJobOptions): Promise<{ snapshot: SnapshotWithId; disks: DiskRestoreResult[]; definition?: string; domain?: RestoredDomain; folder?: { hypervisor: string; config: string } }> {
   await repo.loadIndex();
   const sn = await findSnapshot(repo, opts.ref, opts.filter);
   if (!sn.disks || sn.disks.length === 0) {
@@ -105,6 +106,11 @@ export async function restoreDisks(repo: Repository, opts: RestoreDisksJobOption
     throw new BulwarkError('usage', `snapshot ${sn.id.slice(0, 8)} is not a VM snapshot: there is no configuration to define`, { hint: 'leave out --define' });
   }
   const target = await prepareTarget(opts.target);
+  // A machine folder comes back as a folder its hypervisor opens, unless disks or a format were asked for.
+  if (sn.vm?.folder && opts.format === undefined && !opts.disks?.length && !opts.define) {
+    const r = await restoreMachineFolder(repo, sn.vm.folder, sn.disks, { target, ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) });
+    return { snapshot: sn, disks: r.disks, folder: { hypervisor: sn.vm.folder.hypervisor, config: r.config } };
+  }
   const disks: DiskRestoreResult[] = [];
   for (const d of wanted) {
     disks.push(await restoreDisk(repo, d, { targetDir: target, format: opts.format ?? 'raw', ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) }));

@@ -38,6 +38,17 @@ export interface VmConfig {
   qemuVersion?: string;
   /** A libvirt domain: its connection and its persistent definition (restore --define defines it again). */
   libvirt?: { uri: string; xml: string };
+  /**
+   * A VirtualBox, VMware or Hyper-V machine folder: its configuration files (stored as data blobs of
+   * up to 1 MiB, in order) and where each disk goes back, as what (restore --target writes the folder).
+   */
+  folder?: {
+    hypervisor: string;
+    /** The main configuration file, relative to the folder. */
+    config: string;
+    files: { path: string; size: number; blobs: string[] }[];
+    disks: { name: string; path: string; format: string; uuid?: string; key?: string }[];
+  };
 }
 
 export interface SnapshotSummary {

@@ -99,7 +99,7 @@ describe('disk images', () => {
     expect(rec.find((x) => x.id === b.snapshot)!.disks[0]!.format).toBe('qcow2');
   });
 
-  it('backs up VMDK (sparse, streamOptimized, flat), VDI and VHD images as their virtual disks', async () => {
+  it('backs up VMDK (sparse, streamOptimized, flat), VDI, VHD and VHDX images as their virtual disks', async () => {
     const src = `${tmp.path}/fmt-src.raw`;
     execFileSync('truncate', ['-s', '64M', src]);
     execFileSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x71 0 1M', '-c', 'write -P 0x72 33M 64k', src]);
@@ -109,6 +109,8 @@ describe('disk images', () => {
       ['vmdk', 'subformat=twoGbMaxExtentFlat', 'tf'],
       ['vdi', 'static=off', 'vd'],
       ['vpc', 'subformat=dynamic', 'vh'],
+      ['vhdx', 'subformat=dynamic', 'hx'],
+      ['vhdx', 'subformat=fixed', 'hf'],
     ] as const) {
       const img = `${tmp.path}/fmt-${name}.${fmt === 'vpc' ? 'vhd' : fmt}`;
       execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', fmt, '-o', opts, src, img]);
@@ -131,12 +133,12 @@ describe('disk images', () => {
     expect((await runCli(['restore', 'vm', last, '--target', `${tmp.path}/fmt-bad`, '--format', 'ova'], { env })).code).toBe(2);
   });
 
-  it('refuses container formats it cannot read yet, with a hint (exit 2)', async () => {
-    const q = `${tmp.path}/vm.vhdx`;
-    execFileSync('qemu-img', ['create', '-q', '-f', 'vhdx', q, '64M']);
+  it('refuses images it cannot read, with a hint (exit 2)', async () => {
+    const q = `${tmp.path}/vm-luks.qcow2`;
+    execFileSync('qemu-img', ['create', '-q', '--object', 'secret,id=s0,data=abc', '-f', 'qcow2', '-o', 'encrypt.format=luks,encrypt.key-secret=s0', q, '64M']);
     const r = await runCli(['backup', 'disk', q], { env });
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/is a VHDX image/);
+    expect(r.stderr).toMatch(/is an encrypted qcow2 image \(LUKS\)/);
     expect(r.stderr).toMatch(/qemu-img convert/);
     const m = await runCli(['backup', 'disk', `${tmp.path}/missing.img`], { env });
     expect(m.code).toBe(1);

@@ -206,6 +206,7 @@ describe(`parsers under ${CASES} mutated inputs each`, () => {
     ['vhd', 'vpc', ['-o', 'subformat=dynamic'], 11],
     ['vmdk', 'vmdk', ['-o', 'subformat=monolithicSparse'], 12],
     ['vmdk', 'vmdk', ['-o', 'subformat=streamOptimized'], 13],
+    ['vhdx', 'vhdx', ['-o', 'subformat=dynamic,block_size=1M,log_size=1M'], 14],
   ] as [ContainerFormat, string, string[], number][]) {
     it(`${format} images (${opts.join(' ') || 'default'}): opened and read whole`, async () => {
       const dir = await fsp.mkdtemp(`${t.dir}/${format}-fuzz-`);

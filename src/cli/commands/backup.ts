@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { backupDiskImage, backupFiles, type BackupJobResult } from '../../jobs/backup.js';
 import { backupVms, type ConsistencyPolicy } from '../../jobs/backup-vm.js';
 import { driverFor } from '../../hypervisors/drivers.js';
-import { endpointsFrom, isLibvirt, labelOf, type VmEndpoint } from '../../hypervisors/registry.js';
+import { endpointsFrom, isFolder, isLibvirt, labelOf, type VmEndpoint } from '../../hypervisors/registry.js';
 import { BulwarkError } from '../../util/errors.js';
 import { exitCodeFor } from '../exit-codes.js';
 import { Context } from '../context.js';
@@ -188,7 +188,8 @@ export function register(program: Command): void {
  */
 async function selectEndpoints(all: VmEndpoint[], names: string[]): Promise<VmEndpoint[]> {
   const named: VmEndpoint[] = [];
-  const connections = all.filter((e) => isLibvirt(e) && !e.libvirt.domain);
+  // Endpoints that stand for several VMs: a libvirt connection without a domain, a folder of machine folders.
+  const connections = all.filter((e) => (isLibvirt(e) && !e.libvirt.domain) || isFolder(e));
   for (const e of all) {
     if (connections.includes(e)) {
       named.push(...(await driverFor(e).list(e)));
@@ -200,7 +201,7 @@ async function selectEndpoints(all: VmEndpoint[], names: string[]): Promise<VmEn
   return names.map((n) => {
     const e = named.find((x) => x.name === n);
     if (e) return e;
-    const byUuid = /^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$/i.test(n) ? connections[0] : undefined;
+    const byUuid = /^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$/i.test(n) ? connections.find(isLibvirt) : undefined;
     if (byUuid && isLibvirt(byUuid)) return { ...byUuid, libvirt: { ...byUuid.libvirt, domain: n } };
     throw new BulwarkError('usage', `no VM named '${n}' among the connected VMs (${named.map(labelOf).join(', ') || 'none'})`, { hint: "add --connect qmp:…,name=NAME or --connect qemu:///system, or see 'bulwark vm list'" });
   });

@@ -58,7 +58,7 @@ export function register(program: Command): void {
   // command to it wherever they stand, so 'restore vm' reads them from there.
   restore
     .command('vm')
-    .description('restore whole disks of a VM or disk snapshot as <dir>/<disk>.<format> (takes --target, --host, --tag, --source)')
+    .description('restore whole disks of a VM or disk snapshot as <dir>/<disk>.<format>; a VirtualBox, VMware or Hyper-V machine folder comes back as that folder (takes --target, --host, --tag, --source)')
     .argument('<snapshot>', "snapshot id, unique prefix, or 'latest'")
     .option('--format <format>', 'raw or qcow2 (written by Bulwark itself), or (converted by qemu-img) vmdk, vhdx, vdi, vhd', 'raw')
     .option('--disk <name>', 'only this disk (repeatable)', collect, [])
@@ -81,7 +81,8 @@ export function register(program: Command): void {
           const r = await restoreDisks(repo, {
             ref,
             target,
-            format: o.format as RestoreFormat,
+            // Left out when not given: a machine folder then comes back as a folder in its own formats.
+            ...(cmd.getOptionValueSource('format') === 'default' ? {} : { format: o.format as RestoreFormat }),
             disks: o.disk,
             filter: filterOpts(o),
             define: o.define ?? false,
@@ -93,9 +94,10 @@ export function register(program: Command): void {
           });
           view.stop();
           const dom = r.domain;
-          ctx.print({ snapshot: r.snapshot.id, disks: r.disks, ...(r.definition ? { definition: r.definition } : {}), ...(dom ? { domain: { uri: dom.uri, name: dom.name, uuid: dom.uuid, defined: dom.defined, xmlFile: dom.xmlFile, ...(o.printXml ? { xml: dom.xml } : {}) } } : {}) }, () =>
+          ctx.print({ snapshot: r.snapshot.id, disks: r.disks, ...(r.folder ? { folder: r.folder } : {}), ...(r.definition ? { definition: r.definition } : {}), ...(dom ? { domain: { uri: dom.uri, name: dom.name, uuid: dom.uuid, defined: dom.defined, xmlFile: dom.xmlFile, ...(o.printXml ? { xml: dom.xml } : {}) } } : {}) }, () =>
             [
               ...r.disks.map((d) => `restored disk ${d.path} (${bytes(d.size)}, ${bytes(d.bytesWritten)} written, the rest left sparse)`),
+              ...(r.folder ? [`restored the ${r.folder.hypervisor} machine folder: open ${r.folder.config} in the hypervisor`] : []),
               ...(r.definition ? [`VM definition ${r.definition}: review it, then run it to boot the restored VM`] : []),
               ...(dom?.defined ? [`defined libvirt domain ${dom.name} (${dom.uuid}) on ${dom.uri}, not started; its XML is in ${dom.xmlFile}`] : []),
               ...(dom && !dom.defined ? [dom.xml, `(also written to ${dom.xmlFile}; define it with --define)`] : []),
