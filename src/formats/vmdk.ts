@@ -3,11 +3,18 @@
 // header, grain directory → grain tables → grains, optionally deflate-compressed grains with markers
 // as in streamOptimized) or ZERO. monolithicSparse and streamOptimized embed the descriptor in their
 // one sparse extent; monolithicFlat and twoGbMaxExtent* keep it in a small text file beside the
-// extents. Child disks of a snapshot chain (parentCID set) are refused: their parent is not read here.
+// extents.
+//
+// A child disk of a snapshot chain (parentCID set) names its parent in parentFileNameHint (a local
+// file, relative to the child's folder) and records the parent's CID: the parent must carry that CID
+// still (a parent written since reads differently). A grain the child's sparse extent never wrote
+// (grain table entry 0) reads the parent; a zeroed grain reads as zeros; the child's flat and zero
+// extents are the child's alone. The chain may not loop and is at most MAX_CHAIN images deep.
 import { promises as fsp } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
 import { inflateSync } from 'node:zlib';
 import { BulwarkError } from '../util/errors.js';
+import { enterChain, resolveNear } from './chain.js';
 import { readExactly, readInto, type DiskImage } from './image.js';
 
 const SPARSE_MAGIC = 0x564d444b; // 'KDMV' little-endian
@@ -64,6 +71,8 @@ class FlatExtent implements Extent {
 
 class SparseExtent implements Extent {
   private readonly gtCache = new Map<number, Buffer>();
+  /** A child disk's parent: grains never written here read from it (at guest offsets). */
+  parent: DiskImage | undefined;
 
   private constructor(
     readonly start: number,
@@ -138,7 +147,14 @@ class SparseExtent implements Extent {
 
   async hasData(offset: number, length: number): Promise<boolean> {
     const end = Math.min(this.length, offset + length);
-    for (let g = Math.floor(offset / this.grainBytes); g * this.grainBytes < end; g++) if (this.isData(await this.gte(g))) return true;
+    for (let g = Math.floor(offset / this.grainBytes); g * this.grainBytes < end; g++) {
+      const e = await this.gte(g);
+      if (this.isData(e)) return true;
+      if (e === 0 && this.parent) {
+        const from = Math.max(offset, g * this.grainBytes);
+        if (await this.parent.hasData(this.start + from, Math.min(end, (g + 1) * this.grainBytes) - from)) return true;
+      }
+    }
     return false;
   }
 
@@ -150,7 +166,17 @@ class SparseExtent implements Extent {
       const within = pos - g * this.grainBytes;
       const e = await this.gte(g);
       if (!this.isData(e)) {
-        pos += Math.min(end - pos, this.grainBytes - within);
+        const n = Math.min(end - pos, this.grainBytes - within);
+        if (e === 0 && this.parent) {
+          // Unallocated grains in a row are read from the parent in one go.
+          let last = g;
+          while ((last + 1) * this.grainBytes < end && (await this.gte(last + 1)) === 0) last++;
+          const upto = Math.min(end, (last + 1) * this.grainBytes);
+          await this.parent.read(buf.subarray(pos - offset, upto - offset), this.start + pos);
+          pos = upto;
+          continue;
+        }
+        pos += n;
         continue;
       }
       if (this.flags & FLAG_COMPRESSED) {
@@ -209,10 +235,12 @@ interface ExtentLine {
   offset: number;
 }
 
-/** The descriptor's create type, parent CID and extent lines. */
-export function parseDescriptor(text: string, file: string): { createType: string; parentCid: string; extents: ExtentLine[] } {
+/** The descriptor's create type, CID, parent CID and parent's name, and extent lines. */
+export function parseDescriptor(text: string, file: string): { createType: string; cid: string; parentCid: string; parentHint?: string; extents: ExtentLine[] } {
   const createType = /^\s*createType\s*=\s*"([^"]*)"/m.exec(text)?.[1] ?? '';
+  const cid = (/^\s*CID\s*=\s*([0-9a-fA-F]+)/m.exec(text)?.[1] ?? '').toLowerCase();
   const parentCid = (/^\s*parentCID\s*=\s*([0-9a-fA-F]+)/m.exec(text)?.[1] ?? 'ffffffff').toLowerCase();
+  const parentHint = /^\s*parentFileNameHint\s*=\s*"([^"]*)"/m.exec(text)?.[1];
   const extents: ExtentLine[] = [];
   for (const line of text.split('\n')) {
     const m = /^\s*(RW|RDONLY|NOACCESS)\s+(\d+)\s+(FLAT|SPARSE|ZERO|VMFS|VMFSSPARSE|SESPARSE|VMFSRDM|VMFSRAW)\b(?:\s+"([^"]+)")?(?:\s+(\d+))?/.exec(line);
@@ -222,7 +250,7 @@ export function parseDescriptor(text: string, file: string): { createType: strin
     extents.push({ sectors: Number(m[2]), type: m[3], ...(m[4] ? { file: m[4] } : {}), offset: Number(m[5] ?? 0) });
     if (extents.length > MAX_EXTENTS) throw bad(file, `more than ${MAX_EXTENTS} extents`);
   }
-  return { createType, parentCid, extents };
+  return { createType, cid, parentCid, ...(parentHint ? { parentHint } : {}), extents };
 }
 
 /** Extent files sit beside the descriptor and may only be named as such: no paths of their own. */
@@ -231,19 +259,35 @@ function extentPath(descriptorFile: string, name: string): string {
   return resolve(dirname(descriptorFile), name);
 }
 
+/** CIDs compare as numbers: 0000abcd and abcd are the same. */
+function sameCid(a: string, b: string): boolean {
+  return a !== '' && b !== '' && parseInt(a, 16) === parseInt(b, 16);
+}
+
 export class VmdkImage implements DiskImage {
   readonly format = 'vmdk';
-  dataBytesRead = 0;
+  private ownData = 0;
 
   private constructor(
     readonly createType: string,
     private readonly extents: Extent[],
     readonly size: number,
+    /** The descriptor's CID: what a child records as its parent's (parentCID). */
+    readonly cid: string,
+    /** A child disk's parent. */
+    private readonly parent: VmdkImage | undefined,
   ) {}
 
-  static async open(file: string): Promise<VmdkImage> {
+  get dataBytesRead(): number {
+    return this.ownData + (this.parent?.dataBytesRead ?? 0);
+  }
+
+  /** Opens `file` and, for a snapshot child, its parents. `seen`: the chain so far, to refuse loops. */
+  static async open(file: string, seen: string[] = []): Promise<VmdkImage> {
+    const real = await enterChain(file, seen);
     const opened: Extent[] = [];
-    const first = await fsp.open(file, 'r');
+    let parent: VmdkImage | undefined;
+    const first = await fsp.open(real, 'r');
     // The first file becomes an extent's (closed with it) when it is a sparse extent.
     let firstOwned = false;
     try {
@@ -265,7 +309,8 @@ export class VmdkImage implements DiskImage {
         if (!/^#\s*Disk DescriptorFile/m.test(descriptor)) throw bad(file, 'neither a sparse extent nor a descriptor file');
       }
       const d = parseDescriptor(descriptor, file);
-      if (d.parentCid !== 'ffffffff') throw bad(file, 'it is the child disk of a snapshot chain (its parent is not read here); consolidate the snapshots first');
+      const child = d.parentCid !== 'ffffffff';
+      if (child && !d.parentHint) throw bad(file, 'it is the child disk of a snapshot chain but does not name its parent (no parentFileNameHint)');
       if (d.extents.length === 0) throw bad(file, 'its descriptor lists no extents');
       let start = 0;
       for (const x of d.extents) {
@@ -292,9 +337,18 @@ export class VmdkImage implements DiskImage {
         start += length;
       }
       if (embedded) throw bad(file, 'its descriptor does not list its own sparse extent first');
+      if (child) {
+        const path = resolveNear(real, d.parentHint!);
+        parent = await VmdkImage.open(path, [...seen, real]);
+        if (!sameCid(parent.cid, d.parentCid)) {
+          throw new BulwarkError('failed', `the parent '${path}' of '${file}' is not the disk it was made from (its CID is ${parent.cid || 'missing'}, not ${d.parentCid}): was it written to since?`);
+        }
+        for (const e of opened) if (e instanceof SparseExtent) e.parent = parent;
+      }
       if (!firstOwned) await first.close();
-      return new VmdkImage(d.createType, opened, start);
+      return new VmdkImage(d.createType, opened, start, d.cid, parent);
     } catch (err) {
+      await parent?.close().catch(() => undefined);
       for (const e of opened) await e.close().catch(() => undefined);
       await first.close().catch(() => undefined);
       throw err;
@@ -318,11 +372,12 @@ export class VmdkImage implements DiskImage {
       if (e.start + e.length <= offset || e.start >= end) continue;
       const from = Math.max(offset, e.start);
       const to = Math.min(end, e.start + e.length);
-      this.dataBytesRead += await e.read(buf.subarray(from - offset, to - offset), from - e.start);
+      this.ownData += await e.read(buf.subarray(from - offset, to - offset), from - e.start);
     }
   }
 
   async close(): Promise<void> {
+    await this.parent?.close().catch(() => undefined);
     for (const e of this.extents) await e.close().catch(() => undefined);
   }
 }
