@@ -6,7 +6,9 @@ set -euo pipefail
 # qemu: real guests (TCG) and images made by qemu-img; cpio/busybox/xz: the test guest's initramfs;
 # e2fsprogs/dosfstools: mkfs.* and e2fsck; attr: getfattr/setfattr; libnbd-bin: an independent NBD peer;
 # time: GNU time, the outside witness of peak memory (index scale test); libvirt-daemon-system (and
-# virsh, an outside witness): libvirt domains, started by the tests themselves (test/helpers/libvirtd.ts).
+# virsh, an outside witness): libvirt domains, started by the tests themselves (test/helpers/libvirtd.ts);
+# xfsprogs/mtools/ntfs-3g/lvm2/gdisk/fdisk: file systems, volumes and partition tables made by their own
+# tools for the file system readers (filesystems/), populated without mounting (protofile, mcopy, ntfscp).
 packages=(
   qemu-system-x86 qemu-utils
   cpio busybox-static xz-utils
@@ -15,6 +17,7 @@ packages=(
   libnbd-bin
   time
   libvirt-daemon-system libvirt-clients
+  xfsprogs mtools ntfs-3g lvm2 gdisk fdisk
 )
 
 missing=()
