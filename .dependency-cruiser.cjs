@@ -1,12 +1,12 @@
 // The layer rule of DESIGN §3, checked rather than remembered: imports point down this list only.
-// cli/server -> jobs -> sources/restore -> quiesce -> hypervisors/formats -> protocols -> repository -> storage -> util
+// cli/server -> jobs -> sources/restore -> quiesce -> hypervisors/formats/filesystems -> protocols -> repository -> storage -> util
 // (DESIGN's middle row is ordered here: the consistency protocol drives drivers, drivers speak wire protocols.)
 const layers = [
   ['cli', 'server'],
   ['jobs'],
   ['sources', 'restore'],
   ['quiesce'],
-  ['hypervisors', 'formats'],
+  ['hypervisors', 'formats', 'filesystems'],
   ['protocols'],
   ['repository'],
   ['storage'],
