@@ -8,8 +8,9 @@
 // a differencing disk's partially present blocks say per logical sector (bit set: this file) whether
 // a sector is read here or from the parent. Checksums are CRC-32C; little-endian throughout.
 //
-// A file whose header names a log (LogGuid non-zero) was not closed cleanly and is refused: its
-// metadata and data are only consistent once the log is replayed, which is not done here.
+// A file whose header names a log (LogGuid non-zero) was not closed cleanly: its metadata and data are
+// only consistent once the log's active sequence is replayed. That is done here in memory (the file
+// is never written): the sectors the log writes or zeroes form an overlay consulted before the file.
 import { promises as fsp } from 'node:fs';
 import { BulwarkError } from '../util/errors.js';
 import { enterChain, resolveNear } from './chain.js';
@@ -22,6 +23,11 @@ const MAX_SIZE = 64 * 1024 * MiB * 1024; // 64 TiB, the spec's limit
 const MAX_BAT_BYTES = 64 * MiB;
 const MAX_METADATA_ITEM = MiB;
 const BITMAP_CACHE = 4096;
+const LOG_SECTOR = 4096;
+const MAX_LOG_BYTES = 64 * MiB;
+/** At most this many 4 KiB sectors written or zeroed by a log replayed in memory (1 GiB). */
+const MAX_OVERLAY_SECTORS = 262144;
+const ZERO_SECTOR = Buffer.alloc(LOG_SECTOR);
 
 /** Payload block states (sector bitmap blocks use NOT_PRESENT and PRESENT = 6). */
 const NOT_PRESENT = 0;
@@ -71,7 +77,11 @@ interface Header {
   fileWriteGuid: string;
   dataWriteGuid: string;
   logGuid: string;
+  logGuidBytes: Buffer;
+  logVersion: number;
   version: number;
+  logLength: number;
+  logOffset: number;
 }
 
 interface Geometry {
@@ -96,7 +106,11 @@ function parseHeader(b: Buffer): Header | undefined {
     fileWriteGuid: guidString(b, 16),
     dataWriteGuid: guidString(b, 32),
     logGuid: guidString(b, 48),
+    logGuidBytes: Buffer.from(b.subarray(48, 64)),
+    logVersion: b.readUInt16LE(64),
     version: b.readUInt16LE(66),
+    logLength: b.readUInt32LE(68),
+    logOffset: Number(b.readBigUInt64LE(72)),
   };
 }
 
@@ -129,8 +143,7 @@ export class VhdxImage implements DiskImage {
 
   private constructor(
     private readonly file: string,
-    private readonly fh: fsp.FileHandle,
-    private readonly fileSize: number,
+    private readonly host: Host,
     readonly header: Header,
     readonly geometry: Geometry,
     private readonly bat: Buffer,
@@ -162,9 +175,7 @@ export class VhdxImage implements DiskImage {
       if (headers.length === 0) throw bad("neither of its two headers is valid (no 'head' signature or a bad checksum)");
       const header = headers.reduce((a, b) => (b.sequence > a.sequence ? b : a));
       if (header.version !== 1) throw bad(`header version ${header.version} (1 is known)`);
-      if (header.logGuid !== ZERO_GUID) {
-        throw new BulwarkError('failed', `'${file}' has an unreplayed log (Hyper-V did not close it cleanly); open it once in Hyper-V or run qemu-img check -r all on a copy`);
-      }
+      const host = new Host(fh, file, fileSize, header.logGuid === ZERO_GUID ? undefined : await replayLog(fh, fileSize, header, file));
       let regions = parseRegionTable(head.subarray(192 * KiB, 256 * KiB));
       if (typeof regions === 'string') {
         const second = parseRegionTable(head.subarray(256 * KiB, 320 * KiB));
@@ -181,7 +192,7 @@ export class VhdxImage implements DiskImage {
       const metaRegion = regions.get(VHDX_GUIDS.metadataRegion);
       if (!batRegion || !metaRegion) throw bad(`its region table has no ${batRegion ? 'metadata region' : 'block allocation table'}`);
 
-      const geometry = await readMetadata(fh, metaRegion, file, bad);
+      const geometry = await readMetadata(host, metaRegion, bad);
       const { size, blockSize, logicalSectorSize } = geometry;
       const chunkRatio = (2 ** 23 * logicalSectorSize) / blockSize;
       const blocks = Math.ceil(size / blockSize);
@@ -189,11 +200,11 @@ export class VhdxImage implements DiskImage {
       const entries = geometry.hasParent ? chunks * (chunkRatio + 1) : blocks === 0 ? 0 : blocks + Math.floor((blocks - 1) / chunkRatio);
       if (entries * 8 > MAX_BAT_BYTES) throw bad(`its block allocation table of ${entries} entries is over ${MAX_BAT_BYTES} bytes`);
       if (entries * 8 > batRegion.length) throw bad(`its block allocation table region of ${batRegion.length} bytes is too small for ${entries} entries`);
-      const bat = await readExactly(fh, entries * 8, batRegion.offset, 'block allocation table', file);
+      const bat = await host.read(Buffer.alloc(entries * 8), batRegion.offset, 'block allocation table');
 
       let parent: VhdxImage | undefined;
       if (geometry.hasParent) parent = await openParent(file, real, geometry.parentLocator!, [...seen, real]);
-      return new VhdxImage(file, fh, fileSize, header, geometry, bat, parent);
+      return new VhdxImage(file, host, header, geometry, bat, parent);
     } catch (err) {
       await fh.close();
       throw err;
@@ -224,7 +235,7 @@ export class VhdxImage implements DiskImage {
       case PARTIALLY_PRESENT: {
         if (e.state === PARTIALLY_PRESENT && !this.parent) throw this.damaged(`block ${b} is partially present in a disk without a parent`);
         const len = Math.min(this.geometry.blockSize, this.size - b * this.geometry.blockSize);
-        if (e.at < MiB || e.at + len > this.fileSize) throw this.damaged(`block ${b} points past the end of the file (offset ${e.at}, file of ${this.fileSize} bytes)`);
+        if (e.at < MiB || e.at + len > this.host.size) throw this.damaged(`block ${b} points past the end of the file (offset ${e.at}, file of ${this.host.size} bytes)`);
         return e;
       }
       default:
@@ -239,9 +250,9 @@ export class VhdxImage implements DiskImage {
     const chunk = Math.floor(b / this.chunkRatio);
     const e = this.entryAt(chunk * (this.chunkRatio + 1) + this.chunkRatio);
     if (e.state !== FULLY_PRESENT) throw this.damaged(`block ${b} is partially present but its sector bitmap block is not (state ${e.state})`);
-    if (e.at < MiB || e.at + MiB > this.fileSize) throw this.damaged(`the sector bitmap of block ${b} points past the end of the file (offset ${e.at})`);
+    if (e.at < MiB || e.at + MiB > this.host.size) throw this.damaged(`the sector bitmap of block ${b} points past the end of the file (offset ${e.at})`);
     const bytes = this.sectorsPerBlock / 8;
-    bm = await readExactly(this.fh, bytes, e.at + (b % this.chunkRatio) * bytes, `sector bitmap of block ${b}`, this.file);
+    bm = await this.host.read(Buffer.alloc(bytes), e.at + (b % this.chunkRatio) * bytes, `sector bitmap of block ${b}`);
     this.bitmaps.set(b, bm);
     if (this.bitmaps.size > BITMAP_CACHE) this.bitmaps.delete(this.bitmaps.keys().next().value!);
     return bm;
@@ -303,13 +314,13 @@ export class VhdxImage implements DiskImage {
           last++;
         }
         upto = Math.min(end, (last + 1) * bs);
-        await readInto(this.fh, buf.subarray(pos - offset, upto - offset), at + within, `block ${b}`, this.file);
+        await this.host.read(buf.subarray(pos - offset, upto - offset), at + within, `block ${b}`);
         this.ownData += upto - pos;
       } else if (state === PARTIALLY_PRESENT) {
         for (const r of await this.runs(b, within, upto - b * bs)) {
           const part = buf.subarray(b * bs + r.from - offset, b * bs + r.to - offset);
           if (r.here) {
-            await readInto(this.fh, part, at + r.from, `block ${b}`, this.file);
+            await this.host.read(part, at + r.from, `block ${b}`);
             this.ownData += part.length;
           } else await this.parent!.read(part, b * bs + r.from);
         }
@@ -322,17 +333,12 @@ export class VhdxImage implements DiskImage {
 
   async close(): Promise<void> {
     await this.parent?.close().catch(() => undefined);
-    await this.fh.close();
+    await this.host.fh.close();
   }
 }
 
-async function readMetadata(
-  fh: fsp.FileHandle,
-  region: { offset: number; length: number },
-  file: string,
-  bad: (why: string) => BulwarkError,
-): Promise<Geometry> {
-  const table = await readExactly(fh, 64 * KiB, region.offset, 'metadata table', file);
+async function readMetadata(host: Host, region: { offset: number; length: number }, bad: (why: string) => BulwarkError): Promise<Geometry> {
+  const table = await host.read(Buffer.alloc(64 * KiB), region.offset, 'metadata table');
   if (table.subarray(0, 8).toString('latin1') !== 'metadata') throw bad("no 'metadata' table signature");
   const count = table.readUInt16LE(10);
   if (count > 2047) throw bad(`its metadata table has ${count} entries (at most 2047)`);
@@ -359,7 +365,7 @@ async function readMetadata(
     }
     if (items.has(guid)) throw bad(`metadata item ${guid} twice`);
     if (length > MAX_METADATA_ITEM || (length > 0 && offset < 64 * KiB) || offset + length > region.length) throw bad(`its metadata item ${guid} (${length} bytes at ${offset}) is outside the metadata region`);
-    items.set(guid, await readExactly(fh, length, region.offset + offset, `metadata item ${guid}`, file));
+    items.set(guid, await host.read(Buffer.alloc(length), region.offset + offset, `metadata item ${guid}`));
   }
   const item = (guid: string, name: string, min: number): Buffer => {
     const b = items.get(guid);
@@ -457,4 +463,150 @@ async function openParent(file: string, real: string, locator: Map<string, strin
     throw new BulwarkError('failed', `the parent '${path}' of the differencing disk '${file}' is not the image it was made from: parent_linkage is {${want}} but the parent's DataWriteGuid is {${parent.header.dataWriteGuid}} (the parent was changed after the child was made, or it is another file)`);
   }
   return parent;
+}
+
+/**
+ * The file as the reader sees it: its bytes, and over them the sectors a replayed log writes (and
+ * zeroes); the log may also extend the file (its LastFileOffset), past the real end reading as zeros.
+ */
+class Host {
+  readonly size: number;
+
+  constructor(
+    readonly fh: fsp.FileHandle,
+    private readonly file: string,
+    private readonly realSize: number,
+    private readonly log: { sectors: Map<number, Buffer>; size: number } | undefined,
+  ) {
+    this.size = Math.max(realSize, log?.size ?? 0);
+  }
+
+  /** Fills `out` with the bytes at `at`; returns it. */
+  async read(out: Buffer, at: number, what: string): Promise<Buffer> {
+    if (!this.log) {
+      await readInto(this.fh, out, at, what, this.file);
+      return out;
+    }
+    if (at + out.length > this.size) throw new BulwarkError('failed', `'${this.file}' is damaged: its ${what} at offset ${at} runs past the end of the file`);
+    const inFile = Math.max(0, Math.min(out.length, this.realSize - at));
+    if (inFile > 0) await readInto(this.fh, out.subarray(0, inFile), at, what, this.file);
+    out.fill(0, inFile);
+    const end = at + out.length;
+    for (let s = Math.floor(at / LOG_SECTOR); s * LOG_SECTOR < end; s++) {
+      const o = this.log.sectors.get(s);
+      if (!o) continue;
+      const from = Math.max(at, s * LOG_SECTOR);
+      const to = Math.min(end, (s + 1) * LOG_SECTOR);
+      o.copy(out, from - at, from - s * LOG_SECTOR, to - s * LOG_SECTOR);
+    }
+    return out;
+  }
+}
+
+interface LogEntry {
+  /** Index of its first 4 KiB sector in the log. */
+  index: number;
+  sectors: number;
+  sequence: bigint;
+  tail: number;
+  flushedFileOffset: number;
+  lastFileOffset: number;
+  writes: ({ offset: number; data: Buffer } | { offset: number; zero: number })[];
+}
+
+/**
+ * Replays the log in memory ([MS-VHDX] 2.3.3): finds the active sequence (valid entries with
+ * consecutive sequence numbers, from the newest entry's tail to that entry) and returns the sectors it
+ * writes, and the file's size after it. No valid sequence: nothing to replay.
+ */
+async function replayLog(fh: fsp.FileHandle, fileSize: number, header: Header, file: string): Promise<{ sectors: Map<number, Buffer>; size: number }> {
+  const refuse = (why: string): BulwarkError =>
+    new BulwarkError('failed', `'${file}' has an unreplayed log (Hyper-V did not close it cleanly) that cannot be replayed here (${why}); open it once in Hyper-V or run qemu-img check -r all on a copy`);
+  const { logOffset, logLength } = header;
+  if (header.logVersion !== 0) throw refuse(`log version ${header.logVersion}`);
+  if (logLength === 0 || logLength % MiB !== 0 || logOffset < MiB || logOffset % MiB !== 0 || logOffset + logLength > fileSize) throw refuse(`its log of ${logLength} bytes at offset ${logOffset} is misaligned or outside the file`);
+  if (logLength > MAX_LOG_BYTES) throw refuse(`its log of ${logLength} bytes is over ${MAX_LOG_BYTES}`);
+  const log = await readExactly(fh, logLength, logOffset, 'log', file);
+  const n = logLength / LOG_SECTOR;
+  const sector = (i: number): Buffer => log.subarray((i % n) * LOG_SECTOR, ((i % n) + 1) * LOG_SECTOR);
+
+  const parse = (i: number): LogEntry | undefined => {
+    const h = sector(i);
+    if (h.subarray(0, 4).toString('latin1') !== 'loge') return undefined;
+    const length = h.readUInt32LE(8);
+    if (length === 0 || length % LOG_SECTOR !== 0 || length > logLength) return undefined;
+    const sequence = h.readBigUInt64LE(16);
+    const count = h.readUInt32LE(24);
+    if (sequence === 0n || !h.subarray(32, 48).equals(header.logGuidBytes)) return undefined;
+    const sectors = length / LOG_SECTOR;
+    const descSectors = Math.ceil((64 + count * 32) / LOG_SECTOR);
+    if (descSectors > sectors) return undefined;
+    const whole = Buffer.alloc(length);
+    for (let k = 0; k < sectors; k++) sector(i + k).copy(whole, k * LOG_SECTOR);
+    const sum = whole.readUInt32LE(4);
+    whole.writeUInt32LE(0, 4);
+    if (crc32c(whole) !== sum) return undefined;
+    const writes: LogEntry['writes'] = [];
+    let data = descSectors;
+    for (let d = 0; d < count; d++) {
+      const at = 64 + d * 32;
+      const sig = whole.subarray(at, at + 4).toString('latin1');
+      if (whole.readBigUInt64LE(at + 24) !== sequence) return undefined;
+      const offset = Number(whole.readBigUInt64LE(at + 16));
+      if (sig === 'zero') {
+        writes.push({ offset, zero: Number(whole.readBigUInt64LE(at + 8)) });
+      } else if (sig === 'desc') {
+        if (data >= sectors) return undefined;
+        const ds = whole.subarray(data * LOG_SECTOR, (data + 1) * LOG_SECTOR);
+        if (ds.subarray(0, 4).toString('latin1') !== 'data' || BigInt(ds.readUInt32LE(4)) !== sequence >> 32n || BigInt(ds.readUInt32LE(4092)) !== (sequence & 0xffffffffn)) return undefined;
+        const out = Buffer.alloc(LOG_SECTOR);
+        whole.copy(out, 0, at + 8, at + 16); // leading bytes
+        ds.copy(out, 8, 8, 4092);
+        whole.copy(out, 4092, at + 4, at + 8); // trailing bytes
+        writes.push({ offset, data: out });
+        data++;
+      } else return undefined;
+    }
+    return { index: i % n, sectors, sequence, tail: h.readUInt32LE(12), flushedFileOffset: Number(h.readBigUInt64LE(48)), lastFileOffset: Number(h.readBigUInt64LE(56)), writes };
+  };
+
+  const valid = new Map<number, LogEntry>();
+  for (let i = 0; i < n; i++) {
+    const e = parse(i);
+    if (e) valid.set(i, e);
+  }
+  let active: LogEntry[] | undefined;
+  for (const head of [...valid.values()].sort((a, b) => (b.sequence > a.sequence ? 1 : b.sequence < a.sequence ? -1 : 0))) {
+    if (head.tail % LOG_SECTOR !== 0 || head.tail >= logLength) continue;
+    const chain: LogEntry[] = [];
+    let i = head.tail / LOG_SECTOR;
+    for (let used = 0; used <= n; ) {
+      const e = valid.get(i);
+      if (!e || (chain.length > 0 && e.sequence !== chain[chain.length - 1]!.sequence + 1n)) break;
+      chain.push(e);
+      if (e === head) {
+        active = chain;
+        break;
+      }
+      used += e.sectors;
+      i = (i + e.sectors) % n;
+    }
+    if (active) break;
+  }
+  const sectors = new Map<number, Buffer>();
+  if (!active) return { sectors, size: fileSize };
+  const head = active[active.length - 1]!;
+  if (head.flushedFileOffset > fileSize) throw refuse(`the file is ${fileSize} bytes, shorter than the ${head.flushedFileOffset} the log says were flushed: it was cut short`);
+  const size = Math.max(fileSize, head.lastFileOffset);
+  if (size > MAX_SIZE * 2) throw refuse(`the log makes the file ${size} bytes`);
+  for (const e of active) {
+    for (const w of e.writes) {
+      const length = 'data' in w ? LOG_SECTOR : w.zero;
+      if (w.offset % LOG_SECTOR !== 0 || length % LOG_SECTOR !== 0 || w.offset < MiB || w.offset + length > size) throw refuse(`an entry writes ${length} bytes at offset ${w.offset}, outside the file's data`);
+      if (sectors.size + length / LOG_SECTOR > MAX_OVERLAY_SECTORS) throw refuse(`it writes more than ${MAX_OVERLAY_SECTORS * LOG_SECTOR} bytes`);
+      if ('data' in w) sectors.set(w.offset / LOG_SECTOR, w.data);
+      else for (let k = 0; k < length / LOG_SECTOR; k++) sectors.set(w.offset / LOG_SECTOR + k, ZERO_SECTOR);
+    }
+  }
+  return { sectors, size };
 }

@@ -35,6 +35,73 @@ export interface VhdxSpec {
   /** Extra region table entries and metadata items. */
   extraRegions?: { guid: string; required: boolean }[];
   extraMetadata?: { guid: string; required: boolean; data?: Buffer }[];
+  /** Log entries written into the 1 MiB log (give `logGuid` too, or they are not replayed). */
+  log?: LogEntrySpec[];
+}
+
+export interface LogEntrySpec {
+  sequence: bigint;
+  /** 4 KiB sector of the log where the entry starts; default: right after the previous one (wrapping). */
+  at?: number;
+  /** Byte offset in the log of the sequence's first entry; default: where the first entry of the list starts. */
+  tail?: number;
+  writes: ({ offset: number; data: Buffer } | { offset: number; zero: number })[];
+  flushedFileOffset?: number;
+  lastFileOffset?: number;
+  /** Spoils the entry's checksum. */
+  corrupt?: boolean;
+  /** Another log's GUID. */
+  logGuid?: string;
+}
+
+export const LOG_AT = MiB;
+const LOG_SECTORS = 256;
+
+/** Writes log entries into `log` (the log region, 1 MiB), each wrapping at the end as the log is circular. */
+function writeLog(log: Buffer, entries: LogEntrySpec[], logGuid: string, fileSize: number): void {
+  let next = 0;
+  let first: number | undefined;
+  for (const e of entries) {
+    const at = e.at ?? next;
+    first ??= at;
+    const descs = e.writes.length;
+    const descSectors = Math.ceil((64 + descs * 32) / 4096);
+    const dataWrites = e.writes.filter((w): w is { offset: number; data: Buffer } => 'data' in w);
+    const sectors = descSectors + dataWrites.length;
+    const entry = Buffer.alloc(sectors * 4096);
+    entry.write('loge', 0, 'latin1');
+    entry.writeUInt32LE(sectors * 4096, 8);
+    entry.writeUInt32LE(e.tail ?? first * 4096, 12);
+    entry.writeBigUInt64LE(e.sequence, 16);
+    entry.writeUInt32LE(descs, 24);
+    guidBytes(e.logGuid ?? logGuid).copy(entry, 32);
+    entry.writeBigUInt64LE(BigInt(e.flushedFileOffset ?? fileSize), 48);
+    entry.writeBigUInt64LE(BigInt(e.lastFileOffset ?? fileSize), 56);
+    let data = descSectors;
+    e.writes.forEach((w, i) => {
+      const d = 64 + i * 32;
+      entry.writeBigUInt64LE(BigInt(w.offset), d + 16);
+      entry.writeBigUInt64LE(e.sequence, d + 24);
+      if ('zero' in w) {
+        entry.write('zero', d, 'latin1');
+        entry.writeBigUInt64LE(BigInt(w.zero), d + 8);
+        return;
+      }
+      entry.write('desc', d, 'latin1');
+      w.data.copy(entry, d + 4, 4092, 4096); // trailing bytes
+      w.data.copy(entry, d + 8, 0, 8); // leading bytes
+      const s = data * 4096;
+      entry.write('data', s, 'latin1');
+      entry.writeUInt32LE(Number(e.sequence >> 32n), s + 4);
+      w.data.copy(entry, s + 8, 8, 4092);
+      entry.writeUInt32LE(Number(e.sequence & 0xffffffffn), s + 4092);
+      data++;
+    });
+    rechecksum(entry, 0, entry.length);
+    if (e.corrupt) entry.writeUInt32LE((entry.readUInt32LE(4) ^ 1) >>> 0, 4);
+    for (let k = 0; k < sectors; k++) entry.copy(log, ((at + k) % LOG_SECTORS) * 4096, k * 4096, (k + 1) * 4096);
+    next = (at + sectors) % LOG_SECTORS;
+  }
 }
 
 export const randomGuid = (): string => randomUUID().toUpperCase();
@@ -156,6 +223,7 @@ export function buildVhdx(spec: VhdxSpec): Buffer {
     }
     next += blockSize;
   }
+  if (spec.log) writeLog(f.subarray(LOG_AT, LOG_AT + MiB), spec.log, spec.logGuid ?? '00000000-0000-0000-0000-000000000000', f.length);
   return f;
 }
 
