@@ -13,7 +13,7 @@ import { BAT_AT, BLOCK, buildVhdx, HEADER_AT, METADATA_AT, randomGuid, rechecksu
 import { qemuImg } from '../protocols/nbd/testing/qemu-nbd.js';
 import { crc32c } from './crc32c.js';
 import type { DiskImage } from './image.js';
-import { VhdxImage } from './vhdx.js';
+import { guidBytes, VhdxImage } from './vhdx.js';
 
 let tmp: { path: string; cleanup(): Promise<void> };
 let source: string;
@@ -488,6 +488,18 @@ describe('the log, replayed in memory', () => {
     await expect(VhdxImage.open(file('cut.vhdx'))).rejects.toThrow(/shorter than the 9437184 the log says were flushed: it was cut short/);
     await writeVhdx(file('hdr.vhdx'), { size: 4 * MiB, logGuid: spec.logGuid, log: [{ sequence: 1n, writes: [{ offset: 64 * KiB, zero: 4096 }] }] });
     await expect(VhdxImage.open(file('hdr.vhdx'))).rejects.toThrow(/an entry writes 4096 bytes at offset 65536, outside the file's data/);
+    // Every sector of the log an entry header claiming the whole log: bounded work, then refused.
+    const g = randomGuid();
+    const over = buildVhdx({ size: 4 * MiB, logGuid: g });
+    for (let k = 0; k < 256; k++) {
+      const at = MiB + k * 4096;
+      over.write('loge', at, 'latin1');
+      over.writeUInt32LE(MiB, at + 8);
+      over.writeBigUInt64LE(1n, at + 16);
+      guidBytes(g).copy(over, at + 32);
+    }
+    await writeFile(file('over.vhdx'), over);
+    await expect(VhdxImage.open(file('over.vhdx'))).rejects.toThrow(/its log entries overlap one another over and over/);
     await writeVhdx(file('huge.vhdx'), { size: 4 * MiB, logGuid: spec.logGuid, log: [{ sequence: 1n, lastFileOffset: 2 ** 40, writes: [{ offset: 4 * MiB, zero: 2 ** 39 }] }] });
     await expect(VhdxImage.open(file('huge.vhdx'))).rejects.toThrow(/it writes more than 1073741824 bytes/);
   });
