@@ -34,6 +34,8 @@ const NOT_PRESENT = 0;
 const UNDEFINED = 1;
 const ZERO = 2;
 const UNMAPPED = 3;
+/** UNMAPPED in the 0.95 draft of the spec; QEMU reads it as zeros too, for images of that time. */
+const UNMAPPED_V095 = 5;
 const FULLY_PRESENT = 6;
 const PARTIALLY_PRESENT = 7;
 
@@ -230,6 +232,7 @@ export class VhdxImage implements DiskImage {
       case UNDEFINED:
       case ZERO:
       case UNMAPPED:
+      case UNMAPPED_V095:
         return e;
       case FULLY_PRESENT:
       case PARTIALLY_PRESENT: {
