@@ -2,7 +2,8 @@
 // is not a multiple of the block size): it must read exactly what `qemu-img convert -O raw` gives,
 // without reading holes. Then images written by hand (test/helpers/vhdx.ts): every payload block state,
 // 4096-byte sectors, differencing disks over a qemu-img parent (sector bitmaps, chains, parent
-// locators), and damaged or hostile files: clear errors.
+// locators), logs replayed in memory (checked against qemu-img check -r all), and damaged or hostile
+// files: clear errors.
 import { randomBytes } from 'node:crypto';
 import { readFile, stat, symlink, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';

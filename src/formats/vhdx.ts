@@ -6,7 +6,11 @@
 // the parent locator. The BAT holds one 64-bit entry per payload block (state in the low 3 bits, file
 // offset in MiB from bit 20), with one sector bitmap entry after every `chunk ratio` payload entries;
 // a differencing disk's partially present blocks say per logical sector (bit set: this file) whether
-// a sector is read here or from the parent. Checksums are CRC-32C; little-endian throughout.
+// a sector is read here or from the parent, and not-present blocks are the parent's; undefined, zero
+// and unmapped blocks read as zeros (as QEMU reads them). The parent is found by the locator's
+// relative_path, else by the file name of its absolute_win32_path (or volume_path) beside the child,
+// and must carry the DataWriteGuid the child names (parent_linkage). Checksums are CRC-32C;
+// little-endian throughout.
 //
 // A file whose header names a log (LogGuid non-zero) was not closed cleanly: its metadata and data are
 // only consistent once the log's active sequence is replayed. That is done here in memory (the file
