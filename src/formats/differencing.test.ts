@@ -310,6 +310,9 @@ describe('VMDK snapshot children', () => {
     for (let i = MAX_CHAIN - 1; i >= 0; i--) await desc(`deep-${i}.vmdk`, 1000 + i, 1000 + i + 1, `deep-${i + 1}.vmdk`);
     await expect(VmdkImage.open(at('deep-0.vmdk'))).rejects.toThrow(/more than 32 images deep/);
     await (await VmdkImage.open(at('deep-1.vmdk'))).close();
+    // A Windows path: the file name beside the child.
+    await desc('windows.vmdk', 1, 1000 + MAX_CHAIN, `C:\\Users\\someone\\VMs\\deep-${MAX_CHAIN}.vmdk`);
+    await (await VmdkImage.open(at('windows.vmdk'))).close();
     // A child naming no parent.
     await writeFile(at('nameless.vmdk'), '# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=2\ncreateType="monolithicFlat"\nRW 2048 FLAT "flat.bin" 0\n');
     await expect(VmdkImage.open(at('nameless.vmdk'))).rejects.toThrow(/does not name its parent/);

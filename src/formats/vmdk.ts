@@ -6,7 +6,7 @@
 // extents.
 //
 // A child disk of a snapshot chain (parentCID set) names its parent in parentFileNameHint (a local
-// file, relative to the child's folder) and records the parent's CID: the parent must carry that CID
+// file, relative to the child's folder; of a Windows path only the file name, beside the child) and records the parent's CID: the parent must carry that CID
 // still (a parent written since reads differently). A grain the child's sparse extent never wrote
 // (grain table entry 0) reads the parent; a zeroed grain reads as zeros; the child's flat and zero
 // extents are the child's alone. The chain may not loop and is at most MAX_CHAIN images deep.
@@ -338,7 +338,9 @@ export class VmdkImage implements DiskImage {
       }
       if (embedded) throw bad(file, 'its descriptor does not list its own sparse extent first');
       if (child) {
-        const path = resolveNear(real, d.parentHint!);
+        // VMware on Windows may record the parent's absolute path: its file name beside the child serves.
+        const hint = d.parentHint!;
+        const path = /^[a-zA-Z]:[\\/]|\\/.test(hint) ? resolveNear(real, basename(hint.replace(/\\/g, '/'))) : resolveNear(real, hint);
         parent = await VmdkImage.open(path, [...seen, real]);
         if (!sameCid(parent.cid, d.parentCid)) {
           throw new BulwarkError('failed', `the parent '${path}' of '${file}' is not the disk it was made from (its CID is ${parent.cid || 'missing'}, not ${d.parentCid}): was it written to since?`);
