@@ -9,6 +9,7 @@ import { copyFile, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeVdiChild, vdiCreateBytes, vhdUniqueId, writeVhd } from '../../test/helpers/diff-images.js';
+import { patchFile } from '../../test/helpers/patch.js';
 import { tempDir } from '../../test/helpers/repo.js';
 import { qemuImg } from '../protocols/nbd/testing/qemu-nbd.js';
 import { MAX_CHAIN } from './chain.js';
@@ -121,6 +122,13 @@ describe('VHD differencing disks', () => {
     writeVhd(at('orphan.vhd'), { size: SIZE, parent: { id: parentId, locators: [{ code: 'W2ru', path: '.\\gone.vhd' }] } });
     await expect(VhdImage.open(at('orphan.vhd'))).rejects.toMatchObject({ code: 'not-found', message: expect.stringMatching(/gone\.vhd/) });
 
+    // A locator whose data lies outside the file.
+    writeVhd(at('far.vhd'), { size: SIZE, parent: { id: parentId, locators: [{ code: 'W2ru', path: '.\\parent.vhd' }] } });
+    const far = Buffer.alloc(8);
+    far.writeBigUInt64BE(1n << 40n);
+    patchFile(at('far.vhd'), 512 + 576 + 16, far);
+    await expect(VhdImage.open(at('far.vhd'))).rejects.toThrow(/parent locator 'W2ru' is out of bounds/);
+
     const self = randomBytes(16);
     writeVhd(at('self.vhd'), { size: SIZE, uniqueId: self, parent: { id: self, locators: [{ code: 'W2ru', path: 'self.vhd' }] } });
     await expect(VhdImage.open(at('self.vhd'))).rejects.toThrow(/backing chain of .* loops/);
@@ -220,6 +228,11 @@ describe('VDI differencing images', () => {
     await qemuImg('create', '-f', 'vdi', join(lone, 'other.vdi'), '12M');
     await expect(VdiImage.open(join(lone, 'Snapshots', 'child.vdi'), [], { parentOf: async () => join(lone, 'other.vdi') })).rejects.toThrow(/is not the disk it was made from/);
     await expect(VdiImage.open(join(lone, 'Snapshots', 'child.vdi'), [], { parentOf: async () => join(lone, 'missing.vdi') })).rejects.toMatchObject({ code: 'not-found' });
+
+    // A differencing image with no parent UUID.
+    await qemuImg('create', '-f', 'vdi', join(lone, 'zero-link.vdi'), '4M');
+    makeVdiChild(join(lone, 'zero-link.vdi'), Buffer.alloc(16));
+    await expect(VdiImage.open(join(lone, 'zero-link.vdi'))).rejects.toThrow(/names no parent/);
 
     // A child linking to itself, and two linking to each other.
     const loops = at('vdi-loops');
