@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { BulwarkError } from '../util/errors.js';
 import { register as registerBackup } from './commands/backup.js';
 import { register as registerCopy } from './commands/copy.js';
+import { register as registerExport } from './commands/export.js';
 import { register as registerForget } from './commands/forget.js';
 import { register as registerInspect } from './commands/inspect.js';
 import { register as registerRepo } from './commands/repo.js';
@@ -32,6 +33,7 @@ export function buildProgram(): Command {
   registerForget(program);
   registerCopy(program);
   registerRestore(program);
+  registerExport(program);
   registerVm(program);
   const applyExit = (cmd: Command): void => {
     cmd.exitOverride();

@@ -34,5 +34,6 @@ export async function openImage(path: string, format: string, opts: { size?: num
   if (format === 'raw') return RawImage.open(path, opts.size);
   if (format === 'vpc') return openDiskImage(path, 'vhd');
   if (!CONTAINERS.includes(format)) throw new BulwarkError('usage', `'${path}' is a ${format} image, which Bulwark does not read`, { hint: `convert it to qcow2 or raw first (qemu-img convert -O qcow2 '${path}' disk.qcow2)` });
+  if (format === 'vdi' && opts.parentOf) return VdiImage.open(path, [], { parentOf: opts.parentOf });
   return openDiskImage(path, format as ContainerFormat);
 }

@@ -93,3 +93,50 @@ export function seededInts(seed: number): (bound: number) => number {
     return x % bound;
   };
 }
+
+/** A long-running command (export, instant restore): started, waited on until its first JSON line, stopped by signal. */
+export interface RunningCli<T> {
+  ready: T;
+  pid: number;
+  output(): { stdout: string; stderr: string };
+  /** Sends the signal and resolves with the exit code. */
+  stop(signal?: NodeJS.Signals): Promise<number>;
+}
+
+export async function startCli<T = Record<string, unknown>>(args: string[], opts: { env?: Record<string, string | undefined>; readyTimeoutMs?: number } = {}): Promise<RunningCli<T>> {
+  if (!existsSync(`${ROOT}dist/cli/main.js`)) throw new Error("dist/ is missing: run 'npm run build' first (npm test does)");
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries({ ...process.env, BULWARK_STATE_DIR: STATE_DIR, BULWARK_CACHE_DIR: CACHE_DIR, ...opts.env })) if (v !== undefined) env[k] = v;
+  const child = spawn(NODE, [BIN, ...args, '--json'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  const exited = new Promise<number>((resolve) => child.on('close', (code, signal) => resolve(code ?? (signal ? 128 : 1))));
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const ready = await new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`'bulwark ${args.join(' ')}' was not ready in time: ${stderr}`));
+    }, opts.readyTimeoutMs ?? 60_000);
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+      const line = stdout.split('\n').find((l) => l.trim().startsWith('{'));
+      if (line && stdout.includes('\n', stdout.indexOf(line))) {
+        clearTimeout(timer);
+        resolve(JSON.parse(line) as T);
+      }
+    });
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`'bulwark ${args.join(' ')}' exited (${code}) before it was ready: ${stderr}`));
+    });
+  });
+  return {
+    ready,
+    pid: child.pid!,
+    output: () => ({ stdout, stderr }),
+    stop: (signal: NodeJS.Signals = 'SIGTERM') => {
+      child.kill(signal);
+      return exited;
+    },
+  };
+}
