@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, readFile, writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jsonResult, runCli } from '../helpers/cli.js';
+import { makeVdiChild, vdiCreateBytes } from '../helpers/diff-images.js';
 import { tempDir } from '../helpers/repo.js';
 
 interface Result {
@@ -39,15 +40,26 @@ async function restoreFolder(snapshot: string, target: string): Promise<{ disks:
   return jsonResult(r);
 }
 
-function vbox(opts: { disk: string; uuid: string; stateFile?: string }): string {
+/** VirtualBox's text form of a UUID stored in a VDI header (RTUUID: first three fields little-endian). */
+function uuidText(u: Buffer): string {
+  return [u.subarray(0, 4).reverse(), u.subarray(4, 6).reverse(), u.subarray(6, 8).reverse(), u.subarray(8, 10), u.subarray(10, 16)].map((b) => Buffer.from(b).toString('hex')).join('-');
+}
+
+function vbox(opts: { disk: string; uuid: string; stateFile?: string; child?: { uuid: string; location: string } }): string {
   return `<?xml version="1.0"?>
 <VirtualBox xmlns="http://www.virtualbox.org/" version="1.16-linux">
   <Machine uuid="{${MACHINE_UUID}}" name="vbweb" OSType="Debian_64" snapshotFolder="Snapshots"${opts.stateFile ? ` stateFile="${opts.stateFile}"` : ''} lastStateChange="2026-11-27T10:00:00Z">
     <MediaRegistry>
       <HardDisks>
-        <HardDisk uuid="{${opts.uuid}}" location="${opts.disk}" format="VDI" type="Normal"/>
+        <HardDisk uuid="{${opts.uuid}}" location="${opts.disk}" format="VDI" type="Normal">${opts.child ? `
+          <HardDisk uuid="{${opts.child.uuid}}" location="${opts.child.location}" format="VDI"/>` : ''}
+        </HardDisk>
       </HardDisks>
-    </MediaRegistry>
+    </MediaRegistry>${opts.child ? `
+    <Snapshot uuid="{77777777-1111-4222-8333-444455556666}" name="before upgrade" timeStamp="2026-11-26T10:00:00Z">
+      <Hardware><CPU count="2"/><Memory RAMSize="1024"/></Hardware>
+      <StorageControllers><StorageController name="SATA" type="AHCI" PortCount="2"><AttachedDevice type="HardDisk" port="0" device="0"><Image uuid="{${opts.uuid}}"/></AttachedDevice></StorageController></StorageControllers>
+    </Snapshot>` : ''}
     <Hardware>
       <CPU count="2"/>
       <Memory RAMSize="1024"/>
@@ -55,7 +67,7 @@ function vbox(opts: { disk: string; uuid: string; stateFile?: string }): string 
     <StorageControllers>
       <StorageController name="SATA" type="AHCI" PortCount="2" useHostIOCache="false" Bootable="true">
         <AttachedDevice type="HardDisk" hotpluggable="false" port="0" device="0">
-          <Image uuid="{${opts.uuid}}"/>
+          <Image uuid="{${opts.child?.uuid ?? opts.uuid}}"/>
         </AttachedDevice>
       </StorageController>
     </StorageControllers>
@@ -200,5 +212,54 @@ describe('machine folders (--connect dir:)', () => {
     const again = await runCli(['restore', 'vm', r.result.snapshot!, '--target', target], { env });
     expect(again.code).toBe(1);
     expect(again.stderr).toMatch(/already exists; restore never overwrites/);
+  });
+
+  it('snapshot chains (a VirtualBox differencing VDI, a VMware child VMDK) are read through to their bases and restored flattened', async () => {
+    // The changes after the snapshot: 1 MiB blocks the guest rewrote.
+    const delta = `${tmp.path}/delta.raw`;
+    execFileSync('truncate', ['-s', '48M', delta]);
+    execFileSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x71 0 512k', '-c', 'write -P 0x72 30M 1M', delta]);
+    const expected = `${tmp.path}/expected.raw`;
+    execFileSync('cp', [src, expected]);
+    execFileSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x71 0 512k', '-c', 'write -P 0x72 30M 1M', expected]);
+    // The first block is partly rewritten: a VDI child holds whole blocks, so the rest of it is the base's.
+    execFileSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 512k 512k', delta]);
+
+    const dir = `${tmp.path}/VirtualBox VMs/vbchain`;
+    await mkdir(`${dir}/Snapshots`, { recursive: true });
+    execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vdi', src, `${dir}/vbchain.vdi`]);
+    const baseUuid = uuidText(vdiCreateBytes(`${dir}/vbchain.vdi`));
+    const childFile = `${dir}/Snapshots/child.vdi`;
+    execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vdi', delta, childFile]);
+    const childUuid = uuidText(makeVdiChild(childFile, vdiCreateBytes(`${dir}/vbchain.vdi`)));
+    const childLocation = `Snapshots/{${childUuid}}.vdi`;
+    execFileSync('mv', [childFile, `${dir}/${childLocation}`]);
+    await writeFile(`${dir}/vbchain.vbox`, vbox({ disk: 'vbchain.vdi', uuid: baseUuid, child: { uuid: childUuid, location: childLocation } }).replace(/name="vbweb"/, 'name="vbchain"').replace('snapshotFolder="Snapshots"', `snapshotFolder="Snapshots" currentSnapshot="{77777777-1111-4222-8333-444455556666}"`));
+    const r = await backup('vbchain', dir);
+    expect(r.code, JSON.stringify(r.result) + r.stderr).toBe(0);
+    const target = `${tmp.path}/r-vbchain`;
+    await restoreFolder(r.result.snapshot!, target);
+    const restoredVdi = `${target}/${childLocation}`;
+    execFileSync('qemu-img', ['compare', '-f', 'vdi', '-F', 'raw', restoredVdi, expected], { stdio: 'pipe' });
+    expect(uuidText(vdiCreateBytes(restoredVdi))).toBe(childUuid);
+    const xml = await readFile(`${target}/vbchain.vbox`, 'utf8');
+    expect(xml).not.toContain('<Snapshot');
+    expect(xml).not.toContain('currentSnapshot');
+    expect(xml).not.toContain(baseUuid);
+    expect(xml).toContain(`<HardDisk uuid="{${childUuid}}" location="${childLocation}" format="VDI" type="Normal"`);
+
+    const vm = `${tmp.path}/vmware/vmchain`;
+    await mkdir(vm, { recursive: true });
+    execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'vmdk', src, `${vm}/vmchain.vmdk`]);
+    execFileSync('qemu-img', ['create', '-q', '-f', 'vmdk', '-b', 'vmchain.vmdk', '-F', 'vmdk', `${vm}/vmchain-000001.vmdk`]);
+    execFileSync('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0x71 0 512k', '-c', 'write -P 0x72 30M 1M', `${vm}/vmchain-000001.vmdk`]);
+    await writeFile(`${vm}/vmchain.vmx`, ['displayName = "vmchain"', 'memsize = "1024"', 'scsi0:0.present = "TRUE"', 'scsi0:0.fileName = "vmchain-000001.vmdk"', ''].join('\n'));
+    const v = await backup('vmchain', vm);
+    expect(v.code, JSON.stringify(v.result) + v.stderr).toBe(0);
+    const vt = `${tmp.path}/r-vmchain`;
+    await restoreFolder(v.result.snapshot!, vt);
+    expect((await readdir(vt)).sort()).toEqual(['vmchain-000001.vmdk', 'vmchain.vmx']);
+    execFileSync('qemu-img', ['compare', '-f', 'vmdk', '-F', 'raw', `${vt}/vmchain-000001.vmdk`, expected], { stdio: 'pipe' });
+    expect(execFileSync('qemu-img', ['info', '--output=json', `${vt}/vmchain-000001.vmdk`]).toString()).not.toContain('backing-filename');
   });
 });
