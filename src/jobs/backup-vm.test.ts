@@ -11,6 +11,7 @@ import { createTestRepository, type TestRepository } from '../../test/helpers/re
 import { FakeDriver, type FakeStep, type FakeVm } from '../hypervisors/testing/fake-driver.js';
 import { qemuImg, qemuIo } from '../protocols/nbd/testing/qemu-nbd.js';
 import { restoreDisk } from '../restore/disk.js';
+import { listSnapshots } from '../repository/snapshot.js';
 import { BulwarkError } from '../util/errors.js';
 import { backupVms, type VmBackupOptions } from './backup-vm.js';
 
@@ -181,5 +182,38 @@ describe('VM backup job over the seam', () => {
     const [r] = await backupVms(t.repo, () => driver, options(driver, ['web'], { mode: 'stop' }));
     expect(r!.error).toMatch(/could not be started again: start broke/);
     expect(r!.hint).toMatch(/system_reset/);
+  });
+
+  it('a stopped VM: no freeze, no guardian, its image read whole through the readers; crash-consistent ones refused under application', async () => {
+    const driver = new FakeDriver(vms({ web: { offline: { consistency: 'application', why: 'web is shut down cleanly' } }, db: { offline: { consistency: 'crash', why: 'db was forced off' } } }), scratch);
+    const [web] = await backupVms(t.repo, () => driver, options(driver, ['web']));
+    expect(web!.error).toBeUndefined();
+    expect(web!.consistency).toBe('application');
+    expect(web!.freezeMs).toBe(0);
+    expect(web!.warnings).toContain('web is shut down cleanly');
+    const steps = driver.journal.filter((j) => j.startsWith('web ')).map((j) => j.slice(4));
+    expect(steps).toEqual(['open', 'cleanup', 'inspect', 'prepare', 'close']);
+    // Holes of the 4 MiB image are not read: the two writes, whole clusters at most.
+    expect(web!.disks[0]!.bytesRead).toBeLessThanOrEqual(2 * 65536 + 65536);
+    const out = join(t.dir, 'restored-offline');
+    await mkdir(out);
+    const restored = await restoreDisk(t.repo, web!.snapshot!.disks![0]!, { targetDir: out, format: 'raw' });
+    await run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', images[0]!, restored.path]);
+
+    const [strict] = await backupVms(t.repo, () => driver, options(driver, ['db'], { policy: 'application' }));
+    expect(strict!.error).toMatch(/not shut down cleanly \(db was forced off\).*--consistency application/);
+    const [auto] = await backupVms(t.repo, () => driver, options(driver, ['db']));
+    expect(auto!.consistency).toBe('crash');
+    expectLeftClean(driver);
+  });
+
+  it('a stopped VM started while its disks are read: no restore point is written', async () => {
+    const driver = new FakeDriver(vms({ web: { offline: { consistency: 'application', why: 'down', startsDuringRead: true } } }), scratch);
+    const before = (await listSnapshots(t.repo, {})).length;
+    const [r] = await backupVms(t.repo, () => driver, options(driver, ['web']));
+    expect(r!.error).toMatch(/was started while its disks were read: the copy may be torn, so no restore point was written/);
+    expect(r!.snapshot).toBeUndefined();
+    expect((await listSnapshots(t.repo, {})).length).toBe(before);
+    expectLeftClean(driver);
   });
 });

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { qemuImg, startQemuNbd, type QemuNbdServer } from '../../protocols/nbd/testing/qemu-nbd.js';
 import type { VmConfig } from '../../repository/snapshot.js';
 import { BulwarkError } from '../../util/errors.js';
+import { OfflinePoint } from '../offline-point.js';
 import type { VmEndpoint } from '../registry.js';
 import type { GuardOptions, GuestAgent, PointExport, PointInTime, VmDisk, VmDriver, VmInfo, VmSession } from '../session.js';
 
@@ -23,6 +24,8 @@ export interface FakeVm {
   fail?: Partial<Record<FakeStep, BulwarkError>>;
   /** What cleanupLeftovers reports (an interrupted run's guardian log). */
   leftovers?: string[];
+  /** The VM is not running: its image is read as it lies (hypervisors/offline-point.ts). */
+  offline?: { consistency: 'application' | 'crash'; why: string; startsDuringRead?: boolean };
 }
 
 export interface FakeState {
@@ -116,6 +119,10 @@ class FakeSession implements VmSession {
   }
   readonly scratchRule = 'shadow';
 
+  get offline(): { consistency: 'application' | 'crash'; why: string } | undefined {
+    return this.vm.offline ? { consistency: this.vm.offline.consistency, why: this.vm.offline.why } : undefined;
+  }
+
   async inspect(): Promise<{ disks: VmDisk[]; config: VmConfig }> {
     this.driver.step(this.vm, 'inspect');
     const info = JSON.parse(await qemuImg('info', '--output=json', this.vm.image)) as { 'virtual-size': number };
@@ -134,6 +141,12 @@ class FakeSession implements VmSession {
 
   async preparePoint(_disks: VmDisk[], opts: { scratchDir: string; newBitmap: string; previousBitmap?: string }): Promise<PointInTime> {
     this.driver.step(this.vm, 'prepare');
+    if (this.vm.offline) {
+      // The real offline point over the real image; "is it still down?" answers as the test says.
+      let asked = 0;
+      const starts = this.vm.offline.startsDuringRead;
+      return new OfflinePoint(this.vm.name, [{ name: 'vda', file: this.vm.image, format: 'qcow2' }], async () => (starts && ++asked > 1 ? 'was started' : undefined));
+    }
     this.st.prepared = true;
     this.point = new FakePoint(this.driver, this.vm, this.st, join(this.scratch, `${this.vm.name}-point.qcow2`), opts.newBitmap, opts.previousBitmap);
     return this.point;
