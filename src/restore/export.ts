@@ -1,4 +1,4 @@
-// The disks of a restore point served over NBD, straight from the repository (docs/instant-restore.md):
+// The disks of a restore point served over NBD, straight from the repository (docs/architecture.md, "Serving restore points: export"):
 // each disk is an export named after it. Read-only unless writable, when writes go to an overlay file
 // per disk (never to the repository).
 import { join } from 'node:path';

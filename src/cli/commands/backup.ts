@@ -111,7 +111,7 @@ export function register(program: Command): void {
     .command('vm')
     .description('live, consistent backup of running QEMU VMs and libvirt domains; --group takes one point in time for all named VMs')
     .argument('<name...>', 'VMs by name (from --connect …,name= or the VM list)')
-    .option('--connect <uri>', 'qmp:/path/qmp.sock[,qga=/path/qga.sock|off][,name=N][,hooks=PATH], qemu:///system[,hooks=PATH] (libvirt) or file:/path/vms.json (repeatable; the agent is found through QEMU without qga=)', collect, [])
+    .option('--connect <uri>', 'qmp:/path/qmp.sock[,qga=/path/qga.sock|off][,name=N][,hooks=PATH], qemu:///system[,hooks=PATH] (libvirt), dir:/path/machine-folder (VirtualBox, VMware, Hyper-V; offline) or file:/path/vms.json (repeatable; the agent is found through QEMU without qga=)', collect, [])
     .option('--group', 'freeze all named VMs, snapshot all, thaw all: one point in time')
     .option('--consistency <policy>', 'application | auto | crash', 'auto')
     .option('--mode <mode>', 'snapshot (live) | suspend (pause vCPUs around the snapshot point) | stop (clean shutdown, point, start again)', 'snapshot')

@@ -24,7 +24,7 @@ export function register(program: Command): void {
   const vm = program.command('vm').description('virtual machines');
   vm.command('list')
     .description('VMs seen, with state, disks and guest agent status')
-    .option('--connect <uri>', 'qmp:/path/qmp.sock[,qga=/path/qga.sock|off][,name=N], qemu:///system (libvirt) or file:/path/vms.json (repeatable; the agent is found through QEMU without qga=)', collect, [])
+    .option('--connect <uri>', 'qmp:/path/qmp.sock[,qga=/path/qga.sock|off][,name=N], qemu:///system (libvirt), dir:/path/machine-folder or file:/path/vms.json (repeatable; the agent is found through QEMU without qga=)', collect, [])
     .addHelpText('after', '\nExamples:\n  bulwark vm list --connect qmp:/run/qemu/web01.qmp\n  bulwark vm list --connect qemu:///system')
     .action(async (o: { connect: string[] }, cmd: Command) => {
       const ctx = Context.from(cmd);
@@ -49,7 +49,7 @@ export function register(program: Command): void {
     .command('doctor')
     .description('pre-flight checks for VM backups, each with severity and fix; exit 1 on any error-level finding')
     .argument('[vm...]', 'only these VMs (by name)')
-    .option('--connect <uri>', 'qmp:/path/qmp.sock[,qga=…], qemu:///system (libvirt) or file:/path/vms.json (repeatable)', collect, [])
+    .option('--connect <uri>', 'qmp:/path/qmp.sock[,qga=…], qemu:///system (libvirt), dir:/path/machine-folder or file:/path/vms.json (repeatable)', collect, [])
     .option('--scratch-dir <dir>', 'where fleecing images go during backups', DEFAULT_SCRATCH_DIR)
     .addHelpText('after', '\nExample:\n  bulwark doctor --connect file:/etc/bulwark/vms.json --scratch-dir /var/tmp')
     .action(async (names: string[], o: { connect: string[]; scratchDir: string }, cmd: Command) => {
