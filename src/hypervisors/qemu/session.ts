@@ -5,7 +5,7 @@ import { QgaClient } from '../../protocols/qga/client.js';
 import { QmpClient } from '../../protocols/qmp/client.js';
 import type { VmConfig } from '../../repository/snapshot.js';
 import { BulwarkError } from '../../util/errors.js';
-import { isLibvirt, type QmpEndpoint, type VmEndpoint } from '../registry.js';
+import { type QmpEndpoint, type VmEndpoint } from '../registry.js';
 import type { GuardOptions, GuestAgent, PointInTime, VmDisk, VmDriver, VmInfo, VmSession } from '../session.js';
 import { findAgentSocket, type AgentSocket } from './agent-socket.js';
 import { cleanupLeftovers, dropStaleBitmaps, isOurNode, prepareFleece } from './fleece.js';
