@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../../../test/helpers/repo.js';
 import { patchFile } from '../../../test/helpers/patch.js';
-import { FileSystemError, FileVolume, FsNotFoundError, type FileSystem, type Volume } from '../types.js';
+import { FileSystemError, FileVolume, FsNotFoundError, SliceVolume, type FileSystem, type Volume } from '../types.js';
 import { isXfs, openXfs } from './reader.js';
 
 const exec = promisify(execFile);
@@ -396,6 +396,13 @@ describe('XFS v5', () => {
       const sfs = await openXfs(new PatchedVolume(vol, [{ offset: diskOf(symlinkBlock), bytes: short }]));
       await expect(sfs.readlink('/long-link')).rejects.toThrow(/holds 5 bytes/);
     });
+
+    it('reads what a truncated volume holds and refuses blocks past its end', async () => {
+      const short = new SliceVolume(vol, 0, 100 * MiB);
+      const tfs = await openXfs(short);
+      expect((await tfs.stat('/one')).size).toBe(1);
+      await expect(compareTree(tfs, src, new Set())).rejects.toThrow(/past the end of the volume/);
+    }, 60_000);
 
     it('refuses impossible geometry', async () => {
       const agcount = Buffer.alloc(4);

@@ -127,7 +127,7 @@ function splitPath(path: string): string[] {
   return out;
 }
 
-function parseSuperblock(sb: Buffer, volumeSize: number): Superblock {
+function parseSuperblock(sb: Buffer): Superblock {
   if (sb.readUInt32BE(0) !== SB_MAGIC) throw new FileSystemError('XFS superblock', `bad magic 0x${sb.readUInt32BE(0).toString(16)} (expected 'XFSB')`);
   const blockSize = sb.readUInt32BE(4);
   const blocklog = sb[120]!;
@@ -157,10 +157,8 @@ function parseSuperblock(sb: Buffer, volumeSize: number): Superblock {
   if (dirblklog > 16 || blockSize << dirblklog > 65536) throw new FileSystemError('XFS superblock', `bad directory block log ${dirblklog}`);
   const rootIno = toSafe(sb.readBigUInt64BE(56), 'XFS root inode');
   const label = sb.subarray(108, 120).toString('utf8').replace(/\0.*$/s, '');
-  if (dblocks * blockSize > volumeSize + blockSize * agcount) {
-    // A little slack is allowed for a volume trimmed to whole sectors; block reads are checked anyway.
-    throw new FileSystemError('XFS superblock', `${dblocks} blocks of ${blockSize} bytes exceed the volume of ${volumeSize} bytes`);
-  }
+  // A volume shorter than dblocks (a truncated image) is still opened: what lies inside it is read,
+  // and every block past its end is refused when asked for (diskBlock).
   return {
     version,
     blockSize,
@@ -433,7 +431,8 @@ class XfsReader implements FileSystem {
     if (dir.format !== FMT_EXTENTS && dir.format !== FMT_BTREE) throw new FileSystemError(what, `bad data fork format ${dir.format}`);
     const bs = this.sb.blockSize;
     const per = this.sb.dirBlockSize / bs;
-    const leafFb = DIR_LEAF_OFFSET / bs;
+    // The data blocks lie below both 32 GiB and the directory's size (di_size covers the data space).
+    const leafFb = Math.min(DIR_LEAF_OFFSET / bs, Math.ceil(dir.size / bs));
     let fb = 0;
     while (fb < leafFb) {
       const r = await this.mapBlock(dir, fb, what);
@@ -623,5 +622,5 @@ export async function openXfs(volume: Volume): Promise<FileSystem> {
   if (volume.size < 512) throw new FileSystemError('XFS superblock', `the volume of ${volume.size} bytes is too small`);
   const sb = Buffer.alloc(512);
   await volume.read(sb, 0);
-  return new XfsReader(volume, parseSuperblock(sb, volume.size));
+  return new XfsReader(volume, parseSuperblock(sb));
 }
