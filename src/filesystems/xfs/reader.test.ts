@@ -220,7 +220,7 @@ describe('XFS v5', () => {
     expect(fs.type).toBe('xfs');
     const features = await xfsDb(img, false, 'version');
     expect(features).toMatch(/CRC/);
-    expect(features).toMatch(/FTYPE/);
+    for (const f of ['FTYPE', 'FINOBT', 'SPARSE_INODES', 'REFLINK', 'BIGTIME']) expect(features).toContain(f);
   });
 
   it('reads every file, directory and link as the source has it', async () => {
@@ -365,6 +365,10 @@ describe('XFS v5', () => {
     bad.writeUInt16BE(2, 0);
     const lfs = await openXfs(new PatchedVolume(vol, [...patches, { offset: inodeAt + 176, bytes: bad }]));
     await expect(readAll(lfs, '/big')).rejects.toThrow(/level 0 below a node of level 2/);
+    const tall = Buffer.from(root);
+    tall.writeUInt16BE(9, 0);
+    const tfs = await openXfs(new PatchedVolume(vol, [...patches, { offset: inodeAt + 176, bytes: tall }]));
+    await expect(readAll(tfs, '/big')).rejects.toThrow(/root level 9 \(at most 8\)/);
     const far = Buffer.from(root);
     far.writeBigUInt64BE(2n ** 40n, 4 + rootMax * 8);
     const ffs = await openXfs(new PatchedVolume(vol, [...patches, { offset: inodeAt + 176, bytes: far }]));
@@ -451,6 +455,33 @@ describe('XFS v5', () => {
       await expect((await openXfs(v4)).list('/d150')).rejects.toThrow(FileSystemError);
     });
   });
+});
+
+describe('XFS v5 with large extent counts (nrext64)', () => {
+  it('reads the 64-bit extent count', async () => {
+    const img = join(tmp.path, 'nrext64.img');
+    try {
+      await makeImage(img, proto, ['-i', 'nrext64=1']);
+    } catch (e) {
+      console.warn(`skipping nrext64: ${(e as Error).message}`);
+      return;
+    }
+    expect(await xfsDb(img, false, 'version')).toContain('NREXT64');
+    const v = await FileVolume.open(img);
+    try {
+      const fs = await openXfs(v);
+      // The remote symlink of mkfs.xfs 6.1 is headerless (see above): refused, or read when mkfs is fixed.
+      const link: unknown = await fs.readlink('/long-link').catch((e: unknown) => e);
+      expect(link === LONG_TARGET || link instanceof FileSystemError).toBe(true);
+      for (const p of ['big', 'f5000', 'holey', 'deep/level-0/level-1/level-2/level-3/level-4/level-5/level-6/level-7/level-8/level-9/level-10/level-11/level-12/level-13/level-14/level-15/level-16/level-17/level-18/level-19/level-20/level-21/level-22/level-23/level-24/level-25/level-26/level-27/level-28/level-29/bottom.txt']) {
+        expect((await readAll(fs, '/' + p)).equals(await fsp.readFile(join(src, p)))).toBe(true);
+      }
+      for (const d of ['d20', 'd150', 'd200', 'd5000']) expect((await fs.list('/' + d)).map((e) => e.name).sort()).toEqual((await fsp.readdir(join(src, d))).sort());
+    } finally {
+      await v.close();
+      await fsp.rm(img);
+    }
+  }, 120_000);
 });
 
 describe('XFS v4', () => {
