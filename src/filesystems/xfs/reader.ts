@@ -50,8 +50,6 @@ const MAX_DEPTH = 8;
 const CACHE_BLOCKS = 256;
 const MAX_SYMLINK = 1024;
 const MAX_PATH_PARTS = 4096;
-/** A bmap btree leaf chain walked for one lookup's "next extent" is at most this long. */
-const MAX_SIBLING_HOPS = 1;
 const NULL_FSBLOCK = (1n << 64n) - 1n;
 const MAX_READ_RUN = 1 << 20;
 
@@ -326,8 +324,9 @@ class XfsReader implements FileSystem {
     const v5 = this.sb.version === 5;
     const hdr = v5 ? 72 : 24;
     const magic = v5 ? BMAP_MAGIC_V5 : BMAP_MAGIC_V4;
+    // A node holds keys (8 bytes) and pointers (8 bytes), a leaf 16-byte records: the same count.
     const nodeMax = Math.floor((this.sb.blockSize - hdr) / 16);
-    const leafMax = Math.floor((this.sb.blockSize - hdr) / 16);
+    const leafMax = nodeMax;
     // The node: keys at keyAt, pointers at ptrAt, numrecs of each.
     let node = root;
     let keyAt = 4;
@@ -346,7 +345,7 @@ class XfsReader implements FileSystem {
       if (depth + 1 >= MAX_DEPTH && childLevel > 0) throw new FileSystemError(what, `bmap btree deeper than ${MAX_DEPTH}`);
       level = childLevel;
       numrecs = child.readUInt16BE(6);
-      if (level === 0) return this.searchLeaf(child, numrecs, leafMax, hdr, magic, fb, what, 0);
+      if (level === 0) return this.searchLeaf(child, numrecs, leafMax, hdr, magic, fb, what);
       if (numrecs < 1 || numrecs > nodeMax) throw new FileSystemError(`${what} bmap btree block ${ptr}`, `${numrecs} records (at most ${nodeMax})`);
       node = child;
       keyAt = hdr;
@@ -354,7 +353,7 @@ class XfsReader implements FileSystem {
     }
   }
 
-  private async searchLeaf(leaf: Buffer, numrecs: number, leafMax: number, hdr: number, magic: number, fb: number, what: string, hops: number): Promise<Lookup> {
+  private async searchLeaf(leaf: Buffer, numrecs: number, leafMax: number, hdr: number, magic: number, fb: number, what: string): Promise<Lookup> {
     if (numrecs > leafMax) throw new FileSystemError(`${what} bmap btree leaf`, `${numrecs} records (at most ${leafMax})`);
     let found = -1;
     let lo = 0;
@@ -371,9 +370,9 @@ class XfsReader implements FileSystem {
       if (fb < e.startoff + e.count) return { extent: e };
     }
     if (found + 1 < numrecs) return { next: this.unpack(leaf, hdr + (found + 1) * 16).startoff };
-    // Past this leaf's last record: the next extent, if any, starts the right sibling.
+    // Past this leaf's last record: the next extent, if any, starts the right sibling (one hop only).
     const right = leaf.readBigUInt64BE(16); // bb_rightsib
-    if (right === NULL_FSBLOCK || hops >= MAX_SIBLING_HOPS) return { next: Infinity };
+    if (right === NULL_FSBLOCK) return { next: Infinity };
     const sib = await this.block(toSafe(right, `${what} bmap sibling`), `${what} bmap btree block ${right}`);
     if (sib.readUInt32BE(0) !== magic || sib.readUInt16BE(4) !== 0) throw new FileSystemError(`${what} bmap btree block ${right}`, 'bad magic or level for a leaf sibling');
     const n = sib.readUInt16BE(6);
