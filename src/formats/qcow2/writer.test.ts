@@ -9,6 +9,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../../../test/helpers/repo.js';
 import { qemuImg } from '../../protocols/nbd/testing/qemu-nbd.js';
+import { encodePage } from '../../repository/fixed-index.js';
+import type { DiskRecord } from '../../repository/snapshot.js';
+import { restoreDisk } from '../../restore/disk.js';
 import { Qcow2Writer } from './writer.js';
 
 let tmp: { path: string; cleanup(): Promise<void> };
@@ -190,5 +193,42 @@ describe('Qcow2Writer', () => {
     await first;
     await w.close();
     expect(await qemuImg('check', '-f', 'qcow2', at('busy.qcow2'))).toMatch(/No errors/);
+  });
+
+  describe('restore --format qcow2 writes through it', () => {
+    // A repository of one disk: blocks of 1 MiB, two holes, the last block short; block 3 can be made unreadable.
+    const blockSize = MiB;
+    const size = 6 * MiB + 4096 + 512;
+    const blocks: (Buffer | null)[] = [rnd(MiB), null, rnd(MiB, [0, MiB / 2]), rnd(MiB), null, Buffer.alloc(MiB), rnd(4096 + 512)];
+    const ids = blocks.map((b, i) => (b === null ? null : (i + 1).toString(16).padStart(64, '0')));
+    const disk: DiskRecord = { name: 'vda', size, blockSize, pages: ['ff'.repeat(32)], source: 'test', format: 'raw' };
+    const repo = (failAt?: number) => ({
+      loadBlob: async (kind: string, id: string): Promise<Buffer> => {
+        if (kind === 'tree') return encodePage(ids);
+        const i = ids.indexOf(id);
+        if (i === failAt) throw new Error('blob is damaged');
+        return blocks[i]!;
+      },
+    });
+
+    it('restores the disk as a qcow2 image (no raw intermediate), identical to the raw restore', async () => {
+      const dir = at('restore-ok');
+      await fsp.mkdir(dir);
+      const raw = await restoreDisk(repo(), disk, { targetDir: dir, format: 'raw' });
+      const q = await restoreDisk(repo(), disk, { targetDir: dir, format: 'qcow2' });
+      expect(q.path).toBe(join(dir, 'vda.qcow2'));
+      expect((await fsp.readdir(dir)).sort()).toEqual(['vda.qcow2', 'vda.raw']);
+      expect(await qemuImg('check', '-f', 'qcow2', q.path)).toMatch(/No errors/);
+      expect(await qemuImg('compare', '-f', 'raw', '-F', 'qcow2', raw.path, q.path)).toMatch(/identical/);
+      expect(q.bytesWritten).toBe(MiB + MiB / 2 + MiB + 64 * KiB); // the zero half and the zero block not stored; the short block one cluster
+      await expect(restoreDisk(repo(), disk, { targetDir: dir, format: 'qcow2' })).rejects.toThrow(/already exists/);
+    });
+
+    it('a failed restore leaves the incomplete image under a .partial name and says so', async () => {
+      const dir = at('restore-fail');
+      await fsp.mkdir(dir);
+      await expect(restoreDisk(repo(3), disk, { targetDir: dir, format: 'qcow2' })).rejects.toThrow(/blob is damaged; the incomplete image was left as '.*vda\.qcow2\.partial'/);
+      expect(await fsp.readdir(dir)).toEqual(['vda.qcow2.partial']);
+    });
   });
 });
