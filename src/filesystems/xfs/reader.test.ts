@@ -307,33 +307,38 @@ describe('XFS v5', () => {
     }
   });
 
-  it('reads a file whose extents are in a two-level bmap btree', async () => {
-    // Rewrite /big's data fork as a btree root (level 1, two pointers) over two leaves written into
-    // the blocks of /pad; the leaves hold /big's one extent cut into 2-block records, with a gap.
-    const bigBmap = /0:\[0,(\d+),(\d+),0\]/.exec(await xfsDb(img, false, 'path /big', 'p u3.bmx'))!;
-    const padBmap = /0:\[0,(\d+),16,0\]/.exec(await xfsDb(img, false, 'path /pad', 'p u3.bmx'))!;
-    const [bigStart, bigCount] = [Number(bigBmap[1]), Number(bigBmap[2])];
-    const padStart = Number(padBmap[1]);
-    const bigIno = (await fs.stat('/big')).id;
-    const inodeAt = diskOf(Math.floor(bigIno / 2 ** sb.inopblog!)) + (bigIno % 2 ** sb.inopblog!) * sb.inodesize!;
-    const pack = (off: number, blk: number, cnt: number): Buffer => {
+  const inodeAt = (ino: number): number => diskOf(Math.floor(ino / 2 ** sb.inopblog!)) + (ino % 2 ** sb.inopblog!) * sb.inodesize!;
+
+  /** [startoff, startblock, blockcount] of every data extent of `path`, from xfs_db. */
+  async function extentsOf(path: string): Promise<[number, number, number][]> {
+    const out = await xfsDb(img, false, `path ${path}`, 'bmap');
+    return [...out.matchAll(/data offset (\d+) startblock (\d+) \(\d+\/\d+\) count (\d+) flag 0/g)].map((m) => [Number(m[1]), Number(m[2]), Number(m[3])]);
+  }
+
+  /**
+   * Patches turning an inode's data fork into a bmap btree: a root of level 1 in the inode with two
+   * pointers, to two leaves (written over two blocks of /pad, linked as siblings) holding `recs`
+   * ([startoff, startblock, count] each) split in half.
+   */
+  async function btreePatches(ino: number, recs: [number, number, number][]): Promise<{ patches: { offset: number; bytes: Buffer }[]; root: Buffer; rootMax: number }> {
+    const [[, padStart]] = (await extentsOf('/pad')) as [[number, number, number]];
+    const pack = ([off, blk, cnt]: [number, number, number]): Buffer => {
       const r = Buffer.alloc(16);
       r.writeBigUInt64BE((BigInt(off) << 9n) | (BigInt(blk) >> 43n), 0);
       r.writeBigUInt64BE(((BigInt(blk) & ((1n << 43n) - 1n)) << 21n) | BigInt(cnt), 8);
       return r;
     };
-    const recs: Buffer[] = [];
-    for (let off = 0; off < bigCount; off += 2) if (off < 300 || off >= 310) recs.push(pack(off, bigStart + off, 2)); // 300-309: a hole
     const half = Math.ceil(recs.length / 2);
-    const leaf = (i: number, rs: Buffer[]): Buffer => {
+    const NULL = 2n ** 64n - 1n;
+    const leaf = (i: number, rs: [number, number, number][]): Buffer => {
       const b = Buffer.alloc(BS);
       b.write('BMA3', 0, 'latin1');
       b.writeUInt16BE(0, 4);
       b.writeUInt16BE(rs.length, 6);
-      b.writeBigUInt64BE(i === 0 ? 2n ** 64n - 1n : BigInt(padStart), 8); // leftsib
-      b.writeBigUInt64BE(i === 0 ? BigInt(padStart + 1) : 2n ** 64n - 1n, 16); // rightsib
-      b.writeBigUInt64BE(BigInt(bigIno), 56); // owner
-      Buffer.concat(rs).copy(b, 72);
+      b.writeBigUInt64BE(i === 0 ? NULL : BigInt(padStart), 8); // leftsib
+      b.writeBigUInt64BE(i === 0 ? BigInt(padStart + 1) : NULL, 16); // rightsib
+      b.writeBigUInt64BE(BigInt(ino), 56); // owner
+      Buffer.concat(rs.map(pack)).copy(b, 72);
       return b;
     };
     const forkSize = sb.inodesize! - 176;
@@ -341,38 +346,61 @@ describe('XFS v5', () => {
     const root = Buffer.alloc(forkSize);
     root.writeUInt16BE(1, 0);
     root.writeUInt16BE(2, 2);
-    root.writeBigUInt64BE(0n, 4);
-    root.writeBigUInt64BE(BigInt(recs[half]!.readBigUInt64BE(0) >> 9n), 12);
+    root.writeBigUInt64BE(BigInt(recs[0]![0]), 4);
+    root.writeBigUInt64BE(BigInt(recs[half]![0]), 12);
     root.writeBigUInt64BE(BigInt(padStart), 4 + rootMax * 8);
     root.writeBigUInt64BE(BigInt(padStart + 1), 12 + rootMax * 8);
-    const core = Buffer.alloc(1);
-    core[0] = 3; // di_format btree
     const nextents = Buffer.alloc(4);
     nextents.writeUInt32BE(recs.length);
-    const patches = [
-      { offset: inodeAt + 5, bytes: core },
-      { offset: inodeAt + 76, bytes: nextents },
-      { offset: inodeAt + 176, bytes: root },
-      { offset: diskOf(padStart), bytes: leaf(0, recs.slice(0, half)) },
-      { offset: diskOf(padStart + 1), bytes: leaf(1, recs.slice(half)) },
-    ];
+    return {
+      root,
+      rootMax,
+      patches: [
+        { offset: inodeAt(ino) + 5, bytes: Buffer.from([3]) }, // di_format: btree
+        { offset: inodeAt(ino) + 76, bytes: nextents },
+        { offset: inodeAt(ino) + 176, bytes: root },
+        { offset: diskOf(padStart), bytes: leaf(0, recs.slice(0, half)) },
+        { offset: diskOf(padStart + 1), bytes: leaf(1, recs.slice(half)) },
+      ],
+    };
+  }
+
+  it('reads a file whose extents are in a two-level bmap btree', async () => {
+    // /big's one extent cut into 2-block records, with a hole at blocks 300-309.
+    const [[, bigStart, bigCount]] = (await extentsOf('/big')) as [[number, number, number]];
+    const bigIno = (await fs.stat('/big')).id;
+    const recs: [number, number, number][] = [];
+    for (let off = 0; off < bigCount; off += 2) if (off < 300 || off >= 310) recs.push([off, bigStart + off, 2]);
+    const { patches, root, rootMax } = await btreePatches(bigIno, recs);
     const bfs = await openXfs(new PatchedVolume(vol, patches));
     const want = await fsp.readFile(join(src, 'big'));
     want.fill(0, 300 * BS, 310 * BS);
     expect((await readAll(bfs, '/big', 100_000)).equals(want)).toBe(true);
-    // A root claiming a level its children do not have, and a pointer past the AGs.
+    // A root claiming a level its children do not have, one deeper than 8, and a pointer past the AGs.
+    const at = inodeAt(bigIno) + 176;
     const bad = Buffer.from(root);
     bad.writeUInt16BE(2, 0);
-    const lfs = await openXfs(new PatchedVolume(vol, [...patches, { offset: inodeAt + 176, bytes: bad }]));
+    const lfs = await openXfs(new PatchedVolume(vol, [...patches, { offset: at, bytes: bad }]));
     await expect(readAll(lfs, '/big')).rejects.toThrow(/level 0 below a node of level 2/);
     const tall = Buffer.from(root);
     tall.writeUInt16BE(9, 0);
-    const tfs = await openXfs(new PatchedVolume(vol, [...patches, { offset: inodeAt + 176, bytes: tall }]));
+    const tfs = await openXfs(new PatchedVolume(vol, [...patches, { offset: at, bytes: tall }]));
     await expect(readAll(tfs, '/big')).rejects.toThrow(/root level 9 \(at most 8\)/);
     const far = Buffer.from(root);
     far.writeBigUInt64BE(2n ** 40n, 4 + rootMax * 8);
-    const ffs = await openXfs(new PatchedVolume(vol, [...patches, { offset: inodeAt + 176, bytes: far }]));
+    const ffs = await openXfs(new PatchedVolume(vol, [...patches, { offset: at, bytes: far }]));
     await expect(readAll(ffs, '/big')).rejects.toThrow(/bmap btree block 1099511627776.*outside/);
+  });
+
+  it('lists a node directory whose extents are in a bmap btree', async () => {
+    // /d5000's extents cut into 1-block records (data blocks, leaves and free index alike).
+    const recs: [number, number, number][] = [];
+    for (const [off, blk, cnt] of await extentsOf('/d5000')) for (let i = 0; i < cnt; i++) recs.push([off + i, blk + i, 1]);
+    expect(recs.length).toBeGreaterThan(20);
+    const { patches } = await btreePatches((await fs.stat('/d5000')).id, recs);
+    const bfs = await openXfs(new PatchedVolume(vol, patches));
+    expect((await bfs.list('/d5000')).map((e) => e.name).sort()).toEqual((await fsp.readdir(join(src, 'd5000'))).sort());
+    expect((await readAll(bfs, '/d5000/ünïcödé-名前-4991')).toString()).toBe('d5000/4991\n');
   });
 
   describe('damaged', () => {
@@ -442,7 +470,6 @@ describe('XFS v5', () => {
       const d20 = (await fs.stat('/d20')).id;
       const d150 = await fs.stat('/d150');
       const blk = /0:\[0,(\d+),1,0\]/.exec(await xfsDb(img, false, 'path /d150', 'p u3.bmx'))!;
-      const inodeAt = (ino: number): number => diskOf(Math.floor(ino / 2 ** sb.inopblog!)) + (ino % 2 ** sb.inopblog!) * sb.inodesize!;
       const v1 = new PatchedVolume(vol, [{ offset: inodeAt(d20) + 176 + 6 + 3 + 'file-0'.length + 1, bytes: Buffer.from([0x7f, 0xff, 0xff, 0xff]) }]);
       const f1 = await openXfs(v1);
       await expect(f1.list('/d20')).rejects.toThrow(FileSystemError);
