@@ -33,6 +33,8 @@ export interface VmConfig {
   cpus?: number;
   /** QEMU's CPU model, e.g. host, max, Skylake-Server. */
   cpuModel?: string;
+  /** Direct kernel boot (QEMU -kernel/-initrd/-append; libvirt <os><kernel>): host paths, as recorded. */
+  boot?: { kernel?: string; initrd?: string; append?: string };
   disks: { name: string; device: string; format: string; size: number; file: string }[];
   nics?: { id: string; mac?: string; model?: string }[];
   qemuVersion?: string;

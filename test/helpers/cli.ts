@@ -99,6 +99,8 @@ export interface RunningCli<T> {
   ready: T;
   pid: number;
   output(): { stdout: string; stderr: string };
+  /** Resolves with the exit code when the command ends by itself. */
+  exited: Promise<number>;
   /** Sends the signal and resolves with the exit code. */
   stop(signal?: NodeJS.Signals): Promise<number>;
 }
@@ -134,6 +136,7 @@ export async function startCli<T = Record<string, unknown>>(args: string[], opts
     ready,
     pid: child.pid!,
     output: () => ({ stdout, stderr }),
+    exited,
     stop: (signal: NodeJS.Signals = 'SIGTERM') => {
       child.kill(signal);
       return exited;

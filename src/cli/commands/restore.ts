@@ -1,5 +1,6 @@
 // restore <snapshot>[:<path>] | restore vm <snapshot>
 import type { Command } from 'commander';
+import { instantRestore } from '../../jobs/instant-restore.js';
 import { restoreDisks, restoreFiles } from '../../jobs/restore.js';
 import { RESTORE_FORMATS, type RestoreFormat } from '../../restore/disk.js';
 import { BulwarkError } from '../../util/errors.js';
@@ -8,6 +9,25 @@ import { bytes, shortId } from '../format.js';
 import { progressView } from '../progress.js';
 
 const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
+
+/** Until Ctrl-C / SIGTERM, or until process `pid` is gone. */
+function untilStoppedOrGone(pid: number): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setInterval(() => {
+      try {
+        process.kill(pid, 0);
+      } catch {
+        done();
+      }
+    }, 1000);
+    const done = (): void => {
+      clearInterval(timer);
+      resolve();
+    };
+    process.once('SIGINT', done);
+    process.once('SIGTERM', done);
+  });
+}
 
 function filterOpts(o: { host?: string; tag?: string[]; source?: string }): { hostname?: string; tags?: string[]; source?: string } {
   return { ...(o.host ? { hostname: o.host } : {}), ...(o.tag && o.tag.length ? { tags: o.tag } : {}), ...(o.source ? { source: o.source } : {}) };
@@ -67,14 +87,35 @@ export function register(program: Command): void {
     .option('--name <name>', 'libvirt domains: the restored domain\'s name (default <name>-restored)')
     .option('--keep-identity', 'libvirt domains: keep the original name, UUID and MAC addresses (to replace a lost VM, not to run beside it)')
     .option('--connect <uri>', 'libvirt domains: define on this connection instead of the recorded one (qemu:///system, qemu:///session)')
+    .option('--instant', 'boot the VM at once on its disks served from the repository, copy them into --target while it runs (<dir>/<disk>.qcow2), and return when they are local; the VM runs on')
+    .option('--accel <accel>', 'with --instant: QEMU accelerator (kvm, tcg, or kvm:tcg for KVM where it works)', 'kvm:tcg')
     .addHelpText('after', '\nExamples:\n  bulwark restore vm latest --source disk:web01 --target /var/lib/libvirt/images/restore\n  bulwark restore vm latest --source vm:web01 --target /var/lib/libvirt/images/web01-r --format qcow2 --define')
     .action(async (ref: string, _o: unknown, cmd: Command) => {
       const ctx = Context.from(cmd);
-      const o = cmd.optsWithGlobals<{ target?: string; format: string; disk: string[]; define?: boolean; printXml?: boolean; name?: string; keepIdentity?: boolean; connect?: string; host?: string; tag: string[]; source?: string }>();
+      const o = cmd.optsWithGlobals<{ instant?: boolean; accel: string; target?: string; format: string; disk: string[]; define?: boolean; printXml?: boolean; name?: string; keepIdentity?: boolean; connect?: string; host?: string; tag: string[]; source?: string }>();
       if (o.connect !== undefined && !/^qemu(\+unix)?:\/\/\/(system|session)/.test(o.connect)) throw new BulwarkError('usage', `--connect '${o.connect}' is not a libvirt URI`, { hint: 'qemu:///system or qemu:///session' });
       if (!o.target) throw new BulwarkError('usage', "required option '-t, --target <dir>' not specified", { hint: 'bulwark restore vm <snapshot> --target <dir>' });
       if (!(RESTORE_FORMATS as readonly string[]).includes(o.format)) throw new BulwarkError('usage', `unknown format '${o.format}'`, { hint: `use --format ${RESTORE_FORMATS.join(', ')}` });
       const target = o.target;
+      if (o.instant) {
+        if (o.define || o.printXml || o.disk.length || cmd.getOptionValueSource('format') !== 'default') throw new BulwarkError('usage', '--instant restores every disk as qcow2 and boots the VM: --define, --print-xml, --disk and --format do not apply');
+        await ctx.withRepo(async (repo) => {
+          const r = await instantRestore(repo, {
+            ref,
+            filter: filterOpts(o),
+            target,
+            accel: o.accel,
+            onEvent: (e) => {
+              if (e.phase === 'copying') return;
+              if (ctx.opts.json) process.stdout.write(JSON.stringify({ type: 'event', ...e }) + '\n');
+              else ctx.info(e.message);
+            },
+            keepServing: (pid) => untilStoppedOrGone(pid),
+          });
+          ctx.print(r, (x) => `VM ${x.vm} (QEMU pid ${x.pid}) booted in ${(x.bootedMs / 1000).toFixed(1)} s and runs on its local disks (${x.disks.map((d) => d.path).join(', ')}), copied in ${(x.copiedMs / 1000).toFixed(1)} s; its monitor is ${x.qmp}`);
+        });
+        return;
+      }
       await ctx.withRepo(async (repo) => {
         const view = progressView(ctx.opts, 'restore');
         try {

@@ -33,13 +33,17 @@ export function fileNameOf(vmName: string): string {
   return safe.length > 0 ? safe.slice(0, 100) : 'vm';
 }
 
-export function qemuScript(vm: VmConfig, disks: RestoredDisk[], opts: { dir: string }): string {
+/** QEMU's arguments for the VM on `disks`, with a QMP and a guest agent socket at <dir>/<name>.qmp and .qga. */
+export function qemuArgs(vm: VmConfig, disks: RestoredDisk[], opts: { dir: string }): string[] {
   const args: string[] = ['-name', opt(`guest=${vm.name}`)];
   if (vm.machine) args.push('-machine', opt(vm.machine));
   args.push('-cpu', opt(vm.cpuModel ?? 'max'));
   if (vm.memoryBytes) args.push('-m', `${Math.max(1, Math.round(vm.memoryBytes / 1048576))}M`);
   if (vm.cpus) args.push('-smp', String(vm.cpus));
   if (vm.uuid) args.push('-uuid', vm.uuid);
+  if (vm.boot?.kernel) args.push('-kernel', vm.boot.kernel);
+  if (vm.boot?.initrd) args.push('-initrd', vm.boot.initrd);
+  if (vm.boot?.append) args.push('-append', vm.boot.append);
   disks.forEach((d, i) => {
     const id = deviceId(vm.disks.find((x) => x.name === d.name)?.device ?? '', d.name);
     args.push('-blockdev', JSON.stringify({ driver: 'file', filename: d.path, 'node-name': `file${i}` }));
@@ -55,6 +59,11 @@ export function qemuScript(vm: VmConfig, disks: RestoredDisk[], opts: { dir: str
   args.push('-device', 'virtio-serial-pci,id=bulwark-vser0');
   args.push('-chardev', `socket,id=bulwark-qga0,path=${opt(`${base}.qga`)},server=on,wait=off`);
   args.push('-device', 'virtserialport,bus=bulwark-vser0.0,chardev=bulwark-qga0,name=org.qemu.guest_agent.0');
+  return args;
+}
+
+export function qemuScript(vm: VmConfig, disks: RestoredDisk[], opts: { dir: string }): string {
+  const args = qemuArgs(vm, disks, opts);
   return [
     '#!/bin/sh',
     `# VM ${vm.name} as its Bulwark snapshot recorded it${vm.qemuVersion ? ` (QEMU ${vm.qemuVersion})` : ''}, on the restored disks.`,

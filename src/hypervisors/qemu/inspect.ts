@@ -69,7 +69,7 @@ export async function inspectDisks(qmp: QmpClient, isOurs: (node: string) => boo
 
 export async function inspectQemu(qmp: QmpClient, isOurs: (node: string) => boolean): Promise<{ disks: QemuDisk[]; config: QemuVmConfig }> {
   const disks = await inspectDisks(qmp, isOurs);
-  const [named, version, uuid, mem, cpus, machine, peripherals] = await Promise.all([
+  const [named, version, uuid, mem, cpus, machine, peripherals, kernel, initrd, append] = await Promise.all([
     qmp.execute('query-name'),
     qmp.execute('query-version'),
     optional(qmp.execute<{ UUID: string }>('query-uuid')),
@@ -77,7 +77,12 @@ export async function inspectQemu(qmp: QmpClient, isOurs: (node: string) => bool
     optional(qmp.execute<unknown[]>('query-cpus-fast')),
     optional(qmp.execute<string>('qom-get', { path: '/machine', property: 'type' })),
     optional(qmp.execute<{ name: string; type: string }[]>('qom-list', { path: '/machine/peripheral' })),
+    // Direct kernel boot: the machine's own properties (empty when the guest boots from its disk).
+    optional(qmp.execute<string>('qom-get', { path: '/machine', property: 'kernel' })),
+    optional(qmp.execute<string>('qom-get', { path: '/machine', property: 'initrd' })),
+    optional(qmp.execute<string>('qom-get', { path: '/machine', property: 'append' })),
   ]);
+  const boot = { ...(kernel ? { kernel } : {}), ...(initrd ? { initrd } : {}), ...(append ? { append } : {}) };
   // A NIC is a device with a MAC address: asking each device is simpler than knowing every NIC model.
   const nics: NonNullable<VmConfig['nics']> = [];
   for (const p of peripherals ?? []) {
@@ -97,6 +102,7 @@ export async function inspectQemu(qmp: QmpClient, isOurs: (node: string) => bool
     ...(mem ? { memoryBytes: mem['base-memory'] + (mem['plugged-memory'] ?? 0) } : {}),
     ...(cpus ? { cpus: cpus.length } : {}),
     ...(cpuModel ? { cpuModel } : {}),
+    ...(boot.kernel ? { boot } : {}),
     disks: disks.map(({ name, device, format, size, file }) => ({ name, device, format, size, file })),
     ...(nics.length > 0 ? { nics } : {}),
     qemuVersion: `${version.qemu.major}.${version.qemu.minor}.${version.qemu.micro}`,
