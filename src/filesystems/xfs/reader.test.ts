@@ -436,6 +436,53 @@ describe('XFS v5', () => {
       await expect(compareTree(tfs, src, new Set())).rejects.toThrow(/past the end of the volume/);
     }, 60_000);
 
+    it('survives random damage to its metadata with FileSystemError or FsNotFoundError only', async () => {
+      // Targets: the superblock, the inodes of directories, files and links, and directory blocks.
+      const targets: { offset: number; length: number }[] = [{ offset: 0, length: 256 }];
+      for (const p of ['/', '/d20', '/d150', '/d200', '/d5000', '/big', '/f5000', '/long-link', '/short-link', '/holey']) targets.push({ offset: inodeAt((await fs.stat(p)).id), length: sb.inodesize! });
+      for (const d of ['/d150', '/d200', '/d5000']) for (const [, blk] of (await extentsOf(d)).slice(0, 3)) targets.push({ offset: diskOf(blk), length: BS });
+      targets.push({ offset: diskOf(symlinkBlock), length: 128 });
+      let seed = 12345;
+      const rand = (n: number): number => {
+        seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+        return seed % n;
+      };
+      const ops: ((f: FileSystem) => Promise<unknown>)[] = [
+        (f) => f.list('/'),
+        (f) => f.list('/d20'),
+        (f) => f.list('/d150'),
+        (f) => f.list('/d200'),
+        (f) => f.stat('/d5000/a-longer-entry-name-4999-zzzzzzzzzzzzzzzzzzzzzzzzzzzzz'),
+        (f) => f.readlink('/long-link'),
+        (f) => f.readlink('/short-link'),
+        async (f) => {
+          for (const p of ['/big', '/f5000', '/holey']) {
+            const file = await f.open(p);
+            const buf = Buffer.alloc(65536);
+            await file.read(buf, 0);
+            await file.read(buf, Math.max(0, file.size - 1000));
+          }
+        },
+      ];
+      const started = Date.now();
+      let failures = 0;
+      for (let round = 0; round < 300; round++) {
+        const t = targets[rand(targets.length)]!;
+        const patches = Array.from({ length: 1 + rand(8) }, () => ({ offset: t.offset + rand(t.length), bytes: Buffer.from([rand(256)]) }));
+        const v = new PatchedVolume(vol, patches);
+        for (const op of ops) {
+          try {
+            await op(await openXfs(v));
+          } catch (e) {
+            failures++;
+            if (!(e instanceof FileSystemError || e instanceof FsNotFoundError)) throw new Error(`round ${round}: ${String(e)}`, { cause: e });
+          }
+        }
+      }
+      expect(failures).toBeGreaterThan(0);
+      expect(Date.now() - started).toBeLessThan(60_000);
+    }, 120_000);
+
     it('refuses impossible geometry', async () => {
       const agcount = Buffer.alloc(4);
       agcount.writeUInt32BE(1000);
