@@ -44,6 +44,36 @@ async function unmount(mnt: string, child: ChildProcess): Promise<void> {
   await exited;
 }
 
+function symlinkReparse(target: string, relative: boolean): Buffer {
+  const t = Buffer.from(target, 'utf16le');
+  const head = Buffer.alloc(20);
+  head.writeUInt32LE(0xa000000c, 0);
+  head.writeUInt16LE(12 + 2 * t.length, 4);
+  head.writeUInt16LE(0, 8); // substitute name
+  head.writeUInt16LE(t.length, 10);
+  head.writeUInt16LE(t.length, 12); // print name
+  head.writeUInt16LE(t.length, 14);
+  head.writeUInt32LE(relative ? 1 : 0, 16);
+  return Buffer.concat([head, t, t]);
+}
+
+function junctionReparse(subst: string, print: string): Buffer {
+  const s = Buffer.from(subst + '\0', 'utf16le');
+  const p = Buffer.from(print + '\0', 'utf16le');
+  const head = Buffer.alloc(16);
+  head.writeUInt32LE(0xa0000003, 0);
+  head.writeUInt16LE(8 + s.length + p.length, 4);
+  head.writeUInt16LE(0, 8);
+  head.writeUInt16LE(s.length - 2, 10);
+  head.writeUInt16LE(s.length, 12);
+  head.writeUInt16LE(p.length - 2, 14);
+  return Buffer.concat([head, s, p]);
+}
+
+async function setReparse(path: string, data: Buffer): Promise<void> {
+  await exec('setfattr', ['-n', 'system.ntfs_reparse_data', '-v', '0x' + data.toString('hex'), path]);
+}
+
 /** The tree copied in: relative path → contents (directories implied). */
 function sourceFiles(): Map<string, Buffer> {
   const m = new Map<string, Buffer>();
@@ -138,6 +168,11 @@ beforeAll(async () => {
     await fsp.writeFile(join(mnt, 'links', 'target'), 'linked contents\n');
     for (let i = 0; i < LINKS; i++) await fsp.link(join(mnt, 'links', 'target'), join(mnt, 'links', `a-long-hard-link-name-${'x'.repeat(60)}-${i}`));
     await fsp.symlink('d2000/file-0001', join(mnt, 'link'));
+    // Windows symlinks and junctions: reparse points set through ntfs-3g's reparse data attribute.
+    await fsp.writeFile(join(mnt, 'winlink'), '');
+    await setReparse(join(mnt, 'winlink'), symlinkReparse('..\\d2000\\file-0002', true));
+    await fsp.mkdir(join(mnt, 'junction'));
+    await setReparse(join(mnt, 'junction'), junctionReparse('\\??\\C:\\Windows', 'C:\\Windows'));
     await fsp.writeFile(join(mnt, 'streamy'), 'main stream\n');
     await exec('setfattr', ['-n', 'user.extra', '-v', 'a named stream that is not the file', join(mnt, 'streamy')]);
   } finally {
@@ -164,7 +199,7 @@ describe('NTFS reader', () => {
 
   it('lists the root without the metafiles', async () => {
     const names = (await fs.list('/')).map((e) => e.name).sort();
-    expect(names).toEqual(['big', 'cases', 'comp', 'd2000', 'deep', 'empty', 'f100k', 'f700', 'frag', 'link', 'links', 'one', 'sparse', 'streamy', UNICODE].sort());
+    expect(names).toEqual(['big', 'cases', 'comp', 'd2000', 'deep', 'empty', 'f100k', 'f700', 'frag', 'junction', 'link', 'links', 'one', 'sparse', 'streamy', 'winlink', UNICODE].sort());
     expect((await fs.stat('/')).type).toBe('dir');
     expect((await fs.stat('/$MFT')).id).toBe(0);
   });
@@ -258,6 +293,33 @@ describe('NTFS reader', () => {
     await expect(fs.open('/link')).rejects.toBeInstanceOf(FsNotFoundError);
     expect((await fs.stat('/streamy')).size).toBe(12);
     expect((await readAll(await fs.open('/streamy'), 100)).toString()).toBe('main stream\n');
+  });
+
+  it('reads Windows symlinks and junctions (reparse points)', async () => {
+    expect((await fs.stat('/winlink')).type).toBe('symlink');
+    expect(await fs.readlink('/winlink')).toBe('../d2000/file-0002');
+    expect((await fs.stat('/winlink')).size).toBe(18);
+    expect((await fs.stat('/junction')).type).toBe('symlink');
+    expect(await fs.readlink('/junction')).toBe('C:\\Windows');
+    await expect(fs.list('/junction')).rejects.toBeInstanceOf(FsNotFoundError);
+    await expect(fs.stat('/junction/x')).rejects.toBeInstanceOf(FsNotFoundError);
+  });
+
+  it('decompresses LZNT1 files one compression unit at a time', async () => {
+    for (const p of ['/comp/text', '/comp/mixed', '/comp/random']) {
+      const out = (await exec('ntfsinfo', ['-F', p, '-v', img])).stdout;
+      const data = out.split('Dumping attribute ').find((s) => s.startsWith('$DATA')) ?? '';
+      expect(data, p).toMatch(/Attribute flags:\s+0x0001/);
+      expect(data, p).toMatch(/Compression unit:\s+4/);
+    }
+    // The compressible file takes far fewer clusters than its size (LZNT1 chunks, not stored units).
+    const text = (await exec('ntfsinfo', ['-F', '/comp/text', '-v', img])).stdout;
+    const compressed = /Compressed size:\s+(\d+)/.exec(text);
+    if (compressed) expect(Number(compressed[1])).toBeLessThan(files.get('comp/text')!.length / 2);
+    const f = await fs.open('/comp/mixed');
+    const b = Buffer.alloc(100 * KiB);
+    expect(await f.read(b, 100 * KiB)).toBe(b.length);
+    expect(b.equals(files.get('comp/mixed')!.subarray(100 * KiB, 200 * KiB))).toBe(true);
   });
 
   it('says what is missing or of the wrong kind', async () => {

@@ -267,7 +267,7 @@ class Ntfs implements FileSystem {
     const rec0 = this.parseRecord(raw, 0);
     const first = rec0.attrs.filter((a) => a.type === AT_DATA && a.name === '' && !a.resident);
     if (first.length === 0) throw fsErr('$MFT', 'no non-resident $DATA');
-    this.mft = this.buildStream(first, '$MFT $DATA');
+    this.mft = this.buildStream(first, '$MFT $DATA', true);
     const list = rec0.attrs.find((a) => a.type === AT_ATTRIBUTE_LIST);
     if (list) {
       // A fragmented $MFT whose runlist continues in extension records (read through the first runs).
@@ -412,7 +412,7 @@ class Ntfs implements FileSystem {
   }
 
   /** The runs of a non-resident attribute from all its extents. */
-  private buildStream(extents: Attr[], what: string): Stream {
+  private buildStream(extents: Attr[], what: string, partial = false): Stream {
     const ex = extents.filter((a) => !a.resident).sort((x, y) => x.lowestVcn - y.lowestVcn);
     const first = ex[0];
     if (!first || first.lowestVcn !== 0) throw fsErr(what, 'no extent starting at vcn 0');
@@ -424,7 +424,7 @@ class Ntfs implements FileSystem {
       next = runs.length > 0 ? runs[runs.length - 1]!.vcn + runs[runs.length - 1]!.length : 0;
     }
     const cs = this.boot.clusterSize;
-    if (first.dataSize > next * cs) throw fsErr(what, `${first.dataSize} bytes but runs cover only ${next} clusters`);
+    if (first.dataSize > next * cs && !partial) throw fsErr(what, `${first.dataSize} bytes but runs cover only ${next} clusters`);
     const compressed = (first.flags & ATTR_COMPRESSED) !== 0;
     let cuClusters = 0;
     if (compressed) {
