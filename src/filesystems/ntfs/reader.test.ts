@@ -315,7 +315,8 @@ describe('NTFS reader', () => {
     // The compressible file takes far fewer clusters than its size (LZNT1 chunks, not stored units).
     const text = (await exec('ntfsinfo', ['-F', '/comp/text', '-v', img])).stdout;
     const compressed = /Compressed size:\s+(\d+)/.exec(text);
-    if (compressed) expect(Number(compressed[1])).toBeLessThan(files.get('comp/text')!.length / 2);
+    expect(compressed).not.toBeNull();
+    expect(Number(compressed![1])).toBeLessThan(files.get('comp/text')!.length / 2);
     const f = await fs.open('/comp/mixed');
     const b = Buffer.alloc(100 * KiB);
     expect(await f.read(b, 100 * KiB)).toBe(b.length);
@@ -411,6 +412,68 @@ describe('NTFS reader on damaged images', () => {
     const v = await damaged('bad-indx.img', async (copy) => patchFile(copy, lcn * 4096 + 510, Buffer.from([0xaa, 0x55])));
     const bad = await openNtfs(v);
     await expectFsError(bad.list('/d2000'), /update sequence mismatch/);
+    await v.close();
+  });
+
+  it('rejects an index whose subnodes loop', async () => {
+    // d2000's root holds one entry pointing at an inner node: point that node's first subnode at itself.
+    const id = (await fs.stat('/d2000')).id;
+    const [rec] = await record(id);
+    let p = rec.readUInt16LE(20);
+    while (rec.readUInt32LE(p) !== 0x90) p += rec.readUInt32LE(p + 4);
+    const hdr = p + rec.readUInt16LE(p + 20) + 16;
+    const rootEntry = hdr + rec.readUInt32LE(hdr);
+    expect(rec.readUInt16LE(rootEntry + 12) & 1).toBe(1);
+    const innerVcn = rec.readBigUInt64LE(rootEntry + rec.readUInt16LE(rootEntry + 8) - 8);
+    const out = (await exec('ntfsinfo', ['-F', '/d2000', '-v', img])).stdout;
+    const alloc = out.split('Dumping attribute ').find((x) => x.startsWith('$INDEX_ALLOCATION')) ?? '';
+    let at = -1;
+    for (const m of (alloc.split('Runlist:')[1] ?? '').matchAll(/^\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)$/gim)) {
+      const [v, l, len] = [parseInt(m[1]!, 16), parseInt(m[2]!, 16), parseInt(m[3]!, 16)];
+      if (Number(innerVcn) >= v && Number(innerVcn) < v + len) at = (l + Number(innerVcn) - v) * 4096;
+    }
+    expect(at).toBeGreaterThan(0);
+    const raw = Buffer.alloc(4096);
+    await vol.read(raw, at);
+    expect(raw.toString('latin1', 0, 4)).toBe('INDX');
+    const fixed = Buffer.from(raw);
+    const usa = fixed.readUInt16LE(4);
+    for (let i = 0; i < 8; i++) fixed.writeUInt16LE(fixed.readUInt16LE(usa + 2 + 2 * i), i * 512 + 510);
+    let target = -1;
+    for (let e = 24 + fixed.readUInt32LE(24); ; e += fixed.readUInt16LE(e + 8)) {
+      const len = fixed.readUInt16LE(e + 8);
+      const flags = fixed.readUInt16LE(e + 12);
+      const sub = e + len - 8;
+      if (flags & 1 && sub % 512 <= 502) {
+        target = sub;
+        break;
+      }
+      if (flags & 2) break;
+    }
+    expect(target).toBeGreaterThan(0);
+    const self = Buffer.alloc(8);
+    self.writeBigUInt64LE(innerVcn);
+    const v = await damaged('index-loop.img', async (copy) => patchFile(copy, at + target, self));
+    const bad = await openNtfs(v);
+    await expectFsError(bad.list('/d2000'), /reached twice/);
+    await v.close();
+  });
+
+  it('rejects an extension record that belongs to another file', async () => {
+    const id = (await fs.stat('/links/target')).id;
+    let ext = -1;
+    let extRec: Buffer = Buffer.alloc(0);
+    let extAt = 0;
+    for (let n = id + 1; n < id + 400 && ext < 0; n++) {
+      const [r, a] = await record(n).catch(() => [Buffer.alloc(1024), 0] as [Buffer, number]);
+      if (r.toString('latin1', 0, 4) === 'FILE' && Number(r.readBigUInt64LE(32) & 0xffffffffffffn) === id) [ext, extRec, extAt] = [n, r, a];
+    }
+    expect(ext).toBeGreaterThan(0);
+    const other = Buffer.from(extRec.subarray(32, 40));
+    other.writeUInt32LE(id + 1, 0);
+    const v = await damaged('bad-extension.img', async (copy) => patchFile(copy, extAt + 32, other));
+    const bad = await openNtfs(v);
+    await expectFsError(bad.open('/links/target'), /does not belong/);
     await v.close();
   });
 });
