@@ -476,4 +476,20 @@ describe('NTFS reader on damaged images', () => {
     await expectFsError(bad.open('/links/target'), /does not belong/);
     await v.close();
   });
+
+  it('rejects LZNT1 data that refers before its chunk', async () => {
+    const out = (await exec('ntfsinfo', ['-F', '/comp/text', '-v', img])).stdout;
+    const data = out.split('Dumping attribute ').find((x) => x.startsWith('$DATA')) ?? '';
+    const m = /^\s+0x0\s+0x([0-9a-f]+)\s+0x[0-9a-f]+$/im.exec(data.split('Runlist:')[1] ?? '');
+    expect(m).not.toBeNull();
+    const v = await damaged('bad-lznt1.img', async (copy) => patchFile(copy, parseInt(m![1]!, 16) * 4096, Buffer.alloc(64, 0xff)));
+    const bad = await openNtfs(v);
+    const f = await bad.open('/comp/text');
+    await expectFsError(f.read(Buffer.alloc(100), 0), /refers before its start/);
+    // Other compression units still read.
+    const b = Buffer.alloc(1000);
+    expect(await f.read(b, 64 * KiB)).toBe(1000);
+    expect(b.equals(files.get('comp/text')!.subarray(64 * KiB, 64 * KiB + 1000))).toBe(true);
+    await v.close();
+  });
 });
