@@ -8,6 +8,7 @@ import { register as registerForget } from './commands/forget.js';
 import { register as registerInspect } from './commands/inspect.js';
 import { register as registerRepo } from './commands/repo.js';
 import { register as registerRestore } from './commands/restore.js';
+import { register as registerVerifyBoot } from './commands/verify-boot.js';
 import { register as registerVm } from './commands/vm.js';
 import { Context } from './context.js';
 import { EXIT, exitCodeFor } from './exit-codes.js';
@@ -35,6 +36,7 @@ export function buildProgram(): Command {
   registerRestore(program);
   registerExport(program);
   registerVm(program);
+  registerVerifyBoot(program);
   const applyExit = (cmd: Command): void => {
     cmd.exitOverride();
     cmd.commands.forEach(applyExit);

@@ -1,8 +1,10 @@
-// restore vm --instant: the test guest's restore point boots at once from the repository (QEMU on
-// qcow2 overlays backed by Bulwark's NBD export), its disk is copied locally while it runs, and the
-// command returns when the VM no longer reads the repository. Witnesses: the restored guest's own
-// agent, qemu-img (no backing file left), e2fsck and the guest writer's records on the copied disk.
+// restore vm --instant and verify-boot: the test guest's live restore point boots at once from the
+// repository (QEMU on qcow2 overlays backed by Bulwark's NBD export), its disk is copied locally while
+// it runs, and the command returns when the VM no longer reads the repository; verify-boot boots it
+// isolated and runs checks inside. Witnesses: the restored guest's own agent, qemu-img (no backing file
+// left), e2fsck and the guest writer's records on the copied disk, QEMU's and the guest's console.
 import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QgaClient } from '../../src/protocols/qga/client.js';
 import { jsonResult, runCli, startCli } from '../helpers/cli.js';
@@ -49,21 +51,27 @@ async function agentAnswers(socket: string, deadline: number): Promise<void> {
   }
 }
 
-describe('instant restore', () => {
-  it('boots the restore point at once, copies its disk while it runs, and leaves it running on the local copy', async () => {
+let snapshot: string;
+let backedUp: number;
+let originalBootMs: number;
+
+describe('booting restore points', () => {
+  beforeAll(async () => {
     const img = await ensureGuestBuilt();
     const disk = `${tmp.path}/web.qcow2`;
     await makeDataDisk(disk, { sizeMiB: 128, format: 'qcow2', fill: img.sampleDir });
     guest = await startGuest({ dir: `${tmp.path}/g`, name: 'inst01', disks: [{ path: disk, format: 'qcow2' }], accel: 'tcg', writer: { kibPerSec: 64 } });
-    const originalBootMs = guest.bootToAgentMs;
+    originalBootMs = guest.bootToAgentMs;
     await new Promise((r) => setTimeout(r, 2000));
     const b = await runCli(['backup', 'vm', 'inst01', '--connect', `qmp:${guest.qmpSocket},qga=${guest.qgaSocket},name=inst01`, '--scratch-dir', tmp.path, '--scratch-min', '0', '--json'], { env });
     expect(b.code, b.stderr).toBe(0);
-    const snapshot = jsonResult<{ results: { snapshot: string }[] }>(b).results[0]!.snapshot;
-    const backedUp = verifyWriterLog(await readFileFromExt4Image(await restoredRaw(snapshot), '/log.txt')).records;
+    snapshot = jsonResult<{ results: { snapshot: string }[] }>(b).results[0]!.snapshot;
+    backedUp = verifyWriterLog(await readFileFromExt4Image(await restoredRaw(snapshot), '/log.txt')).records;
     await guest.stop();
     guest = undefined;
+  }, 300_000);
 
+  it('restore vm --instant boots the restore point at once, copies its disk while it runs, and leaves it running on the local copy', async () => {
     const target = `${tmp.path}/r`;
     const t0 = performance.now();
     const run = await startCli<{ phase: string; pid: number; qga: string; qmp: string }>(['restore', 'vm', snapshot, '--instant', '--target', target, '--accel', 'tcg'], { env, readyTimeoutMs: 120_000 });
@@ -99,6 +107,35 @@ describe('instant restore', () => {
     expect(log.torn, log.firstBad).toBe(0);
     // The backup's records, then the restored guest's own.
     expect(log.records).toBeGreaterThan(backedUp);
+  });
+
+  it('verify-boot passes on the good restore point with its checks, fails a check that does not hold, and a damaged kernel with its console log', async () => {
+    const good = await runCli(['verify-boot', snapshot, '--accel', 'tcg', '--check', 'test -s /data/log.txt', '--file', '/data/hooks.log', '--json'], { env, timeoutMs: 300_000 });
+    expect(good.code, good.stdout + good.stderr).toBe(0);
+    const r = jsonResult<{ ok: boolean; booted: boolean; agentMs: number; checks: { check: string; ok: boolean }[] }>(good);
+    expect(r).toMatchObject({ ok: true, booted: true, checks: [{ check: 'command: test -s /data/log.txt', ok: true }, { check: 'file: /data/hooks.log', ok: true }] });
+    console.log(`verify-boot: guest agent answered after ${(r.agentMs / 1000).toFixed(1)} s`);
+    const listed = jsonResult<{ id: string; verifiedBoot?: { ok: boolean } }[]>(await runCli(['snapshots', '--json'], { env }));
+    expect(listed.find((x) => x.id === snapshot)?.verifiedBoot?.ok).toBe(true);
+
+    const port = await runCli(['verify-boot', snapshot, '--accel', 'tcg', '--port', '9', '--json'], { env, timeoutMs: 300_000 });
+    expect(port.code).toBe(1);
+    expect(port.stderr).toMatch(/check\(s\) failed: port: 9 \(nothing listens\)/);
+
+    // The restore point's kernel, damaged on purpose: the same file with its middle overwritten.
+    const img = await ensureGuestBuilt();
+    const bad = `${tmp.path}/vmlinuz-damaged`;
+    execFileSync('cp', [img.kernel, bad]);
+    execFileSync('dd', ['if=/dev/urandom', `of=${bad}`, 'bs=4096', 'seek=64', 'count=256', 'conv=notrunc'], { stdio: 'pipe' });
+    const broken = await runCli(['verify-boot', snapshot, '--accel', 'tcg', '--kernel', bad, '--boot-timeout', '40', '--json'], { env, timeoutMs: 300_000 });
+    expect(broken.code).toBe(1);
+    // The result is printed, then the failure: the summary line is the result.
+    const br = broken.stdout.split('\n').filter((l) => l.includes('"type":"summary"')).map((l) => JSON.parse(l) as { ok: boolean; booted: boolean; reason: string; console: string })[0]!;
+    expect(br).toMatchObject({ ok: false, booted: false });
+    expect(br.reason).toMatch(/QEMU did not start|did not answer|stopped before/);
+    expect(existsSync(br.console), `console log kept at ${br.console}`).toBe(true);
+    const after = jsonResult<{ id: string; verifiedBoot?: { ok: boolean } }[]>(await runCli(['snapshots', '--json'], { env }));
+    expect(after.find((x) => x.id === snapshot)?.verifiedBoot?.ok).toBe(false);
   });
 });
 

@@ -1,5 +1,6 @@
 // snapshots | ls | diff
 import type { Command } from 'commander';
+import { verificationsOf } from '../../jobs/verify-boot.js';
 import { diff, ls } from '../../jobs/inspect.js';
 import { listSnapshots } from '../../repository/snapshot.js';
 import { Context } from '../context.js';
@@ -25,14 +26,19 @@ export function register(program: Command): void {
     .action(async (o: { host?: string; tag: string[]; source?: string }, cmd: Command) => {
       const ctx = Context.from(cmd);
       await ctx.withRepo(async (repo) => {
-        const list = await listSnapshots(repo, { ...(o.host ? { hostname: o.host } : {}), tags: o.tag, ...(o.source ? { source: o.source } : {}) });
+        const verified = await verificationsOf(repo.config.id);
+        // verify-boot results this host recorded (a boot check is this host's, not the repository's).
+        const list = (await listSnapshots(repo, { ...(o.host ? { hostname: o.host } : {}), tags: o.tag, ...(o.source ? { source: o.source } : {}) })).map((s) => {
+          const v = verified.get(s.id);
+          return v ? { ...s, verifiedBoot: { ok: v.ok, time: v.time, ...(v.agentMs !== undefined ? { agentMs: v.agentMs } : {}), ...(v.reason ? { reason: v.reason } : {}) } } : s;
+        });
         ctx.printData(list, (l) =>
           l.length === 0
             ? 'no snapshots'
             : table(
-                ['ID', 'Time', 'Host', 'Source', 'Consistency', 'Size', 'Paths / disks', 'Tags'],
-                l.map((s) => [shortId(s.id), s.time.replace('T', ' ').replace(/\.\d+Z$/, ''), s.hostname, s.source, s.consistency ?? '-', bytes(s.summary.totalSize), s.tree ? s.paths.join(' ') : (s.disks ?? []).map((d) => d.name).join(' '), s.tags.join(',')]),
-                [5],
+                ['ID', 'Time', 'Host', 'Source', 'Consistency', 'Boots', 'Size', 'Paths / disks', 'Tags'],
+                l.map((s) => [shortId(s.id), s.time.replace('T', ' ').replace(/\.\d+Z$/, ''), s.hostname, s.source, s.consistency ?? '-', 'verifiedBoot' in s ? (s.verifiedBoot.ok ? 'yes' : 'NO') : '-', bytes(s.summary.totalSize), s.tree ? s.paths.join(' ') : (s.disks ?? []).map((d) => d.name).join(' '), s.tags.join(',')]),
+                [6],
               ) + `\n${l.length} snapshot(s)`,
         );
       });

@@ -6,7 +6,7 @@
 // leaves the overlay with its backing: the VM keeps running on the export — never on a half-copied
 // disk — and the caller is told.
 import { execFile, spawn } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { QmpClient } from '../../protocols/qmp/client.js';
@@ -32,6 +32,10 @@ export interface InstantVm {
   console: string;
   /** Copies every disk into its local image; resolves when none reads the export any more. */
   copy(onProgress?: (done: number, total: number) => void): Promise<void>;
+  /** Ends the VM (QMP quit) and waits for QEMU to exit. */
+  quit(): Promise<void>;
+  /** Whether QEMU still runs. */
+  running(): boolean;
   close(): Promise<void>;
 }
 
@@ -43,7 +47,7 @@ interface Job {
   error?: string;
 }
 
-export async function bootOnExport(vm: VmConfig, disks: InstantDisk[], opts: { dir: string; accel: string }): Promise<InstantVm> {
+export async function bootOnExport(vm: VmConfig, disks: InstantDisk[], opts: { dir: string; accel: string; /** verify-boot: no network device at all. */ isolated?: boolean }): Promise<InstantVm> {
   for (const d of disks) {
     // -u: the export is not opened here; QEMU opens it when the VM starts.
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', d.uri, '-F', 'raw', d.path, String(d.size)]).catch((err: { stderr?: string }) => {
@@ -53,7 +57,8 @@ export async function bootOnExport(vm: VmConfig, disks: InstantDisk[], opts: { d
   const base = join(opts.dir, fileNameOf(vm.name));
   const args = [
     '-accel', opts.accel,
-    ...qemuArgs(vm, disks.map((d) => ({ name: d.name, path: d.path, format: 'qcow2' })), { dir: opts.dir }),
+    ...qemuArgs(opts.isolated ? { ...vm, nics: [] } : vm, disks.map((d) => ({ name: d.name, path: d.path, format: 'qcow2' })), { dir: opts.dir }),
+    ...(opts.isolated ? ['-nic', 'none'] : []),
     '-display', 'none',
     '-serial', `file:${base}-console.log`,
     '-pidfile', `${base}.pid`,
@@ -62,12 +67,18 @@ export async function bootOnExport(vm: VmConfig, disks: InstantDisk[], opts: { d
   const log = openSync(`${base}-qemu.log`, 'a');
   const child = spawn('qemu-system-x86_64', args, { detached: true, stdio: ['ignore', log, log] });
   closeSync(log);
-  const exited = new Promise<number>((resolve) => child.on('exit', (code) => resolve(code ?? 1)));
+  let alive = true;
+  const exited = new Promise<number>((resolve) =>
+    child.on('exit', (code) => {
+      alive = false;
+      resolve(code ?? 1);
+    }),
+  );
   child.unref();
   const qmp = await Promise.race([
     QmpClient.connect(`${base}.qmp`, { retryForMs: 30_000, commandTimeoutMs: 30_000 }),
     exited.then((code) => {
-      throw new BulwarkError('failed', `QEMU exited (${code}) before the VM started; see ${base}-qemu.log`);
+      throw new BulwarkError('failed', `QEMU exited (${code}) before the VM started: ${readFileSync(`${base}-qemu.log`, 'utf8').trim().split('\n').slice(-3).join(' ') || 'no message'}`);
     }),
   ]);
   return {
@@ -99,6 +110,15 @@ export async function bootOnExport(vm: VmConfig, disks: InstantDisk[], opts: { d
         });
       }
     },
+    async quit() {
+      if (!alive) return;
+      await qmp.execute('quit').catch(() => undefined);
+      const end = Date.now() + 10_000;
+      while (alive && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+      if (alive) child.kill('SIGKILL');
+      await exited;
+    },
+    running: () => alive,
     async close() {
       await qmp.close();
     },

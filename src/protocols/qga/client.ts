@@ -195,6 +195,38 @@ export class QgaClient {
     return Buffer.concat(parts);
   }
 
+  /** Runs a program in the guest (guest-exec, output captured) and waits for it to end. */
+  async exec(path: string, args: string[], opts: QgaCallOptions = {}): Promise<{ exitcode: number; stdout: string; stderr: string }> {
+    const deadline = Date.now() + (opts.timeoutMs ?? this.commandTimeoutMs);
+    const left = (): QgaCallOptions => ({ timeoutMs: Math.max(1, deadline - Date.now()) });
+    const { pid } = await this.execute<{ pid: number }>('guest-exec', { path, arg: args, 'capture-output': true }, left());
+    for (;;) {
+      const st = await this.execute<{ exited: boolean; exitcode?: number; signal?: number; 'out-data'?: string; 'err-data'?: string }>('guest-exec-status', { pid }, left());
+      if (st.exited) {
+        return { exitcode: st.exitcode ?? 128 + (st.signal ?? 0), stdout: Buffer.from(st['out-data'] ?? '', 'base64').toString('utf8'), stderr: Buffer.from(st['err-data'] ?? '', 'base64').toString('utf8') };
+      }
+      if (Date.now() > deadline) throw new BulwarkError('timeout', `'${path}' did not finish in the guest in time`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  /** Writes a file in the guest (guest-file-open/write/close); `overwrite` false: an existing file is refused by the guest ('wx'). */
+  async writeFile(path: string, data: Buffer, opts: QgaCallOptions & { overwrite?: boolean } = {}): Promise<void> {
+    const deadline = Date.now() + (opts.timeoutMs ?? this.commandTimeoutMs);
+    const left = (): QgaCallOptions => ({ timeoutMs: Math.max(1, deadline - Date.now()) });
+    const handle = await this.execute<number>('guest-file-open', { path, mode: opts.overwrite ? 'w' : 'wx' }, left());
+    try {
+      for (let at = 0; at < data.length || at === 0; at += 1 << 20) {
+        const part = data.subarray(at, at + (1 << 20));
+        if (part.length) await this.execute('guest-file-write', { handle, 'buf-b64': part.toString('base64') }, left());
+        if (data.length === 0) break;
+      }
+      await this.execute('guest-file-flush', { handle }, left());
+    } finally {
+      await this.execute('guest-file-close', { handle }, left()).catch(() => undefined);
+    }
+  }
+
   /**
    * Asks the guest to shut down (guest-shutdown). The agent does not answer a request it carries out,
    * so silence for `waitMs` is success; an error reply (e.g. the command is disabled) is thrown.
