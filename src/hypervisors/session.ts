@@ -156,6 +156,15 @@ export interface VmInfo {
   agent: { state: 'responding' | 'not responding' | 'not configured'; version?: string; error?: string; filesystems?: { mountpoint: string; type: string }[] };
 }
 
+/** Files written into a running guest through its agent (restore --to-guest). */
+export interface GuestFileWriter {
+  /** Makes a folder and its parents in the guest. */
+  mkdir(path: string): Promise<void>;
+  /** Writes a file; without `overwrite`, a file already there is refused by the guest. */
+  write(path: string, data: AsyncIterable<Buffer>, opts: { overwrite: boolean }): Promise<void>;
+  close(): Promise<void>;
+}
+
 export interface VmDriver {
   readonly name: string;
   /** The VMs an endpoint stands for: itself, or every domain of a libvirt connection. */
@@ -166,6 +175,8 @@ export interface VmDriver {
   describe(endpoint: VmEndpoint, opts?: { agentTimeoutMs?: number }): Promise<VmInfo>;
   /** The VM's own name, for endpoints given without one; undefined when it cannot be asked. */
   nameOf(endpoint: VmEndpoint): Promise<string | undefined>;
+  /** The running guest's agent, to write files into it; undefined when the driver cannot. */
+  guestFiles?(endpoint: VmEndpoint): Promise<GuestFileWriter>;
   /** The hypervisor can take point-in-time images that fail the backup, never the guest, when scratch space runs out. */
   canFleece(qemuVersion: string | undefined): { ok: true } | { ok: false; why: string; fix: string };
 }

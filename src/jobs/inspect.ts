@@ -4,11 +4,17 @@ import { decodePage } from '../repository/fixed-index.js';
 import { findSnapshot, listSnapshots, type SnapshotWithId } from '../repository/snapshot.js';
 import { displayName, nodeName, type TreeNode } from '../repository/tree.js';
 import { ExpansionGuard, loadTree, lookupPath, walk } from '../repository/walk.js';
+import type { FsEntry } from '../filesystems/types.js';
+import { SnapshotDisks } from '../restore/disk-files.js';
 import { BulwarkError } from '../util/errors.js';
 
 export interface LsEntry {
   path: string;
-  type: TreeNode['type'] | 'disk';
+  type: TreeNode['type'] | 'disk' | 'part' | 'other';
+  /** A part of a disk: the file system on it (ext4, xfs, fat32, ntfs), or why there is none to browse. */
+  fs?: string;
+  label?: string;
+  note?: string;
   size: number;
   mode?: number;
   mtime?: string;
@@ -22,10 +28,26 @@ export async function ls(repo: Repository, ref: string, path = '/', recursive = 
   const sn = await findSnapshot(repo, ref);
   const entries: LsEntry[] = [];
   if (!sn.tree) {
-    if (path !== '/' && path !== '') {
-      throw new BulwarkError('usage', 'browsing files inside disk snapshots is not available yet', { hint: 'restore the disk with restore vm, or list the disks without a path' });
+    const disks = new SnapshotDisks(repo, sn);
+    const loc = await disks.locate(path);
+    if (loc.level === 'root') for (const d of sn.disks ?? []) entries.push({ path: `/${d.name}`, type: 'disk', size: d.size });
+    else if (loc.level === 'disk') {
+      for (const p of loc.parts) entries.push({ path: `/${loc.disk}/${p.name}`, type: 'part', size: p.size, ...(p.fs ? { fs: p.fs.type, ...(p.fs.label ? { label: p.fs.label } : {}) } : { note: p.why ?? 'no file system' }) });
+    } else {
+      const base = `/${loc.disk}/${loc.part.name}`;
+      const toEntry = async (p: string, e: FsEntry): Promise<LsEntry> => ({
+        path: `${base}${p === '/' ? '' : p}`,
+        type: e.type,
+        size: e.size,
+        ...(e.mode !== undefined ? { mode: e.mode & 0o7777 } : {}),
+        ...(e.mtimeMs !== undefined ? { mtime: new Date(e.mtimeMs).toISOString() } : {}),
+        ...(e.uid !== undefined ? { uid: e.uid } : {}),
+        ...(e.gid !== undefined ? { gid: e.gid } : {}),
+        ...(e.type === 'symlink' ? { linkTarget: await loc.fs.readlink(p).catch(() => '?') } : {}),
+      });
+      if (loc.entry.type !== 'dir') entries.push(await toEntry(loc.path, loc.entry));
+      else for await (const e of disks.walk(loc.fs, loc.path, recursive)) entries.push(await toEntry(e.path, e.entry));
     }
-    for (const d of sn.disks ?? []) entries.push({ path: `/${d.name}`, type: 'disk', size: d.size });
     return { snapshot: sn, entries };
   }
   const found = await lookupPath(repo, sn.tree, path);
@@ -173,4 +195,46 @@ export async function stats(repo: Repository, ref?: string): Promise<StatsResult
     out.snapshot = { id: sn.id, totalSize: sn.summary.totalSize, uniqueBlobs: seen.size, blobBytes };
   }
   return out;
+}
+
+/** A shell-style name pattern (*, ?, [..]) as a regular expression matched against whole names. */
+function globToRegExp(pattern: string): RegExp {
+  let re = '';
+  for (const ch of pattern) re += ch === '*' ? '.*' : ch === '?' ? '.' : /[\\^$.|+(){}[\]]/.test(ch) ? `\\${ch}` : ch;
+  return new RegExp(`^${re}$`, 'i');
+}
+
+/**
+ * Paths whose name matches `pattern` (case-insensitive), in a file snapshot's tree or across every
+ * file system of a VM or disk snapshot's disks (/<disk>/<part>/<path>).
+ */
+export async function find(repo: Repository, ref: string, pattern: string, onMatch: (e: LsEntry) => void): Promise<{ snapshot: SnapshotWithId; matches: number; skipped: string[] }> {
+  await repo.loadIndex();
+  const sn = await findSnapshot(repo, ref);
+  const re = globToRegExp(pattern);
+  let matches = 0;
+  const skipped: string[] = [];
+  if (sn.tree) {
+    for await (const e of walk(repo, sn.tree, '')) {
+      if (!re.test(displayName(nodeName(e.node)))) continue;
+      matches++;
+      onMatch({ path: e.path, type: e.node.type, size: e.node.size });
+    }
+    return { snapshot: sn, matches, skipped };
+  }
+  const disks = new SnapshotDisks(repo, sn);
+  for (const d of disks.diskNames) {
+    for (const part of await disks.partsOf(d)) {
+      if (!part.fs) {
+        skipped.push(`/${d}/${part.name}: ${part.why ?? 'no file system'}`);
+        continue;
+      }
+      for await (const e of disks.walk(part.fs, '/', true)) {
+        if (!re.test(e.entry.name)) continue;
+        matches++;
+        onMatch({ path: `/${d}/${part.name}${e.path}`, type: e.entry.type, size: e.entry.size });
+      }
+    }
+  }
+  return { snapshot: sn, matches, skipped };
 }

@@ -1,12 +1,17 @@
 // Restore jobs: pick what to restore from a snapshot and hand it to the restorers.
-import { writeFile } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { lstat, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import type { VmEndpoint } from '../hypervisors/registry.js';
+import type { VmDriver } from '../hypervisors/session.js';
 import { defineDomain, restoredDomainXml } from '../hypervisors/libvirt/define.js';
 import { fileNameOf, qemuScript } from '../hypervisors/qemu/command-line.js';
 import type { Repository } from '../repository/repository.js';
 import { findSnapshot, type SnapshotFilter, type SnapshotWithId } from '../repository/snapshot.js';
 import type { TreeNode } from '../repository/tree.js';
 import { loadTree, lookupPath } from '../repository/walk.js';
+import { restoreFromDisk, SnapshotDisks } from '../restore/disk-files.js';
 import { restoreMachineFolder } from '../restore/machine-folder.js';
 import { restoreDisk, type DiskRestoreResult, type RestoreFormat } from '../restore/disk.js';
 
@@ -29,6 +34,8 @@ export interface RestoreFilesJobOptions {
 
 export interface RestoreFilesJobResult extends FilesRestoreResult {
   snapshot: string;
+  /** From inside a disk: its blocks fetched from the repository. */
+  blocksFetched?: number;
   verified?: { files: number; mismatches: string[] };
 }
 
@@ -36,9 +43,15 @@ export async function restoreFiles(repo: Repository, opts: RestoreFilesJobOption
   await repo.loadIndex();
   const sn = await findSnapshot(repo, opts.ref, opts.filter);
   if (!sn.tree) {
-    throw new BulwarkError('usage', `snapshot ${sn.id.slice(0, 8)} holds disks (${sn.source}), not files`, {
-      hint: `restore its disks with 'bulwark restore vm ${sn.id.slice(0, 8)} --target <dir>'`,
-    });
+    if (!opts.path || opts.path === '/') {
+      throw new BulwarkError('usage', `snapshot ${sn.id.slice(0, 8)} holds disks (${sn.source}), not files: name what to restore from inside one (/<disk>/<part>/<path>)`, {
+        hint: `see 'bulwark ls ${sn.id.slice(0, 8)}:/', or restore whole disks with 'bulwark restore vm ${sn.id.slice(0, 8)} --target <dir>'`,
+      });
+    }
+    // Single files out of a disk, read through its file system (restore/disk-files.ts).
+    const target = await prepareTarget(opts.target);
+    const r = await restoreFromDisk(new SnapshotDisks(repo, sn), opts.path, target);
+    return { files: r.files, dirs: r.dirs, bytes: r.bytes, errors: r.errors, snapshot: sn.id, blocksFetched: r.blocksFetched };
   }
   let nodes: TreeNode[];
   let logicalDir = '';
@@ -58,6 +71,59 @@ export async function restoreFiles(repo: Repository, opts: RestoreFilesJobOption
     result.verified = await verifyRestored(repo, nodes, opts.target, logicalDir, failed, opts.includes);
   }
   return result;
+}
+
+export interface RestoreToGuestOptions {
+  ref: string;
+  path?: string;
+  filter?: SnapshotFilter;
+  includes?: string[];
+  driver: VmDriver;
+  endpoint: VmEndpoint;
+  /** Where in the guest: a folder (ending in '/', or the restored item goes inside it by name) or a file name. */
+  guestPath: string;
+  overwrite: boolean;
+}
+
+/**
+ * restore --to-guest: what `restoreFiles` would write, restored into a private temporary folder, then
+ * written into the running guest through its agent, file by file, and the temporary folder removed.
+ */
+export async function restoreFilesToGuest(repo: Repository, opts: RestoreToGuestOptions): Promise<{ snapshot: string; files: number; dirs: number; bytes: number; errors: { path: string; message: string }[] }> {
+  if (!opts.driver.guestFiles) throw new BulwarkError('usage', `--to-guest is not available for ${opts.driver.name} VMs yet`, { hint: 'restore with --target and copy the files in' });
+  const tmp = await mkdtemp(join(tmpdir(), 'bulwark-to-guest-'));
+  try {
+    const local = await restoreFiles(repo, { ref: opts.ref, target: tmp, ...(opts.path ? { path: opts.path } : {}), ...(opts.filter ? { filter: opts.filter } : {}), ...(opts.includes ? { includes: opts.includes } : {}) });
+    const out = { snapshot: local.snapshot, files: 0, dirs: 0, bytes: 0, errors: [...local.errors] };
+    const guest = await opts.driver.guestFiles(opts.endpoint);
+    try {
+      const top = await readdir(tmp);
+      const intoFolder = opts.guestPath.endsWith('/') || top.length !== 1;
+      if (intoFolder) await guest.mkdir(opts.guestPath.replace(/\/+$/, '') || '/');
+      const push = async (local: string, remote: string): Promise<void> => {
+        const st = await lstat(local);
+        try {
+          if (st.isDirectory()) {
+            await guest.mkdir(remote);
+            out.dirs++;
+            for (const n of await readdir(local)) await push(join(local, n), `${remote}/${n}`);
+          } else if (st.isFile()) {
+            await guest.write(remote, createReadStream(local), { overwrite: opts.overwrite });
+            out.files++;
+            out.bytes += st.size;
+          } else out.errors.push({ path: remote, message: 'not a file or folder: not written into the guest' });
+        } catch (err) {
+          out.errors.push({ path: remote, message: (err as Error).message });
+        }
+      };
+      for (const n of top) await push(join(tmp, n), intoFolder ? `${opts.guestPath.replace(/\/+$/, '')}/${n}` : opts.guestPath);
+    } finally {
+      await guest.close();
+    }
+    return out;
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
 }
 
 export interface RestoreDisksJobOptions {

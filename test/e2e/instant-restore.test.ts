@@ -5,11 +5,12 @@
 // left), e2fsck and the guest writer's records on the copied disk, QEMU's and the guest's console.
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QgaClient } from '../../src/protocols/qga/client.js';
 import { jsonResult, runCli, startCli } from '../helpers/cli.js';
 import { tempDir } from '../helpers/repo.js';
-import { ensureGuestBuilt, makeDataDisk, readFileFromExt4Image, startGuest, verifyWriterLog, type RunningGuest } from '../guest/guest.js';
+import { ensureGuestBuilt, makeDataDisk, readFileFromExt4Image, readHookLog, startGuest, verifyWriterLog, type RunningGuest } from '../guest/guest.js';
 
 let tmp: { path: string; cleanup(): Promise<void> };
 let env: Record<string, string>;
@@ -67,9 +68,36 @@ describe('booting restore points', () => {
     expect(b.code, b.stderr).toBe(0);
     snapshot = jsonResult<{ results: { snapshot: string }[] }>(b).results[0]!.snapshot;
     backedUp = verifyWriterLog(await readFileFromExt4Image(await restoredRaw(snapshot), '/log.txt')).records;
-    await guest.stop();
-    guest = undefined;
   }, 300_000);
+
+  it('a single file out of the live restore point is what the guest had at the freeze point; --to-guest writes it back into the running guest', async () => {
+    // The witness: debugfs reading the same file out of the whole restored disk.
+    const whole = await readFileFromExt4Image(`${tmp.path}/full/vda.raw`, '/log.txt');
+    const out = `${tmp.path}/one`;
+    const r = await runCli(['restore', `${snapshot}:/vda/fs/log.txt`, '--target', out, '--json'], { env });
+    expect(r.code, r.stderr).toBe(0);
+    const single = await readFile(`${out}/log.txt`);
+    expect(single.equals(whole)).toBe(true);
+    expect(verifyWriterLog(single).torn).toBe(0);
+    expect(readHookLog(await readFileFromExt4Image(`${tmp.path}/full/vda.raw`, '/hooks.log')).last).toBe('freeze');
+
+    const connect = `qmp:${guest!.qmpSocket},qga=${guest!.qgaSocket},name=inst01`;
+    const w = await runCli(['restore', `${snapshot}:/vda/fs/log.txt`, '--to-guest', 'inst01:/data/restored/', '--connect', connect, '--json'], { env });
+    expect(w.code, w.stdout + w.stderr).toBe(0);
+    // The guest's own agent reads it back.
+    const qga = await QgaClient.connect(guest!.qgaSocket, { timeoutMs: 10_000 });
+    try {
+      expect((await qga.readFile('/data/restored/log.txt')).equals(whole)).toBe(true);
+    } finally {
+      await qga.close();
+    }
+    const again = await runCli(['restore', `${snapshot}:/vda/fs/log.txt`, '--to-guest', 'inst01:/data/restored/', '--connect', connect], { env });
+    expect(again.code).toBe(3);
+    expect(again.stdout + again.stderr).toMatch(/already exists in the guest; restore never overwrites without --overwrite/);
+    expect((await runCli(['restore', `${snapshot}:/vda/fs/log.txt`, '--to-guest', 'inst01:/data/restored/', '--connect', connect, '--overwrite'], { env })).code).toBe(0);
+    await guest!.stop();
+    guest = undefined;
+  });
 
   it('restore vm --instant boots the restore point at once, copies its disk while it runs, and leaves it running on the local copy', async () => {
     const target = `${tmp.path}/r`;

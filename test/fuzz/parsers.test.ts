@@ -4,7 +4,7 @@
 // The inputs are plaintexts, as the strongest attacker (one with the password) would write them.
 //
 //   npx vitest run test/fuzz                      bounded count (CI)
-//   FUZZ_CASES=12000 npx vitest run test/fuzz     per parser; 9 parsers (pack headers of both formats), 108,000 cases
+//   FUZZ_CASES=12000 npx vitest run test/fuzz     per parser (pack headers of both formats, image formats, file systems)
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
@@ -20,6 +20,9 @@ import { snapshotProblem, type Snapshot } from '../../src/repository/snapshot.js
 import { decodeTree, displayName, linkTarget, nodeName } from '../../src/repository/tree.js';
 import { decompressBounded } from '../../src/repository/zstd.js';
 import { openDiskImage, type ContainerFormat } from '../../src/formats/open.js';
+import { openExt4 } from '../../src/filesystems/ext4/reader.js';
+import { openNtfs } from '../../src/filesystems/ntfs/reader.js';
+import { openXfs } from '../../src/filesystems/xfs/reader.js';
 import { LocalBackend } from '../../src/storage/local.js';
 import { BulwarkError } from '../../src/util/errors.js';
 import { node } from '../helpers/hostile.js';
@@ -229,4 +232,89 @@ describe(`parsers under ${CASES} mutated inputs each`, () => {
       });
     }, 600_000);
   }
+
+  // File systems inside disks: a small image made by each file system's own tools, damaged in its
+  // metadata (the first MiBs, where superblocks, inode tables, MFT and directories lie; or cut short)
+  // through a patched volume, then opened and walked: every directory listed, every file read (up to
+  // 256 KiB), every symlink read. Anything but a BulwarkError is a failure; a hang times out.
+  for (const [kind, seed] of [['ext4', 15], ['xfs', 16], ['ntfs', 17]] as const) {
+    it(`${kind} file systems: opened and walked`, async () => {
+      const dir = await fsp.mkdtemp(`${t.dir}/${kind}-fuzz-`);
+      const tree = `${dir}/tree`;
+      await fsp.mkdir(`${tree}/a/b`, { recursive: true });
+      await fsp.writeFile(`${tree}/a/b/file.txt`, 'hello '.repeat(2000));
+      await fsp.writeFile(`${tree}/small`, 'x');
+      for (let i = 0; i < 40; i++) await fsp.writeFile(`${tree}/a/n${i}`, String(i));
+      await fsp.symlink('a/b/file.txt', `${tree}/link`);
+      const img = `${dir}/img`;
+      if (kind === 'ext4') execFileSync('mkfs.ext4', ['-q', '-F', '-d', tree, img, '4M']);
+      else if (kind === 'xfs') {
+        execFileSync('truncate', ['-s', '300M', img]);
+        const files = (await fsp.readdir(`${tree}/a`)).filter((n) => n.startsWith('n')).map((n) => `  ${n} ---644 0 0 ${tree}/a/${n}`);
+        await fsp.writeFile(`${dir}/proto`, ['x', '0 0', 'd--755 0 0', ' a d--755 0 0', ...files, '  b d--755 0 0', `   file.txt ---644 0 0 ${tree}/a/b/file.txt`, '  $', ' $', ` small ---644 0 0 ${tree}/small`, ' link l--777 0 0 a/b/file.txt', '$', ''].join('\n'));
+        execFileSync('mkfs.xfs', ['-q', '-f', '-p', `${dir}/proto`, img]);
+      } else {
+        execFileSync('truncate', ['-s', '8M', img]);
+        execFileSync('mkntfs', ['-q', '-F', '-f', img]);
+        execFileSync('ntfscp', ['-f', img, `${tree}/a/b/file.txt`, '/file.txt']);
+        execFileSync('ntfscp', ['-f', img, `${tree}/small`, '/small']);
+      }
+      const base = await fsp.readFile(img);
+      const region = Math.min(base.length, kind === 'ntfs' ? 8 << 20 : 2 << 20);
+      // Most damage goes where something is written (metadata), not into empty space.
+      const used: number[] = [];
+      for (let at = 0; at < region; at += 512) if (base.subarray(at, at + 512).some((x) => x !== 0)) used.push(at);
+      const open = { ext4: openExt4, xfs: openXfs, ntfs: openNtfs }[kind];
+      await fuzz(`${kind} file system`, seed, (r) => {
+        // A patch list, not a copy: [position, byte]…, and a length (cut short a fifth of the time).
+        const n = 1 + Math.floor(r() * 8);
+        const patches: number[] = [];
+        for (let i = 0; i < n; i++) patches.push(r() < 0.8 ? used[Math.floor(r() * used.length)]! + Math.floor(r() * 512) : Math.floor(r() * region), Math.floor(r() * 256));
+        const size = r() < 0.2 ? Math.floor(r() * base.length) : base.length;
+        return Buffer.from(JSON.stringify({ patches, size }));
+      }, async (input) => {
+        const { patches, size } = JSON.parse(input.toString()) as { patches: number[]; size: number };
+        const vol = new PatchedVolume(base, size, patches);
+        const fs = await open(vol);
+        let seen = 0;
+        const buf = Buffer.alloc(64 * 1024);
+        const visit = async (path: string, depth: number): Promise<void> => {
+          if (depth > 8) return;
+          for (const e of await fs.list(path)) {
+            if (++seen > 500) return;
+            const p = path === '/' ? `/${e.name}` : `${path}/${e.name}`;
+            if (e.type === 'dir') await visit(p, depth + 1).catch((err: unknown) => { if (!(err instanceof BulwarkError)) throw err; });
+            else if (e.type === 'symlink') await fs.readlink(p).catch((err: unknown) => { if (!(err instanceof BulwarkError)) throw err; });
+            else if (e.type === 'file') {
+              const f = await fs.open(p).catch((err: unknown) => { if (!(err instanceof BulwarkError)) throw err; });
+              for (let at = 0; f && at < Math.min(f.size, 256 * 1024); ) {
+                const got = await f.read(buf, at);
+                if (got === 0) break;
+                at += got;
+              }
+            }
+          }
+        };
+        await visit('/', 0);
+      });
+    }, 600_000);
+  }
 });
+
+/** A volume over an image held once in memory, with bytes patched and its length cut, for the fuzzer. */
+class PatchedVolume {
+  constructor(
+    private readonly base: Buffer,
+    readonly size: number,
+    private readonly patches: number[],
+  ) {}
+
+  async read(buf: Buffer, offset: number): Promise<void> {
+    if (offset < 0 || offset + buf.length > this.size) throw new BulwarkError('failed', `read of ${buf.length} at ${offset} outside ${this.size}`);
+    this.base.copy(buf, 0, offset, offset + buf.length);
+    for (let i = 0; i < this.patches.length; i += 2) {
+      const at = this.patches[i]! - offset;
+      if (at >= 0 && at < buf.length) buf[at] = this.patches[i + 1]!;
+    }
+  }
+}

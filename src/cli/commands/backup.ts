@@ -186,7 +186,7 @@ export function register(program: Command): void {
  * Endpoints for the VM names asked for: endpoints without a name are asked for theirs; a libvirt
  * connection given without a domain offers all of its domains (by name, or by UUID).
  */
-async function selectEndpoints(all: VmEndpoint[], names: string[]): Promise<VmEndpoint[]> {
+export async function selectEndpoints(all: VmEndpoint[], names: string[]): Promise<VmEndpoint[]> {
   const named: VmEndpoint[] = [];
   // Endpoints that stand for several VMs: a libvirt connection without a domain, a folder of machine folders.
   const connections = all.filter((e) => (isLibvirt(e) && !e.libvirt.domain) || isFolder(e));

@@ -1,7 +1,7 @@
 // snapshots | ls | diff
 import type { Command } from 'commander';
 import { verificationsOf } from '../../jobs/verify-boot.js';
-import { diff, ls } from '../../jobs/inspect.js';
+import { diff, find, ls, type LsEntry } from '../../jobs/inspect.js';
 import { listSnapshots } from '../../repository/snapshot.js';
 import { Context } from '../context.js';
 import { bytes, shortId } from '../format.js';
@@ -10,7 +10,7 @@ import { table } from '../table.js';
 const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
 
 function modeString(type: string, mode: number | undefined): string {
-  const t = { dir: 'd', symlink: 'l', fifo: 'p', chardev: 'c', blockdev: 'b', socket: 's', disk: 'D' }[type] ?? '-';
+  const t = { dir: 'd', symlink: 'l', fifo: 'p', chardev: 'c', blockdev: 'b', socket: 's', disk: 'D', part: 'P', other: '?' }[type] ?? '-';
   if (mode === undefined) return t;
   const rwx = (m: number): string => `${m & 4 ? 'r' : '-'}${m & 2 ? 'w' : '-'}${m & 1 ? 'x' : '-'}`;
   return t + rwx(mode >> 6) + rwx(mode >> 3) + rwx(mode);
@@ -45,6 +45,25 @@ export function register(program: Command): void {
     });
 
   program
+    .command('find')
+    .description('paths whose name matches a pattern, in a file snapshot or across the file systems of a VM or disk snapshot')
+    .argument('<snapshot>', "snapshot id, prefix or 'latest'")
+    .argument('<pattern>', "a name pattern: * and ? as in the shell, case-insensitive (quote it: 'nginx*.conf')")
+    .action(async (ref: string, pattern: string, _o: unknown, cmd: Command) => {
+      const ctx = Context.from(cmd);
+      await ctx.withRepo(async (repo) => {
+        const found: LsEntry[] = [];
+        const r = await find(repo, ref, pattern, (e) => {
+          if (ctx.opts.json) found.push(e);
+          else process.stdout.write(`${e.path}\n`);
+        });
+        for (const s of r.skipped) ctx.warn(`not searched: ${s}`);
+        if (ctx.opts.json) ctx.printData({ snapshot: r.snapshot.id, matches: found, skipped: r.skipped }, () => '');
+        else ctx.info(`${r.matches} match(es)`);
+      });
+    });
+
+  program
     .command('ls')
     .description('list the contents of a snapshot')
     .argument('<snapshot[:path]>', "snapshot id, prefix or 'latest', optionally with a path")
@@ -59,7 +78,10 @@ export function register(program: Command): void {
         const r = await ls(repo, snap, path, o.recursive);
         ctx.printData({ snapshot: r.snapshot.id, entries: r.entries }, (d) =>
           d.entries
-            .map((e) => (o.long ? `${modeString(e.type, e.mode)} ${String(e.uid ?? '').padStart(5)} ${String(e.gid ?? '').padStart(5)} ${String(e.size).padStart(12)} ${e.mtime ?? ''} ${e.path}${e.linkTarget ? ` -> ${e.linkTarget}` : ''}` : e.path))
+            .map((e) => {
+              const part = e.type === 'part' ? `  (${e.fs ? `${e.fs}${e.label ? ` "${e.label}"` : ''}` : (e.note ?? '')})` : '';
+              return (o.long ? `${modeString(e.type, e.mode)} ${String(e.uid ?? '').padStart(5)} ${String(e.gid ?? '').padStart(5)} ${String(e.size).padStart(12)} ${e.mtime ?? ''} ${e.path}${e.linkTarget ? ` -> ${e.linkTarget}` : ''}` : e.path) + part;
+            })
             .join('\n'),
         );
       });

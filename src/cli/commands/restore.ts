@@ -1,7 +1,10 @@
 // restore <snapshot>[:<path>] | restore vm <snapshot>
 import type { Command } from 'commander';
 import { instantRestore } from '../../jobs/instant-restore.js';
-import { restoreDisks, restoreFiles } from '../../jobs/restore.js';
+import { driverFor } from '../../hypervisors/drivers.js';
+import { endpointsFrom } from '../../hypervisors/registry.js';
+import { restoreDisks, restoreFiles, restoreFilesToGuest } from '../../jobs/restore.js';
+import { selectEndpoints } from './backup.js';
 import { RESTORE_FORMATS, type RestoreFormat } from '../../restore/disk.js';
 import { BulwarkError } from '../../util/errors.js';
 import { Context } from '../context.js';
@@ -45,14 +48,28 @@ export function register(program: Command): void {
     .option('--host <name>', "narrow 'latest' to this host")
     .option('--tag <tag>', "narrow 'latest' to snapshots with this tag", collect, [])
     .option('--source <source>', "narrow 'latest' to a source, e.g. files or disk:web01")
-    .addHelpText('after', '\nExamples:\n  bulwark restore latest --target /tmp/restore\n  bulwark restore 1a2b3c4d:/etc/nginx/nginx.conf --target /tmp/restore')
-    .action(async (ref: string, o: { target?: string; include: string[]; verify?: boolean; host?: string; tag: string[]; source?: string }, cmd: Command) => {
+    .option('--to-guest <vm:path>', 'write what is restored into the running VM at <path>, through its guest agent (no network into the guest needed)')
+    .option('--connect <uri>', 'with --to-guest: how to reach the VM (qmp:/path/qmp.sock[,qga=…], or a VM list file:…)')
+    .option('--overwrite', 'with --to-guest: replace files already in the guest')
+    .addHelpText('after', '\nExamples:\n  bulwark restore latest --target /tmp/restore\n  bulwark restore 1a2b3c4d:/etc/nginx/nginx.conf --target /tmp/restore\n  bulwark restore latest:/vda/p1/etc/nginx/nginx.conf --to-guest web01:/etc/nginx/ --connect qmp:/run/qemu/web01.qmp')
+    .action(async (ref: string, o: { target?: string; include: string[]; verify?: boolean; host?: string; tag: string[]; source?: string; toGuest?: string; connect?: string; overwrite?: boolean }, cmd: Command) => {
       const ctx = Context.from(cmd);
-      const target = o.target;
-      if (!target) throw new BulwarkError('usage', "required option '-t, --target <dir>' not specified", { hint: 'bulwark restore <snapshot> --target <dir>' });
       const colon = ref.indexOf(':');
       const snap = colon >= 0 ? ref.slice(0, colon) : ref;
       const path = colon >= 0 ? ref.slice(colon + 1) : undefined;
+      if (o.toGuest !== undefined) {
+        const m = /^([^:]+):(\/.*)$/.exec(o.toGuest);
+        if (!m) throw new BulwarkError('usage', `--to-guest '${o.toGuest}' is not VM:/absolute/path`, { hint: 'e.g. --to-guest web01:/root/restored/' });
+        const [endpoint] = await selectEndpoints(await endpointsFrom(o.connect ? [o.connect] : []), [m[1]!]);
+        await ctx.withRepo(async (repo) => {
+          const r = await restoreFilesToGuest(repo, { ref: snap, ...(path ? { path } : {}), filter: filterOpts(o), includes: o.include, driver: driverFor(endpoint!), endpoint: endpoint!, guestPath: m[2]!, overwrite: o.overwrite ?? false });
+          if (r.errors.length > 0) ctx.markPartial();
+          ctx.print(r, (x) => [`wrote ${x.files} files and ${x.dirs} folders (${bytes(x.bytes)}) into VM ${m[1]} at ${m[2]}`, ...x.errors.map((e) => `error: ${e.path}: ${e.message}`)].join('\n'));
+        });
+        return;
+      }
+      const target = o.target;
+      if (!target) throw new BulwarkError('usage', "required option '-t, --target <dir>' not specified", { hint: 'bulwark restore <snapshot> --target <dir> (or --to-guest VM:PATH)' });
       await ctx.withRepo(async (repo) => {
         const view = progressView(ctx.opts, 'restore');
         try {

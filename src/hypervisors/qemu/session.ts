@@ -214,6 +214,32 @@ export const qemuDriver: VmDriver = {
     }
   },
 
+  async guestFiles(e) {
+    const endpoint = asQmp(e);
+    const qmp = await connect(endpoint);
+    let found: AgentSocket;
+    try {
+      found = await agentSocketOf(qmp, endpoint);
+    } finally {
+      await qmp.close();
+    }
+    if (found.path === undefined) throw new BulwarkError('failed', `cannot reach the guest agent of ${endpoint.name ?? endpoint.qmp}: ${found.why}`, { hint: 'give its socket with qga=PATH in --connect' });
+    const qga = await QgaClient.connect(found.path, { timeoutMs: 10_000, commandTimeoutMs: 60_000 });
+    return {
+      async mkdir(path) {
+        const r = await qga.exec('/bin/mkdir', ['-p', path]);
+        if (r.exitcode !== 0) throw new BulwarkError('failed', `cannot make folder '${path}' in the guest: ${r.stderr.trim() || `exit ${r.exitcode}`}`);
+      },
+      async write(path, data, opts) {
+        await qga.writeFile(path, data, { overwrite: opts.overwrite }).catch((err: unknown) => {
+          const exists = /exist/i.test((err as Error).message);
+          throw new BulwarkError('failed', exists ? `'${path}' already exists in the guest; restore never overwrites without --overwrite` : `cannot write '${path}' in the guest: ${(err as Error).message}`, { cause: err });
+        });
+      },
+      close: () => qga.close(),
+    };
+  },
+
   async nameOf(e) {
     if (e.name) return e.name;
     const qmp = await QmpClient.connect(asQmp(e).qmp).catch(() => undefined);

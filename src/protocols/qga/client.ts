@@ -210,20 +210,27 @@ export class QgaClient {
     }
   }
 
-  /** Writes a file in the guest (guest-file-open/write/close); `overwrite` false: an existing file is refused by the guest ('wx'). */
-  async writeFile(path: string, data: Buffer, opts: QgaCallOptions & { overwrite?: boolean } = {}): Promise<void> {
-    const deadline = Date.now() + (opts.timeoutMs ?? this.commandTimeoutMs);
-    const left = (): QgaCallOptions => ({ timeoutMs: Math.max(1, deadline - Date.now()) });
-    const handle = await this.execute<number>('guest-file-open', { path, mode: opts.overwrite ? 'w' : 'wx' }, left());
-    try {
-      for (let at = 0; at < data.length || at === 0; at += 1 << 20) {
-        const part = data.subarray(at, at + (1 << 20));
-        if (part.length) await this.execute('guest-file-write', { handle, 'buf-b64': part.toString('base64') }, left());
-        if (data.length === 0) break;
+  /**
+   * Writes a file in the guest (guest-file-open/write/close), in pieces of at most 256 KiB (the agent
+   * takes a request whole); `overwrite` false: a file already there is refused (qemu-ga knows no
+   * exclusive create, so it is looked for first: a file made between the look and the write is replaced).
+   */
+  async writeFile(path: string, data: AsyncIterable<Buffer>, opts: QgaCallOptions & { overwrite?: boolean } = {}): Promise<void> {
+    if (!opts.overwrite) {
+      const existing = await this.execute<number>('guest-file-open', { path, mode: 'r' }, opts).catch(() => undefined);
+      if (existing !== undefined) {
+        await this.execute('guest-file-close', { handle: existing }, opts).catch(() => undefined);
+        throw new BulwarkError('failed', `'${path}' already exists in the guest`);
       }
-      await this.execute('guest-file-flush', { handle }, left());
+    }
+    const handle = await this.execute<number>('guest-file-open', { path, mode: 'wb' }, opts);
+    try {
+      for await (const chunk of data) {
+        for (let at = 0; at < chunk.length; at += 256 * 1024) await this.execute('guest-file-write', { handle, 'buf-b64': chunk.subarray(at, at + 256 * 1024).toString('base64') }, opts);
+      }
+      await this.execute('guest-file-flush', { handle }, opts);
     } finally {
-      await this.execute('guest-file-close', { handle }, left()).catch(() => undefined);
+      await this.execute('guest-file-close', { handle }, opts).catch(() => undefined);
     }
   }
 
