@@ -337,6 +337,14 @@ describe('damage', () => {
     });
   });
 
+  it('refuses a directory of absurd size', async () => {
+    const img = await copyImage('ext2');
+    await debugfs(img, 'sif /deep size 0x10000000000', true);
+    await withFs(img, async (fs) => {
+      await expect(fs.list('/deep')).rejects.toThrow(/more than \d+ blocks/);
+    });
+  });
+
   it('reads an uninitialised extent as zeros', async () => {
     const img = await copyImage('ext4-4k');
     const at = await inodeOffset(img, '/f5000');

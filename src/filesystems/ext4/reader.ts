@@ -51,6 +51,8 @@ const CACHE_BLOCKS = 256;
 const MAX_PATH_PARTS = 4096;
 const MAX_SYMLINK = 65536;
 const MAX_READ_RUN = 1 << 20;
+/** A directory of more blocks than this is refused (4 GiB of 4 KiB blocks; far past any real one). */
+const MAX_DIR_BLOCKS = 1 << 20;
 const N_BLOCKS_BYTES = 60;
 
 interface Superblock {
@@ -335,6 +337,7 @@ class ExtReader implements FileSystem {
       return;
     }
     const blocks = Math.ceil(inode.size / bs);
+    if (blocks > MAX_DIR_BLOCKS) throw new FileSystemError(`ext directory '${path}'`, `a size of ${inode.size} bytes is more than ${MAX_DIR_BLOCKS} blocks`);
     const map = this.mapper(inode, path);
     for (let l = 0; l < blocks; ) {
       const run = await map.lookup(l);
