@@ -4,7 +4,8 @@
 # qemu-img into every subformat Bulwark reads, then each image read whole, warm in the page cache,
 # by both (qemu-img converts into its null driver, so neither writes anything). Holes are skipped by
 # both. Prints a markdown table (also bench/out/formats-results.md).
-#   BENCH_FORMATS_MIB (default 1024): size of the disk; BENCH_FORMATS_RUNS (default 3): best of N.
+#   BENCH_FORMATS_MIB (default 1024): size of the disk; BENCH_FORMATS_RUNS (default 3): best of N;
+#   BENCH_FORMATS_ONLY: a space-separated list of the formats to run (default all).
 set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH_DIR")
@@ -12,6 +13,7 @@ OUT=${BENCH_OUT:-$BENCH_DIR/out}
 WORK=$OUT/formats
 MIB=${BENCH_FORMATS_MIB:-1024}
 RUNS=${BENCH_FORMATS_RUNS:-3}
+ONLY=${BENCH_FORMATS_ONLY:-} # e.g. "vhdx qcow2": only these formats
 [[ -f $ROOT/dist/formats/open.js ]] || { echo "build first: npm run build" >&2; exit 1; }
 rm -rf "$WORK" && mkdir -p "$WORK/fill"
 
@@ -35,8 +37,9 @@ report=$OUT/formats-results.md
   echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 } >"$report"
 
-for spec in "qcow2:qcow2:" "qcow2-zlib:qcow2:-c" "qcow2-zstd:qcow2:-c -o compression_type=zstd" "vmdk-sparse:vmdk:-o subformat=monolithicSparse" "vmdk-stream:vmdk:-o subformat=streamOptimized" "vmdk-flat:vmdk:-o subformat=monolithicFlat" "vdi:vdi:" "vhd:vpc:-o subformat=dynamic"; do
+for spec in "qcow2:qcow2:" "qcow2-zlib:qcow2:-c" "qcow2-zstd:qcow2:-c -o compression_type=zstd" "vmdk-sparse:vmdk:-o subformat=monolithicSparse" "vmdk-stream:vmdk:-o subformat=streamOptimized" "vmdk-flat:vmdk:-o subformat=monolithicFlat" "vdi:vdi:" "vhd:vpc:-o subformat=dynamic" "vhdx:vhdx:-o subformat=dynamic"; do
   IFS=: read -r name fmt opts <<<"$spec"
+  [[ -z $ONLY || " $ONLY " == *" $name "* ]] || continue
   img="$WORK/$name.img"
   # shellcheck disable=SC2086
   qemu-img convert -f raw -O "$fmt" $opts "$WORK/disk.raw" "$img"

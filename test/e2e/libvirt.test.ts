@@ -327,4 +327,18 @@ describe('libvirt domains', () => {
     await virsh('start', DOMAIN);
     await waitForAgent(DOMAIN);
   });
+
+  it('restore --to-guest writes a file from a restore point into the running domain through libvirt\'s agent passthrough', async () => {
+    const r = await backup();
+    expect(r.code, JSON.stringify(r.result)).toBe(0);
+    const w = await runCli(['restore', `${r.result.snapshot}:/vda/fs/hooks.log`, '--to-guest', `${DOMAIN}:/data/back/`, '--connect', 'qemu:///system', '--json'], { env });
+    expect(w.code, w.stdout + w.stderr).toBe(0);
+    // The guest's agent, asked through virsh, reads back what the restore point holds.
+    const open = JSON.parse(await virsh('qemu-agent-command', DOMAIN, JSON.stringify({ execute: 'guest-file-open', arguments: { path: '/data/back/hooks.log', mode: 'r' } }))) as { return: number };
+    const read = JSON.parse(await virsh('qemu-agent-command', DOMAIN, JSON.stringify({ execute: 'guest-file-read', arguments: { handle: open.return, count: 65536 } }))) as { return: { 'buf-b64': string } };
+    await virsh('qemu-agent-command', DOMAIN, JSON.stringify({ execute: 'guest-file-close', arguments: { handle: open.return } }));
+    const out = `${tmp.path}/r-hooks`;
+    expect((await runCli(['restore', `${r.result.snapshot}:/vda/fs/hooks.log`, '--target', out], { env })).code).toBe(0);
+    expect(Buffer.from(read.return['buf-b64'], 'base64').equals(await readFile(`${out}/hooks.log`))).toBe(true);
+  });
 });

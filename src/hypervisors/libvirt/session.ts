@@ -19,6 +19,7 @@ import { Libvirt, STATE_NAMES, BACKUP_BEGIN_REUSE_EXTERNAL, DomainState, SHUTDOW
 import type { VmConfig } from '../../repository/snapshot.js';
 import { BulwarkError } from '../../util/errors.js';
 import { openImage } from '../../formats/open.js';
+import { agentFileWriter } from '../guest-agent-ops.js';
 import { Guardian, guardianLogsLeft } from '../guardian.js';
 import { OfflinePoint } from '../offline-point.js';
 import { addressOf, isLibvirt, type LibvirtEndpoint, type VmEndpoint } from '../registry.js';
@@ -436,6 +437,18 @@ export const libvirtDriver: VmDriver = {
 
   async nameOf(e) {
     return e.name ?? asLibvirt(e).libvirt.domain;
+  },
+
+  async guestFiles(e) {
+    const endpoint = asLibvirt(e);
+    const lv = await connect(endpoint);
+    try {
+      const dom = await lookup(lv, endpoint);
+      return agentFileWriter((command, args) => lv.agentCommand(dom, command, args, 60), () => lv.close());
+    } catch (err) {
+      await lv.close();
+      throw err;
+    }
   },
 
   canFleece() {

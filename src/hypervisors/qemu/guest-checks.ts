@@ -2,6 +2,7 @@
 // must exit 0, a file that must exist, a TCP port something must listen on (read from the guest's
 // /proc/net/tcp and tcp6: no network into the guest is needed, and the VM has none).
 import { QgaClient } from '../../protocols/qga/client.js';
+import { guestExec } from '../guest-agent-ops.js';
 
 export type GuestCheck = { kind: 'command'; command: string } | { kind: 'file'; path: string } | { kind: 'port'; port: number };
 
@@ -44,7 +45,7 @@ export async function runGuestChecks(socket: string, checks: GuestCheck[], timeo
   try {
     for (const c of checks) {
       if (c.kind === 'command') {
-        const r = await qga.exec('/bin/sh', ['-c', c.command], { timeoutMs }).catch((err: unknown) => ({ exitcode: -1, stdout: '', stderr: (err as Error).message }));
+        const r = await guestExec((command, args) => qga.execute(command, args), '/bin/sh', ['-c', c.command], timeoutMs).catch((err: unknown) => ({ exitcode: -1, stdout: '', stderr: (err as Error).message }));
         out.push({ check: `command: ${c.command}`, ok: r.exitcode === 0, detail: `exit ${r.exitcode}${r.stdout.trim() ? `; ${r.stdout.trim().slice(0, 200)}` : ''}${r.stderr.trim() ? `; ${r.stderr.trim().slice(0, 200)}` : ''}` });
       } else if (c.kind === 'file') {
         const ok = await qga.execute<number>('guest-file-open', { path: c.path, mode: 'r' }).then(

@@ -7,6 +7,7 @@ import type { VmConfig } from '../../repository/snapshot.js';
 import { BulwarkError } from '../../util/errors.js';
 import { type QmpEndpoint, type VmEndpoint } from '../registry.js';
 import type { GuardOptions, GuestAgent, PointInTime, VmDisk, VmDriver, VmInfo, VmSession } from '../session.js';
+import { agentFileWriter } from '../guest-agent-ops.js';
 import { findAgentSocket, type AgentSocket } from './agent-socket.js';
 import { cleanupLeftovers, dropStaleBitmaps, isOurNode, prepareFleece } from './fleece.js';
 import { Guardian, guardianLogsLeft } from '../guardian.js';
@@ -225,19 +226,7 @@ export const qemuDriver: VmDriver = {
     }
     if (found.path === undefined) throw new BulwarkError('failed', `cannot reach the guest agent of ${endpoint.name ?? endpoint.qmp}: ${found.why}`, { hint: 'give its socket with qga=PATH in --connect' });
     const qga = await QgaClient.connect(found.path, { timeoutMs: 10_000, commandTimeoutMs: 60_000 });
-    return {
-      async mkdir(path) {
-        const r = await qga.exec('/bin/mkdir', ['-p', path]);
-        if (r.exitcode !== 0) throw new BulwarkError('failed', `cannot make folder '${path}' in the guest: ${r.stderr.trim() || `exit ${r.exitcode}`}`);
-      },
-      async write(path, data, opts) {
-        await qga.writeFile(path, data, { overwrite: opts.overwrite }).catch((err: unknown) => {
-          const exists = /exist/i.test((err as Error).message);
-          throw new BulwarkError('failed', exists ? `'${path}' already exists in the guest; restore never overwrites without --overwrite` : `cannot write '${path}' in the guest: ${(err as Error).message}`, { cause: err });
-        });
-      },
-      close: () => qga.close(),
-    };
+    return agentFileWriter((command, args) => qga.execute(command, args), () => qga.close());
   },
 
   async nameOf(e) {

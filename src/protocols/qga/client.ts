@@ -195,45 +195,6 @@ export class QgaClient {
     return Buffer.concat(parts);
   }
 
-  /** Runs a program in the guest (guest-exec, output captured) and waits for it to end. */
-  async exec(path: string, args: string[], opts: QgaCallOptions = {}): Promise<{ exitcode: number; stdout: string; stderr: string }> {
-    const deadline = Date.now() + (opts.timeoutMs ?? this.commandTimeoutMs);
-    const left = (): QgaCallOptions => ({ timeoutMs: Math.max(1, deadline - Date.now()) });
-    const { pid } = await this.execute<{ pid: number }>('guest-exec', { path, arg: args, 'capture-output': true }, left());
-    for (;;) {
-      const st = await this.execute<{ exited: boolean; exitcode?: number; signal?: number; 'out-data'?: string; 'err-data'?: string }>('guest-exec-status', { pid }, left());
-      if (st.exited) {
-        return { exitcode: st.exitcode ?? 128 + (st.signal ?? 0), stdout: Buffer.from(st['out-data'] ?? '', 'base64').toString('utf8'), stderr: Buffer.from(st['err-data'] ?? '', 'base64').toString('utf8') };
-      }
-      if (Date.now() > deadline) throw new BulwarkError('timeout', `'${path}' did not finish in the guest in time`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-
-  /**
-   * Writes a file in the guest (guest-file-open/write/close), in pieces of at most 256 KiB (the agent
-   * takes a request whole); `overwrite` false: a file already there is refused (qemu-ga knows no
-   * exclusive create, so it is looked for first: a file made between the look and the write is replaced).
-   */
-  async writeFile(path: string, data: AsyncIterable<Buffer>, opts: QgaCallOptions & { overwrite?: boolean } = {}): Promise<void> {
-    if (!opts.overwrite) {
-      const existing = await this.execute<number>('guest-file-open', { path, mode: 'r' }, opts).catch(() => undefined);
-      if (existing !== undefined) {
-        await this.execute('guest-file-close', { handle: existing }, opts).catch(() => undefined);
-        throw new BulwarkError('failed', `'${path}' already exists in the guest`);
-      }
-    }
-    const handle = await this.execute<number>('guest-file-open', { path, mode: 'wb' }, opts);
-    try {
-      for await (const chunk of data) {
-        for (let at = 0; at < chunk.length; at += 256 * 1024) await this.execute('guest-file-write', { handle, 'buf-b64': chunk.subarray(at, at + 256 * 1024).toString('base64') }, opts);
-      }
-      await this.execute('guest-file-flush', { handle }, opts);
-    } finally {
-      await this.execute('guest-file-close', { handle }, opts).catch(() => undefined);
-    }
-  }
-
   /**
    * Asks the guest to shut down (guest-shutdown). The agent does not answer a request it carries out,
    * so silence for `waitMs` is success; an error reply (e.g. the command is disabled) is thrown.
