@@ -117,9 +117,9 @@ afterAll(async () => {
   await work.cleanup();
 });
 
-async function makeImage(name: string, mkfsArgs: string[]): Promise<string> {
+async function makeImage(name: string, mkfsArgs: string[], size = '64M'): Promise<string> {
   const img = join(work.path, `${name}.img`);
-  await exec('mkfs.ext4', ['-q', '-F', ...mkfsArgs, '-d', src, img, '64M']);
+  await exec('mkfs.ext4', ['-q', '-F', ...mkfsArgs, '-d', src, img, size]);
   // -D: rebuild directories, which indexes the big one (an htree).
   await exec('e2fsck', ['-fyD', img]).catch((e: { code?: number }) => {
     if (e.code !== 1) throw e;
@@ -130,6 +130,8 @@ async function makeImage(name: string, mkfsArgs: string[]): Promise<string> {
 const IMAGES: [string, string[], string][] = [
   ['ext4-4k', ['-b', '4096'], 'ext4'],
   ['ext4-1k', ['-b', '1024'], 'ext4'],
+  // 64 KiB blocks: 3000 one-block files need a bigger (sparse) image.
+  ['ext4-64k', ['-b', '65536'], 'ext4'],
   ['ext4-64bit', ['-b', '4096', '-O', '64bit,metadata_csum'], 'ext4'],
   ['ext4-inline', ['-b', '4096', '-O', 'inline_data'], 'ext4'],
   ['ext4-noextent', ['-b', '4096', '-O', '^extent,^64bit,^flex_bg'], 'ext4'],
@@ -142,7 +144,7 @@ describe.each(IMAGES)('%s', (name, args, type) => {
   let vol: FileVolume;
   let fs: FileSystem;
   beforeAll(async () => {
-    img = await makeImage(name, args);
+    img = await makeImage(name, args, name === 'ext4-64k' ? '512M' : '64M');
     vol = await FileVolume.open(img);
     fs = await openExt4(vol);
   });
