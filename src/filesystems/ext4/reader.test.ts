@@ -132,6 +132,7 @@ const IMAGES: [string, string[], string][] = [
   ['ext4-1k', ['-b', '1024'], 'ext4'],
   // 64 KiB blocks: 3000 one-block files need a bigger (sparse) image.
   ['ext4-64k', ['-b', '65536'], 'ext4'],
+  ['ext4-metabg', ['-b', '1024', '-O', 'meta_bg,^resize_inode'], 'ext4'],
   ['ext4-64bit', ['-b', '4096', '-O', '64bit,metadata_csum'], 'ext4'],
   ['ext4-inline', ['-b', '4096', '-O', 'inline_data'], 'ext4'],
   ['ext4-noextent', ['-b', '4096', '-O', '^extent,^64bit,^flex_bg'], 'ext4'],
