@@ -72,7 +72,7 @@ export function parseLvmText(text: string): LvmSection {
     }
   };
   const ident = (): string => {
-    const m = /^[A-Za-z0-9_.+\-]+/.exec(text.slice(i, i + 256));
+    const m = /^[A-Za-z0-9_.+-]+/.exec(text.slice(i, i + 256));
     if (!m) fail(`a name expected, found ${JSON.stringify(text.slice(i, i + 10))}`);
     i += m![0].length;
     return m![0];
