@@ -2,9 +2,11 @@
 // physical volumes among them, and the file system on each part, found by its own signature (never
 // by a partition type, which lies as often as not). Each part gets a name that paths use:
 // p1, p2, … for partitions (Linux's numbering: logical MBR partitions from 5), <vg>-<lv> for logical
-// volumes, fs for a file system on the whole disk.
+// volumes (linear; thin, RAID and volumes spanning disks are listed with the reason they cannot be
+// read), fs for a file system on the whole disk.
 import { openExt4, isExt } from './ext4/reader.js';
 import { isNtfs, openNtfs } from './ntfs/reader.js';
+import { readLvm, type LogicalVolume } from './lvm/lvm.js';
 import { readPartitions } from './partitions/table.js';
 import { FileSystemError, type FileSystem, type Volume } from './types.js';
 import { isXfs, openXfs } from './xfs/reader.js';
@@ -30,6 +32,20 @@ export async function openFileSystem(vol: Volume): Promise<FileSystem | undefine
 }
 
 async function describe(vol: Volume, name: string): Promise<DiskPart[]> {
+  // An LVM physical volume: its logical volumes are the parts, named <vg>-<lv>.
+  const lvs = await readLvm(vol).catch((err: unknown): LogicalVolume[] => {
+    if (err instanceof FileSystemError) return [{ vg: '', name, size: vol.size, unsupported: err.message }];
+    throw err;
+  });
+  if (lvs) {
+    const out: DiskPart[] = [];
+    for (const lv of lvs) {
+      const part = lv.vg ? `${lv.vg}-${lv.name}` : name;
+      if (!lv.volume) out.push({ name: part, size: lv.size, why: lv.unsupported ?? 'not readable' });
+      else out.push(...(await describe(lv.volume, part)));
+    }
+    return out;
+  }
   try {
     const fs = await openFileSystem(vol);
     return [fs ? { name, size: vol.size, fs } : { name, size: vol.size, why: 'no file system Bulwark reads (ext2/3/4, XFS, FAT, NTFS)' }];

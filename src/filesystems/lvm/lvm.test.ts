@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../../../test/helpers/repo.js';
 import { patchFile } from '../../../test/helpers/patch.js';
 import { BufferVolume, FileSystemError, FileVolume } from '../types.js';
+import { partsOf } from '../probe.js';
 import { readLvm } from './lvm.js';
 
 const exec = promisify(execFile);
@@ -24,6 +25,16 @@ let img = '';
 let loop = '';
 const VG = `vgbw${process.pid}`;
 const data: Record<string, Buffer> = {};
+
+/** An ext4 file system of `size` bytes holding /hello.txt, made by mkfs.ext4 -d. */
+async function ext4Image(size: number): Promise<Buffer> {
+  const tree = join(dir.path, 'tree');
+  await fsp.mkdir(tree, { recursive: true });
+  await fsp.writeFile(join(tree, 'hello.txt'), 'inside a logical volume\n');
+  const file = join(dir.path, 'lv2.ext4');
+  await exec('mkfs.ext4', ['-q', '-F', '-d', tree, file, `${size / 1024}k`]);
+  return fsp.readFile(file);
+}
 
 beforeAll(async () => {
   console.warn('LVM test route: real pvcreate/vgcreate/lvcreate on a loop device with activation=0 (no device-mapper targets here); LV bytes written at the offsets lvs/pvs report');
@@ -43,7 +54,8 @@ beforeAll(async () => {
   for (const s of seg.report[0]!.seg) {
     const ext = Number(s.vg_extent_size);
     const [, from] = /:(\d+)-/.exec(s.seg_pe_ranges!)!;
-    const bytes = randomBytes(Number(s.seg_size_pe) * ext);
+    // lv2 holds an ext4 file system (for the prober's test below); lv1 random bytes.
+    const bytes = s.lv_name === 'lv2' ? await ext4Image(Number(s.seg_size_pe) * ext) : randomBytes(Number(s.seg_size_pe) * ext);
     patchFile(img, pe + Number(from) * ext, bytes);
     (bufs[s.lv_name!] ??= [])[Number(s.seg_start_pe)] = bytes;
   }
@@ -82,6 +94,21 @@ describe('LVM2', () => {
       await expect(readLvm(v)).rejects.toThrow(FileSystemError);
     } finally {
       await v.close();
+    }
+  });
+
+  it('the prober lists each logical volume as a part <vg>-<lv> and opens the file system on it', async () => {
+    const vol = await FileVolume.open(img);
+    try {
+      const parts = await partsOf(vol);
+      expect(parts.map((p) => [p.name, p.fs?.type])).toEqual([[`${VG}-lv1`, undefined], [`${VG}-lv2`, 'ext4']]);
+      const fs = parts[1]!.fs!;
+      const f = await fs.open('/hello.txt');
+      const buf = Buffer.alloc(f.size);
+      await f.read(buf, 0);
+      expect(buf.toString()).toBe('inside a logical volume\n');
+    } finally {
+      await vol.close();
     }
   });
 });
