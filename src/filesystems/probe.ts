@@ -6,6 +6,7 @@
 // read), fs for a file system on the whole disk.
 import { openExt4, isExt } from './ext4/reader.js';
 import { isNtfs, openNtfs } from './ntfs/reader.js';
+import { isFat, openFat } from './fat/reader.js';
 import { readLvm, type LogicalVolume } from './lvm/lvm.js';
 import { readPartitions } from './partitions/table.js';
 import { FileSystemError, type FileSystem, type Volume } from './types.js';
@@ -28,6 +29,7 @@ export async function openFileSystem(vol: Volume): Promise<FileSystem | undefine
   if (isNtfs(head.subarray(0, 512))) return openNtfs(vol);
   if (isXfs(head.subarray(0, 512))) return openXfs(vol);
   if (isExt(head.subarray(1024, 2048))) return openExt4(vol);
+  if (isFat(head.subarray(0, 512))) return openFat(vol);
   return undefined;
 }
 

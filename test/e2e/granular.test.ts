@@ -1,6 +1,6 @@
-// Single files out of disk snapshots, without mounting: a 2 GiB GPT disk holding ext4, XFS and NTFS
-// partitions, each made and filled by its own tools (mke2fs -d, mkfs.xfs -p protofile, mkntfs +
-// ntfscp); backed up with `backup disk`, then browsed (ls), searched (find) and restored file by file.
+// Single files out of disk snapshots, without mounting: a 2 GiB GPT disk holding ext4, XFS, NTFS and
+// FAT partitions, each made and filled by its own tools (mke2fs -d, mkfs.xfs -p protofile, mkntfs +
+// ntfscp, mkfs.fat + mcopy); backed up with `backup disk`, then browsed (ls), searched (find) and restored file by file.
 // Witnesses: the source files themselves (cmp), sfdisk's view of the partitions, and the repository
 // blocks fetched (a file restore must read a few MiB, not the disk).
 import { execFileSync } from 'node:child_process';
@@ -46,7 +46,7 @@ beforeAll(async () => {
 
   const disk = `${tmp.path}/web01.img`;
   execFileSync('truncate', ['-s', '2G', disk]);
-  execFileSync('sgdisk', ['-o', '-n', '1:1M:+1G', '-c', '1:root', '-t', '1:8300', '-n', '2:0:+320M', '-c', '2:srv', '-n', '3:0:+64M', '-c', '3:windows', '-t', '3:0700', disk], { stdio: 'pipe' });
+  execFileSync('sgdisk', ['-o', '-n', '1:1M:+1G', '-c', '1:root', '-t', '1:8300', '-n', '2:0:+320M', '-c', '2:srv', '-n', '3:0:+64M', '-c', '3:windows', '-t', '3:0700', '-n', '4:0:+64M', '-c', '4:efi', '-t', '4:ef00', disk], { stdio: 'pipe' });
   const parts = (JSON.parse(execFileSync('sfdisk', ['--json', disk]).toString()) as { partitiontable: { partitions: { start: number; size: number }[] } }).partitiontable.partitions;
   const place = (img: string, i: number): void => {
     execFileSync('dd', [`if=${img}`, `of=${disk}`, 'bs=1M', `seek=${(parts[i]!.start * 512) / MiB}`, 'conv=notrunc,sparse', 'status=none']);
@@ -69,6 +69,11 @@ beforeAll(async () => {
   execFileSync('ntfscp', ['-f', ntfs, `${src}/etc/hostname`, '/hostname.txt']);
   execFileSync('ntfscp', ['-f', ntfs, `${src}/data/deep/er/and/deeper/blob.bin`, '/blob.bin']);
   place(ntfs, 2);
+  // p4: FAT16 filled by mtools.
+  const fat = `${tmp.path}/p4.img`;
+  execFileSync('mkfs.fat', ['-C', '-F', '16', '-n', 'EFI', fat, `${(parts[3]!.size * 512) / 1024}`], { stdio: 'pipe' });
+  execFileSync('mcopy', ['-i', fat, '-s', `${src}/etc`, '::/'], { env: { ...process.env, MTOOLS_SKIP_CHECK: '1' } });
+  place(fat, 3);
 
   const b = await runCli(['backup', 'disk', disk, '--json'], { env });
   expect(b.code, b.stderr).toBe(0);
@@ -83,7 +88,7 @@ describe('files inside disk snapshots', () => {
   it('ls shows the disk, its partitions with their file systems, and the files in each', async () => {
     expect(await ls('/')).toEqual([{ path: '/web01', type: 'disk', size: 2048 * MiB }]);
     const parts = await ls('/web01');
-    expect(parts.map((p) => [p.path, p.fs])).toEqual([['/web01/p1', 'ext4'], ['/web01/p2', 'xfs'], ['/web01/p3', 'ntfs']]);
+    expect(parts.map((p) => [p.path, p.fs])).toEqual([['/web01/p1', 'ext4'], ['/web01/p2', 'xfs'], ['/web01/p3', 'ntfs'], ['/web01/p4', 'fat16']]);
     const etc = await ls('/web01/p1/etc');
     expect(etc.map((e) => e.path).sort()).toEqual(['/web01/p1/etc/hostname', '/web01/p1/etc/nginx', '/web01/p1/etc/nginx/nginx.conf', '/web01/p1/etc/nginx/sites', '/web01/p1/etc/nginx/sites/default.conf']);
     const conf = etc.find((e) => e.path.endsWith('nginx.conf'))!;
@@ -107,7 +112,7 @@ describe('files inside disk snapshots', () => {
     const d = await runCli(['restore', `${snapshot}:/web01/p1/etc`, '--target', dir], { env });
     expect(d.code, d.stderr).toBe(0);
     execFileSync('diff', ['-r', `${src}/etc`, `${dir}/etc`]);
-    for (const [p, f] of [['/web01/p2/nginx/nginx.conf', 'etc/nginx/nginx.conf'], ['/web01/p3/blob.bin', 'data/deep/er/and/deeper/blob.bin'], ['/web01/p1/data/Ünïcödé naïve.txt', 'data/Ünïcödé naïve.txt']] as const) {
+    for (const [p, f] of [['/web01/p4/etc/nginx/sites/default.conf', 'etc/nginx/sites/default.conf'], ['/web01/p2/nginx/nginx.conf', 'etc/nginx/nginx.conf'], ['/web01/p3/blob.bin', 'data/deep/er/and/deeper/blob.bin'], ['/web01/p1/data/Ünïcödé naïve.txt', 'data/Ünïcödé naïve.txt']] as const) {
       const o = `${tmp.path}/out-${p.split('/')[2]}-${f.length}`;
       const x = await runCli(['restore', `${snapshot}:${p}`, '--target', o], { env });
       expect(x.code, x.stderr).toBe(0);
@@ -123,9 +128,10 @@ describe('files inside disk snapshots', () => {
     const r = await runCli(['find', snapshot, '*.conf', '--json'], { env });
     expect(r.code, r.stderr).toBe(0);
     const paths = jsonResult<{ matches: { path: string }[] }>(r).matches.map((m) => m.path).sort();
-    expect(paths).toEqual(['/web01/p1/etc/nginx/nginx.conf', '/web01/p1/etc/nginx/sites/default.conf', '/web01/p2/nginx/nginx.conf']);
+    // FAT keeps short names in capitals: compared without case, as FAT itself does.
+    expect(paths.map((p) => p.toLowerCase())).toEqual(['/web01/p1/etc/nginx/nginx.conf', '/web01/p1/etc/nginx/sites/default.conf', '/web01/p2/nginx/nginx.conf', '/web01/p4/etc/nginx/nginx.conf', '/web01/p4/etc/nginx/sites/default.conf']);
     const host = await runCli(['find', snapshot, 'HOSTNAME*', '--json'], { env });
-    expect(jsonResult<{ matches: { path: string }[] }>(host).matches.map((m) => m.path).sort()).toEqual(['/web01/p1/etc/hostname', '/web01/p2/hostname', '/web01/p3/hostname.txt']);
+    expect(jsonResult<{ matches: { path: string }[] }>(host).matches.map((m) => m.path.toLowerCase()).sort()).toEqual(['/web01/p1/etc/hostname', '/web01/p2/hostname', '/web01/p3/hostname.txt', '/web01/p4/etc/hostname']);
   });
 
   it('a path that is not there, and a disk that is not there, are clear errors', async () => {

@@ -21,6 +21,7 @@ import { decodeTree, displayName, linkTarget, nodeName } from '../../src/reposit
 import { decompressBounded } from '../../src/repository/zstd.js';
 import { openDiskImage, type ContainerFormat } from '../../src/formats/open.js';
 import { openExt4 } from '../../src/filesystems/ext4/reader.js';
+import { openFat } from '../../src/filesystems/fat/reader.js';
 import { openNtfs } from '../../src/filesystems/ntfs/reader.js';
 import { openXfs } from '../../src/filesystems/xfs/reader.js';
 import { LocalBackend } from '../../src/storage/local.js';
@@ -237,7 +238,7 @@ describe(`parsers under ${CASES} mutated inputs each`, () => {
   // metadata (the first MiBs, where superblocks, inode tables, MFT and directories lie; or cut short)
   // through a patched volume, then opened and walked: every directory listed, every file read (up to
   // 256 KiB), every symlink read. Anything but a BulwarkError is a failure; a hang times out.
-  for (const [kind, seed] of [['ext4', 15], ['xfs', 16], ['ntfs', 17]] as const) {
+  for (const [kind, seed] of [['ext4', 15], ['xfs', 16], ['ntfs', 17], ['fat', 18]] as const) {
     it(`${kind} file systems: opened and walked`, async () => {
       const dir = await fsp.mkdtemp(`${t.dir}/${kind}-fuzz-`);
       const tree = `${dir}/tree`;
@@ -253,6 +254,9 @@ describe(`parsers under ${CASES} mutated inputs each`, () => {
         const files = (await fsp.readdir(`${tree}/a`)).filter((n) => n.startsWith('n')).map((n) => `  ${n} ---644 0 0 ${tree}/a/${n}`);
         await fsp.writeFile(`${dir}/proto`, ['x', '0 0', 'd--755 0 0', ' a d--755 0 0', ...files, '  b d--755 0 0', `   file.txt ---644 0 0 ${tree}/a/b/file.txt`, '  $', ' $', ` small ---644 0 0 ${tree}/small`, ' link l--777 0 0 a/b/file.txt', '$', ''].join('\n'));
         execFileSync('mkfs.xfs', ['-q', '-f', '-p', `${dir}/proto`, img]);
+      } else if (kind === 'fat') {
+        execFileSync('mkfs.fat', ['-C', '-F', '12', img, '4096']);
+        execFileSync('mcopy', ['-i', img, '-s', `${tree}/a`, `${tree}/small`, '::/'], { env: { ...process.env, MTOOLS_SKIP_CHECK: '1' } });
       } else {
         execFileSync('truncate', ['-s', '8M', img]);
         execFileSync('mkntfs', ['-q', '-F', '-f', img]);
@@ -260,11 +264,11 @@ describe(`parsers under ${CASES} mutated inputs each`, () => {
         execFileSync('ntfscp', ['-f', img, `${tree}/small`, '/small']);
       }
       const base = await fsp.readFile(img);
-      const region = Math.min(base.length, kind === 'ntfs' ? 8 << 20 : 2 << 20);
+      const region = Math.min(base.length, kind === 'ntfs' || kind === 'fat' ? 8 << 20 : 2 << 20);
       // Most damage goes where something is written (metadata), not into empty space.
       const used: number[] = [];
       for (let at = 0; at < region; at += 512) if (base.subarray(at, at + 512).some((x) => x !== 0)) used.push(at);
-      const open = { ext4: openExt4, xfs: openXfs, ntfs: openNtfs }[kind];
+      const open = { ext4: openExt4, xfs: openXfs, ntfs: openNtfs, fat: openFat }[kind];
       await fuzz(`${kind} file system`, seed, (r) => {
         // A patch list, not a copy: [position, byte]…, and a length (cut short a fifth of the time).
         const n = 1 + Math.floor(r() * 8);
