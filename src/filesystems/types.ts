@@ -68,6 +68,18 @@ export class FsNotFoundError extends BulwarkError {
   }
 }
 
+/** A path's components ('.' dropped, '..' taken lexically), at most 4096 deep. */
+export function splitFsPath(path: string): string[] {
+  const out: string[] = [];
+  for (const p of path.split('/')) {
+    if (p === '' || p === '.') continue;
+    if (p === '..') out.pop();
+    else out.push(p);
+    if (out.length > 4096) throw new FsNotFoundError(path, 'the path is too deep');
+  }
+  return out;
+}
+
 /** A volume over a range of another: a partition of a disk, a segment of a logical volume. */
 export class SliceVolume implements Volume {
   constructor(

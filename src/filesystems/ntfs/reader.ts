@@ -7,7 +7,7 @@
 // $ATTRIBUTE_LIST. Every multi-sector structure has its update sequence fix-ups verified, runlists and
 // trees are bounded, and files are read lazily: a position maps to a run, and a compressed file is
 // decompressed one compression unit at a time. Names compare case-insensitively through $UpCase.
-import { FileSystemError, FsNotFoundError, type EntryType, type FileSystem, type FsEntry, type FsFile, type Volume } from '../types.js';
+import { FileSystemError, FsNotFoundError, splitFsPath, type EntryType, type FileSystem, type FsEntry, type FsFile, type Volume } from '../types.js';
 
 const AT_STANDARD_INFORMATION = 0x10;
 const AT_ATTRIBUTE_LIST = 0x20;
@@ -40,7 +40,6 @@ const MAX_ATTRIBUTE_LIST = 1 << 20;
 const MAX_EXTENSION_RECORDS = 4096;
 const MAX_INDEX_DEPTH = 32;
 const MAX_INDEX_BLOCKS = 1 << 20;
-const MAX_PATH_PARTS = 4096;
 const MAX_SYMLINK = 64 * 1024;
 const RECORD_CACHE = 2048;
 const FILETIME_EPOCH_DIFF_MS = 11644473600000;
@@ -116,16 +115,6 @@ function filetimeMs(v: bigint): number | undefined {
   return Number(v / 10000n) - FILETIME_EPOCH_DIFF_MS;
 }
 
-function splitPath(path: string): string[] {
-  const out: string[] = [];
-  for (const p of path.split('/')) {
-    if (p === '' || p === '.') continue;
-    if (p === '..') out.pop();
-    else out.push(p);
-    if (out.length > MAX_PATH_PARTS) throw new FsNotFoundError(path, 'the path is too deep');
-  }
-  return out;
-}
 
 /** Applies and verifies the update sequence array fix-ups of a 'FILE' or 'INDX' record in place. */
 function applyFixups(buf: Buffer, magic: string, what: string): void {
@@ -702,7 +691,7 @@ class Ntfs implements FileSystem {
 
   private async resolve(path: string): Promise<{ ref: number; name: string }> {
     let cur = { ref: ROOT_RECORD, name: '' };
-    const parts = splitPath(path);
+    const parts = splitFsPath(path);
     for (let i = 0; i < parts.length; i++) {
       const rec = await this.record(cur.ref);
       if ((rec.flags & MFT_RECORD_IS_DIRECTORY) === 0) throw new FsNotFoundError(path, 'not a directory');

@@ -15,7 +15,7 @@
 // Everything is distrusted: every block number is checked against agcount/agblocks/dblocks and the
 // volume, btrees are at most MAX_DEPTH deep and walked only forward, metadata blocks go through a
 // bounded LRU cache, and file data is read extent by extent at the position asked, never whole.
-import { FileSystemError, FsNotFoundError, type EntryType, type FileSystem, type FsEntry, type FsFile, type Volume } from '../types.js';
+import { FileSystemError, FsNotFoundError, splitFsPath, type EntryType, type FileSystem, type FsEntry, type FsFile, type Volume } from '../types.js';
 
 const SB_MAGIC = 0x58465342; // 'XFSB'
 const INODE_MAGIC = 0x494e; // 'IN'
@@ -49,7 +49,6 @@ const DIR_LEAF_OFFSET = 32 * 2 ** 30;
 const MAX_DEPTH = 8;
 const CACHE_BLOCKS = 256;
 const MAX_SYMLINK = 1024;
-const MAX_PATH_PARTS = 4096;
 const NULL_FSBLOCK = (1n << 64n) - 1n;
 const MAX_READ_RUN = 1 << 20;
 
@@ -113,17 +112,6 @@ function entryType(mode: number): EntryType {
   }
 }
 
-/** Splits a path into its components ('.' dropped, '..' taken lexically). */
-function splitPath(path: string): string[] {
-  const out: string[] = [];
-  for (const p of path.split('/')) {
-    if (p === '' || p === '.') continue;
-    if (p === '..') out.pop();
-    else out.push(p);
-    if (out.length > MAX_PATH_PARTS) throw new FsNotFoundError(path, 'the path is too deep');
-  }
-  return out;
-}
 
 function parseSuperblock(sb: Buffer): Superblock {
   if (sb.readUInt32BE(0) !== SB_MAGIC) throw new FileSystemError('XFS superblock', `bad magic 0x${sb.readUInt32BE(0).toString(16)} (expected 'XFSB')`);
@@ -397,7 +385,7 @@ class XfsReader implements FileSystem {
   // ---- paths ----
 
   async resolve(path: string): Promise<{ inode: Inode; name: string }> {
-    const parts = splitPath(path);
+    const parts = splitFsPath(path);
     let inode = await this.inode(this.sb.rootIno, '/');
     let sofar = '';
     for (const part of parts) {
