@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { BulwarkError, type ErrorCode } from '../util/errors.js';
+import { processAlive } from '../util/process-temp.js';
 import type { GuestAgent } from './session.js';
 import type { PowerActions } from './qemu/power.js';
 
@@ -178,7 +179,7 @@ export async function guardianLogsLeft(logDir: string, vm: string): Promise<stri
   const out: string[] = [];
   for (const f of await readdir(logDir).catch(() => [] as string[])) {
     const pid = f.startsWith(stem) ? /^(\d+)\.log$/.exec(f.slice(stem.length))?.[1] : undefined;
-    if (!pid || (Number(pid) !== process.pid && alive(Number(pid)))) continue;
+    if (!pid || (Number(pid) !== process.pid && processAlive(Number(pid)))) continue;
     const text = await readFile(join(logDir, f), 'utf8').catch(() => '');
     for (const line of text.split('\n')) if (line.trim()) out.push(`an interrupted run's guardian: ${line.trim()}`);
     await rm(join(logDir, f), { force: true });
@@ -186,11 +187,3 @@ export async function guardianLogsLeft(logDir: string, vm: string): Promise<stri
   return out;
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}

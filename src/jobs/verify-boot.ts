@@ -77,11 +77,12 @@ export async function verifyBoot(repo: Repository, opts: VerifyBootOptions): Pro
     const name = `${sn.vm.name}-verify`;
     const result: VerifyBootResult = { snapshot: sn.id, vm: sn.vm.name, ok: false, booted: false, durationMs: 0, checks: [], time: new Date().toISOString() };
     try {
-      const exported = await exportDisks(repo, sn.disks, { listen: { path: join(dir, 'nbd.sock') } });
+      const socket = join(dir, 'nbd.sock');
+      const exported = await exportDisks(repo, sn.disks, { listen: { path: socket } });
       try {
         const { uuid: _uuid, ...machine } = sn.vm;
         const boot = opts.kernel ? { ...sn.vm.boot, kernel: opts.kernel } : sn.vm.boot;
-        const disks = sn.disks.map((d) => ({ name: safeDiskName(d.name), size: d.size, path: join(dir, `${safeDiskName(d.name)}.qcow2`), uri: exported.disks.find((e) => e.name === safeDiskName(d.name))!.uri }));
+        const disks = sn.disks.map((d) => ({ name: safeDiskName(d.name), size: d.size, path: join(dir, `${safeDiskName(d.name)}.qcow2`), socket, exportName: safeDiskName(d.name) }));
         let vm;
         try {
           vm = await bootOnExport({ ...machine, name, ...(boot ? { boot } : {}) }, disks, { dir, accel: opts.accel, isolated: true });

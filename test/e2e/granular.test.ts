@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jsonResult, runCli } from '../helpers/cli.js';
+import { makePhysicalVolume, type PhysicalVolume } from '../helpers/lvm.js';
 import { tempDir } from '../helpers/repo.js';
 
 const MiB = 1024 * 1024;
@@ -15,6 +16,10 @@ let tmp: { path: string; cleanup(): Promise<void> };
 let env: Record<string, string>;
 let snapshot: string;
 let src: string;
+let dbSnapshot: string;
+let lvTree: string;
+let pv: PhysicalVolume | undefined;
+const VG = `vgdb${process.pid}`;
 
 interface Entry {
   path: string;
@@ -78,9 +83,42 @@ beforeAll(async () => {
   const b = await runCli(['backup', 'disk', disk, '--json'], { env });
   expect(b.code, b.stderr).toBe(0);
   snapshot = jsonResult<{ snapshots: { snapshot: string }[] }>(b).snapshots[0]!.snapshot;
+
+  // db01: an MBR disk, ext4 in primary p1 and, inside an extended partition, logical p5 holding an
+  // LVM physical volume whose LV 'data' carries ext4 (made by pvcreate/vgcreate/lvcreate, mke2fs -d).
+  const db = `${tmp.path}/db01.img`;
+  execFileSync('truncate', ['-s', '256M', db]);
+  execFileSync('sfdisk', ['-q', db], { input: 'label: dos\n,32M,L\n,,E\n,,8e\n' });
+  const mbr = (JSON.parse(execFileSync('sfdisk', ['--json', db]).toString()) as { partitiontable: { partitions: { node: string; start: number; size: number; type: string }[] } }).partitiontable.partitions;
+  expect(mbr.map((p) => p.type)).toEqual(['83', '5', '8e']);
+  const p1 = `${tmp.path}/db-p1.img`;
+  execFileSync('mkfs.ext4', ['-q', '-F', '-d', `${src}/etc`, p1, `${(mbr[0]!.size * 512) / 1024}k`]);
+  execFileSync('dd', [`if=${p1}`, `of=${db}`, 'bs=1M', `seek=${mbr[0]!.start * 512}`, 'oflag=seek_bytes', 'conv=notrunc,sparse', 'status=none']);
+  lvTree = `${tmp.path}/lvtree`;
+  await mkdir(`${lvTree}/deep/er`, { recursive: true });
+  await writeFile(`${lvTree}/deep/er/blob.bin`, await readFile(`${src}/data/deep/er/and/deeper/blob.bin`));
+  await writeFile(`${lvTree}/Ünïcödé naïve.txt`, 'inside LVM inside an extended partition\n');
+  const pvFile = `${tmp.path}/pv.img`;
+  pv = await makePhysicalVolume(pvFile, Math.floor((mbr[2]!.size * 512) / MiB), VG, [
+    {
+      name: 'data',
+      sizeMiB: 96,
+      fill: (size) => {
+        execFileSync('mkfs.ext4', ['-q', '-F', '-d', lvTree, `${tmp.path}/lv.ext4`, `${size / 1024}k`]);
+        return readFile(`${tmp.path}/lv.ext4`);
+      },
+    },
+  ]);
+  execFileSync('dd', [`if=${pvFile}`, `of=${db}`, 'bs=1M', `seek=${mbr[2]!.start * 512}`, 'oflag=seek_bytes', 'conv=notrunc,sparse', 'status=none']);
+  await pv.release();
+  pv = undefined;
+  const d = await runCli(['backup', 'disk', db, '--json'], { env });
+  expect(d.code, d.stderr).toBe(0);
+  dbSnapshot = jsonResult<{ snapshots: { snapshot: string }[] }>(d).snapshots[0]!.snapshot;
 }, 600_000);
 
 afterAll(async () => {
+  await pv?.release();
   await tmp?.cleanup();
 });
 
@@ -132,6 +170,25 @@ describe('files inside disk snapshots', () => {
     expect(paths.map((p) => p.toLowerCase())).toEqual(['/web01/p1/etc/nginx/nginx.conf', '/web01/p1/etc/nginx/sites/default.conf', '/web01/p2/nginx/nginx.conf', '/web01/p4/etc/nginx/nginx.conf', '/web01/p4/etc/nginx/sites/default.conf']);
     const host = await runCli(['find', snapshot, 'HOSTNAME*', '--json'], { env });
     expect(jsonResult<{ matches: { path: string }[] }>(host).matches.map((m) => m.path.toLowerCase()).sort()).toEqual(['/web01/p1/etc/hostname', '/web01/p2/hostname', '/web01/p3/hostname.txt', '/web01/p4/etc/hostname']);
+  });
+
+  it('an MBR disk with an extended partition and LVM inside: ls shows p1 and the LV, files restore byte for byte', async () => {
+    const parts = (await runCli(['ls', `${dbSnapshot}:/db01`, '--json'], { env }));
+    expect(parts.code, parts.stderr).toBe(0);
+    expect(jsonResult<{ entries: Entry[] }>(parts).entries.map((p) => [p.path, p.fs])).toEqual([['/db01/p1', 'ext4'], [`/db01/${VG}-data`, 'ext4']]);
+    const inLv = jsonResult<{ entries: Entry[] }>(await runCli(['ls', `${dbSnapshot}:/db01/${VG}-data`, '--json'], { env })).entries;
+    expect(inLv.filter((e) => e.type === 'file').map((e) => [e.path, e.size]).sort()).toEqual([
+      [`/db01/${VG}-data/deep/er/blob.bin`, 3 * MiB + 17],
+      [`/db01/${VG}-data/Ünïcödé naïve.txt`, 40],
+    ]);
+    for (const [p, f] of [[`/db01/${VG}-data/deep/er/blob.bin`, `${lvTree}/deep/er/blob.bin`], [`/db01/${VG}-data/Ünïcödé naïve.txt`, `${lvTree}/Ünïcödé naïve.txt`], ['/db01/p1/nginx/nginx.conf', `${src}/etc/nginx/nginx.conf`]] as const) {
+      const o = `${tmp.path}/db-out-${f.length}`;
+      const x = await runCli(['restore', `${dbSnapshot}:${p}`, '--target', o], { env });
+      expect(x.code, x.stderr).toBe(0);
+      const name = p.split('/').pop()!;
+      expect((await readFile(`${o}/${name}`)).equals(await readFile(f))).toBe(true);
+      expect(Math.abs((await stat(`${o}/${name}`)).mtimeMs - (await stat(f)).mtimeMs)).toBeLessThan(1000);
+    }
   });
 
   it('a path that is not there, and a disk that is not there, are clear errors', async () => {

@@ -4,14 +4,16 @@
 // isolated and runs checks inside. Witnesses: the restored guest's own agent, qemu-img (no backing file
 // left), e2fsck and the guest writer's records on the copied disk, QEMU's and the guest's console.
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QgaClient } from '../../src/protocols/qga/client.js';
+import { QmpClient } from '../../src/protocols/qmp/client.js';
 import { jsonResult, runCli, startCli } from '../helpers/cli.js';
 import { tempDir } from '../helpers/repo.js';
 import { ensureGuestBuilt, makeDataDisk, readFileFromExt4Image, readHookLog, startGuest, verifyWriterLog, type RunningGuest } from '../guest/guest.js';
 
+const MiB = 1024 * 1024;
 let tmp: { path: string; cleanup(): Promise<void> };
 let env: Record<string, string>;
 let guest: RunningGuest | undefined;
@@ -61,7 +63,11 @@ describe('booting restore points', () => {
     const img = await ensureGuestBuilt();
     const disk = `${tmp.path}/web.qcow2`;
     await makeDataDisk(disk, { sizeMiB: 128, format: 'qcow2', fill: img.sampleDir });
-    guest = await startGuest({ dir: `${tmp.path}/g`, name: 'inst01', disks: [{ path: disk, format: 'qcow2' }], accel: 'tcg', writer: { kibPerSec: 64 } });
+    // A second disk the guest never mounts: its copy must come back byte for byte, holes included.
+    const extra = `${tmp.path}/extra.raw`;
+    execFileSync('truncate', ['-s', '64M', extra]);
+    for (const seek of [0, 7, 20, 63]) execFileSync('dd', ['if=/dev/urandom', `of=${extra}`, 'bs=1M', 'count=1', `seek=${seek}`, 'conv=notrunc'], { stdio: 'pipe' });
+    guest = await startGuest({ dir: `${tmp.path}/g`, name: 'inst01', disks: [{ path: disk, format: 'qcow2' }, { path: extra, format: 'raw' }], accel: 'tcg', writer: { kibPerSec: 64 } });
     originalBootMs = guest.bootToAgentMs;
     await new Promise((r) => setTimeout(r, 2000));
     const b = await runCli(['backup', 'vm', 'inst01', '--connect', `qmp:${guest.qmpSocket},qga=${guest.qgaSocket},name=inst01`, '--scratch-dir', tmp.path, '--scratch-min', '0', '--json'], { env });
@@ -112,8 +118,8 @@ describe('booting restore points', () => {
     console.log(`instant restore: agent answered ${(toAgentMs / 1000).toFixed(1)} s after the command (original image: ${(originalBootMs / 1000).toFixed(1)} s from QEMU start); disk local after ${(summary.copiedMs / 1000).toFixed(1)} s`);
     const local = summary.disks[0]!.path;
     expect(local).toBe(`${target}/vda.qcow2`);
-    // QEMU's own view of the file: no backing file any more, and the repository's export is gone.
-    expect(JSON.parse(execFileSync('qemu-img', ['info', '-U', '--output=json', local]).toString())['backing-filename']).toBeUndefined();
+    // QEMU's own view of the files: no backing file any more, and the repository's export is gone.
+    for (const d of summary.disks) expect(backingOf(d.path)).toBeUndefined();
     // The VM runs on: its agent still answers with the export closed.
     await agentAnswers(run.ready.qga, Date.now() + 30_000);
 
@@ -128,6 +134,9 @@ describe('booting restore points', () => {
       await new Promise((r) => setTimeout(r, 250));
     }
     restoredPid = 0;
+    // The disk the guest does not touch is what a plain restore gives (compared once QEMU has
+    // written its image metadata out, at exit).
+    execFileSync('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', `${target}/vdb.qcow2`, `${tmp.path}/full/vdb.raw`]);
     const raw = `${tmp.path}/local.raw`;
     execFileSync('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', local, raw]);
     execFileSync('e2fsck', ['-fn', raw], { stdio: 'pipe' });
@@ -135,6 +144,41 @@ describe('booting restore points', () => {
     expect(log.torn, log.firstBad).toBe(0);
     // The backup's records, then the restored guest's own.
     expect(log.records).toBeGreaterThan(backedUp);
+  });
+
+  it('an instant restore whose command is killed mid-copy pauses instead of failing, and --resume finishes it', async () => {
+    const target = `${tmp.path}/k`;
+    const run = await startCli<{ phase: string; pid: number; qga: string; qmp: string }>(['restore', 'vm', snapshot, '--instant', '--target', target, '--accel', 'tcg', '--copy-limit', '2M'], { env, readyTimeoutMs: 120_000 });
+    restoredPid = run.ready.pid;
+    // The copy is under way: the local image grows (QEMU's monitor takes one client, the command's).
+    const start = allocated(`${target}/vdb.qcow2`);
+    await until(async () => allocated(`${target}/vdb.qcow2`) > start + MiB, 60_000, 'the copy started');
+    expect(await run.stop('SIGKILL')).not.toBe(0);
+    const qmp = await QmpClient.connect(run.ready.qmp, { timeoutMs: 10_000 });
+    try {
+      // QEMU's view: after its reconnect delay the copy is paused on the lost export, not failed.
+      await until(async () => (await qmp.execute<{ 'io-status'?: string }[]>('query-block-jobs')).some((j) => j['io-status'] === 'failed'), 90_000, 'the copy paused on the lost export');
+      expect((await qmp.execute<{ status: string; error?: string }[]>('query-jobs')).every((j) => j.status !== 'concluded')).toBe(true);
+      expect(backingOf(`${target}/vda.qcow2`)).toMatch(/nbd/);
+    } finally {
+      await qmp.close();
+    }
+    const resumed = await runCli(['restore', 'vm', '--instant', '--resume', '--target', target, '--json'], { env, timeoutMs: 300_000 });
+    expect(resumed.code, resumed.stdout + resumed.stderr).toBe(0);
+    expect(resumed.stdout).toMatch(/"phase":"attached"/);
+    for (const d of ['vda', 'vdb']) expect(backingOf(`${target}/${d}.qcow2`)).toBeUndefined();
+    await agentAnswers(run.ready.qga, Date.now() + 60_000);
+    // Nothing left to resume.
+    const again = await runCli(['restore', 'vm', '--instant', '--resume', '--target', target], { env });
+    expect(again.code).toBe(1);
+    expect(again.stderr).toMatch(/no instant restore to resume/);
+    // QEMU quits through its monitor, writing its image metadata out; then the untouched disk compares.
+    const q = await QmpClient.connect(run.ready.qmp, { timeoutMs: 10_000 });
+    await q.execute('quit').catch(() => undefined);
+    await q.close().catch(() => undefined);
+    await until(async () => !alive(restoredPid), 60_000, 'QEMU exited');
+    restoredPid = 0;
+    execFileSync('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', `${target}/vdb.qcow2`, `${tmp.path}/full/vdb.raw`]);
   });
 
   it('verify-boot passes on the good restore point with its checks, fails a check that does not hold, and a damaged kernel with its console log', async () => {
@@ -166,6 +210,24 @@ describe('booting restore points', () => {
     expect(after.find((x) => x.id === snapshot)?.verifiedBoot?.ok).toBe(false);
   });
 });
+
+async function until(check: () => Promise<boolean>, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`timed out after ${ms / 1000} s waiting until ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** Bytes the file holds on disk. */
+function allocated(file: string): number {
+  return existsSync(file) ? statSync(file).blocks * 512 : 0;
+}
+
+/** qemu-img's view of an image's backing file (undefined: none). */
+function backingOf(image: string): string | undefined {
+  return (JSON.parse(execFileSync('qemu-img', ['info', '-U', '--output=json', image]).toString()) as { 'backing-filename'?: string })['backing-filename'];
+}
 
 function alive(pid: number): boolean {
   try {

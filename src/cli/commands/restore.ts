@@ -1,6 +1,6 @@
 // restore <snapshot>[:<path>] | restore vm <snapshot>
 import type { Command } from 'commander';
-import { instantRestore } from '../../jobs/instant-restore.js';
+import { instantRestore, resumeInstantRestore, type InstantEvent } from '../../jobs/instant-restore.js';
 import { driverFor } from '../../hypervisors/drivers.js';
 import { endpointsFrom } from '../../hypervisors/registry.js';
 import { restoreDisks, restoreFiles, restoreFilesToGuest } from '../../jobs/restore.js';
@@ -8,7 +8,7 @@ import { selectEndpoints } from './backup.js';
 import { RESTORE_FORMATS, type RestoreFormat } from '../../restore/disk.js';
 import { BulwarkError } from '../../util/errors.js';
 import { Context } from '../context.js';
-import { bytes, shortId } from '../format.js';
+import { bytes, parseSize, shortId } from '../format.js';
 import { progressView } from '../progress.js';
 
 const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
@@ -96,7 +96,7 @@ export function register(program: Command): void {
   restore
     .command('vm')
     .description('restore whole disks of a VM or disk snapshot as <dir>/<disk>.<format>; a VirtualBox, VMware or Hyper-V machine folder comes back as that folder (takes --target, --host, --tag, --source)')
-    .argument('<snapshot>', "snapshot id, unique prefix, or 'latest'")
+    .argument('[snapshot]', "snapshot id, unique prefix, or 'latest' (not needed with --resume)")
     .option('--format <format>', 'raw or qcow2 (written by Bulwark itself), or (converted by qemu-img) vmdk, vhdx, vdi, vhd', 'raw')
     .option('--disk <name>', 'only this disk (repeatable)', collect, [])
     .option('--define', "VM snapshots: a libvirt domain is defined again on the restored disks (not started); a QEMU VM gets <dir>/<vm>.qemu.sh, a QEMU command line with the recorded machine")
@@ -106,33 +106,41 @@ export function register(program: Command): void {
     .option('--connect <uri>', 'libvirt domains: define on this connection instead of the recorded one (qemu:///system, qemu:///session)')
     .option('--instant', 'boot the VM at once on its disks served from the repository, copy them into --target while it runs (<dir>/<disk>.qcow2), and return when they are local; the VM runs on')
     .option('--accel <accel>', 'with --instant: QEMU accelerator (kvm, tcg, or kvm:tcg for KVM where it works)', 'kvm:tcg')
+    .option('--copy-limit <size>', 'with --instant: copy the disks at most this fast per second, e.g. 50M (leaves the repository\'s disk and network room)')
+    .option('--resume', 'with --instant: an instant restore whose command ended mid-copy (killed, host rebooted while the VM ran): serve its disks again and finish the copy into --target')
     .addHelpText('after', '\nExamples:\n  bulwark restore vm latest --source disk:web01 --target /var/lib/libvirt/images/restore\n  bulwark restore vm latest --source vm:web01 --target /var/lib/libvirt/images/web01-r --format qcow2 --define')
-    .action(async (ref: string, _o: unknown, cmd: Command) => {
+    .action(async (ref: string | undefined, _o: unknown, cmd: Command) => {
       const ctx = Context.from(cmd);
-      const o = cmd.optsWithGlobals<{ instant?: boolean; accel: string; target?: string; format: string; disk: string[]; define?: boolean; printXml?: boolean; name?: string; keepIdentity?: boolean; connect?: string; host?: string; tag: string[]; source?: string }>();
+      const o = cmd.optsWithGlobals<{ instant?: boolean; accel: string; copyLimit?: string; resume?: boolean; target?: string; format: string; disk: string[]; define?: boolean; printXml?: boolean; name?: string; keepIdentity?: boolean; connect?: string; host?: string; tag: string[]; source?: string }>();
       if (o.connect !== undefined && !/^qemu(\+unix)?:\/\/\/(system|session)/.test(o.connect)) throw new BulwarkError('usage', `--connect '${o.connect}' is not a libvirt URI`, { hint: 'qemu:///system or qemu:///session' });
       if (!o.target) throw new BulwarkError('usage', "required option '-t, --target <dir>' not specified", { hint: 'bulwark restore vm <snapshot> --target <dir>' });
       if (!(RESTORE_FORMATS as readonly string[]).includes(o.format)) throw new BulwarkError('usage', `unknown format '${o.format}'`, { hint: `use --format ${RESTORE_FORMATS.join(', ')}` });
       const target = o.target;
+      if ((o.copyLimit !== undefined || o.resume) && !o.instant) throw new BulwarkError('usage', '--copy-limit and --resume go with --instant');
       if (o.instant) {
         if (o.define || o.printXml || o.disk.length || cmd.getOptionValueSource('format') !== 'default') throw new BulwarkError('usage', '--instant restores every disk as qcow2 and boots the VM: --define, --print-xml, --disk and --format do not apply');
+        const copySpeed = o.copyLimit === undefined ? undefined : parseSize(o.copyLimit);
+        if (o.copyLimit !== undefined && !copySpeed) throw new BulwarkError('usage', `--copy-limit '${o.copyLimit}' is not a positive size per second`, { hint: 'e.g. 50M' });
+        if (ref === undefined && !o.resume) throw new BulwarkError('usage', "missing argument 'snapshot'", { hint: 'bulwark restore vm <snapshot> --instant --target <dir>' });
+        const common = {
+          target,
+          ...(copySpeed ? { copySpeed } : {}),
+          onEvent: (e: InstantEvent) => {
+            if (e.phase === 'copying') return;
+            if (ctx.opts.json) process.stdout.write(JSON.stringify({ type: 'event', ...e }) + '\n');
+            else ctx.info(e.message);
+          },
+          keepServing: (pid: number) => untilStoppedOrGone(pid),
+        };
         await ctx.withRepo(async (repo) => {
-          const r = await instantRestore(repo, {
-            ref,
-            filter: filterOpts(o),
-            target,
-            accel: o.accel,
-            onEvent: (e) => {
-              if (e.phase === 'copying') return;
-              if (ctx.opts.json) process.stdout.write(JSON.stringify({ type: 'event', ...e }) + '\n');
-              else ctx.info(e.message);
-            },
-            keepServing: (pid) => untilStoppedOrGone(pid),
-          });
-          ctx.print(r, (x) => `VM ${x.vm} (QEMU pid ${x.pid}) booted in ${(x.bootedMs / 1000).toFixed(1)} s and runs on its local disks (${x.disks.map((d) => d.path).join(', ')}), copied in ${(x.copiedMs / 1000).toFixed(1)} s; its monitor is ${x.qmp}`);
+          const r = o.resume
+            ? await resumeInstantRestore(repo, { ...common, ...(ref !== undefined ? { ref } : {}) })
+            : await instantRestore(repo, { ...common, ref: ref!, filter: filterOpts(o), accel: o.accel });
+          ctx.print(r, (x) => `VM ${x.vm} (QEMU pid ${x.pid}) ${x.resumed ? 'was attached again' : `booted in ${(x.bootedMs / 1000).toFixed(1)} s`} and runs on its local disks (${x.disks.map((d) => d.path).join(', ')}), copied in ${(x.copiedMs / 1000).toFixed(1)} s; its monitor is ${x.qmp}`);
         });
         return;
       }
+      if (ref === undefined) throw new BulwarkError('usage', "missing argument 'snapshot'", { hint: 'bulwark restore vm <snapshot> --target <dir>' });
       await ctx.withRepo(async (repo) => {
         const view = progressView(ctx.opts, 'restore');
         try {

@@ -1,7 +1,5 @@
-// LVM2 made by the real tools on a loop device. Device-mapper targets are missing in this container
-// (lvcreate: "striped: Required device-mapper target(s) not detected"), so LVs are created with
-// activation disabled (global/activation=0) and their bytes written with dd into the image at the
-// places `lvs --segments` and `pvs -o pe_start` report (the outside witness), then read by readLvm.
+// LVM2 made by the real tools on a loop device (test/helpers/lvm.ts: activation off, LV bytes written
+// at the offsets lvs/pvs report), then read by readLvm.
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
@@ -9,6 +7,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../../../test/helpers/repo.js';
+import { makePhysicalVolume, type PhysicalVolume } from '../../../test/helpers/lvm.js';
 import { patchFile } from '../../../test/helpers/patch.js';
 import { BufferVolume, FileSystemError, FileVolume } from '../types.js';
 import { partsOf } from '../probe.js';
@@ -16,15 +15,12 @@ import { readLvm } from './lvm.js';
 
 const exec = promisify(execFile);
 const MiB = 1024 * 1024;
-const NOACT = ['--config', 'global { activation = 0 }'];
-const env = { ...process.env, LVM_SUPPRESS_FD_WARNINGS: '1' };
-const lvm = (...a: string[]): Promise<{ stdout: string }> => exec(a[0]!, a.slice(1), { env });
 
 let dir: { path: string; cleanup(): Promise<void> };
 let img = '';
-let loop = '';
+let pv: PhysicalVolume | undefined;
 const VG = `vgbw${process.pid}`;
-const data: Record<string, Buffer> = {};
+let data: Record<string, Buffer> = {};
 
 /** An ext4 file system of `size` bytes holding /hello.txt, made by mkfs.ext4 -d. */
 async function ext4Image(size: number): Promise<Buffer> {
@@ -40,31 +36,16 @@ beforeAll(async () => {
   console.warn('LVM test route: real pvcreate/vgcreate/lvcreate on a loop device with activation=0 (no device-mapper targets here); LV bytes written at the offsets lvs/pvs report');
   dir = await tempDir('bulwark-lvm-');
   img = join(dir.path, 'pv.img');
-  await fsp.writeFile(img, '');
-  await fsp.truncate(img, 64 * MiB);
-  loop = (await exec('losetup', ['-f', '--show', img])).stdout.trim();
-  await lvm('pvcreate', ...NOACT, loop);
-  await lvm('vgcreate', ...NOACT, VG, loop);
-  await lvm('lvcreate', ...NOACT, '-an', '-Zn', '-L', '8M', '-n', 'lv1', VG);
-  await lvm('lvcreate', ...NOACT, '-an', '-Zn', '-L', '12M', '-n', 'lv2', VG);
-  await lvm('lvextend', ...NOACT, '-L', '+4M', `${VG}/lv1`);
-  const pe = Number((await lvm('pvs', '--noheadings', '--units', 'b', '--nosuffix', '-o', 'pe_start', loop)).stdout.trim());
-  const seg = JSON.parse((await lvm('lvs', '--segments', '--units', 'b', '--nosuffix', '--reportformat', 'json', '-o', 'lv_name,seg_start_pe,seg_size_pe,seg_pe_ranges,vg_extent_size', VG)).stdout) as { report: { seg: Record<string, string>[] }[] };
-  const bufs: Record<string, Buffer[]> = {};
-  for (const s of seg.report[0]!.seg) {
-    const ext = Number(s.vg_extent_size);
-    const [, from] = /:(\d+)-/.exec(s.seg_pe_ranges!)!;
-    // lv2 holds an ext4 file system (for the prober's test below); lv1 random bytes.
-    const bytes = s.lv_name === 'lv2' ? await ext4Image(Number(s.seg_size_pe) * ext) : randomBytes(Number(s.seg_size_pe) * ext);
-    patchFile(img, pe + Number(from) * ext, bytes);
-    (bufs[s.lv_name!] ??= [])[Number(s.seg_start_pe)] = bytes;
-  }
-  for (const [k, v] of Object.entries(bufs)) data[k] = Buffer.concat(v.filter(Boolean));
+  // lv1 (random bytes) grows into a second segment after lv2 (an ext4 file system, for the prober).
+  pv = await makePhysicalVolume(img, 64, VG, [
+    { name: 'lv1', sizeMiB: 8, extendMiB: 4, fill: (n) => randomBytes(n) },
+    { name: 'lv2', sizeMiB: 12, fill: ext4Image },
+  ]);
+  data = pv.data;
 });
 
 afterAll(async () => {
-  await lvm('vgremove', ...NOACT, '-f', VG).catch(() => undefined);
-  if (loop) await exec('losetup', ['-d', loop]).catch(() => undefined);
+  await pv?.release();
   await dir?.cleanup();
 });
 

@@ -9,6 +9,11 @@ export interface RestoredDisk {
   path: string;
   /** QEMU's block driver name: raw, qcow2, vmdk, vhdx, vdi, vpc. */
   format: string;
+  /**
+   * What the guest sees when a read fails: 'report' (an I/O error, QEMU's default) or 'stop' (the VM
+   * pauses until `cont`). Instant restore stops, so a lost export pauses the guest instead of failing it.
+   */
+  readError?: 'report' | 'stop';
 }
 
 /** Single-quoted for the shell: safe whatever the characters. */
@@ -48,7 +53,7 @@ export function qemuArgs(vm: VmConfig, disks: RestoredDisk[], opts: { dir: strin
     const id = deviceId(vm.disks.find((x) => x.name === d.name)?.device ?? '', d.name);
     args.push('-blockdev', JSON.stringify({ driver: 'file', filename: d.path, 'node-name': `file${i}` }));
     args.push('-blockdev', JSON.stringify({ driver: d.format, file: `file${i}`, 'node-name': `disk${i}` }));
-    args.push('-device', JSON.stringify({ driver: 'virtio-blk-pci', drive: `disk${i}`, id }));
+    args.push('-device', JSON.stringify({ driver: 'virtio-blk-pci', drive: `disk${i}`, id, ...(d.readError ? { rerror: d.readError } : {}) }));
   });
   for (const [i, n] of (vm.nics ?? []).entries()) {
     // The recorded NIC, on user-mode networking until the admin puts it on its bridge.

@@ -5,6 +5,11 @@
 // graph in one step: the disk is local, whole, and no longer reads the export. A stream that fails
 // leaves the overlay with its backing: the VM keeps running on the export — never on a half-copied
 // disk — and the caller is told.
+//
+// The export may go away mid-copy (this process killed, the host's Bulwark upgraded). QEMU's NBD
+// client then holds requests for RECONNECT_DELAY_S and keeps reconnecting after; a copy that could
+// not read pauses (on-error=stop) and so does a guest (rerror=stop), instead of failing. Serving the
+// export again on the same socket and attaching to the VM (attachInstant) resumes both.
 import { execFile, spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,17 +17,32 @@ import { promisify } from 'node:util';
 import { QmpClient } from '../../protocols/qmp/client.js';
 import type { VmConfig } from '../../repository/snapshot.js';
 import { BulwarkError } from '../../util/errors.js';
+import { processAlive } from '../../util/process-temp.js';
 import { fileNameOf, qemuArgs } from './command-line.js';
 
 const run = promisify(execFile);
 
+/** Seconds QEMU holds a disk request while the export is unreachable before failing (pausing) it. */
+export const RECONNECT_DELAY_S = 15;
+
 export interface InstantDisk {
   name: string;
   size: number;
-  /** The disk's NBD export (nbd+unix:///vda?socket=…). */
-  uri: string;
+  /** The export's UNIX socket and the disk's export name on it. */
+  socket: string;
+  exportName: string;
   /** The local qcow2 image the VM runs on, filled while it runs. */
   path: string;
+}
+
+export interface CopyOptions {
+  /** Bytes per second for the copy, all of it (QEMU's job speed); absent: as fast as the export serves. */
+  speed?: number;
+  onProgress?: (done: number, total: number) => void;
+  /** A copy or a guest read could not reach the export and waits; said once per stall. */
+  onStall?: (message: string) => void;
+  /** How long a stall is retried before the copy is given up (the VM keeps running on the export). */
+  giveUpAfterMs?: number;
 }
 
 export interface InstantVm {
@@ -30,8 +50,8 @@ export interface InstantVm {
   qmp: string;
   qga: string;
   console: string;
-  /** Copies every disk into its local image; resolves when none reads the export any more. */
-  copy(onProgress?: (done: number, total: number) => void): Promise<void>;
+  /** Copies every disk still backed by the export into its local image; resolves when none reads it. */
+  copy(opts?: CopyOptions): Promise<void>;
   /** Ends the VM (QMP quit) and waits for QEMU to exit. */
   quit(): Promise<void>;
   /** Whether QEMU still runs. */
@@ -47,78 +67,144 @@ interface Job {
   error?: string;
 }
 
+interface BlockJob {
+  device: string;
+  'io-status'?: string;
+}
+
+interface BlockDevice {
+  inserted?: { 'node-name'?: string; backing_file?: string };
+}
+
+const JOB_PREFIX = 'bulwark-copy';
+
+/** The overlay's backing: QEMU's NBD client with reconnection, so a lost export stalls instead of failing. */
+export function nbdBacking(socket: string, exportName: string): string {
+  // The format layer is spelt out: with only the protocol's options QEMU would put them on the raw node.
+  return `json:${JSON.stringify({ driver: 'raw', file: { driver: 'nbd', server: { type: 'unix', path: socket }, export: exportName, 'reconnect-delay': RECONNECT_DELAY_S } })}`;
+}
+
+function paths(vm: VmConfig, dir: string): { base: string; qmp: string; qga: string; console: string } {
+  const base = join(dir, fileNameOf(vm.name));
+  return { base, qmp: `${base}.qmp`, qga: `${base}.qga`, console: `${base}-console.log` };
+}
+
 export async function bootOnExport(vm: VmConfig, disks: InstantDisk[], opts: { dir: string; accel: string; /** verify-boot: no network device at all. */ isolated?: boolean }): Promise<InstantVm> {
   for (const d of disks) {
     // -u: the export is not opened here; QEMU opens it when the VM starts.
-    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', d.uri, '-F', 'raw', d.path, String(d.size)]).catch((err: { stderr?: string }) => {
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', nbdBacking(d.socket, d.exportName), '-F', 'raw', d.path, String(d.size)]).catch((err: { stderr?: string }) => {
       throw new BulwarkError('failed', `cannot create '${d.path}': ${err.stderr?.trim() ?? String(err)}`);
     });
   }
-  const base = join(opts.dir, fileNameOf(vm.name));
+  const p = paths(vm, opts.dir);
   const args = [
     '-accel', opts.accel,
-    ...qemuArgs(opts.isolated ? { ...vm, nics: [] } : vm, disks.map((d) => ({ name: d.name, path: d.path, format: 'qcow2' })), { dir: opts.dir }),
+    ...qemuArgs(opts.isolated ? { ...vm, nics: [] } : vm, disks.map((d) => ({ name: d.name, path: d.path, format: 'qcow2', readError: 'stop' as const })), { dir: opts.dir }),
     ...(opts.isolated ? ['-nic', 'none'] : []),
     '-display', 'none',
-    '-serial', `file:${base}-console.log`,
-    '-pidfile', `${base}.pid`,
+    '-serial', `file:${p.console}`,
+    '-pidfile', `${p.base}.pid`,
   ];
   // The VM outlives this process: its own session, its output in a log beside the disks.
-  const log = openSync(`${base}-qemu.log`, 'a');
+  const log = openSync(`${p.base}-qemu.log`, 'a');
   const child = spawn('qemu-system-x86_64', args, { detached: true, stdio: ['ignore', log, log] });
   closeSync(log);
-  let alive = true;
-  const exited = new Promise<number>((resolve) =>
-    child.on('exit', (code) => {
-      alive = false;
-      resolve(code ?? 1);
-    }),
-  );
+  const exited = new Promise<number>((resolve) => child.on('exit', (code) => resolve(code ?? 1)));
   child.unref();
   const qmp = await Promise.race([
-    QmpClient.connect(`${base}.qmp`, { retryForMs: 30_000, commandTimeoutMs: 30_000 }),
+    QmpClient.connect(p.qmp, { retryForMs: 30_000, commandTimeoutMs: 30_000 }),
     exited.then((code) => {
-      throw new BulwarkError('failed', `QEMU exited (${code}) before the VM started: ${readFileSync(`${base}-qemu.log`, 'utf8').trim().split('\n').slice(-3).join(' ') || 'no message'}`);
+      throw new BulwarkError('failed', `QEMU exited (${code}) before the VM started: ${readFileSync(`${p.base}-qemu.log`, 'utf8').trim().split('\n').slice(-3).join(' ') || 'no message'}`);
     }),
   ]);
+  return instantVm(qmp, child.pid!, vm, disks, opts.dir);
+}
+
+/** The VM an earlier instant restore started (its QEMU still running), to go on copying its disks. */
+export async function attachInstant(vm: VmConfig, pid: number, disks: InstantDisk[], dir: string): Promise<InstantVm> {
+  const p = paths(vm, dir);
+  if (!processAlive(pid)) throw new BulwarkError('failed', `the restored VM (QEMU pid ${pid}) is no longer running`, { hint: `its disks in ${dir} still need the export: remove them and run the instant restore again` });
+  const qmp = await QmpClient.connect(p.qmp, { timeoutMs: 10_000, commandTimeoutMs: 30_000 }).catch((err: Error) => {
+    throw new BulwarkError('failed', `cannot reach the restored VM's monitor ${p.qmp}: ${err.message}`);
+  });
+  return instantVm(qmp, pid, vm, disks, dir);
+}
+
+function instantVm(qmp: QmpClient, pid: number, vm: VmConfig, disks: InstantDisk[], dir: string): InstantVm {
+  const p = paths(vm, dir);
+  const jobs = async (): Promise<Job[]> => (await qmp.execute<Job[]>('query-jobs')).filter((j) => j.id.startsWith(JOB_PREFIX));
   return {
-    pid: child.pid!,
-    qmp: `${base}.qmp`,
-    qga: `${base}.qga`,
-    console: `${base}-console.log`,
-    async copy(onProgress) {
+    pid,
+    qmp: p.qmp,
+    qga: p.qga,
+    console: p.console,
+    async copy(opts = {}) {
+      const speed = opts.speed ?? 0;
+      const devices = await qmp.execute<BlockDevice[]>('query-block');
+      const existing = await jobs();
       // Node names disk0, disk1, … are qemuArgs'.
       for (const [i] of disks.entries()) {
-        await qmp.execute('block-stream', { 'job-id': `bulwark-copy${i}`, device: `disk${i}`, 'auto-finalize': true, 'auto-dismiss': false });
+        const id = `${JOB_PREFIX}${i}`;
+        const job = existing.find((j) => j.id === id);
+        if (job?.status === 'concluded') await qmp.execute('job-dismiss', { id });
+        if (job && job.status !== 'concluded') {
+          await qmp.execute('block-job-set-speed', { device: id, speed });
+          continue;
+        }
+        // Already local (an earlier copy finished): nothing to stream.
+        if (!devices.find((d) => d.inserted?.['node-name'] === `disk${i}`)?.inserted?.backing_file) continue;
+        await qmp.execute('block-stream', { 'job-id': id, device: `disk${i}`, 'auto-finalize': true, 'auto-dismiss': false, 'on-error': 'stop', speed });
       }
       const failed: string[] = [];
+      const giveUpAfter = opts.giveUpAfterMs ?? 120_000;
+      let stalledSince: number | undefined;
+      let nextRetry = 0;
       for (;;) {
-        const jobs = (await qmp.execute<Job[]>('query-jobs')).filter((j) => j.id.startsWith('bulwark-copy'));
-        const total = jobs.reduce((n, j) => n + j['total-progress'], 0);
-        onProgress?.(jobs.reduce((n, j) => n + j['current-progress'], 0), total);
-        const concluded = jobs.filter((j) => j.status === 'concluded');
+        const current = await jobs();
+        const total = current.reduce((n, j) => n + j['total-progress'], 0);
+        opts.onProgress?.(current.reduce((n, j) => n + j['current-progress'], 0), total);
+        const concluded = current.filter((j) => j.status === 'concluded');
         for (const j of concluded) {
-          if (j.error) failed.push(`${disks[Number(j.id.slice('bulwark-copy'.length))]!.name}: ${j.error}`);
+          if (j.error) failed.push(`${disks[Number(j.id.slice(JOB_PREFIX.length))]!.name}: ${j.error}`);
           await qmp.execute('job-dismiss', { id: j.id });
         }
-        if (concluded.length === jobs.length) break;
+        if (concluded.length === current.length) break;
+        // A job paused by a read error, or a guest paused by one: the export was out of reach.
+        const errored = (await qmp.execute<BlockJob[]>('query-block-jobs')).filter((j) => j.device.startsWith(JOB_PREFIX) && j['io-status'] !== undefined && j['io-status'] !== 'ok');
+        const status = (await qmp.execute<{ status: string }>('query-status')).status;
+        if (errored.length > 0 || status === 'io-error') {
+          const now = Date.now();
+          if (stalledSince === undefined) {
+            stalledSince = now;
+            opts.onStall?.(`${errored.length > 0 ? 'the copy' : 'the guest'} could not read the export and is paused; retrying`);
+          }
+          if (now - stalledSince > giveUpAfter) {
+            for (const j of errored) await qmp.execute('block-job-cancel', { device: j.device, force: true }).catch(() => undefined);
+            failed.push(`the export could not be read for ${Math.round(giveUpAfter / 1000)} s`);
+            // Cancelled jobs conclude; the loop dismisses them and ends.
+          } else if (now >= nextRetry) {
+            for (const j of errored) await qmp.execute('job-resume', { id: j.device }).catch(() => undefined);
+            if (status === 'io-error') await qmp.execute('cont').catch(() => undefined);
+            nextRetry = now + 2000;
+          }
+        } else stalledSince = undefined;
         await new Promise((r) => setTimeout(r, 200));
       }
       if (failed.length > 0) {
         throw new BulwarkError('failed', `copying the disks failed (${failed.join('; ')}); the VM keeps running on the export, whose disks are whole`, {
-          hint: 'keep this command running until the VM is shut down, or fix the cause and copy again with the VM running',
+          hint: `keep this command running until the VM is shut down, or fix the cause and go on copying with 'bulwark restore vm --instant --resume --target ${dir}'`,
         });
       }
     },
     async quit() {
-      if (!alive) return;
+      if (!processAlive(pid)) return;
       await qmp.execute('quit').catch(() => undefined);
       const end = Date.now() + 10_000;
-      while (alive && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
-      if (alive) child.kill('SIGKILL');
-      await exited;
+      while (processAlive(pid) && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+      if (processAlive(pid)) process.kill(pid, 'SIGKILL');
+      while (processAlive(pid)) await new Promise((r) => setTimeout(r, 20));
     },
-    running: () => alive,
+    running: () => processAlive(pid),
     async close() {
       await qmp.close();
     },
