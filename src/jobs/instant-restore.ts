@@ -8,7 +8,9 @@
 // `--resume` serves the export again on the same socket and finishes the copy.
 import { promises as fsp } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { attachInstant, bootOnExport, type InstantDisk, type InstantVm } from '../hypervisors/qemu/instant.js';
+import type { InstantDisk, InstantMachine, InstantWhere } from '../hypervisors/instant-vm.js';
+import { bootDomainOnExport } from '../hypervisors/libvirt/instant.js';
+import { attachInstant, bootOnExport } from '../hypervisors/qemu/instant.js';
 import { Lock } from '../repository/lock.js';
 import type { Repository } from '../repository/repository.js';
 import { findSnapshot, type SnapshotFilter, type SnapshotWithId, type VmConfig } from '../repository/snapshot.js';
@@ -27,9 +29,12 @@ export interface InstantRestoreOptions {
   accel: string;
   /** Bytes per second for the background copy (absent: as fast as the repository serves). */
   copySpeed?: number;
+  /** libvirt restore points: the domain's name (default <name>-restored) and connection (default the recorded one). */
+  name?: string;
+  connect?: string;
   onEvent?: (e: InstantEvent) => void;
   /** After a failed copy the VM still reads the export: served until this resolves (Ctrl-C, or the VM gone). */
-  keepServing: (vmPid: number) => Promise<void>;
+  keepServing: (running: () => Promise<boolean>) => Promise<void>;
 }
 
 export interface InstantResumeOptions {
@@ -38,15 +43,12 @@ export interface InstantResumeOptions {
   ref?: string;
   copySpeed?: number;
   onEvent?: (e: InstantEvent) => void;
-  keepServing: (vmPid: number) => Promise<void>;
+  keepServing: (running: () => Promise<boolean>) => Promise<void>;
 }
 
-export interface InstantRestoreResult {
+export interface InstantRestoreResult extends InstantWhere {
   snapshot: string;
   vm: string;
-  pid: number;
-  qmp: string;
-  qga: string;
   disks: { name: string; path: string; size: number }[];
   /** From the command's start to QEMU running the guest (a resume: to the VM attached again). */
   bootedMs: number;
@@ -89,11 +91,20 @@ export async function instantRestore(repo: Repository, opts: InstantRestoreOptio
     try {
       // Beside the original: its own name, no UUID of the original's.
       const { uuid: _uuid, ...machine } = sn.vm;
-      const vmConfig: VmConfig = { ...machine, name: `${sn.vm.name}-restored` };
-      const vm = await bootOnExport(vmConfig, disks, { dir: target, accel: opts.accel });
-      await writeState(target, { version: 1, repository: repo.config.id, snapshot: sn.id, vm: vmConfig, pid: vm.pid, socket, disks });
+      const vmConfig: VmConfig = { ...machine, name: opts.name ?? `${sn.vm.name}-restored` };
+      let vm: InstantMachine;
+      if (sn.vm.libvirt) {
+        const byName = new Map(sn.disks.map((d) => [safeDiskName(d.name), d.name]));
+        vm = await bootDomainOnExport({ uri: opts.connect ?? sn.vm.libvirt.uri, xml: sn.vm.libvirt.xml, name: vmConfig.name, disks: disks.map((d) => ({ ...d, target: byName.get(d.name)! })), dir: target });
+      } else {
+        const q = await bootOnExport(vmConfig, disks, { dir: target, accel: opts.accel });
+        // A QEMU command line rides out this process ending: --resume finds it through this file.
+        await writeState(target, { version: 1, repository: repo.config.id, snapshot: sn.id, vm: vmConfig, pid: q.pid, socket, disks });
+        vm = q;
+      }
       const bootedMs = performance.now() - t0;
-      opts.onEvent?.({ phase: 'booted', message: `VM ${vmConfig.name} runs (QEMU pid ${vm.pid}) on disks served from the repository; copying them into ${target}`, pid: vm.pid, qmp: vm.qmp, qga: vm.qga, bootedMs: Math.round(bootedMs) });
+      const at = vm.where.domain ? `libvirt domain ${vm.where.domain.name} on ${vm.where.domain.uri}` : `QEMU pid ${vm.where.pid}`;
+      opts.onEvent?.({ phase: 'booted', message: `VM ${vmConfig.name} runs (${at}) on disks served from the repository; copying them into ${target}`, ...vm.where, bootedMs: Math.round(bootedMs) });
       return await finishCopy(vm, sn, vmConfig, disks, exported, target, { ...opts, t0, bootedMs });
     } finally {
       await exported.close();
@@ -121,7 +132,7 @@ export async function resumeInstantRestore(repo: Repository, opts: InstantResume
       const exported = await exportDisks(repo, sn.disks ?? [], { listen: { path: state.socket } });
       try {
         const bootedMs = performance.now() - t0;
-        opts.onEvent?.({ phase: 'attached', message: `serving the disks of VM ${state.vm.name} (QEMU pid ${vm.pid}) again; going on copying them into ${target}`, pid: vm.pid, qmp: vm.qmp, qga: vm.qga });
+        opts.onEvent?.({ phase: 'attached', message: `serving the disks of VM ${state.vm.name} (QEMU pid ${vm.pid}) again; going on copying them into ${target}`, ...vm.where });
         return { ...(await finishCopy(vm, sn, state.vm, state.disks, exported, target, { ...opts, t0, bootedMs })), resumed: true };
       } finally {
         await exported.close();
@@ -135,13 +146,13 @@ export async function resumeInstantRestore(repo: Repository, opts: InstantResume
 }
 
 async function finishCopy(
-  vm: InstantVm,
+  vm: InstantMachine,
   sn: SnapshotWithId,
   vmConfig: VmConfig,
   disks: InstantDisk[],
   exported: DiskExport,
   target: string,
-  opts: { t0: number; bootedMs: number; copySpeed?: number; onEvent?: (e: InstantEvent) => void; keepServing: (vmPid: number) => Promise<void> },
+  opts: { t0: number; bootedMs: number; copySpeed?: number; onEvent?: (e: InstantEvent) => void; keepServing: (running: () => Promise<boolean>) => Promise<void> },
 ): Promise<InstantRestoreResult> {
   try {
     await vm.copy({
@@ -151,7 +162,7 @@ async function finishCopy(
     });
   } catch (err) {
     opts.onEvent?.({ phase: 'copy-failed', message: `${(err as Error).message}; serving the disks until the VM is shut down or this command is stopped` });
-    await opts.keepServing(vm.pid);
+    await opts.keepServing(() => vm.running());
     throw err;
   } finally {
     await vm.close();
@@ -162,9 +173,7 @@ async function finishCopy(
   return {
     snapshot: sn.id,
     vm: vmConfig.name,
-    pid: vm.pid,
-    qmp: vm.qmp,
-    qga: vm.qga,
+    ...vm.where,
     disks: disks.map(({ name, path, size }) => ({ name, path, size })),
     bootedMs: Math.round(opts.bootedMs),
     copiedMs: Math.round(copiedMs),

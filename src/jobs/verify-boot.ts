@@ -92,9 +92,9 @@ export async function verifyBoot(repo: Repository, opts: VerifyBootOptions): Pro
           return result;
         }
         try {
-          const agentMs = await waitForAgent(vm.qga, Date.now() + (opts.bootTimeoutMs ?? 300_000), () => vm.running());
+          const agentMs = await waitForAgent(vm.qga, Date.now() + (opts.bootTimeoutMs ?? 300_000), () => vm.alive());
           if (agentMs === undefined) {
-            result.reason = vm.running() ? `the guest agent did not answer within ${Math.round((opts.bootTimeoutMs ?? 300_000) / 1000)} s` : 'the VM stopped before its guest agent answered';
+            result.reason = vm.alive() ? `the guest agent did not answer within ${Math.round((opts.bootTimeoutMs ?? 300_000) / 1000)} s` : 'the VM stopped before its guest agent answered';
             keepConsole = true;
             return result;
           }

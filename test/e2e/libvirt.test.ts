@@ -4,7 +4,7 @@
 import { execFileSync } from 'node:child_process';
 import { chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { jsonResult, runCli } from '../helpers/cli.js';
+import { jsonResult, runCli, startCli } from '../helpers/cli.js';
 import { ensureLibvirtd, frozenStatus, guestDomainXml, removeDomain, virsh, waitForAgent } from '../helpers/libvirtd.js';
 import { tempDir } from '../helpers/repo.js';
 import { ensureGuestBuilt, makeDataDisk, readFileFromExt4Image, readHookLog, verifyWriterLog } from '../guest/guest.js';
@@ -340,5 +340,33 @@ describe('libvirt domains', () => {
     const out = `${tmp.path}/r-hooks`;
     expect((await runCli(['restore', `${r.result.snapshot}:/vda/fs/hooks.log`, '--target', out], { env })).code).toBe(0);
     expect(Buffer.from(read.return['buf-b64'], 'base64').equals(await readFile(`${out}/hooks.log`))).toBe(true);
+  });
+
+  it('restore vm --instant boots the restore point as a transient libvirt domain on the export, copies while it runs, and leaves it defined on local disks', async () => {
+    const name = 'bw-lv-instant';
+    await removeDomain(name);
+    const target = `${tmp.path}/r-instant`;
+    await mkdir(target, { mode: 0o755 });
+    const run = await startCli<{ phase: string; domain: { name: string; uri: string } }>(['restore', 'vm', first.snapshot!, '--instant', '--target', target, '--name', name, '--copy-limit', '8M'], { env, readyTimeoutMs: 120_000 });
+    try {
+      expect(run.ready).toMatchObject({ phase: 'booted', domain: { name, uri: 'qemu:///system' } });
+      // libvirt's view at the start: a transient domain whose disk is backed by the NBD export.
+      const booted = await virsh('dumpxml', name);
+      expect(booted).toContain(`${target}/vda.qcow2`);
+      expect(booted).toMatch(/protocol='nbd'/);
+      expect(/Persistent:\s+no/.test(await virsh('dominfo', name))).toBe(true);
+      await waitForAgent(name);
+      expect(await run.exited, run.output().stderr).toBe(0);
+      // Afterwards: local disk only, persistent, and still answering.
+      const after = await virsh('dumpxml', name);
+      expect(after).not.toMatch(/protocol='nbd'/);
+      expect(/Persistent:\s+yes/.test(await virsh('dominfo', name))).toBe(true);
+      expect((JSON.parse(execFileSync('qemu-img', ['info', '-U', '--output=json', `${target}/vda.qcow2`]).toString()) as { 'backing-filename'?: string })['backing-filename']).toBeUndefined();
+      await waitForAgent(name);
+      expect(after).not.toContain((await virsh('domuuid', DOMAIN)).trim());
+    } finally {
+      await run.stop('SIGKILL').catch(() => undefined);
+      await removeDomain(name);
+    }
   });
 });

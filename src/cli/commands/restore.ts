@@ -13,15 +13,13 @@ import { progressView } from '../progress.js';
 
 const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
 
-/** Until Ctrl-C / SIGTERM, or until process `pid` is gone. */
-function untilStoppedOrGone(pid: number): Promise<void> {
+/** Until Ctrl-C / SIGTERM, or until the VM is gone. */
+function untilStoppedOrGone(running: () => Promise<boolean>): Promise<void> {
   return new Promise((resolve) => {
     const timer = setInterval(() => {
-      try {
-        process.kill(pid, 0);
-      } catch {
-        done();
-      }
+      void running().then((yes) => {
+        if (!yes) done();
+      });
     }, 1000);
     const done = (): void => {
       clearInterval(timer);
@@ -30,6 +28,11 @@ function untilStoppedOrGone(pid: number): Promise<void> {
     process.once('SIGINT', done);
     process.once('SIGTERM', done);
   });
+}
+
+/** Where the restored VM is, in words. */
+function placeOf(r: { pid?: number; qmp?: string; domain?: { name: string; uri: string } }): string {
+  return r.domain ? `libvirt domain ${r.domain.name} on ${r.domain.uri}, persistent now` : `QEMU pid ${r.pid}, monitor ${r.qmp}`;
 }
 
 function filterOpts(o: { host?: string; tag?: string[]; source?: string }): { hostname?: string; tags?: string[]; source?: string } {
@@ -101,10 +104,10 @@ export function register(program: Command): void {
     .option('--disk <name>', 'only this disk (repeatable)', collect, [])
     .option('--define', "VM snapshots: a libvirt domain is defined again on the restored disks (not started); a QEMU VM gets <dir>/<vm>.qemu.sh, a QEMU command line with the recorded machine")
     .option('--print-xml', 'libvirt domains: write the restored domain\'s XML to <dir>/<name>.xml and show it, without defining it')
-    .option('--name <name>', 'libvirt domains: the restored domain\'s name (default <name>-restored)')
+    .option('--name <name>', 'libvirt domains (--define, --print-xml, --instant): the restored domain\'s name (default <name>-restored)')
     .option('--keep-identity', 'libvirt domains: keep the original name, UUID and MAC addresses (to replace a lost VM, not to run beside it)')
-    .option('--connect <uri>', 'libvirt domains: define on this connection instead of the recorded one (qemu:///system, qemu:///session)')
-    .option('--instant', 'boot the VM at once on its disks served from the repository, copy them into --target while it runs (<dir>/<disk>.qcow2), and return when they are local; the VM runs on')
+    .option('--connect <uri>', 'libvirt domains: define (or with --instant, start) on this connection instead of the recorded one (qemu:///system, qemu:///session)')
+    .option('--instant', 'boot the VM at once on its disks served from the repository, copy them into --target while it runs (<dir>/<disk>.qcow2), and return when they are local; the VM runs on (a libvirt restore point comes back as a libvirt domain, defined once its disks are local)')
     .option('--accel <accel>', 'with --instant: QEMU accelerator (kvm, tcg, or kvm:tcg for KVM where it works)', 'kvm:tcg')
     .option('--copy-limit <size>', 'with --instant: copy the disks at most this fast per second, e.g. 50M (leaves the repository\'s disk and network room)')
     .option('--resume', 'with --instant: an instant restore whose command ended mid-copy (killed, host rebooted while the VM ran): serve its disks again and finish the copy into --target')
@@ -118,7 +121,7 @@ export function register(program: Command): void {
       const target = o.target;
       if ((o.copyLimit !== undefined || o.resume) && !o.instant) throw new BulwarkError('usage', '--copy-limit and --resume go with --instant');
       if (o.instant) {
-        if (o.define || o.printXml || o.disk.length || cmd.getOptionValueSource('format') !== 'default') throw new BulwarkError('usage', '--instant restores every disk as qcow2 and boots the VM: --define, --print-xml, --disk and --format do not apply');
+        if (o.define || o.printXml || o.keepIdentity || o.disk.length || cmd.getOptionValueSource('format') !== 'default') throw new BulwarkError('usage', '--instant restores every disk as qcow2 and boots the VM beside the original: --define, --print-xml, --keep-identity, --disk and --format do not apply');
         const copySpeed = o.copyLimit === undefined ? undefined : parseSize(o.copyLimit);
         if (o.copyLimit !== undefined && !copySpeed) throw new BulwarkError('usage', `--copy-limit '${o.copyLimit}' is not a positive size per second`, { hint: 'e.g. 50M' });
         if (ref === undefined && !o.resume) throw new BulwarkError('usage', "missing argument 'snapshot'", { hint: 'bulwark restore vm <snapshot> --instant --target <dir>' });
@@ -130,13 +133,14 @@ export function register(program: Command): void {
             if (ctx.opts.json) process.stdout.write(JSON.stringify({ type: 'event', ...e }) + '\n');
             else ctx.info(e.message);
           },
-          keepServing: (pid: number) => untilStoppedOrGone(pid),
+          keepServing: untilStoppedOrGone,
         };
         await ctx.withRepo(async (repo) => {
           const r = o.resume
             ? await resumeInstantRestore(repo, { ...common, ...(ref !== undefined ? { ref } : {}) })
-            : await instantRestore(repo, { ...common, ref: ref!, filter: filterOpts(o), accel: o.accel });
-          ctx.print(r, (x) => `VM ${x.vm} (QEMU pid ${x.pid}) ${x.resumed ? 'was attached again' : `booted in ${(x.bootedMs / 1000).toFixed(1)} s`} and runs on its local disks (${x.disks.map((d) => d.path).join(', ')}), copied in ${(x.copiedMs / 1000).toFixed(1)} s; its monitor is ${x.qmp}`);
+            : await instantRestore(repo, { ...common, ref: ref!, filter: filterOpts(o), accel: o.accel, ...(o.name ? { name: o.name } : {}), ...(o.connect ? { connect: o.connect } : {}) });
+          const at = placeOf(r);
+          ctx.print(r, (v) => `VM ${v.vm} (${at}) ${v.resumed ? 'was attached again' : `booted in ${(v.bootedMs / 1000).toFixed(1)} s`} and runs on its local disks (${v.disks.map((d) => d.path).join(', ')}), copied in ${(v.copiedMs / 1000).toFixed(1)} s`);
         });
         return;
       }

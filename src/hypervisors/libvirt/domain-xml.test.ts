@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { backupExports, backupXml, checkpointDisks, checkpointXml, parseDomain, restoredDomainXml } from './domain-xml.js';
+import { qemuUserOf } from './instant.js';
 
 // As libvirt 9 prints a running domain (trimmed).
 const LIVE = `<domain type='qemu' id='3'>
@@ -78,5 +79,28 @@ describe('libvirt domain XML', () => {
     expect(out).toContain('/iso/x.iso');
     const same = parseDomain(restoredDomainXml(LIVE, { name: 'web01', keepIdentity: true, disks: new Map(), logDir: '/r' }));
     expect([same.uuid, same.nics[0]!.mac]).toEqual(['8e2252f6-d95a-40db-a092-6013194bc925', '52:54:00:aa:bb:cc']);
+  });
+
+  it('instant restore: each disk a qcow2 overlay whose backing store is its NBD export, pausing on I/O errors', () => {
+    const xml = restoredDomainXml(LIVE, {
+      name: 'web01-restored',
+      keepIdentity: false,
+      disks: new Map([
+        ['vda', { path: '/r/vda.qcow2', format: 'qcow2', backing: { socket: '/r/.nbd', exportName: 'vda' } }],
+        ['vdb', { path: '/r/vdb.qcow2', format: 'qcow2', backing: { socket: '/r/.nbd', exportName: 'vdb' } }],
+      ]),
+    });
+    const disks = parseDomain(xml).disks;
+    expect(disks.map((d) => [d.target, d.source, d.format])).toEqual([['vda', '/r/vda.qcow2', 'qcow2'], ['vdb', '/r/vdb.qcow2', 'qcow2']]);
+    // The <backingStore/> libvirt printed is replaced; a disk without one gets one after its source.
+    expect(xml.match(/<backingStore type="network"><format type="raw"\/><source protocol="nbd" name="vd[ab]"><host transport="unix" socket="\/r\/.nbd"\/><\/source><\/backingStore>/g)).toHaveLength(2);
+    expect(xml.match(/error_policy="stop" rerror_policy="stop"/g)).toHaveLength(2);
+    expect(xml).not.toContain('8e2252f6');
+  });
+
+  it("finds the user libvirt's QEMU runs as in the capabilities", () => {
+    const caps = `<capabilities><host><secmodel><model>none</model><doi>0</doi></secmodel><secmodel><model>dac</model><doi>0</doi><baselabel type='kvm'>+64055:+64055</baselabel><baselabel type='qemu'>+64055:+64055</baselabel></secmodel></host></capabilities>`;
+    expect(qemuUserOf(caps)).toEqual({ uid: 64055, gid: 64055 });
+    expect(qemuUserOf('<capabilities><host><secmodel><model>none</model></secmodel></host></capabilities>')).toBeUndefined();
   });
 });

@@ -154,7 +154,17 @@ function randomMac(): string {
  * restored file (and its format at the restored format); the live-only parts (ids, aliases, the
  * security label, the checkpoint of a backup job) left out.
  */
-export function restoredDomainXml(xml: string, opts: { name: string; keepIdentity: boolean; disks: Map<string, { path: string; format: string }>; logDir?: string }): string {
+export interface RestoredDomainDisk {
+  path: string;
+  format: string;
+  /**
+   * Instant restore: the image's backing is this NBD export (raw), and a read or write the disk cannot
+   * do pauses the domain instead of failing in the guest.
+   */
+  backing?: { socket: string; exportName: string };
+}
+
+export function restoredDomainXml(xml: string, opts: { name: string; keepIdentity: boolean; disks: Map<string, RestoredDomainDisk>; logDir?: string }): string {
   const tree = new XMLParser(ordered).parse(xml) as Node[];
   const domain = tree.find((n) => 'domain' in n);
   if (!domain) throw new BulwarkError('repository-corrupt', 'the domain XML kept with this restore point has no <domain> element');
@@ -186,8 +196,20 @@ export function restoredDomainXml(xml: string, opts: { name: string; keepIdentit
           obj(dev[':@'])['@type'] = 'file';
           for (const p of parts) {
             if ('source' in p) p[':@'] = { '@file': restored.path };
-            if ('driver' in p) p[':@'] = { ...obj(p[':@']), '@type': restored.format };
+            if ('driver' in p) p[':@'] = { ...obj(p[':@']), '@type': restored.format, ...(restored.backing ? { '@error_policy': 'stop', '@rerror_policy': 'stop' } : {}) };
             if ('backingStore' in p) p['backingStore'] = [];
+          }
+          if (restored.backing) {
+            const at = parts.findIndex((p) => 'backingStore' in p);
+            const store: Node = {
+              backingStore: [
+                { format: [], ':@': { '@type': 'raw' } },
+                { source: [{ host: [], ':@': { '@transport': 'unix', '@socket': restored.backing.socket } }], ':@': { '@protocol': 'nbd', '@name': restored.backing.exportName } },
+              ],
+              ':@': { '@type': 'network' },
+            };
+            if (at >= 0) parts[at] = store;
+            else parts.splice(parts.findIndex((p) => 'source' in p) + 1, 0, store);
           }
         }
         if ('channel' in dev && !opts.keepIdentity) {

@@ -10,53 +10,25 @@
 // client then holds requests for RECONNECT_DELAY_S and keeps reconnecting after; a copy that could
 // not read pauses (on-error=stop) and so does a guest (rerror=stop), instead of failing. Serving the
 // export again on the same socket and attaching to the VM (attachInstant) resumes both.
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { QmpClient } from '../../protocols/qmp/client.js';
 import type { VmConfig } from '../../repository/snapshot.js';
 import { BulwarkError } from '../../util/errors.js';
 import { processAlive } from '../../util/process-temp.js';
+import { createOverlays, type CopyOptions, type InstantDisk, type InstantMachine } from '../instant-vm.js';
 import { fileNameOf, qemuArgs } from './command-line.js';
 
-const run = promisify(execFile);
-
-/** Seconds QEMU holds a disk request while the export is unreachable before failing (pausing) it. */
-export const RECONNECT_DELAY_S = 15;
-
-export interface InstantDisk {
-  name: string;
-  size: number;
-  /** The export's UNIX socket and the disk's export name on it. */
-  socket: string;
-  exportName: string;
-  /** The local qcow2 image the VM runs on, filled while it runs. */
-  path: string;
-}
-
-export interface CopyOptions {
-  /** Bytes per second for the copy, all of it (QEMU's job speed); absent: as fast as the export serves. */
-  speed?: number;
-  onProgress?: (done: number, total: number) => void;
-  /** A copy or a guest read could not reach the export and waits; said once per stall. */
-  onStall?: (message: string) => void;
-  /** How long a stall is retried before the copy is given up (the VM keeps running on the export). */
-  giveUpAfterMs?: number;
-}
-
-export interface InstantVm {
+export interface InstantVm extends InstantMachine {
   pid: number;
   qmp: string;
   qga: string;
   console: string;
-  /** Copies every disk still backed by the export into its local image; resolves when none reads it. */
-  copy(opts?: CopyOptions): Promise<void>;
   /** Ends the VM (QMP quit) and waits for QEMU to exit. */
   quit(): Promise<void>;
-  /** Whether QEMU still runs. */
-  running(): boolean;
-  close(): Promise<void>;
+  /** Whether QEMU still runs, now. */
+  alive(): boolean;
 }
 
 interface Job {
@@ -78,24 +50,13 @@ interface BlockDevice {
 
 const JOB_PREFIX = 'bulwark-copy';
 
-/** The overlay's backing: QEMU's NBD client with reconnection, so a lost export stalls instead of failing. */
-export function nbdBacking(socket: string, exportName: string): string {
-  // The format layer is spelt out: with only the protocol's options QEMU would put them on the raw node.
-  return `json:${JSON.stringify({ driver: 'raw', file: { driver: 'nbd', server: { type: 'unix', path: socket }, export: exportName, 'reconnect-delay': RECONNECT_DELAY_S } })}`;
-}
-
 function paths(vm: VmConfig, dir: string): { base: string; qmp: string; qga: string; console: string } {
   const base = join(dir, fileNameOf(vm.name));
   return { base, qmp: `${base}.qmp`, qga: `${base}.qga`, console: `${base}-console.log` };
 }
 
 export async function bootOnExport(vm: VmConfig, disks: InstantDisk[], opts: { dir: string; accel: string; /** verify-boot: no network device at all. */ isolated?: boolean }): Promise<InstantVm> {
-  for (const d of disks) {
-    // -u: the export is not opened here; QEMU opens it when the VM starts.
-    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', nbdBacking(d.socket, d.exportName), '-F', 'raw', d.path, String(d.size)]).catch((err: { stderr?: string }) => {
-      throw new BulwarkError('failed', `cannot create '${d.path}': ${err.stderr?.trim() ?? String(err)}`);
-    });
-  }
+  await createOverlays(disks);
   const p = paths(vm, opts.dir);
   const args = [
     '-accel', opts.accel,
@@ -138,7 +99,8 @@ function instantVm(qmp: QmpClient, pid: number, vm: VmConfig, disks: InstantDisk
     qmp: p.qmp,
     qga: p.qga,
     console: p.console,
-    async copy(opts = {}) {
+    where: { pid, qmp: p.qmp, qga: p.qga, console: p.console },
+    async copy(opts: CopyOptions = {}) {
       const speed = opts.speed ?? 0;
       const devices = await qmp.execute<BlockDevice[]>('query-block');
       const existing = await jobs();
@@ -204,7 +166,8 @@ function instantVm(qmp: QmpClient, pid: number, vm: VmConfig, disks: InstantDisk
       if (processAlive(pid)) process.kill(pid, 'SIGKILL');
       while (processAlive(pid)) await new Promise((r) => setTimeout(r, 20));
     },
-    running: () => processAlive(pid),
+    alive: () => processAlive(pid),
+    running: () => Promise.resolve(processAlive(pid)),
     async close() {
       await qmp.close();
     },

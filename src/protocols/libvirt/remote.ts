@@ -30,9 +30,13 @@ export const START_PAUSED = 1;
 /** Why a domain is shut off (virDomainShutoffReason). */
 export const ShutoffReason = { unknown: 0, shutdown: 1, destroyed: 2, crashed: 3, migrated: 4, saved: 5, failed: 6, fromSnapshot: 7, daemon: 8 } as const;
 export const UNDEFINE_CHECKPOINTS_METADATA = 256;
+/** virDomainBlockPull's bandwidth is in bytes/s, not MiB/s. */
+export const BLOCK_PULL_BANDWIDTH_BYTES = 64;
 
 const P = {
+  connectGetCapabilities: 7,
   connectGetVersion: 4,
+  domainCreateXml: 10,
   domainCreate: 9,
   domainGetXmlDesc: 14,
   domainLookupByName: 23,
@@ -47,6 +51,9 @@ const P = {
   domainCreateWithFlags: 196,
   domainGetState: 212,
   domainUndefineFlags: 231,
+  domainBlockJobAbort: 237,
+  domainGetBlockJobInfo: 238,
+  domainBlockPull: 240,
   domainDestroyFlags: 234,
   domainShutdownFlags: 258,
   connectListAllDomains: 273,
@@ -189,6 +196,36 @@ export class Libvirt {
   /** A persistent domain outlives a shutdown; a transient one is gone with its QEMU. */
   async isPersistent(dom: Domain): Promise<boolean> {
     return (await this.domCall(P.domainIsPersistent, dom)).int() === 1;
+  }
+
+  /** The host's capabilities XML (virConnectGetCapabilities): among others, the user QEMU runs as. */
+  async capabilities(): Promise<string> {
+    return (await this.client.call(P.connectGetCapabilities, Buffer.alloc(0))).string();
+  }
+
+  /** Starts a transient domain from `xml`: it exists while its QEMU runs, and is defined by no file. */
+  async createTransient(xml: string, flags = 0): Promise<Domain> {
+    return readDomain(await this.client.call(P.domainCreateXml, new XdrWriter().string(xml).uint(flags).toBuffer()));
+  }
+
+  /** Fills a disk's top image from its backing chain while the domain runs (QEMU's block-stream). */
+  async blockPull(dom: Domain, disk: string, bandwidth: number, flags = 0): Promise<void> {
+    await this.domCall(P.domainBlockPull, dom, (w) => w.string(disk).hyper(BigInt(bandwidth)).uint(flags));
+  }
+
+  /** The disk's block job, if one runs: its type and progress (cur of end). */
+  async blockJob(dom: Domain, disk: string): Promise<{ type: number; cur: number; end: number } | undefined> {
+    const r = await this.domCall(P.domainGetBlockJobInfo, dom, (w) => w.string(disk).uint(0));
+    const found = r.int();
+    const type = r.int();
+    r.uhyper();
+    const cur = Number(r.uhyper());
+    const end = Number(r.uhyper());
+    return found === 1 ? { type, cur, end } : undefined;
+  }
+
+  async blockJobAbort(dom: Domain, disk: string, flags = 0): Promise<void> {
+    await this.domCall(P.domainBlockJobAbort, dom, (w) => w.string(disk).uint(flags));
   }
 
   async destroy(dom: Domain): Promise<void> {
