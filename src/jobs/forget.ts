@@ -1,6 +1,7 @@
 // forget: removes snapshot records by a retention policy or by name. Only records are removed; the data
 // they alone used stays in the repository (prune, a separate step, frees it). Removing a record cannot
 // harm another snapshot or a running backup (a backup's parent is only read), so a shared lock suffices.
+import { removeNotesOf } from '../repository/notes.js';
 import { Lock } from '../repository/lock.js';
 import type { Repository } from '../repository/repository.js';
 import { applyRetention, isEmptyPolicy, type GroupKey, type RetentionGroup, type RetentionPolicy } from '../repository/retention.js';
@@ -58,6 +59,8 @@ export async function forget(repo: Repository, opts: ForgetOptions): Promise<For
         }
         repo.forgotten.add(s.id);
       }
+      // What was learnt about them (verify-boot results) goes with them.
+      await removeNotesOf(repo, new Set(doomed.map((s) => s.id)));
       // This host's record of the snapshots it saw learns of the removal, so it is not taken for a rollback.
       if (doomed.length > 0) await readSnapshots(repo);
     }

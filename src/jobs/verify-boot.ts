@@ -1,15 +1,15 @@
 // verify-boot: a restore point proven by booting it. Its disks are served from the repository
 // (restore/export.ts) to a QEMU with no network device, on throwaway overlays, with the recorded
 // machine; the guest agent must answer, then the checks given run inside the guest through it. The VM
-// is stopped and everything but a failed boot's console log removed. The result is recorded in this
-// host's state folder (BULWARK_STATE_DIR/verify-boot/<repository id>.json), where `snapshots` reads it.
+// is stopped and everything but a failed boot's console log removed. The result is recorded on the
+// snapshot as a note in the repository (repository/notes.ts), where `snapshots` reads it.
 import { promises as fsp } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileNameOf } from '../hypervisors/qemu/command-line.js';
 import { bootOnExport } from '../hypervisors/qemu/instant.js';
 import { runGuestChecks, waitForAgent, type CheckResult, type GuestCheck } from '../hypervisors/qemu/guest-checks.js';
-import { defaultStateDir } from '../repository/freshness.js';
+import { saveNote, type VerifyBootNote } from '../repository/notes.js';
 import { Lock } from '../repository/lock.js';
 import type { Repository } from '../repository/repository.js';
 import { findSnapshot, type SnapshotFilter } from '../repository/snapshot.js';
@@ -46,23 +46,25 @@ export interface VerifyBootResult {
   /** A failed boot's console log, kept. */
   console?: string;
   time: string;
+  /** The note recording this result on the snapshot (notes/<id>). */
+  note?: string;
 }
 
-/** The verify-boot results this host has recorded for a repository, by snapshot id. */
-export async function verificationsOf(repositoryId: string): Promise<Map<string, VerifyBootResult>> {
-  const file = join(defaultStateDir(), 'verify-boot', `${repositoryId}.json`);
-  const doc = await fsp.readFile(file, 'utf8').then((t) => JSON.parse(t) as Record<string, VerifyBootResult>, () => ({}) as Record<string, VerifyBootResult>);
-  return new Map(Object.entries(doc));
-}
-
-async function record(repositoryId: string, r: VerifyBootResult): Promise<void> {
-  const dir = join(defaultStateDir(), 'verify-boot');
-  await fsp.mkdir(dir, { recursive: true });
-  const all = Object.fromEntries(await verificationsOf(repositoryId));
-  all[r.snapshot] = r;
-  const tmp = join(dir, `.${repositoryId}.${process.pid}.tmp`);
-  await fsp.writeFile(tmp, JSON.stringify(all, null, 1));
-  await fsp.rename(tmp, join(dir, `${repositoryId}.json`));
+/** The result as a note on the snapshot: the console log's path is this host's, and stays out. */
+function asNote(r: VerifyBootResult): VerifyBootNote {
+  return {
+    version: 1,
+    kind: 'verify-boot',
+    snapshot: r.snapshot,
+    time: r.time,
+    hostname: hostname(),
+    ok: r.ok,
+    booted: r.booted,
+    ...(r.reason ? { reason: r.reason } : {}),
+    ...(r.agentMs !== undefined ? { agentMs: r.agentMs } : {}),
+    durationMs: r.durationMs,
+    checks: r.checks.map((c) => ({ check: c.check, ok: c.ok, ...(c.detail ? { detail: c.detail } : {}) })),
+  };
 }
 
 export async function verifyBoot(repo: Repository, opts: VerifyBootOptions): Promise<VerifyBootResult> {
@@ -118,7 +120,8 @@ export async function verifyBoot(repo: Repository, opts: VerifyBootOptions): Pro
         result.console = join(dir, `${fileNameOf(name)}-console.log`);
         for (const f of await fsp.readdir(dir)) if (!f.endsWith('-console.log') && !f.endsWith('-qemu.log')) await fsp.rm(join(dir, f), { force: true });
       } else await fsp.rm(dir, { recursive: true, force: true });
-      await record(repo.config.id, result).catch(() => undefined);
+      // Recorded on the snapshot whatever the outcome: a restore point that does not boot is news.
+      result.note = await saveNote(repo, asNote(result));
     }
   } finally {
     await lock.release();

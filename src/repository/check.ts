@@ -10,6 +10,7 @@
 //
 // Memory and time follow the distinct trees, not the snapshots: each tree is checked once, whatever
 // the number of snapshots that share it, and only snapshots with damage are walked again for paths.
+import { readNotes } from './notes.js';
 import { createHash } from 'node:crypto';
 import { BulwarkError } from '../util/errors.js';
 import { decodePage } from './fixed-index.js';
@@ -33,7 +34,7 @@ export interface CheckOptions {
 }
 
 export interface CheckProblem {
-  kind: 'index' | 'pack-missing' | 'pack-size' | 'pack-damaged' | 'blob-damaged' | 'blob-missing' | 'tree' | 'snapshot';
+  kind: 'index' | 'pack-missing' | 'pack-size' | 'pack-damaged' | 'blob-damaged' | 'blob-missing' | 'tree' | 'snapshot' | 'note';
   object: string;
   message: string;
 }
@@ -69,6 +70,8 @@ export async function checkRepository(repo: CheckRepo, opts: CheckOptions = {}):
   const problems: CheckProblem[] = [];
   const listing = await readSnapshots(repo);
   for (const d of listing.damaged) problems.push({ kind: 'snapshot', object: d.id, message: d.reason });
+  // Notes hold no data, but one that cannot be read is damage all the same.
+  for (const d of (await readNotes(repo)).damaged) problems.push({ kind: 'note', object: d.id, message: d.reason });
 
   // Index: each file on its own, so one bad file is reported, not fatal.
   const damagedIndex = await repo.loadIndexFiles();

@@ -56,6 +56,7 @@ export const V2_LABELS = {
   config: 'config',
   index: 'index',
   snapshots: 'snapshot',
+  notes: 'note',
   locks: 'lock',
   key: 'key',
   'key-meta': 'key-meta',

@@ -13,6 +13,7 @@
 //   4. cleanup: format 1 index files, snapshots, locks and packs are removed (a pack only once every
 //      blob in it is in the format 2 index), and the key file that opened is replaced by one of format
 //      2. `migrate` on a format 2 repository runs this step alone, so it also finishes an interrupted one.
+import { readNotes, saveNote } from './notes.js';
 import { BulwarkError } from '../util/errors.js';
 import { maxBlobBytes, packIndexFile, type DocType, type Repository } from './repository.js';
 import { writeKey } from './keys.js';
@@ -35,7 +36,7 @@ export interface MigrateSummary {
   packsConverted: number;
   blobsConverted: number;
   snapshotsConverted: number;
-  removed: { packs: number; index: number; snapshots: number; locks: number; keys: number };
+  removed: { packs: number; index: number; snapshots: number; notes: number; locks: number; keys: number };
   /** Key files of other passwords still in the format 1 layout (details in clear). */
   oldKeyFiles: number;
 }
@@ -49,7 +50,7 @@ export async function migrate(repo: Repository, password: string, opts: MigrateO
     packsConverted: 0,
     blobsConverted: 0,
     snapshotsConverted: 0,
-    removed: { packs: 0, index: 0, snapshots: 0, locks: 0, keys: 0 },
+    removed: { packs: 0, index: 0, snapshots: 0, notes: 0, locks: 0, keys: 0 },
     oldKeyFiles: 0,
   };
   repo.assertMayDelete('upgrade the repository format (it replaces every pack)');
@@ -137,16 +138,24 @@ async function convertPacks(v1: Repository, v2: Repository, summary: MigrateSumm
 async function convertSnapshots(v1: Repository, v2: Repository, summary: MigrateSummary, opts: MigrateOptions): Promise<void> {
   // Copies made by an interrupted run go first: the snapshots may have changed since (a backup or a
   // forget in between), and each one must be copied exactly once.
-  for (const name of await listNames(v2, 'snapshots')) {
-    if (await opensAs(v2, 'snapshots', name)) await v2.backend.remove({ type: 'snapshots', name });
+  for (const type of ['snapshots', 'notes'] as const) {
+    for (const name of await listNames(v2, type)) {
+      if (await opensAs(v2, type, name)) await v2.backend.remove({ type, name });
+    }
   }
   const { snapshots, damaged } = await readSnapshots(v1);
   for (const d of damaged) v1.onWarning(`snapshot ${d.id.slice(0, 8)} cannot be read and is not carried over: ${d.reason}`);
+  const renamed = new Map<string, string>();
   for (const [i, s] of snapshots.entries()) {
     opts.onProgress?.('snapshots', i, snapshots.length);
-    const { id: _id, ...record } = s;
-    await v2.saveDocument('snapshots', record satisfies Snapshot);
+    const { id, ...record } = s;
+    renamed.set(id, await v2.saveDocument('snapshots', record satisfies Snapshot));
     summary.snapshotsConverted++;
+  }
+  // A snapshot's name is its sealed bytes' hash: its notes follow it to its new name.
+  for (const { note } of (await readNotes(v1)).notes) {
+    const to = renamed.get(note.snapshot);
+    if (to !== undefined) await saveNote(v2, { ...note, snapshot: to });
   }
 }
 
@@ -157,11 +166,11 @@ async function convertSnapshots(v1: Repository, v2: Repository, summary: Migrate
 async function cleanup(v2: Repository, keyId: string, keyVersion: 1 | 2, password: string, summary: MigrateSummary, opts: MigrateOptions): Promise<void> {
   const v1 = v2.withFormat(1);
   try {
-    for (const type of ['index', 'snapshots', 'locks'] as const) {
+    for (const type of ['index', 'snapshots', 'notes', 'locks'] as const) {
       for (const name of await listNames(v2, type)) {
         if (!(await opensAs(v1, type, name))) continue;
         await v2.backend.remove({ type, name });
-        summary.removed[type === 'snapshots' ? 'snapshots' : type === 'locks' ? 'locks' : 'index']++;
+        summary.removed[type]++;
       }
     }
     await v2.loadIndexFiles();

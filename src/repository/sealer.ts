@@ -92,7 +92,7 @@ export function sealerFor(version: FormatVersion, master: Pick<MasterKey, 'encry
 /** Largest document (index file, snapshot, lock, config) a reader accepts once decompressed. */
 export const MAX_DOCUMENT_BYTES = 256 * 1024 * 1024;
 
-export type DocumentPurpose = Extract<SealPurpose, 'config' | 'index' | 'snapshots' | 'locks' | 'key-meta'>;
+export type DocumentPurpose = Extract<SealPurpose, 'config' | 'index' | 'snapshots' | 'notes' | 'locks' | 'key-meta'>;
 
 /** JSON documents (config, index, snapshots, locks) are framed with one format byte, then sealed. */
 export function sealDocument(sealer: Sealer, purpose: DocumentPurpose, doc: unknown, bind?: Uint8Array): Buffer {

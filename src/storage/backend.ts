@@ -12,9 +12,14 @@
 // - Errors: a missing object rejects with an error for which isNotFound() is true. Permanent errors
 //   (permission denied, no space) are distinguishable from transient ones by isPermanent().
 
-export type FileType = 'config' | 'keys' | 'data' | 'index' | 'snapshots' | 'locks';
+// notes/: facts learnt about a snapshot after it was written (a boot proven by verify-boot); a
+// snapshot itself is never rewritten.
+export type FileType = 'config' | 'keys' | 'data' | 'index' | 'snapshots' | 'notes' | 'locks';
 
-export const FILE_TYPES: readonly FileType[] = ['config', 'keys', 'data', 'index', 'snapshots', 'locks'];
+export const FILE_TYPES: readonly FileType[] = ['config', 'keys', 'data', 'index', 'snapshots', 'notes', 'locks'];
+
+/** One object of each type, in words, for messages. */
+export const OBJECT_WORDS: Record<FileType, string> = { config: 'config', keys: 'key', data: 'pack', index: 'index', snapshots: 'snapshot', notes: 'note', locks: 'lock' };
 
 export interface Handle {
   type: FileType;

@@ -50,7 +50,7 @@ describe('LocalBackend on disk', () => {
 
   it('lays out the repository as documented, folders private', async () => {
     const top = (await fsp.readdir(repo)).sort();
-    expect(top).toEqual(['data', 'index', 'keys', 'locks', 'snapshots']);
+    expect(top).toEqual(['data', 'index', 'keys', 'locks', 'notes', 'snapshots']);
     const subs = await fsp.readdir(join(repo, 'data'));
     expect(subs.length).toBe(256);
     expect(subs).toContain('00');

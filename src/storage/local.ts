@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { constants, promises as fsp, type Dirent, type Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { BulwarkError, errnoCode, unable, type ErrorCode } from '../util/errors.js';
-import { FILE_TYPES, isFileSource, saveSize, type Backend, type BackendProperties, type FileInfo, type FileSource, type FileType, type Handle, type SaveData } from './backend.js';
+import { FILE_TYPES, OBJECT_WORDS, isFileSource, saveSize, type Backend, type BackendProperties, type FileInfo, type FileSource, type FileType, type Handle, type SaveData } from './backend.js';
 
 interface ReadHandle {
   fh: fsp.FileHandle;
@@ -42,7 +42,6 @@ const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBL
 const OPEN_REFUSES_KIND = new Set(['ELOOP', 'ENXIO', 'ENODEV', 'EOPNOTSUPP']);
 const NOT_REGULAR_HINT = "remove it or run 'bulwark check'";
 
-const OBJECT_WORD: Record<FileType, string> = { config: 'config', keys: 'key', data: 'pack', index: 'index', snapshots: 'snapshot', locks: 'lock' };
 
 /** The errno codes along an error's cause chain, outermost first. */
 function errnoChain(err: unknown): string[] {
@@ -238,7 +237,7 @@ export class LocalBackend implements Backend {
   async save(h: Handle, data: SaveData): Promise<void> {
     const { dir, path } = this.pathOf(h);
     const size = saveSize(data);
-    const object = OBJECT_WORD[h.type];
+    const object = OBJECT_WORDS[h.type];
     // lstat: a symlink named like this object is no copy of it, since load() would refuse it.
     const existing = await fsp.lstat(path).catch((err: unknown) => {
       if (errnoCode(err) === 'ENOENT') return undefined;
@@ -321,9 +320,10 @@ export class LocalBackend implements Backend {
     try {
       return await fsp.open(tmp, flags, 0o600);
     } catch (err) {
-      // A data subfolder can go missing (a copy tool that drops empty folders). Recreate just that
-      // level: the repository root and the type folders must exist, or this is not a repository.
-      if (errnoCode(err) !== 'ENOENT' || type !== 'data') throw err;
+      // A data subfolder can go missing (a copy tool that drops empty folders), and repositories made
+      // before notes/ existed lack that folder. Recreate just that level: the repository root and the
+      // other type folders must exist, or this is not a repository.
+      if (errnoCode(err) !== 'ENOENT' || (type !== 'data' && type !== 'notes')) throw err;
       const dir = dirname(tmp);
       try {
         await fsp.mkdir(dir, { mode: DIR_MODE });
@@ -337,7 +337,7 @@ export class LocalBackend implements Backend {
 
   async load(h: Handle, offset?: number, length?: number): Promise<Buffer> {
     const { path } = this.pathOf(h);
-    const object = OBJECT_WORD[h.type];
+    const object = OBJECT_WORDS[h.type];
     if (offset !== undefined && (!Number.isSafeInteger(offset) || offset < 0)) throw new Error(`invalid offset ${offset}`);
     if (length !== undefined && (!Number.isSafeInteger(length) || length < 0)) throw new Error(`invalid length ${length}`);
     if (offset === undefined && length === undefined) {
@@ -422,7 +422,7 @@ export class LocalBackend implements Backend {
       const st = await lstatRegular(path);
       return { name: h.name, size: st.size };
     } catch (err) {
-      throw fsError('stat', OBJECT_WORD[h.type], path, err);
+      throw fsError('stat', OBJECT_WORDS[h.type], path, err);
     }
   }
 
@@ -460,7 +460,7 @@ export class LocalBackend implements Backend {
             } catch (err) {
               // Removed since readdir (a lock released, a pack pruned): not part of this listing.
               if (errnoCode(err) === 'ENOENT') return undefined;
-              throw fsError('list', OBJECT_WORD[type], join(dir, name), err, 'io');
+              throw fsError('list', OBJECT_WORDS[type], join(dir, name), err, 'io');
             }
           }),
         );
@@ -471,7 +471,7 @@ export class LocalBackend implements Backend {
 
   async remove(h: Handle): Promise<void> {
     const { dir, path } = this.pathOf(h);
-    const object = OBJECT_WORD[h.type];
+    const object = OBJECT_WORDS[h.type];
     this.evict(path);
     try {
       await fsp.unlink(path);

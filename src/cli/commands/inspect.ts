@@ -1,6 +1,6 @@
 // snapshots | ls | diff
 import type { Command } from 'commander';
-import { verificationsOf } from '../../jobs/verify-boot.js';
+import { latestVerifyBoot, readNotes } from '../../repository/notes.js';
 import { diff, find, ls, type LsEntry } from '../../jobs/inspect.js';
 import { listSnapshots } from '../../repository/snapshot.js';
 import { Context } from '../context.js';
@@ -26,8 +26,8 @@ export function register(program: Command): void {
     .action(async (o: { host?: string; tag: string[]; source?: string }, cmd: Command) => {
       const ctx = Context.from(cmd);
       await ctx.withRepo(async (repo) => {
-        const verified = await verificationsOf(repo.config.id);
-        // verify-boot results this host recorded (a boot check is this host's, not the repository's).
+        // verify-boot results, recorded on the snapshots as notes.
+        const verified = latestVerifyBoot((await readNotes(repo)).notes);
         const list = (await listSnapshots(repo, { ...(o.host ? { hostname: o.host } : {}), tags: o.tag, ...(o.source ? { source: o.source } : {}) })).map((s) => {
           const v = verified.get(s.id);
           return v ? { ...s, verifiedBoot: { ok: v.ok, time: v.time, ...(v.agentMs !== undefined ? { agentMs: v.agentMs } : {}), ...(v.reason ? { reason: v.reason } : {}) } } : s;
