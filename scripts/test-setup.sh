@@ -9,6 +9,8 @@ set -euo pipefail
 # virsh, an outside witness): libvirt domains, started by the tests themselves (test/helpers/libvirtd.ts);
 # xfsprogs/mtools/ntfs-3g/lvm2/gdisk/fdisk: file systems, volumes and partition tables made by their own
 # tools for the file system readers (filesystems/), populated without mounting (protofile, mcopy, ntfscp).
+# openssh-server, vsftpd, openssl, swift-* + memcached (+ keystonemiddleware, which Swift's S3 API imports):
+# the real servers the off-site backends are tested against (test/helpers/sshd.ts, ftpd.ts, s3server.ts).
 packages=(
   qemu-system-x86 qemu-utils
   cpio busybox-static xz-utils
@@ -18,6 +20,8 @@ packages=(
   time
   libvirt-daemon-system libvirt-clients
   xfsprogs mtools ntfs-3g lvm2 gdisk fdisk
+  openssh-server vsftpd openssl
+  swift swift-proxy swift-account swift-container swift-object memcached python3-keystonemiddleware
 )
 
 missing=()

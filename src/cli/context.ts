@@ -3,8 +3,9 @@ import type { Command } from 'commander';
 import { defaultStateDir, FreshnessRecord } from '../repository/freshness.js';
 import { defaultCacheDir } from '../repository/index-cache.js';
 import { Repository, type InitOptions } from '../repository/repository.js';
-import { openBackend } from '../storage/open.js';
+import { openBackend, type OpenOptions } from '../storage/open.js';
 import { BulwarkError } from '../util/errors.js';
+import { parseSize } from './format.js';
 import { readOtherPassword, readPassword } from './password.js';
 
 export interface GlobalOptions {
@@ -13,6 +14,10 @@ export interface GlobalOptions {
   json: boolean;
   quiet: boolean;
   verbose: boolean;
+  sftpKey?: string;
+  sftpKnownHosts?: string;
+  limitUpload?: string;
+  limitDownload?: string;
 }
 
 export class Context {
@@ -33,7 +38,31 @@ export class Context {
       json: o.json ?? false,
       quiet: o.quiet ?? false,
       verbose: o.verbose ?? false,
+      ...(o.sftpKey !== undefined ? { sftpKey: o.sftpKey } : {}),
+      ...(o.sftpKnownHosts !== undefined ? { sftpKnownHosts: o.sftpKnownHosts } : {}),
+      ...(o.limitUpload !== undefined ? { limitUpload: o.limitUpload } : {}),
+      ...(o.limitDownload !== undefined ? { limitDownload: o.limitDownload } : {}),
     });
+  }
+
+  /** How the repository's store is reached: credentials' files, bandwidth caps, retries shown with -v. */
+  private backendOptions(): OpenOptions {
+    const rate = (flag: string, v: string | undefined): number | undefined => {
+      if (v === undefined) return undefined;
+      const n = parseSize(v);
+      if (!n) throw new BulwarkError('usage', `${flag} '${v}' is not a positive size per second`, { hint: 'e.g. 10M' });
+      return n;
+    };
+    const upload = rate('--limit-upload', this.opts.limitUpload);
+    const download = rate('--limit-download', this.opts.limitDownload);
+    return {
+      ...(this.opts.sftpKey ? { sftpKey: this.opts.sftpKey } : {}),
+      ...(this.opts.sftpKnownHosts ? { sftpKnownHosts: this.opts.sftpKnownHosts } : {}),
+      limits: { ...(upload ? { upload } : {}), ...(download ? { download } : {}) },
+      onRetry: (e) => {
+        if (this.opts.verbose) this.warn(`retrying ${e.op} of ${e.type ?? 'the store'}${e.name ? ` ${e.name.slice(0, 12)}` : ''} in ${(e.delayMs / 1000).toFixed(1)} s (attempt ${e.attempt} failed: ${e.error instanceof Error ? e.error.message : String(e.error)})`);
+      },
+    };
   }
 
   get location(): string {
@@ -48,7 +77,7 @@ export class Context {
 
   /** Opens the repository and also returns the password it was opened with (for a new key file). */
   async openWithPassword(): Promise<{ repo: Repository; password: string }> {
-    const backend = openBackend(this.location);
+    const backend = openBackend(this.location, this.backendOptions());
     // The location is checked before asking for a password: a typo should not cost a prompt.
     try {
       await Repository.assertExists(backend);
@@ -63,7 +92,7 @@ export class Context {
   }
 
   async init(opts: InitOptions): Promise<Repository> {
-    const backend = openBackend(this.location);
+    const backend = openBackend(this.location, this.backendOptions());
     const password = await readPassword(this.opts.passwordFile !== undefined ? { passwordFile: this.opts.passwordFile } : {}, { confirm: true, what: 'password for the new repository' });
     const repo = await Repository.init(backend, password, opts);
     repo.indexCacheDir = defaultCacheDir();
@@ -72,7 +101,7 @@ export class Context {
 
   /** Opens another repository (the other side of a copy) with its own password. */
   async openOther(location: string, side: 'to' | 'from', passwordFile?: string): Promise<Repository> {
-    const backend = openBackend(location);
+    const backend = openBackend(location, this.backendOptions());
     try {
       await Repository.assertExists(backend);
     } catch (err) {

@@ -22,6 +22,10 @@ export function buildProgram(): Command {
     .option('--json', 'machine-readable output')
     .option('-q, --quiet', 'less output')
     .option('-v, --verbose', 'more output')
+    .option('--sftp-key <file>', 'sftp: repositories: private key file (or BULWARK_SFTP_KEY; a password comes from BULWARK_SFTP_PASSWORD)')
+    .option('--sftp-known-hosts <file>', 'sftp: repositories: known_hosts file the server\'s key is checked against (or BULWARK_SFTP_KNOWN_HOSTS; default ~/.ssh/known_hosts)')
+    .option('--limit-upload <size>', 'send at most this much per second to the repository, e.g. 10M')
+    .option('--limit-download <size>', 'read at most this much per second from the repository, e.g. 50M')
     .showHelpAfterError('(run with --help for usage)')
     .configureHelp({ showGlobalOptions: true })
     .addHelpText(

@@ -1,7 +1,9 @@
 import { resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { BulwarkError } from '../util/errors.js';
+import { LimitedBackend } from './limited.js';
 import { LocalBackend } from './local.js';
+import { RetryBackend } from './retry.js';
 import { openBackend } from './open.js';
 
 describe('openBackend', () => {
@@ -26,8 +28,23 @@ describe('openBackend', () => {
     expect(openBackend('LOCAL:/srv/repo').properties.location).toBe('/srv/repo');
   });
 
+  it('opens sftp:, ftp(s):// and s3: locations behind the retry policy, and a bandwidth cap over any', () => {
+    for (const [loc, where] of [
+      ['sftp:user@host:/srv/repo', 'sftp://user@host:22//srv/repo'],
+      ['ftp://user@host/repo', 'ftp://user@host'],
+      ['ftps://user@host:2121/repo', 'ftps://user@host:2121'],
+      ['s3:https://s3.example.com/bucket/prefix', 's3.example.com'],
+    ] as const) {
+      const b = openBackend(loc, { env: {} });
+      expect(b, loc).toBeInstanceOf(RetryBackend);
+      expect(b.properties.location, loc).toContain(where);
+    }
+    expect(openBackend('/srv/repo', { limits: { upload: 1e6 } })).toBeInstanceOf(LimitedBackend);
+    expect(openBackend('/srv/repo', { limits: {} })).toBeInstanceOf(LocalBackend);
+  });
+
   it('says which remote backends are not available yet', () => {
-    for (const loc of ['sftp:user@host:/srv/repo', 'ftp://host/repo', 's3:s3.amazonaws.com/bucket', 'rest:http://host:8000/', 'https://host/repo']) {
+    for (const loc of ['rest:http://host:8000/', 'https://host/repo']) {
       let err: unknown;
       try {
         openBackend(loc);

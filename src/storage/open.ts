@@ -1,29 +1,73 @@
-// Turns a repository location from the command line or environment into a backend.
+// Turns a repository location from the command line or environment into a backend (docs/backends.md).
+// Remote stores are wrapped in the retry policy (retry.ts); any store can be given a bandwidth cap
+// (limited.ts). Secrets never come from the location's text shown in messages: they come from the
+// options the CLI fills from flags and the environment.
 import { resolve } from 'node:path';
 import { BulwarkError } from '../util/errors.js';
 import type { Backend } from './backend.js';
+import { FtpBackend } from './ftp.js';
+import { LimitedBackend, type BandwidthLimits } from './limited.js';
 import { LocalBackend } from './local.js';
+import { RetryBackend, type RetryEvent } from './retry.js';
+import { S3Backend } from './s3.js';
+import { SftpBackend } from './sftp.js';
+
+export interface OpenOptions {
+  /** SFTP: private key file (--sftp-key, else BULWARK_SFTP_KEY) and known_hosts file (--sftp-known-hosts, else BULWARK_SFTP_KNOWN_HOSTS). */
+  sftpKey?: string;
+  sftpKnownHosts?: string;
+  /** Where BULWARK_SFTP_PASSWORD, BULWARK_FTP_PASSWORD, … and the AWS variables are read; default process.env. */
+  env?: NodeJS.ProcessEnv;
+  limits?: BandwidthLimits;
+  /** Told of each retry against a remote store. */
+  onRetry?: (e: RetryEvent) => void;
+}
 
 /** Remote stores on the roadmap: named now so a location meant for them fails clearly rather than becoming a local folder. */
-const PLANNED = new Set(['sftp', 'ftp', 'ftps', 's3', 'rest', 'http', 'https', 'b2', 'azure', 'gs', 'swift', 'rclone', 'smb', 'webdav']);
+const PLANNED = new Set(['rest', 'http', 'https', 'b2', 'azure', 'gs', 'swift', 'rclone', 'smb', 'webdav']);
 
-export function openBackend(location: string): Backend {
+export function openBackend(location: string, opts: OpenOptions = {}): Backend {
+  const b = openStore(location, opts);
+  return opts.limits?.upload || opts.limits?.download ? new LimitedBackend(b, opts.limits) : b;
+}
+
+function openStore(location: string, opts: OpenOptions): Backend {
   if (location.trim() === '') throw new BulwarkError('usage', 'the repository location is empty', { hint: 'give a folder path, e.g. /backup/repo' });
+  const env = opts.env ?? process.env;
   // One letter before the colon is a Windows drive (C:\repo), not a scheme.
   const scheme = /^([a-z][a-z0-9+.-]+):/i.exec(location)?.[1]?.toLowerCase();
   if (scheme === undefined) return new LocalBackend(resolve(location));
-  if (scheme === 'local') {
-    const path = location.slice(scheme.length + 1);
-    if (path === '') throw new BulwarkError('usage', `the repository location '${location}' has no path`, { hint: 'write local:/path/to/repo' });
-    return new LocalBackend(resolve(path));
+  const retrying = (b: Backend): Backend => new RetryBackend(b, opts.onRetry ? { onRetry: opts.onRetry } : {});
+  switch (scheme) {
+    case 'local': {
+      const path = location.slice(scheme.length + 1);
+      if (path === '') throw new BulwarkError('usage', `the repository location '${location}' has no path`, { hint: 'write local:/path/to/repo' });
+      return new LocalBackend(resolve(path));
+    }
+    case 'sftp': {
+      const keyFile = opts.sftpKey ?? (env['BULWARK_SFTP_KEY'] || undefined);
+      const knownHostsFile = opts.sftpKnownHosts ?? (env['BULWARK_SFTP_KNOWN_HOSTS'] || undefined);
+      const password = env['BULWARK_SFTP_PASSWORD'] || undefined;
+      return retrying(new SftpBackend(location, { ...(keyFile ? { keyFile } : {}), ...(knownHostsFile ? { knownHostsFile } : {}), ...(password ? { password } : {}) }));
+    }
+    case 'ftp':
+    case 'ftps': {
+      const password = env['BULWARK_FTP_PASSWORD'] || undefined;
+      const tlsCa = env['BULWARK_FTP_CA'] || undefined;
+      const tlsFingerprint = env['BULWARK_FTP_FINGERPRINT'] || undefined;
+      return retrying(new FtpBackend(location, { ...(password ? { password } : {}), ...(tlsCa ? { tlsCa } : {}), ...(tlsFingerprint ? { tlsFingerprint } : {}) }));
+    }
+    case 's3':
+      // Credentials: the SDK's chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws).
+      return retrying(new S3Backend(location));
   }
   if (PLANNED.has(scheme)) {
-    throw new BulwarkError('usage', `the ${scheme} backend is not available yet (location '${redact(location)}')`, { hint: 'use a local path, or a mounted file system, for now' });
+    throw new BulwarkError('usage', `the ${scheme} backend is not available yet (location '${redact(location)}')`, { hint: 'use a local path, sftp:, ftp(s)://, s3: or a mounted file system' });
   }
   // An unknown prefix is more likely a mistyped scheme than a folder named "x:…"; such a folder can
   // still be reached as ./x:… or local:x:….
   throw new BulwarkError('usage', `unknown repository location scheme '${scheme}:' in '${redact(location)}'`, {
-    hint: 'give a local path (write ./name or local:name if it contains a colon); sftp:, ftp:, s3: and rest: are planned',
+    hint: 'give a local path (write ./name or local:name if it contains a colon), sftp:user@host:/path, ftp(s)://user@host/path or s3:https://host/bucket',
   });
 }
 
