@@ -94,6 +94,37 @@ describe('sftp: repositories', () => {
     expect(await readdir(sshd.dir)).not.toContain('other');
   });
 
+  it('the server killed mid-backup and back a few seconds later: the backup retries through it and completes; check is clean', async () => {
+    const faults = `${tmp.path}/faults-src`;
+    await mkdir(faults);
+    await writeFile(`${faults}/big.bin`, randomBytes(160 * MiB));
+    const packs = async (): Promise<number> => {
+      let n = 0;
+      for (const sub of await readdir(`${sshd.dir}/repo/data`).catch(() => [])) n += (await readdir(`${sshd.dir}/repo/data/${sub}`)).filter((f) => !f.startsWith('.')).length;
+      return n;
+    };
+    const before = await packs();
+    let pid = 0;
+    const run = runCli(['backup', 'files', faults, '-v', '--json'], { env, timeoutMs: 300_000, onSpawn: (p) => (pid = p) });
+    const end = Date.now() + 120_000;
+    while ((await packs()) < before + 2) {
+      expect(Date.now(), 'the backup started sending packs').toBeLessThan(end);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(pid).toBeGreaterThan(0);
+    await sshd.kill();
+    await new Promise((r) => setTimeout(r, 3000));
+    await sshd.restart();
+    const r = await run;
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/retrying/);
+    const check = await runCli(['check', '--read-data'], { env, timeoutMs: 300_000 });
+    expect(check.code, check.stdout + check.stderr).toBe(0);
+    const out = `${tmp.path}/out-faults`;
+    expect((await runCli(['restore', 'latest', '--source', 'files', '--target', out], { env, timeoutMs: 300_000 })).code).toBe(0);
+    execFileSync('cmp', [`${faults}/big.bin`, `${out}${faults}/big.bin`]);
+  });
+
   it('copy sends a local repository\'s snapshots to the SFTP one', async () => {
     const local = { BULWARK_REPOSITORY: `${tmp.path}/local-repo`, BULWARK_PASSWORD: 'local' };
     expect((await runCli(['init'], { env: local })).code).toBe(0);
