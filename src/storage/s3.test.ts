@@ -11,7 +11,7 @@ import { startS3Server, type S3Server } from '../../test/helpers/s3server.js';
 import { BulwarkError } from '../util/errors.js';
 import { RetryBackend } from './retry.js';
 import { S3Backend, parseS3Location, type S3BackendOptions } from './s3.js';
-import { backendSuite } from './testing/suite.js';
+import { backendSuite, rejection } from './testing/suite.js';
 
 interface Relay {
   endpoint: string;
@@ -51,15 +51,6 @@ async function removePrefix(prefix: string): Promise<void> {
     await Promise.all((page.Contents ?? []).map((o) => raw.send(new DeleteObjectCommand({ Bucket: BUCKET, Key: o.Key }))));
     token = page.IsTruncated ? page.NextContinuationToken : undefined;
   } while (token !== undefined);
-}
-
-async function rejection(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected a rejection, but the call succeeded');
 }
 
 /**

@@ -11,7 +11,7 @@ import { makeKeyPair, startSshd, type Sshd } from '../../test/helpers/sshd.js';
 import { BulwarkError } from '../util/errors.js';
 import type { Handle } from './backend.js';
 import { parseSftpLocation, SftpBackend, sftpOptionsFromEnv, sshFingerprint, type SftpBackendOptions } from './sftp.js';
-import { backendSuite } from './testing/suite.js';
+import { backendSuite, rejection } from './testing/suite.js';
 
 let sshd: Sshd;
 let scratch: string;
@@ -37,15 +37,6 @@ function newRepo(): { local: string; location: string } {
 
 function backend(location: string, opts: SftpBackendOptions = {}): SftpBackend {
   return new SftpBackend(location, { keyFile: sshd.keyFile, knownHostsFile: knownHosts, ...opts });
-}
-
-async function rejection(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected a rejection, but the call succeeded');
 }
 
 function hexObject(size: number): { h: Handle; data: Buffer } {

@@ -28,7 +28,8 @@ async function listAll(b: Backend, type: FileType): Promise<FileInfo[]> {
   return out.sort((x, y) => x.name.localeCompare(y.name));
 }
 
-async function rejection(p: Promise<unknown>): Promise<unknown> {
+/** The error `p` rejects with; fails the test when it resolves. */
+export async function rejection(p: Promise<unknown>): Promise<unknown> {
   try {
     await p;
   } catch (err) {
