@@ -8,7 +8,7 @@ import { startFtpd, type Ftpd } from '../../test/helpers/ftpd.js';
 import { BulwarkError } from '../util/errors.js';
 import type { Handle } from './backend.js';
 import { FtpBackend, parseFtpLocation, type FtpBackendOptions } from './ftp.js';
-import { backendSuite } from './testing/suite.js';
+import { backendSuite, rejection } from './testing/suite.js';
 
 let plain: Ftpd;
 let secure: Ftpd;
@@ -30,15 +30,6 @@ function newRepo(d: Ftpd): { sub: string; local: string; location: string } {
 
 function backendOn(d: Ftpd, location: string, opts: FtpBackendOptions = {}): FtpBackend {
   return new FtpBackend(location, { password: d.password, ...(d.caFile === undefined ? {} : { tlsCa: d.caFile }), ...opts });
-}
-
-async function rejection(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected a rejection, but the call succeeded');
 }
 
 function hexObject(size: number): { h: Handle; data: Buffer } {

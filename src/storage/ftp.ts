@@ -7,12 +7,13 @@
 // whose state is unknown after a failure (socket error, timeout, aborted transfer gone wrong) is
 // closed and a new one is made on the next request; a clean error reply from the server keeps it.
 import { createReadStream, promises as fsp } from 'node:fs';
-import { createHash, randomBytes, X509Certificate } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { posix } from 'node:path';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import type { ConnectionOptions, PeerCertificate, TLSSocket } from 'node:tls';
-import { Client, FileType as FtpFileType, FTPError, type FTPResponse, type TaskResolver } from 'basic-ftp';
+import { Client, enterPassiveModeIPv4, enterPassiveModeIPv6, FileType as FtpFileType, FTPError, type FTPResponse, type TaskResolver, type TransferStrategy } from 'basic-ftp';
 import { BulwarkError, errnoCode, unable, type ErrorCode } from '../util/errors.js';
+import { OBJECT_NAME, objectPath } from './layout.js';
 import { FILE_TYPES, OBJECT_WORDS, isFileSource, saveSize, type Backend, type BackendProperties, type FileInfo, type FileType, type Handle, type SaveData } from './backend.js';
 
 export interface FtpLocation {
@@ -47,7 +48,6 @@ interface Pooled {
   spoiled: boolean;
 }
 
-const NAME = /^[0-9a-f]{64}$/;
 const TEMP_PREFIX = '.tmp-';
 const DATA_SUBDIRS = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
 const LAYOUT_DIRS: readonly string[] = FILE_TYPES.filter((t) => t !== 'config');
@@ -472,8 +472,8 @@ export class FtpBackend implements Backend {
         await client.useTLS(await this.tlsOptions());
         const sock = client.ftp.socket;
         if ('getPeerCertificate' in sock) this.checkPin(sock);
-        if (this.pin !== undefined) this.pinDataConnections(client);
       }
+      client.prepareTransfer = this.passive();
       await client.sendIgnoringError('OPTS UTF8 ON');
       await client.login(this.loc.user, this.password);
       await client.useDefaultSettings();
@@ -485,36 +485,43 @@ export class FtpBackend implements Backend {
     }
   }
 
-  /** Without a CA, each data connection's certificate is checked against the pin as it connects. */
-  private pinDataConnections(client: Client): void {
-    const prepare = client.prepareTransfer;
-    client.prepareTransfer = async (ftp) => {
-      const res = await prepare(ftp);
-      const sock = ftp.dataSocket;
-      if (sock !== undefined && 'getPeerCertificate' in sock) {
-        sock.once('secureConnect', () => {
-          try {
-            this.checkPin(sock);
-          } catch (err) {
-            ftp.closeWithError(err instanceof Error ? err : new Error(String(err)));
+  /**
+   * Passive mode (EPSV, else PASV), chosen here rather than by basic-ftp: its own chooser replaces
+   * itself once a mode works, and this one must stay, because with a pin (and no CA to check the chain)
+   * each new data connection's certificate is checked against the pin as its handshake completes,
+   * before the transfer command's first byte goes through it.
+   */
+  private passive(): TransferStrategy {
+    let modes: TransferStrategy[] = [enterPassiveModeIPv6, enterPassiveModeIPv4];
+    return async (ftp) => {
+      let last: unknown;
+      for (const mode of modes) {
+        try {
+          const res = await mode(ftp);
+          modes = [mode];
+          const sock = ftp.dataSocket;
+          if (this.pin !== undefined && sock !== undefined && 'getPeerCertificate' in sock) {
+            sock.once('secureConnect', () => {
+              try {
+                this.checkPin(sock);
+              } catch (err) {
+                ftp.closeWithError(err instanceof Error ? err : new Error(String(err)));
+              }
+            });
           }
-        });
+          return res;
+        } catch (err) {
+          // A server may answer EPSV wrongly; a closed connection will not get better with PASV.
+          if (ftp.closed) throw err;
+          last = err;
+        }
       }
-      return res;
+      throw last instanceof Error ? last : new Error(`no passive mode works: ${String(last)}`);
     };
   }
 
-  /** The only way a handle becomes a path; strict, so no name can reach outside the repository. */
   private pathOf(h: Handle): { dir: string; path: string } {
-    if (!FILE_TYPES.includes(h.type)) throw new Error(`invalid file type '${String(h.type)}'`);
-    if (typeof h.name !== 'string') throw new Error(`invalid object name for ${h.type}`);
-    if (h.type === 'config') {
-      if (h.name !== '') throw new Error(`invalid name '${h.name}' for config (it has none)`);
-      return { dir: this.root, path: posix.join(this.root, 'config') };
-    }
-    if (!NAME.test(h.name)) throw new Error(`invalid ${h.type} name '${h.name}' (want 64 lowercase hex characters)`);
-    const dir = h.type === 'data' ? posix.join(this.root, 'data', h.name.slice(0, 2)) : posix.join(this.root, h.type);
-    return { dir, path: posix.join(dir, h.name) };
+    return objectPath(this.root, h);
   }
 
   async create(): Promise<void> {
@@ -712,7 +719,7 @@ export class FtpBackend implements Backend {
       this.pool
         .run((c) => c.list(dir))
         .then(
-          (entries) => entries.filter((e) => e.type === FtpFileType.File && NAME.test(e.name) && e.name.startsWith(prefix)).map((e) => ({ name: e.name, size: e.size })),
+          (entries) => entries.filter((e) => e.type === FtpFileType.File && OBJECT_NAME.test(e.name) && e.name.startsWith(prefix)).map((e) => ({ name: e.name, size: e.size })),
           (err: unknown) => {
             // No such folder holds no objects.
             if (err instanceof FTPError && err.code === 550) return [];
@@ -767,9 +774,4 @@ export class FtpBackend implements Backend {
 
 function corrupt(object: string, path: string, existing: number, size: number): BulwarkError {
   return new BulwarkError('repository-corrupt', `${object} '${path}' exists with ${existing} bytes, not ${size}`, { hint: "run 'bulwark check'" });
-}
-
-/** The SHA-256 fingerprint of a PEM certificate, as tlsFingerprint takes it (for messages and tests). */
-export function certificateFingerprint(pem: string | Buffer): string {
-  return new X509Certificate(pem).fingerprint256.replace(/:/g, '').toLowerCase();
 }

@@ -11,6 +11,7 @@ import { posix } from 'node:path';
 import ssh2 from 'ssh2';
 import type { Algorithms, ConnectConfig, FileEntryWithStats, SFTPWrapper, Stats } from 'ssh2';
 import { BulwarkError, errnoCode, unable, type ErrorCode } from '../util/errors.js';
+import { OBJECT_NAME, objectPath } from './layout.js';
 import { FILE_TYPES, OBJECT_WORDS, isFileSource, saveSize, type Backend, type BackendProperties, type FileInfo, type FileType, type Handle, type SaveData } from './backend.js';
 
 export interface SftpLocation {
@@ -62,7 +63,6 @@ const TRANSIENT_STATUS = new Set<number>([FX.NO_CONNECTION, FX.CONNECTION_LOST])
 const TRANSIENT_CODES = new Set<ErrorCode>(['io', 'timeout', 'protocol']);
 const LOCAL_PERMANENT_ERRNO = new Set(['ENOENT', 'EACCES', 'EPERM', 'EISDIR', 'ENOTDIR', 'ELOOP']);
 
-const NAME = /^[0-9a-f]{64}$/;
 const TEMP_PREFIX = '.tmp-';
 const DIR_MODE = 0o700;
 const FILE_MODE = 0o444;
@@ -353,17 +353,8 @@ export class SftpBackend implements Backend {
     return `${hostForUrl(this.loc.host)}:${this.loc.port}`;
   }
 
-  /** The only way a handle becomes a path: strict, so no name can reach outside the repository. */
   private pathOf(h: Handle): { dir: string; path: string } {
-    if (!FILE_TYPES.includes(h.type)) throw new Error(`invalid file type '${String(h.type)}'`);
-    if (typeof h.name !== 'string') throw new Error(`invalid object name for ${h.type}`);
-    if (h.type === 'config') {
-      if (h.name !== '') throw new Error(`invalid name '${h.name}' for config (it has none)`);
-      return { dir: this.root, path: posix.join(this.root, 'config') };
-    }
-    if (!NAME.test(h.name)) throw new Error(`invalid ${h.type} name '${h.name}' (want 64 lowercase hex characters)`);
-    const dir = h.type === 'data' ? posix.join(this.root, 'data', h.name.slice(0, 2)) : posix.join(this.root, h.type);
-    return { dir, path: posix.join(dir, h.name) };
+    return objectPath(this.root, h);
   }
 
   // --- connection -------------------------------------------------------------------------------
@@ -823,7 +814,7 @@ export class SftpBackend implements Backend {
         // Only names load() would find: not temp files, strangers, objects in the wrong subfolder, or
         // anything that is not a regular file (the server's readdir reports lstat attributes).
         const entries = (await this.readDir(s, dir)) ?? [];
-        return entries.filter((e) => NAME.test(e.filename) && e.filename.startsWith(prefix) && e.attrs.isFile()).map((e) => ({ name: e.filename, size: e.attrs.size }));
+        return entries.filter((e) => OBJECT_NAME.test(e.filename) && e.filename.startsWith(prefix) && e.attrs.isFile()).map((e) => ({ name: e.filename, size: e.attrs.size }));
       });
     const ahead: Promise<FileInfo[]>[] = [];
     let next = 0;

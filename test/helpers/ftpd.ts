@@ -3,13 +3,13 @@
 // here, and no system FTP server is touched: stop() ends only the daemon this helper started and the
 // per-session processes it forked.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes, X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import net from 'node:net';
+import { chmod, chown, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { answers, descendantsOf, freePort, setRandomPassword } from './daemon.js';
 
 export interface FtpdOptions {
   /** Explicit FTPS (AUTH TLS) with a fresh self-signed certificate; logins and data must then use TLS. */
@@ -44,32 +44,6 @@ export const FTP_TEST_USER = 'bulwarkftp';
 const READY_TIMEOUT_MS = 15_000;
 const PASV_PORTS = 200;
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-/** True once something on the port greets like an FTP server ("220 …"). */
-function greetsFtp(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.createConnection({ host: '127.0.0.1', port });
-    const done = (ok: boolean) => {
-      s.destroy();
-      resolve(ok);
-    };
-    s.setTimeout(2_000, () => done(false));
-    s.once('data', (d: Buffer) => done(d.toString('latin1').startsWith('220')));
-    s.once('error', () => done(false));
-  });
-}
-
 /**
  * The system user vsftpd logs in through PAM (/etc/shadow). Made once, with a shell PAM's pam_shells
  * accepts and a home that outlives every daemon of this process (vsftpd enters it before local_root
@@ -96,41 +70,9 @@ async function makeTestUser(): Promise<string> {
   );
   if (current === undefined) await run('useradd', ['--system', '--home-dir', home, '--shell', '/bin/sh', FTP_TEST_USER]);
   else if (current.split(':')[5] !== home) await run('usermod', ['--home', home, FTP_TEST_USER]);
-  const password = randomBytes(12).toString('base64url');
-  await new Promise<void>((resolve, reject) => {
-    const p = spawn('chpasswd', [], { stdio: ['pipe', 'ignore', 'pipe'] });
-    let err = '';
-    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    p.once('error', reject);
-    p.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`chpasswd failed: ${err}`))));
-    p.stdin.end(`${FTP_TEST_USER}:${password}\n`);
-  });
-  return password;
+  return setRandomPassword(FTP_TEST_USER);
 }
 
-/**
- * All descendants of a process, from one parallel pass over /proc: vsftpd forks two processes per
- * session, and a slow scan would let a transfer finish before the "crash" reaches it.
- */
-async function descendantsOf(pid: number): Promise<number[]> {
-  const entries = (await readdir('/proc').catch(() => [] as string[])).filter((e) => /^\d+$/.test(e));
-  const parents = new Map<number, number[]>();
-  await Promise.all(
-    entries.map(async (entry) => {
-      const stat = await readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
-      // The command name may hold spaces and parentheses; the fields after its last ')' are fixed.
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      parents.set(ppid, [...(parents.get(ppid) ?? []), Number(entry)]);
-    }),
-  );
-  const all: number[] = [];
-  for (let queue = [pid]; queue.length > 0; ) {
-    const kids = parents.get(queue.shift()!) ?? [];
-    all.push(...kids);
-    queue.push(...kids);
-  }
-  return all;
-}
 
 /** Starts a vsftpd for the tests; `stop()` when done. Throws if vsftpd is missing or we are not root. */
 export async function startFtpd(opts: FtpdOptions = {}): Promise<Ftpd> {
@@ -242,7 +184,7 @@ export async function startFtpd(opts: FtpdOptions = {}): Promise<Ftpd> {
     p.once('exit', (code, signal) => (exited = `exited with ${signal ?? code}`));
     p.once('error', (err) => (exited = err.message));
     const end = Date.now() + READY_TIMEOUT_MS;
-    while (!(await greetsFtp(port))) {
+    while (!(await answers(port, '220'))) {
       if (exited !== undefined) throw new Error(`vsftpd ${exited} before answering: ${output.trim()}`);
       if (Date.now() > end) {
         p.kill('SIGKILL');

@@ -12,10 +12,10 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { answers, freePort } from './daemon.js';
 
 export interface S3Server {
   /** http://127.0.0.1:<port>, for path-style requests. */
@@ -42,16 +42,6 @@ const ACCESS_KEY = 'test:tester';
 const SECRET = 'testing';
 
 /** A port the kernel just handed out and released; the window for someone else to take it is tiny. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === 'object' && addr !== null ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
-}
 
 function serverConf(dir: string, port: number, app: 'account' | 'container' | 'object'): string {
   return `[DEFAULT]
@@ -147,16 +137,6 @@ async function buildRing(dir: string, kind: 'account' | 'container' | 'object', 
   });
 }
 
-function listening(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.createConnection({ host: '127.0.0.1', port });
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
 
 /** The proxy's /healthcheck: answers once the proxy has loaded its whole pipeline. */
 async function healthy(port: number): Promise<boolean> {
@@ -234,7 +214,7 @@ export async function startS3Server(): Promise<S3Server> {
     await start('memcached', 'memcached', ['-u', 'root', '-l', '127.0.0.1', '-p', String(memcachePort), '-U', '0', '-m', '64']);
     for (const kind of ['account', 'container', 'object']) await start(`${kind}-server`, PYTHON, [`/usr/bin/swift-${kind}-server`, join(dir, `${kind}-server.conf`)]);
     const proxy = await start('proxy-server', PYTHON, ['/usr/bin/swift-proxy-server', join(dir, 'proxy-server.conf')]);
-    await waitFor('the storage servers', daemons, async () => (await Promise.all([memcachePort, accountPort, containerPort, objectPort].map(listening))).every(Boolean));
+    await waitFor('the storage servers', daemons, async () => (await Promise.all([memcachePort, accountPort, containerPort, objectPort].map((p) => answers(p)))).every(Boolean));
     await waitFor('the proxy', daemons, () => healthy(proxyPort));
     return {
       endpoint: `http://127.0.0.1:${proxyPort}`,

@@ -3,13 +3,12 @@
 // no system sshd is touched: stop() ends only the daemon this helper started and the per-connection
 // processes it forked.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import net from 'node:net';
+import { chmod, chown, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { answers, descendantsOf, freePort, setRandomPassword } from './daemon.js';
 
 export interface Sshd {
   port: number;
@@ -41,31 +40,6 @@ export async function makeKeyPair(path: string, type: 'ed25519' | 'ecdsa' | 'rsa
   return path;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-/** True once something on the port speaks SSH (sends its "SSH-2.0-" banner). */
-function speaksSsh(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.createConnection({ host: '127.0.0.1', port });
-    const done = (ok: boolean) => {
-      s.destroy();
-      resolve(ok);
-    };
-    s.setTimeout(2_000, () => done(false));
-    s.once('data', (d: Buffer) => done(d.toString('latin1').startsWith('SSH-')));
-    s.once('error', () => done(false));
-  });
-}
 
 /**
  * A system user for password login (sshd with UsePAM no checks /etc/shadow). Made once; its password is
@@ -81,16 +55,7 @@ async function ensureTestUser(home: string): Promise<{ user: string; password: s
     // nologin: the account exists for SFTP (internal-sftp runs no shell), never for a shell.
     await run('useradd', ['--system', '--home-dir', home, '--shell', '/usr/sbin/nologin', TEST_USER]);
   }
-  const password = randomBytes(12).toString('base64url');
-  await new Promise<void>((resolve, reject) => {
-    const p = spawn('chpasswd', [], { stdio: ['pipe', 'ignore', 'pipe'] });
-    let err = '';
-    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    p.once('error', reject);
-    p.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`chpasswd failed: ${err}`))));
-    p.stdin.end(`${TEST_USER}:${password}\n`);
-  });
-  return { user: TEST_USER, password };
+  return { user: TEST_USER, password: await setRandomPassword(TEST_USER) };
 }
 
 async function uidGid(user: string): Promise<{ uid: number; gid: number }> {
@@ -99,28 +64,6 @@ async function uidGid(user: string): Promise<{ uid: number; gid: number }> {
   return { uid, gid };
 }
 
-/** Direct children of a process, from /proc (sshd forks one process per connection). */
-async function childrenOf(pid: number): Promise<number[]> {
-  const out: number[] = [];
-  for (const entry of await readdir('/proc').catch(() => [] as string[])) {
-    if (!/^\d+$/.test(entry)) continue;
-    const stat = await readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
-    // The command name may hold spaces and parentheses; the fields after its last ')' are fixed.
-    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-    if (ppid === pid) out.push(Number(entry));
-  }
-  return out;
-}
-
-async function descendantsOf(pid: number): Promise<number[]> {
-  const all: number[] = [];
-  for (let queue = [pid]; queue.length > 0; ) {
-    const kids = await childrenOf(queue.shift()!);
-    all.push(...kids);
-    queue.push(...kids);
-  }
-  return all;
-}
 
 /** Starts an sshd for the tests; `stop()` when done. Throws if openssh-server is missing. */
 export async function startSshd(): Promise<Sshd> {
@@ -188,7 +131,7 @@ export async function startSshd(): Promise<Sshd> {
     p.once('exit', (code, signal) => (exited = `exited with ${signal ?? code}`));
     p.once('error', (err) => (exited = err.message));
     const end = Date.now() + READY_TIMEOUT_MS;
-    while (!(await speaksSsh(port))) {
+    while (!(await answers(port, 'SSH-'))) {
       if (exited !== undefined) throw new Error(`sshd ${exited} before answering: ${log.trim()}`);
       if (Date.now() > end) {
         p.kill('SIGKILL');
