@@ -10,7 +10,8 @@ set -euo pipefail
 # xfsprogs/mtools/ntfs-3g/lvm2/gdisk/fdisk: file systems, volumes and partition tables made by their own
 # tools for the file system readers (filesystems/), populated without mounting (protofile, mcopy, ntfscp).
 # openssh-server, vsftpd, openssl, swift-* + memcached (+ keystonemiddleware, which Swift's S3 API imports):
-# the real servers the off-site backends are tested against (test/helpers/sshd.ts, ftpd.ts, s3server.ts).
+# the real servers the off-site backends are tested against (test/helpers/sshd.ts, ftpd.ts, s3server.ts);
+# rclone: a real WebDAV client for serve-files.
 packages=(
   qemu-system-x86 qemu-utils
   cpio busybox-static xz-utils
@@ -20,7 +21,7 @@ packages=(
   time
   libvirt-daemon-system libvirt-clients
   xfsprogs mtools ntfs-3g lvm2 gdisk fdisk
-  openssh-server vsftpd openssl
+  openssh-server vsftpd openssl rclone
   swift swift-proxy swift-account swift-container swift-object memcached python3-keystonemiddleware
 )
 

@@ -9,6 +9,7 @@ import { register as registerInspect } from './commands/inspect.js';
 import { register as registerRepo } from './commands/repo.js';
 import { register as registerRestore } from './commands/restore.js';
 import { register as registerVerifyBoot } from './commands/verify-boot.js';
+import { register as registerServeFiles } from './commands/serve-files.js';
 import { register as registerVm } from './commands/vm.js';
 import { Context } from './context.js';
 import { EXIT, exitCodeFor } from './exit-codes.js';
@@ -41,6 +42,7 @@ export function buildProgram(): Command {
   registerExport(program);
   registerVm(program);
   registerVerifyBoot(program);
+  registerServeFiles(program);
   const applyExit = (cmd: Command): void => {
     cmd.exitOverride();
     cmd.commands.forEach(applyExit);

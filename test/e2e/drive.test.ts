@@ -1,0 +1,101 @@
+// Restore points as a drive: `serve-files --webdav` read by real clients (rclone's WebDAV backend and
+// curl), compared with what `restore` gives for the same snapshot; the disk of a disk snapshot read at
+// random offsets against the original image; a wrong login refused.
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { jsonResult, runCli, startCli, type RunningCli } from '../helpers/cli.js';
+import { tempDir } from '../helpers/repo.js';
+
+const MiB = 1024 * 1024;
+const PASSWORD = 'drive-login-secret';
+let tmp: { path: string; cleanup(): Promise<void> };
+let env: Record<string, string>;
+let src: string;
+let disk: string;
+let fileSnap: string;
+let diskSnap: string;
+let server: RunningCli<{ webdav: string; user: string }> | undefined;
+
+function stamp(s: { id: string; time: string }): string {
+  return `${s.time.slice(0, 19).replace('T', '_').replace(/:/g, '-')}_${s.id.slice(0, 8)}`;
+}
+
+function curl(url: string, ...extra: string[]): Buffer {
+  return execFileSync('curl', ['-sS', '--fail', '-u', `restore:${PASSWORD}`, ...extra, url], { maxBuffer: 512 * MiB });
+}
+
+beforeAll(async () => {
+  tmp = await tempDir('bw-drive-');
+  env = { BULWARK_REPOSITORY: `${tmp.path}/repo`, BULWARK_PASSWORD: 'drive', BULWARK_SERVE_PASSWORD: PASSWORD };
+  expect((await runCli(['init'], { env })).code).toBe(0);
+  src = `${tmp.path}/src`;
+  await mkdir(`${src}/etc/nginx`, { recursive: true });
+  await mkdir(`${src}/data/déjà vu`, { recursive: true });
+  await writeFile(`${src}/etc/nginx/nginx.conf`, 'worker_processes auto;\n');
+  await writeFile(`${src}/data/déjà vu/naïve.txt`, 'non-ASCII\n');
+  await writeFile(`${src}/data/big.bin`, randomBytes(20 * MiB + 123));
+  for (let i = 0; i < 50; i++) await writeFile(`${src}/data/small-${i}.txt`, `file ${i}\n`.repeat(i + 1));
+  const b = await runCli(['backup', 'files', src, '--json'], { env });
+  expect(b.code, b.stderr).toBe(0);
+  fileSnap = jsonResult<{ snapshot: string }>(b).snapshot;
+  // A disk: ext4 made by mke2fs -d from the same tree.
+  disk = `${tmp.path}/web01.img`;
+  execFileSync('mkfs.ext4', ['-q', '-F', '-d', `${src}/etc`, disk, '64M']);
+  const d = await runCli(['backup', 'disk', disk, '--json'], { env });
+  expect(d.code, d.stderr).toBe(0);
+  diskSnap = jsonResult<{ snapshots: { snapshot: string }[] }>(d).snapshots[0]!.snapshot;
+  server = await startCli(['serve-files', '--webdav', '127.0.0.1:0'], { env });
+}, 300_000);
+
+afterAll(async () => {
+  await server?.stop();
+  await tmp?.cleanup();
+});
+
+async function folderOf(id: string): Promise<string> {
+  const all = jsonResult<{ id: string; time: string }[]>(await runCli(['snapshots', '--json'], { env }));
+  return stamp(all.find((s) => s.id === id)!);
+}
+
+describe('restore points over WebDAV', () => {
+  it('rclone copies a file snapshot out of the drive; it is what restore gives', async () => {
+    const url = server!.ready.webdav;
+    const folder = await folderOf(fileSnap);
+    const pass = execFileSync('rclone', ['obscure', PASSWORD]).toString().trim();
+    const out = `${tmp.path}/rclone`;
+    execFileSync('rclone', ['copy', `:webdav:snapshots/${folder}${src}`, out, '--webdav-url', url, '--webdav-user', 'restore', '--webdav-pass', pass, '--config', '/dev/null'], { stdio: 'pipe' });
+    const restored = `${tmp.path}/restored`;
+    expect((await runCli(['restore', fileSnap, '--target', restored], { env })).code).toBe(0);
+    execFileSync('diff', ['-r', out, `${restored}${src}`]);
+    const listed = execFileSync('rclone', ['lsf', '-R', `:webdav:snapshots/${folder}${src}/data`, '--webdav-url', url, '--webdav-user', 'restore', '--webdav-pass', pass, '--config', '/dev/null']).toString();
+    expect(listed).toContain('déjà vu/naïve.txt');
+  });
+
+  it('curl reads ranges of a file and of a disk image, byte for byte; files inside the disk too', async () => {
+    const url = server!.ready.webdav;
+    const big = await readFile(`${src}/data/big.bin`);
+    const fileFolder = encodeURIComponent(await folderOf(fileSnap));
+    const at = 7 * MiB + 4095;
+    const part = curl(`${url}snapshots/${fileFolder}${src}/data/big.bin`, '-r', `${at}-${at + 3 * MiB}`);
+    expect(part.equals(big.subarray(at, at + 3 * MiB + 1))).toBe(true);
+    const image = await readFile(disk);
+    const diskFolder = encodeURIComponent(await folderOf(diskSnap));
+    for (const off of [0, 1024, 5 * MiB + 17, 64 * MiB - 100]) {
+      const got = curl(`${url}snapshots/${diskFolder}/web01.raw`, '-r', `${off}-${off + 99}`);
+      expect(got.equals(image.subarray(off, off + 100)), `offset ${off}`).toBe(true);
+    }
+    expect(curl(`${url}snapshots/${diskFolder}/web01/fs/nginx/nginx.conf`).toString()).toBe('worker_processes auto;\n');
+  });
+
+  it('refuses a wrong login and every write', async () => {
+    const url = server!.ready.webdav;
+    const code = (...args: string[]): string => execFileSync('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', ...args]).toString();
+    expect(code('-u', 'restore:wrong', `${url}snapshots/`)).toBe('401');
+    expect(code(`${url}snapshots/`)).toBe('401');
+    expect(code('-u', `restore:${PASSWORD}`, '-X', 'PUT', '--data', 'x', `${url}snapshots/new.txt`)).toBe('405');
+    expect(code('-u', `restore:${PASSWORD}`, '-X', 'DELETE', `${url}snapshots/`)).toBe('405');
+    expect(code('-u', `restore:${PASSWORD}`, `${url}snapshots/..%2f..%2fetc/passwd`)).toMatch(/^(400|404)$/);
+  });
+});
