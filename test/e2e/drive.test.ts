@@ -16,7 +16,8 @@ let src: string;
 let disk: string;
 let fileSnap: string;
 let diskSnap: string;
-let server: RunningCli<{ webdav: string; user: string }> | undefined;
+let server: RunningCli<{ webdav: string; ftp: string; user: string }> | undefined;
+let ftps: RunningCli<{ ftp: string; user: string }> | undefined;
 
 function stamp(s: { id: string; time: string }): string {
   return `${s.time.slice(0, 19).replace('T', '_').replace(/:/g, '-')}_${s.id.slice(0, 8)}`;
@@ -46,11 +47,16 @@ beforeAll(async () => {
   const d = await runCli(['backup', 'disk', disk, '--json'], { env });
   expect(d.code, d.stderr).toBe(0);
   diskSnap = jsonResult<{ snapshots: { snapshot: string }[] }>(d).snapshots[0]!.snapshot;
-  server = await startCli(['serve-files', '--webdav', '127.0.0.1:0'], { env });
+  server = await startCli(['serve-files', '--webdav', '127.0.0.1:0', '--ftp', '127.0.0.1:0'], { env });
+  const cert = `${tmp.path}/cert.pem`;
+  const key = `${tmp.path}/key.pem`;
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', key, '-out', cert], { stdio: 'pipe' });
+  ftps = await startCli(['serve-files', '--ftp', '127.0.0.1:0', '--tls-cert', cert, '--tls-key', key], { env });
 }, 300_000);
 
 afterAll(async () => {
   await server?.stop();
+  await ftps?.stop();
   await tmp?.cleanup();
 });
 
@@ -97,5 +103,47 @@ describe('restore points over WebDAV', () => {
     expect(code('-u', `restore:${PASSWORD}`, '-X', 'PUT', '--data', 'x', `${url}snapshots/new.txt`)).toBe('405');
     expect(code('-u', `restore:${PASSWORD}`, '-X', 'DELETE', `${url}snapshots/`)).toBe('405');
     expect(code('-u', `restore:${PASSWORD}`, `${url}snapshots/..%2f..%2fetc/passwd`)).toMatch(/^(400|404)$/);
+  });
+});
+
+describe('restore points over FTP(S)', () => {
+  it('curl lists and fetches over FTP what restore gives, resumes mid-file, and is refused writes and a wrong login', async () => {
+    const url = server!.ready.ftp;
+    const folder = await folderOf(fileSnap);
+    const base = `${url}snapshots/${encodeURIComponent(folder)}${src}`;
+    const names = execFileSync('curl', ['-sS', '-u', `restore:${PASSWORD}`, '--list-only', `${base}/data/`]).toString().split(/\r?\n/).filter(Boolean);
+    expect(names).toContain('big.bin');
+    expect(names).toContain('déjà vu');
+    const big = await readFile(`${src}/data/big.bin`);
+    expect(curl(`${base}/data/big.bin`).equals(big)).toBe(true);
+    // REST: from an offset to the end.
+    expect(curl(`${base}/data/big.bin`, '-C', String(5 * MiB + 1)).equals(big.subarray(5 * MiB + 1))).toBe(true);
+    expect(curl(`${base}/data/${encodeURIComponent('déjà vu')}/${encodeURIComponent('naïve.txt')}`).toString()).toBe('non-ASCII\n');
+    const denied = (...args: string[]): number => {
+      try {
+        execFileSync('curl', ['-sS', ...args], { stdio: 'pipe' });
+        return 0;
+      } catch (err) {
+        return (err as { status: number }).status;
+      }
+    };
+    // curl's exit codes: 67 login denied, 25 upload refused.
+    expect(denied('-u', 'restore:wrong', `${url}snapshots/`)).toBe(67);
+    expect(denied('-u', `restore:${PASSWORD}`, '-T', `${src}/etc/nginx/nginx.conf`, `${url}snapshots/x.conf`)).toBe(25);
+  });
+
+  it('FTPS: the login and the data go over TLS, and plain logins are refused', async () => {
+    const url = ftps!.ready.ftp.replace('ftps://', 'ftp://');
+    const folder = encodeURIComponent(await folderOf(diskSnap));
+    const image = await readFile(disk);
+    const got = execFileSync('curl', ['-sS', '--fail', '--ssl-reqd', '-k', '-u', `restore:${PASSWORD}`, `${url}snapshots/${folder}/web01.raw`], { maxBuffer: 128 * MiB });
+    expect(got.equals(image)).toBe(true);
+    let status = 0;
+    try {
+      execFileSync('curl', ['-sS', '-u', `restore:${PASSWORD}`, `${url}snapshots/`], { stdio: 'pipe' });
+    } catch (err) {
+      status = (err as { status: number }).status;
+    }
+    expect(status).not.toBe(0);
   });
 });

@@ -1,9 +1,10 @@
 // serve-files: the backup host's built-in file server for restores — every restore point, read-only,
-// over WebDAV (server/webdav.ts) until stopped.
+// over WebDAV (server/webdav.ts) and FTP(S) (server/ftp-view.ts) until stopped.
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { Lock } from '../../repository/lock.js';
 import { RestorePointDrive } from '../../restore/drive.js';
+import { startFtpView } from '../../server/ftp-view.js';
 import { startWebDav } from '../../server/webdav.js';
 import { BulwarkError } from '../../util/errors.js';
 import { Context } from '../context.js';
@@ -17,14 +18,21 @@ function hostPort(spec: string): { host: string; port: number } {
 export function register(program: Command): void {
   program
     .command('serve-files')
-    .description('serve every restore point read-only over WebDAV (map it as a network drive) until stopped: snapshots/<time>_<id>/… as in mount')
-    .requiredOption('--webdav <[host:]port>', 'listen here (host defaults to 127.0.0.1: nothing beyond this host unless told)')
+    .description('serve every restore point read-only over WebDAV (map it as a network drive) and FTP(S) until stopped: snapshots/<time>_<id>/… (docs/drive.md)')
+    .option('--webdav <[host:]port>', 'WebDAV: listen here (host defaults to 127.0.0.1: nothing beyond this host unless told)')
+    .option('--ftp <[host:]port>', 'FTP: listen here (host defaults to 127.0.0.1); explicit TLS with --tls-cert and --tls-key, then required')
+    .option('--tls-cert <file>', 'PEM certificate for FTPS')
+    .option('--tls-key <file>', 'PEM key for FTPS')
     .option('--user <name>', 'the login clients give', 'restore')
     .option('--serve-password-file <file>', 'file holding the login\'s password (or BULWARK_SERVE_PASSWORD)')
     .addHelpText('after', '\nExamples:\n  BULWARK_SERVE_PASSWORD=… bulwark serve-files --webdav 127.0.0.1:8080\n  rclone copy :webdav:snapshots/2026-11-28_09-16-38_1a2b3c4d/etc /tmp/etc --webdav-url http://127.0.0.1:8080 --webdav-user restore --webdav-pass "$(rclone obscure …)"')
-    .action(async (o: { webdav: string; user: string; servePasswordFile?: string }, cmd: Command) => {
+    .action(async (o: { webdav?: string; ftp?: string; tlsCert?: string; tlsKey?: string; user: string; servePasswordFile?: string }, cmd: Command) => {
       const ctx = Context.from(cmd);
-      const listen = hostPort(o.webdav);
+      if (!o.webdav && !o.ftp) throw new BulwarkError('usage', 'serve-files needs --webdav, --ftp or both', { hint: 'e.g. --webdav 127.0.0.1:8080 --ftp 127.0.0.1:2121' });
+      if (!o.tlsCert !== !o.tlsKey) throw new BulwarkError('usage', '--tls-cert and --tls-key go together');
+      const dav = o.webdav ? hostPort(o.webdav) : undefined;
+      const ftp = o.ftp ? hostPort(o.ftp) : undefined;
+      const tlsFiles = o.tlsCert && o.tlsKey ? { cert: await readFile(o.tlsCert), key: await readFile(o.tlsKey) } : undefined;
       const password = o.servePasswordFile ? (await readFile(o.servePasswordFile, 'utf8')).replace(/\r?\n$/, '') : process.env['BULWARK_SERVE_PASSWORD'];
       if (!password) throw new BulwarkError('usage', 'serve-files needs a password for its login', { hint: 'set BULWARK_SERVE_PASSWORD or give --serve-password-file' });
       await ctx.withRepo(async (repo) => {
@@ -32,15 +40,23 @@ export function register(program: Command): void {
         const lock = await Lock.acquire(repo, false, 'serve-files');
         try {
           await repo.loadIndex();
-          const dav = await startWebDav(new RestorePointDrive(repo), { ...listen, user: o.user, password, ...(ctx.opts.verbose ? { log: (l: string) => ctx.warn(l) } : {}) });
+          const drive = new RestorePointDrive(repo);
+          const log = ctx.opts.verbose ? { log: (l: string) => ctx.warn(l) } : {};
+          const web = dav ? await startWebDav(drive, { ...dav, user: o.user, password, ...log }) : undefined;
+          const files = ftp ? await startFtpView(drive, { ...ftp, user: o.user, password, ...(tlsFiles ? { tls: tlsFiles } : {}), ...log }).catch(async (err: unknown) => {
+            await web?.close();
+            throw err;
+          }) : undefined;
           try {
-            ctx.print({ webdav: dav.url, user: o.user }, (r) => `restore points served read-only over WebDAV at ${r.webdav} (login ${r.user}; Ctrl-C to stop)`);
+            const ftpUrl = files && ftp ? `${tlsFiles ? 'ftps' : 'ftp'}://${ftp.host.includes(':') ? `[${ftp.host}]` : ftp.host}:${files.port}/` : undefined;
+            ctx.print({ ...(web ? { webdav: web.url } : {}), ...(ftpUrl ? { ftp: ftpUrl } : {}), user: o.user }, (r) => `restore points served read-only at ${[r.webdav, r.ftp].filter(Boolean).join(' and ')} (login ${r.user}; Ctrl-C to stop)`);
             await new Promise<void>((resolve) => {
               process.once('SIGINT', resolve);
               process.once('SIGTERM', resolve);
             });
           } finally {
-            await dav.close();
+            await web?.close();
+            await files?.close();
           }
         } finally {
           await lock.release();
