@@ -10,6 +10,7 @@ import { register as registerRepo } from './commands/repo.js';
 import { register as registerRestore } from './commands/restore.js';
 import { register as registerVerifyBoot } from './commands/verify-boot.js';
 import { register as registerServeFiles } from './commands/serve-files.js';
+import { register as registerMount } from './commands/mount.js';
 import { register as registerVm } from './commands/vm.js';
 import { Context } from './context.js';
 import { EXIT, exitCodeFor } from './exit-codes.js';
@@ -43,6 +44,7 @@ export function buildProgram(): Command {
   registerVm(program);
   registerVerifyBoot(program);
   registerServeFiles(program);
+  registerMount(program);
   const applyExit = (cmd: Command): void => {
     cmd.exitOverride();
     cmd.commands.forEach(applyExit);

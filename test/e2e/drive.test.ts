@@ -147,3 +147,43 @@ describe('restore points over FTP(S)', () => {
     expect(status).not.toBe(0);
   });
 });
+
+describe('restore points as a FUSE mount', () => {
+  it('ls, cat and cp through the mount give what restore gives; random reads of a disk image match the original; unmounted on Ctrl-C', async () => {
+    const at = `${tmp.path}/mnt`;
+    await mkdir(at);
+    const m = await startCli<{ mountpoint: string }>(['mount', at], { env });
+    try {
+      expect(m.ready.mountpoint).toBe(at);
+      const folders = execFileSync('ls', [`${at}/snapshots`]).toString().split('\n').filter(Boolean);
+      expect(folders).toEqual(expect.arrayContaining([await folderOf(fileSnap), await folderOf(diskSnap)]));
+      const files = `${at}/snapshots/${await folderOf(fileSnap)}${src}`;
+      const restored = `${tmp.path}/restored-for-mount`;
+      expect((await runCli(['restore', fileSnap, '--target', restored], { env })).code).toBe(0);
+      const copied = `${tmp.path}/cp-from-mount`;
+      execFileSync('cp', ['-r', files, copied]);
+      execFileSync('diff', ['-r', copied, `${restored}${src}`]);
+      expect(execFileSync('cat', [`${files}/etc/nginx/nginx.conf`]).toString()).toBe('worker_processes auto;\n');
+      // The disk image at random offsets, read with dd through the kernel.
+      const image = await readFile(disk);
+      const raw = `${at}/snapshots/${await folderOf(diskSnap)}/web01.raw`;
+      expect(Number(execFileSync('stat', ['-c', '%s', raw]).toString())).toBe(image.length);
+      for (const off of [0, 4096 * 3 + 1, 17 * MiB + 333, 64 * MiB - 512]) {
+        const got = execFileSync('dd', [`if=${raw}`, 'bs=1', `skip=${off}`, 'count=512', 'status=none']);
+        expect(got.equals(image.subarray(off, off + 512)), `offset ${off}`).toBe(true);
+      }
+      expect(execFileSync('cat', [`${at}/snapshots/${await folderOf(diskSnap)}/web01/fs/nginx/nginx.conf`]).toString()).toBe('worker_processes auto;\n');
+      let refused = '';
+      try {
+        execFileSync('touch', [`${files}/new`], { stdio: 'pipe' });
+      } catch (err) {
+        refused = String((err as { stderr: Buffer }).stderr);
+      }
+      expect(refused).toMatch(/Read-only file system/);
+    } finally {
+      expect(await m.stop('SIGINT')).toBe(0);
+    }
+    expect(await readFile('/proc/mounts', 'utf8')).not.toContain(` ${at} `);
+  });
+});
+
