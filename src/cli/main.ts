@@ -11,6 +11,7 @@ import { register as registerRestore } from './commands/restore.js';
 import { register as registerVerifyBoot } from './commands/verify-boot.js';
 import { register as registerServeFiles } from './commands/serve-files.js';
 import { register as registerMount } from './commands/mount.js';
+import { register as registerServeRepo } from './commands/serve-repo.js';
 import { register as registerVm } from './commands/vm.js';
 import { Context } from './context.js';
 import { EXIT, exitCodeFor } from './exit-codes.js';
@@ -45,6 +46,7 @@ export function buildProgram(): Command {
   registerVerifyBoot(program);
   registerServeFiles(program);
   registerMount(program);
+  registerServeRepo(program);
   const applyExit = (cmd: Command): void => {
     cmd.exitOverride();
     cmd.commands.forEach(applyExit);

@@ -9,6 +9,7 @@ import { FtpBackend } from './ftp.js';
 import { LimitedBackend, type BandwidthLimits } from './limited.js';
 import { LocalBackend } from './local.js';
 import { RetryBackend, type RetryEvent } from './retry.js';
+import { RestBackend } from './rest.js';
 import { S3Backend } from './s3.js';
 import { SftpBackend } from './sftp.js';
 
@@ -24,7 +25,7 @@ export interface OpenOptions {
 }
 
 /** Remote stores on the roadmap: named now so a location meant for them fails clearly rather than becoming a local folder. */
-const PLANNED = new Set(['rest', 'http', 'https', 'b2', 'azure', 'gs', 'swift', 'rclone', 'smb', 'webdav']);
+const PLANNED = new Set(['http', 'https', 'b2', 'azure', 'gs', 'swift', 'rclone', 'smb', 'webdav']);
 
 export function openBackend(location: string, opts: OpenOptions = {}): Backend {
   const b = openStore(location, opts);
@@ -57,12 +58,18 @@ function openStore(location: string, opts: OpenOptions): Backend {
       const tlsFingerprint = env['BULWARK_FTP_FINGERPRINT'] || undefined;
       return retrying(new FtpBackend(location, { ...(password ? { password } : {}), ...(tlsCa ? { tlsCa } : {}), ...(tlsFingerprint ? { tlsFingerprint } : {}) }));
     }
+    case 'rest': {
+      const password = env['BULWARK_REST_PASSWORD'] || undefined;
+      const tlsCa = env['BULWARK_REST_CA'] || undefined;
+      const tlsFingerprint = env['BULWARK_REST_FINGERPRINT'] || undefined;
+      return retrying(new RestBackend(location, { ...(password ? { password } : {}), ...(tlsCa ? { tlsCa } : {}), ...(tlsFingerprint ? { tlsFingerprint } : {}) }));
+    }
     case 's3':
       // Credentials: the SDK's chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws).
       return retrying(new S3Backend(location));
   }
   if (PLANNED.has(scheme)) {
-    throw new BulwarkError('usage', `the ${scheme} backend is not available yet (location '${redact(location)}')`, { hint: 'use a local path, sftp:, ftp(s)://, s3: or a mounted file system' });
+    throw new BulwarkError('usage', `the ${scheme} backend is not available yet (location '${redact(location)}')`, { hint: 'use a local path, sftp:, ftp(s)://, s3:, rest: or a mounted file system' });
   }
   // An unknown prefix is more likely a mistyped scheme than a folder named "x:…"; such a folder can
   // still be reached as ./x:… or local:x:….
