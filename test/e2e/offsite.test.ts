@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describeTree, makeSeededFiles } from '../fixtures/tree.js';
-import { jsonResult, runCli } from '../helpers/cli.js';
+import { jsonResult, runCli, startCli, type RunningCli } from '../helpers/cli.js';
 import { startFtpd, type Ftpd } from '../helpers/ftpd.js';
 import { tempDir } from '../helpers/repo.js';
 import { startS3Server, type S3Server } from '../helpers/s3server.js';
@@ -185,3 +185,49 @@ describe('s3: repositories', () => {
     expect(performance.now() - t0).toBeGreaterThan(2500);
   });
 });
+
+describe('rest: repositories on bulwark serve-repo', () => {
+  let server: RunningCli<{ url: string; fingerprint: string }> | undefined;
+  let base: Record<string, string>;
+  beforeAll(async () => {
+    const data = `${tmp.path}/serve-repo`;
+    await mkdir(data);
+    for (const [user, extra] of [['web01', []], ['locked', ['--user-append-only']]] as const) {
+      await writeFile(`${tmp.path}/${user}.pw`, `${user}-secret\n`);
+      const add = await runCli(['serve-repo', '--data', data, '--add-user', user, '--password-file', `${tmp.path}/${user}.pw`, ...extra]);
+      expect(add.code, add.stderr).toBe(0);
+    }
+    server = await startCli(['serve-repo', '--data', data, '--listen', '127.0.0.1:0']);
+    base = { BULWARK_PASSWORD: 'offsite', BULWARK_REST_FINGERPRINT: server.ready.fingerprint };
+  }, 120_000);
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  const at = (user: string, repo: string): Record<string, string> => ({ ...base, BULWARK_REPOSITORY: `rest:${server!.ready.url.replace(/^https:\/\//, `https://${user}@`).replace(/\/$/, '')}/${repo}`, BULWARK_REST_PASSWORD: `${user}-secret` });
+
+  it('init, backup, restore, check --read-data and forget through the server, TLS pinned', async () => {
+    await roundTrip(at('web01', 'web01'), 'rest');
+  });
+
+  it('an append-only login backs up, but forget is refused and nothing is deleted', async () => {
+    const env = at('locked', 'db01');
+    expect((await runCli(['init'], { env })).code).toBe(0);
+    expect((await runCli(['backup', 'files', `${src}/etc`], { env })).code).toBe(0);
+    expect((await runCli(['backup', 'files', `${src}/etc`], { env })).code).toBe(0);
+    const f = await runCli(['forget', '--keep-last', '1'], { env });
+    expect(f.code).not.toBe(0);
+    expect(f.stdout + f.stderr).toMatch(/append-only/);
+    expect(jsonResult<unknown[]>(await runCli(['snapshots', '--json'], { env }))).toHaveLength(2);
+    expect((await runCli(['check'], { env })).code).toBe(0);
+  });
+
+  it('a wrong password and a wrong pin are refused', async () => {
+    const bad = await runCli(['snapshots'], { env: { ...at('web01', 'web01'), BULWARK_REST_PASSWORD: 'nope' } });
+    expect(bad.code).not.toBe(0);
+    const pin = await runCli(['snapshots'], { env: { ...at('web01', 'web01'), BULWARK_REST_FINGERPRINT: '00'.repeat(32) } });
+    expect(pin.code).not.toBe(0);
+    expect(pin.stderr).toContain(server!.ready.fingerprint.slice(0, 16));
+  });
+});
+
