@@ -11,7 +11,7 @@ set -euo pipefail
 # tools for the file system readers (filesystems/), populated without mounting (protofile, mcopy, ntfscp).
 # openssh-server, vsftpd, openssl, swift-* + memcached (+ keystonemiddleware, which Swift's S3 API imports):
 # the real servers the off-site backends are tested against (test/helpers/sshd.ts, ftpd.ts, s3server.ts);
-# rclone: a real WebDAV client for serve-files.
+# rclone and curl: real WebDAV and FTP(S) clients for serve-files.
 packages=(
   qemu-system-x86 qemu-utils
   cpio busybox-static xz-utils
@@ -21,7 +21,7 @@ packages=(
   time
   libvirt-daemon-system libvirt-clients
   xfsprogs mtools ntfs-3g lvm2 gdisk fdisk
-  openssh-server vsftpd openssl rclone
+  openssh-server vsftpd openssl rclone curl
   swift swift-proxy swift-account swift-container swift-object memcached python3-keystonemiddleware
 )
 
