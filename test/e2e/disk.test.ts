@@ -7,6 +7,7 @@ import { mkdir, open, stat, writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jsonResult, runCli } from '../helpers/cli.js';
 import { tempDir } from '../helpers/repo.js';
+import { makeLuksQcow2 } from '../helpers/luks.js';
 import { makeSeededFiles, patternBytes } from '../fixtures/tree.js';
 
 let tmp: { path: string; cleanup(): Promise<void> };
@@ -135,7 +136,7 @@ describe('disk images', () => {
 
   it('refuses images it cannot read, with a hint (exit 2)', async () => {
     const q = `${tmp.path}/vm-luks.qcow2`;
-    execFileSync('qemu-img', ['create', '-q', '--object', 'secret,id=s0,data=abc', '-f', 'qcow2', '-o', 'encrypt.format=luks,encrypt.key-secret=s0', q, '64M']);
+    await makeLuksQcow2(q, '64M', 'abc');
     const r = await runCli(['backup', 'disk', q], { env });
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/is an encrypted qcow2 image \(LUKS\)/);

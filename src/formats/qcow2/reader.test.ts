@@ -7,6 +7,7 @@ import { openSync, readSync, closeSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { makeLuksQcow2 } from '../../../test/helpers/luks.js';
 import { patchFile } from '../../../test/helpers/patch.js';
 import { tempDir } from '../../../test/helpers/repo.js';
 import { qemuImg, qemuIo } from '../../protocols/nbd/testing/qemu-nbd.js';
@@ -128,7 +129,7 @@ describe('qcow2 reader, against qemu-img', () => {
 
   it('refuses encrypted images clearly', async () => {
     const f = at('enc.qcow2');
-    await qemuImg('create', '-q', '--object', 'secret,id=s0,data=x', '-f', 'qcow2', '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10', f, '8M');
+    await makeLuksQcow2(f, '8M');
     const err = await Qcow2Image.open(f).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(BulwarkError);
     expect((err as BulwarkError).message).toMatch(/encrypted qcow2 image \(LUKS\)/);
