@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { defaultStateDir, FreshnessRecord } from '../repository/freshness.js';
 import { defaultCacheDir } from '../repository/index-cache.js';
 import { Repository, type InitOptions } from '../repository/repository.js';
+import { UploadJournal } from '../repository/upload-journal.js';
 import { openBackend, type OpenOptions } from '../storage/open.js';
 import { BulwarkError } from '../util/errors.js';
 import { parseSize } from './format.js';
@@ -87,7 +88,7 @@ export class Context {
     }
     const password = await readPassword(this.opts.passwordFile !== undefined ? { passwordFile: this.opts.passwordFile } : {});
     const repo = await Repository.open(backend, password, { onWarning: (m) => this.warn(m), indexCache: defaultCacheDir() });
-    repo.freshness = new FreshnessRecord(defaultStateDir(), repo.config.id);
+    this.attachHostState(repo);
     return { repo, password };
   }
 
@@ -97,6 +98,12 @@ export class Context {
     const repo = await Repository.init(backend, password, opts);
     repo.indexCacheDir = defaultCacheDir();
     return repo;
+  }
+
+  /** What this host keeps about a repository outside it: snapshots seen (rollback), packs sent and not indexed (resume). */
+  private attachHostState(repo: Repository): void {
+    repo.freshness = new FreshnessRecord(defaultStateDir(), repo.config.id);
+    repo.uploadJournal = new UploadJournal(defaultStateDir(), repo.config.id);
   }
 
   /** Opens another repository (the other side of a copy) with its own password. */
@@ -109,7 +116,7 @@ export class Context {
       throw err;
     }
     const repo = await Repository.open(backend, await readOtherPassword(side, passwordFile), { onWarning: (m) => this.warn(m), indexCache: defaultCacheDir() });
-    repo.freshness = new FreshnessRecord(defaultStateDir(), repo.config.id);
+    this.attachHostState(repo);
     return repo;
   }
 

@@ -381,6 +381,7 @@ export async function backupVms(repo: Repository, drivers: DriverFor, opts: VmBa
   const lock = await Lock.acquire(repo, false, 'backup');
   try {
     await repo.loadIndex();
+    await repo.resumeUploads();
     const host = opts.host ?? osHostname();
     const batches = opts.group ? [opts.endpoints] : opts.endpoints.map((e) => [e]);
     const results: VmBackupResult[] = [];

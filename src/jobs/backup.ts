@@ -53,6 +53,7 @@ export async function backupFiles(repo: Repository, opts: FilesBackupJobOptions)
   return Lock.run(repo, false, 'backup', async () => {
     const started = Date.now();
     await repo.loadIndex();
+    await repo.resumeUploads();
     const host = opts.host ?? osHostname();
     const paths = opts.paths.map((p) => resolve(p)).sort();
     const candidates = opts.noParent ? [] : await listSnapshots(repo, { hostname: host, source: 'files' });
@@ -95,6 +96,7 @@ export async function backupDiskImage(repo: Repository, opts: DiskBackupJobOptio
   return Lock.run(repo, false, 'backup', async () => {
     const started = Date.now();
     await repo.loadIndex();
+    await repo.resumeUploads();
     const host = opts.host ?? osHostname();
     const name = opts.name ?? diskNameFor(opts.path);
     const source = `disk:${name}`;

@@ -40,6 +40,7 @@ export async function copySnapshots(from: Repository, to: Repository, opts: Copy
   return Lock.run(from, false, 'copy (source)', () =>
     Lock.run(to, false, 'copy', async () => {
       await Promise.all([from.loadIndex(), to.loadIndex()]);
+      await to.resumeUploads();
       const source = (await readSnapshots(from)).snapshots.filter((s) => matches(s, opts));
       if (opts.ids?.length) {
         for (const ref of opts.ids) if (!source.some((s) => s.id.startsWith(ref))) throw new BulwarkError('not-found', `no snapshot '${ref}' in the source repository`);

@@ -30,6 +30,7 @@ import { parsePackHeader, type PackBlob, type PackEntry } from './pack.js';
 import { PackSpool, type FinishedPack, type PackWriter } from './pack-writer.js';
 import { OtherFormatObjectError, sealDocument, sealerFor, unsealDocument, type Sealer } from './sealer.js';
 import { ReadAhead } from './read-ahead.js';
+import { UploadJournal } from './upload-journal.js';
 import { Chunker, gearTable } from './chunker.js';
 import { MAX_TREE_BYTES } from './tree.js';
 import { decompressBounded } from './zstd.js';
@@ -166,6 +167,8 @@ export class Repository {
   private readonly packers = new Map<string, Packer>();
   private readonly pendingBlobs = new Set<string>();
   private readonly pendingIndex: IndexFile['packs'] = [];
+  /** Sizes of the packs saved (or adopted) and in no index file yet: what the upload journal holds. */
+  private readonly unindexedPacks = new Map<string, number>();
   private readonly tasks = new Set<Promise<void>>();
   private readonly budget: Budget;
   private readonly spool: PackSpool;
@@ -183,6 +186,8 @@ export class Repository {
   readonly forgotten = new Set<string>();
   /** This host's record of the snapshots it saw (rollback detection); set by the CLI. */
   freshness: FreshnessRecord | undefined;
+  /** This host's record of packs sent and not yet indexed (upload-journal.ts); set by the CLI. */
+  uploadJournal: UploadJournal | undefined;
   /** Locks this process holds: told the prune generation of every index it loads (see prune.ts). */
   readonly heldLocks = new Set<IndexWatcher>();
   /** Why this repository may only be added to (an append-only key or setting), or undefined. */
@@ -633,6 +638,8 @@ export class Repository {
     this.pendingIndex.push(packIndexFile(pack.id, pack.entries).packs[0]!);
     this.index.addFile(packIndexFile(pack.id, pack.entries));
     for (const e of pack.entries) this.pendingBlobs.delete(e.id);
+    this.unindexedPacks.set(pack.id, pack.size);
+    this.writeJournal();
     if (this.pendingIndex.length >= INDEX_PACKS_PER_FILE) await this.writeIndex();
   }
 
@@ -640,6 +647,64 @@ export class Repository {
     if (this.pendingIndex.length === 0) return;
     const packs = this.pendingIndex.splice(0);
     await this.saveDocument('index', { version: 1, packs } satisfies IndexFile);
+    for (const p of packs) this.unindexedPacks.delete(p.id);
+    this.writeJournal();
+  }
+
+  private writeJournal(): void {
+    try {
+      this.uploadJournal?.set([...this.unindexedPacks].map(([id, size]) => ({ id, size })));
+    } catch (err) {
+      // The journal only spares a resend; a backup never fails for it.
+      this.onWarning(`cannot record sent packs for resuming (${(err as Error).message})`);
+      this.uploadJournal = undefined;
+    }
+  }
+
+  /**
+   * Takes over the packs an interrupted writer on this host had sent but not indexed (see
+   * upload-journal.ts), so their blobs are not sent again: each must be in storage with the size
+   * recorded, and is indexed from its own sealed header. Call after loadIndex, under a lock.
+   */
+  async resumeUploads(): Promise<{ packs: number; bytes: number }> {
+    const journal = this.uploadJournal;
+    if (!journal) return { packs: 0, bytes: 0 };
+    const left = journal.leftovers();
+    let packs = 0;
+    let bytes = 0;
+    for (const p of left.packs) {
+      if (this.index.hasPack(p.id) || this.unindexedPacks.has(p.id)) continue;
+      let size: number;
+      try {
+        size = (await this.backend.stat({ type: 'data', name: p.id })).size;
+      } catch (err) {
+        if (this.backend.isNotFound(err)) continue; // pruned since, or never arrived
+        throw unable('stat', 'pack', p.id, err, 'io');
+      }
+      if (size !== p.size) continue;
+      let entries: PackEntry[];
+      try {
+        entries = await this.readPackEntries(p.id, size);
+      } catch (err) {
+        if (!(err instanceof BulwarkError)) throw err;
+        this.onWarning(`pack ${p.id.slice(0, 8)} sent by an interrupted backup is not used (${err.message})`);
+        continue;
+      }
+      if (entries.length === 0 || entries.some((e) => e.type !== entries[0]!.type)) continue;
+      const file = packIndexFile(p.id, entries);
+      this.index.addFile(file);
+      this.pendingIndex.push(file.packs[0]!);
+      this.unindexedPacks.set(p.id, size);
+      packs++;
+      bytes += size;
+    }
+    this.writeJournal();
+    UploadJournal.discard(left.files);
+    if (packs > 0) {
+      this.onWarning(`an earlier backup from this host was cut off: ${packs} pack(s) (${(bytes / 1048576).toFixed(1)} MiB) it had sent are used, not sent again`);
+      await this.writeIndex();
+    }
+    return { packs, bytes };
   }
 
   private track(task: Promise<void>): void {
