@@ -19,6 +19,7 @@ import { FILE_TYPES, type FileType, type Handle } from '../storage/backend.js';
 import { OBJECT_NAME, objectPath } from '../storage/layout.js';
 import { LocalBackend } from '../storage/local.js';
 import { BulwarkError, errnoCode, type ErrorCode } from '../util/errors.js';
+import { MIN_TLS_VERSION, readTlsFiles, type TlsFiles } from './tls.js';
 
 export interface RepoServerOptions {
   /** The data folder: `<data>/<user>/<repo path>`, users in `<data>/.users`, the generated certificate in `<data>/.tls/`. */
@@ -172,7 +173,7 @@ export async function addUser(dataDir: string, name: string, password: string, o
 
 // --- TLS ----------------------------------------------------------------------------------------
 
-async function ensureCertificate(data: string): Promise<{ cert: Buffer; key: Buffer }> {
+async function ensureCertificate(data: string): Promise<TlsFiles> {
   const dir = join(data, TLS_DIR);
   const certFile = join(dir, 'cert.pem');
   const keyFile = join(dir, 'key.pem');
@@ -638,9 +639,9 @@ export async function startRepoServer(opts: RepoServerOptions): Promise<RunningR
     server = http.createServer(onRequest);
   } else {
     if (!opts.tlsCert !== !opts.tlsKey) throw new BulwarkError('usage', 'a TLS certificate and its key go together', { hint: 'give both --tls-cert and --tls-key, or neither for a generated certificate' });
-    const tls = opts.tlsCert && opts.tlsKey ? { cert: await fsp.readFile(opts.tlsCert), key: await fsp.readFile(opts.tlsKey) } : await ensureCertificate(opts.data);
+    const tls = opts.tlsCert && opts.tlsKey ? await readTlsFiles(opts.tlsCert, opts.tlsKey) : await ensureCertificate(opts.data);
     fingerprint = fingerprintOf(tls.cert);
-    server = https.createServer({ ...tls, minVersion: 'TLSv1.2' }, onRequest);
+    server = https.createServer({ ...tls, minVersion: MIN_TLS_VERSION }, onRequest);
   }
   // Longer than a client's pause between requests, so kept-alive connections are not cut under it.
   server.keepAliveTimeout = 65_000;

@@ -1,22 +1,29 @@
 // The restore-point drive (restore/drive.ts) over WebDAV, read-only (RFC 4918 class 1: OPTIONS,
 // PROPFIND at depth 0 and 1, GET and HEAD with ranges): mappable as a network drive by Windows,
 // macOS and Linux file managers, and readable by rclone, cadaver or curl. Every request needs the
-// login given (HTTP Basic), so run it behind TLS or on loopback only (the default).
+// login given (HTTP Basic), so it is served over HTTPS when a certificate is given, and plain HTTP is
+// meant for loopback only (the default).
 import { timingSafeEqual, createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer as createHttpsServer } from 'node:https';
+import { isIPv4, type AddressInfo } from 'node:net';
 import { DriveNotFoundError, type DriveNode, type RestorePointDrive } from '../restore/drive.js';
+import { MIN_TLS_VERSION, type TlsFiles } from './tls.js';
 
 export interface WebDavOptions {
   host: string;
   port: number;
   user: string;
   password: string;
+  /** PEM certificate and key: HTTPS instead of plain HTTP. */
+  tls?: TlsFiles;
   log?: (line: string) => void;
 }
 
 export interface RunningWebDav {
   url: string;
+  /** Logins cross a network in the clear: plain HTTP on an address other than loopback. */
+  cleartextOnNetwork: boolean;
   close(): Promise<void>;
 }
 
@@ -63,6 +70,11 @@ function segmentsOf(url: string): string[] | undefined {
     out.push(seg);
   }
   return out;
+}
+
+function isLoopback(address: string): boolean {
+  const v4 = address.replace(/^::ffff:/i, '');
+  return isIPv4(v4) ? v4.startsWith('127.') : address === '::1';
 }
 
 function sameSecret(a: string, b: string): boolean {
@@ -176,7 +188,7 @@ export async function startWebDav(drive: RestorePointDrive, opts: WebDavOptions)
     res.end();
   };
 
-  const server: Server = createServer((req, res) => {
+  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const t0 = Date.now();
     handle(req, res)
       .catch((err: unknown) => {
@@ -185,7 +197,8 @@ export async function startWebDav(drive: RestorePointDrive, opts: WebDavOptions)
         res.destroy();
       })
       .finally(() => opts.log?.(`webdav: ${req.method} ${req.url} ${res.statusCode} ${Date.now() - t0} ms`));
-  });
+  };
+  const server: Server = opts.tls ? createHttpsServer({ ...opts.tls, minVersion: MIN_TLS_VERSION }, onRequest) : createServer(onRequest);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.port, opts.host, () => resolve());
@@ -193,7 +206,8 @@ export async function startWebDav(drive: RestorePointDrive, opts: WebDavOptions)
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   return {
-    url: `http://${host}:${addr.port}/`,
+    url: `${opts.tls ? 'https' : 'http'}://${host}:${addr.port}/`,
+    cleartextOnNetwork: !opts.tls && !isLoopback(addr.address),
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();

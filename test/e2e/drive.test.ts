@@ -1,7 +1,7 @@
 // Restore points as a drive: `serve-files --webdav` read by real clients (rclone's WebDAV backend and
-// curl), compared with what `restore` gives for the same snapshot; the disk of a disk snapshot read at
-// random offsets against the original image; a wrong login refused.
-import { execFileSync } from 'node:child_process';
+// curl), over plain HTTP and over HTTPS, compared with what `restore` gives for the same snapshot; the
+// disk of a disk snapshot read at random offsets against the original image; a wrong login refused.
+import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -17,7 +17,9 @@ let disk: string;
 let fileSnap: string;
 let diskSnap: string;
 let server: RunningCli<{ webdav: string; ftp: string; user: string }> | undefined;
-let ftps: RunningCli<{ ftp: string; user: string }> | undefined;
+/** WebDAV and FTP with --tls-cert/--tls-key: HTTPS and FTPS from the same certificate. */
+let secure: RunningCli<{ webdav: string; ftp: string; user: string }> | undefined;
+let cert: string;
 
 function stamp(s: { id: string; time: string }): string {
   return `${s.time.slice(0, 19).replace('T', '_').replace(/:/g, '-')}_${s.id.slice(0, 8)}`;
@@ -48,15 +50,15 @@ beforeAll(async () => {
   expect(d.code, d.stderr).toBe(0);
   diskSnap = jsonResult<{ snapshots: { snapshot: string }[] }>(d).snapshots[0]!.snapshot;
   server = await startCli(['serve-files', '--webdav', '127.0.0.1:0', '--ftp', '127.0.0.1:0'], { env });
-  const cert = `${tmp.path}/cert.pem`;
+  cert = `${tmp.path}/cert.pem`;
   const key = `${tmp.path}/key.pem`;
   execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', key, '-out', cert], { stdio: 'pipe' });
-  ftps = await startCli(['serve-files', '--ftp', '127.0.0.1:0', '--tls-cert', cert, '--tls-key', key], { env });
+  secure = await startCli(['serve-files', '--webdav', '127.0.0.1:0', '--ftp', '127.0.0.1:0', '--tls-cert', cert, '--tls-key', key], { env });
 }, 300_000);
 
 afterAll(async () => {
   await server?.stop();
-  await ftps?.stop();
+  await secure?.stop();
   await tmp?.cleanup();
 });
 
@@ -104,6 +106,37 @@ describe('restore points over WebDAV', () => {
     expect(code('-u', `restore:${PASSWORD}`, '-X', 'DELETE', `${url}snapshots/`)).toBe('405');
     expect(code('-u', `restore:${PASSWORD}`, `${url}snapshots/..%2f..%2fetc/passwd`)).toMatch(/^(400|404)$/);
   });
+
+  it('HTTPS with --tls-cert/--tls-key: curl and rclone, trusting that certificate, read what restore gives; a wrong login is refused', async () => {
+    const url = secure!.ready.webdav;
+    expect(url).toMatch(/^https:\/\/127\.0\.0\.1:\d+\/$/);
+    const folder = await folderOf(fileSnap);
+    const restored = `${tmp.path}/restored-https`;
+    expect((await runCli(['restore', fileSnap, '--target', restored], { env })).code).toBe(0);
+    const big = curl(`${url}snapshots/${encodeURIComponent(folder)}${src}/data/big.bin`, '--cacert', cert);
+    expect(big.equals(await readFile(`${restored}${src}/data/big.bin`))).toBe(true);
+    const pass = execFileSync('rclone', ['obscure', PASSWORD]).toString().trim();
+    const out = `${tmp.path}/rclone-https`;
+    execFileSync('rclone', ['copy', `:webdav:snapshots/${folder}${src}`, out, '--webdav-url', url, '--webdav-user', 'restore', '--webdav-pass', pass, '--ca-cert', cert, '--config', '/dev/null'], { stdio: 'pipe' });
+    execFileSync('diff', ['-r', out, `${restored}${src}`]);
+    const code = (...args: string[]): string => execFileSync('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '--cacert', cert, ...args]).toString();
+    expect(code('-u', 'restore:wrong', `${url}snapshots/`)).toBe('401');
+    expect(code(`${url}snapshots/`)).toBe('401');
+    // Plain HTTP to the HTTPS port gets no answer at all (the connection is dropped: curl says 000), so
+    // nothing can fall back to sending the login in the clear.
+    const plain = spawnSync('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '-u', `restore:${PASSWORD}`, `${url.replace('https://', 'http://')}snapshots/`]);
+    expect(plain.status).not.toBe(0);
+    expect(plain.stdout.toString()).toBe('000');
+  });
+
+  it('warns when plain HTTP listens beyond loopback, and only then', async () => {
+    const open = await startCli(['serve-files', '--webdav', '0.0.0.0:0'], { env });
+    expect(open.ready).toMatchObject({ webdav: expect.stringMatching(/^http:\/\//) });
+    await open.stop();
+    expect(open.output().stderr).toMatch(/warning: WebDAV at http:\/\/0\.0\.0\.0:\d+\/ is plain HTTP on a network address: the login's password crosses the network in the clear/);
+    expect(server!.output().stderr).not.toContain('in the clear');
+    expect(secure!.output().stderr).not.toContain('in the clear');
+  });
 });
 
 describe('restore points over FTP(S)', () => {
@@ -133,7 +166,7 @@ describe('restore points over FTP(S)', () => {
   });
 
   it('FTPS: the login and the data go over TLS, and plain logins are refused', async () => {
-    const url = ftps!.ready.ftp.replace('ftps://', 'ftp://');
+    const url = secure!.ready.ftp.replace('ftps://', 'ftp://');
     const folder = encodeURIComponent(await folderOf(diskSnap));
     const image = await readFile(disk);
     const got = execFileSync('curl', ['-sS', '--fail', '--ssl-reqd', '-k', '-u', `restore:${PASSWORD}`, `${url}snapshots/${folder}/web01.raw`], { maxBuffer: 128 * MiB });
