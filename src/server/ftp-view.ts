@@ -1,10 +1,10 @@
 // The restore-point drive (restore/drive.ts) over FTP, read-only (RFC 959 with passive mode, RFC
 // 2428 EPSV, RFC 3659 SIZE/MDTM/REST/MLSD, RFC 4217 explicit TLS when a certificate is given): for
 // the administrator whose tools speak FTP. One login; every write command is refused with 550.
-import { createHash, timingSafeEqual } from 'node:crypto';
 import net, { type AddressInfo, type Socket } from 'node:net';
 import tls from 'node:tls';
 import { DriveNotFoundError, type DriveNode, type RestorePointDrive } from '../restore/drive.js';
+import { sameSecret } from './credentials.js';
 
 export interface FtpViewOptions {
   host: string;
@@ -23,10 +23,6 @@ export interface RunningFtpView {
 
 const CHUNK = 1024 * 1024;
 const WRITES = new Set(['STOR', 'STOU', 'APPE', 'DELE', 'MKD', 'XMKD', 'RMD', 'XRMD', 'RNFR', 'RNTO', 'SITE']);
-
-function sameSecret(a: string, b: string): boolean {
-  return timingSafeEqual(createHash('sha256').update(a).digest(), createHash('sha256').update(b).digest());
-}
 
 /** '/a/b' joined with a client's path (absolute or relative), without ever leaving the root. */
 function resolvePath(cwd: string, arg: string): string {

@@ -3,12 +3,12 @@
 // macOS and Linux file managers, and readable by rclone, cadaver or curl. Every request needs the
 // login given (HTTP Basic), so it is served over HTTPS when a certificate is given, and plain HTTP is
 // meant for loopback only (the default).
-import { timingSafeEqual, createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { isIPv4, type AddressInfo } from 'node:net';
 import { DriveNotFoundError, type DriveNode, type RestorePointDrive } from '../restore/drive.js';
 import { MIN_TLS_VERSION, type TlsFiles } from './tls.js';
+import { sameSecret } from './credentials.js';
 
 export interface WebDavOptions {
   host: string;
@@ -75,11 +75,6 @@ function segmentsOf(url: string): string[] | undefined {
 function isLoopback(address: string): boolean {
   const v4 = address.replace(/^::ffff:/i, '');
   return isIPv4(v4) ? v4.startsWith('127.') : address === '::1';
-}
-
-function sameSecret(a: string, b: string): boolean {
-  // Hashes first: equal lengths for timingSafeEqual, and no early exit on length.
-  return timingSafeEqual(createHash('sha256').update(a).digest(), createHash('sha256').update(b).digest());
 }
 
 export async function startWebDav(drive: RestorePointDrive, opts: WebDavOptions): Promise<RunningWebDav> {
