@@ -132,11 +132,17 @@ export class Lock implements IndexWatcher {
   /** Runs fn holding the lock, and releases it however fn ends. */
   static async run<T>(repo: LockRepo, exclusive: boolean, purpose: string, fn: () => Promise<T>): Promise<T> {
     const lock = await Lock.acquire(repo, exclusive, purpose);
+    let result: T;
     try {
-      return await fn();
-    } finally {
-      await lock.release();
+      result = await fn();
+    } catch (err) {
+      // Tried all the same, but what failed the command is what the user must read: when the store
+      // went away, the lock's removal fails too, and its message would hide the real one.
+      await lock.release().catch(() => undefined);
+      throw err;
     }
+    await lock.release();
+    return result;
   }
 
   /**

@@ -434,6 +434,12 @@ export class FtpBackend implements Backend {
     return this.properties.location;
   }
 
+  /** A path on the server as messages show it: with the server, so a timeout says whose it was. */
+  private at(path: string): string {
+    const host = this.loc.host.includes(':') ? `[${this.loc.host}]` : this.loc.host;
+    return `${this.loc.secure ? 'ftps' : 'ftp'}://${host}:${this.loc.port}/${path}`;
+  }
+
   private async tlsOptions(): Promise<ConnectionOptions> {
     const opts: ConnectionOptions = { host: this.loc.host, minVersion: 'TLSv1.2' };
     // A pinned certificate is checked by us (below) rather than by the CA chain, which it may not have.
@@ -612,7 +618,7 @@ export class FtpBackend implements Backend {
         await this.upload(c, h.type, dir, path, data, size, object);
       });
     } catch (err) {
-      throw ftpError('write', object, path, err, false);
+      throw ftpError('write', object, this.at(path), err, false);
     }
   }
 
@@ -688,7 +694,7 @@ export class FtpBackend implements Backend {
         return buf;
       });
     } catch (err) {
-      throw ftpError('read', object, path, err);
+      throw ftpError('read', object, this.at(path), err);
     }
   }
 
@@ -698,7 +704,7 @@ export class FtpBackend implements Backend {
       const size = await this.pool.run((c) => c.size(path));
       return { name: h.name, size };
     } catch (err) {
-      throw ftpError('stat', OBJECT_WORDS[h.type], path, err);
+      throw ftpError('stat', OBJECT_WORDS[h.type], this.at(path), err);
     }
   }
 
@@ -707,7 +713,7 @@ export class FtpBackend implements Backend {
     if (type === 'config') {
       const path = posix.join(this.root, 'config');
       const size = await this.pool.run((c) => sizeOf(c, path)).catch((err: unknown) => {
-        throw ftpError('list', 'config', path, err, false);
+        throw ftpError('list', 'config', this.at(path), err, false);
       });
       if (size !== undefined) yield { name: '', size };
       return;
@@ -723,7 +729,7 @@ export class FtpBackend implements Backend {
           (err: unknown) => {
             // No such folder holds no objects.
             if (err instanceof FTPError && err.code === 550) return [];
-            throw ftpError('list', `${type} folder`, dir, err, false);
+            throw ftpError('list', `${type} folder`, this.at(dir), err, false);
           },
         );
     const ahead: Promise<FileInfo[]>[] = [];
@@ -750,7 +756,7 @@ export class FtpBackend implements Backend {
     try {
       await this.pool.run((c) => c.send(`DELE ${path}`));
     } catch (err) {
-      throw ftpError('remove', OBJECT_WORDS[h.type], path, err);
+      throw ftpError('remove', OBJECT_WORDS[h.type], this.at(path), err);
     }
   }
 

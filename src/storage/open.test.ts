@@ -4,7 +4,7 @@ import { BulwarkError } from '../util/errors.js';
 import { LimitedBackend } from './limited.js';
 import { LocalBackend } from './local.js';
 import { RetryBackend } from './retry.js';
-import { openBackend } from './open.js';
+import { netTimeoutMs, openBackend } from './open.js';
 
 describe('openBackend', () => {
   it('opens plain paths, absolute or relative, as local folders', () => {
@@ -70,5 +70,20 @@ describe('openBackend', () => {
     }
     expect(message).toMatch(/rest/);
     expect(message).not.toContain('s3cret');
+  });
+
+  it('reads BULWARK_NET_TIMEOUT as seconds, and refuses a value that is not a sane number of them', () => {
+    expect(netTimeoutMs({})).toBeUndefined();
+    expect(netTimeoutMs({ BULWARK_NET_TIMEOUT: '' })).toBeUndefined();
+    expect(netTimeoutMs({ BULWARK_NET_TIMEOUT: '5' })).toBe(5000);
+    expect(netTimeoutMs({ BULWARK_NET_TIMEOUT: ' 1.5 ' })).toBe(1500);
+    for (const bad of ['0', '-3', '10s', 'abc', '1e3', '100000']) {
+      expect(() => netTimeoutMs({ BULWARK_NET_TIMEOUT: bad }), bad).toThrow(/BULWARK_NET_TIMEOUT/);
+    }
+    for (const loc of ['sftp:user@host:/srv/repo', 'ftp://user@host/repo', 's3:https://s3.example.com/bucket', 'rest:https://alice@host/repo']) {
+      expect(() => openBackend(loc, { env: { BULWARK_NET_TIMEOUT: 'soon' } }), loc).toThrow(/BULWARK_NET_TIMEOUT 'soon'/);
+      expect(openBackend(loc, { env: { BULWARK_NET_TIMEOUT: '7' } }), loc).toBeInstanceOf(RetryBackend);
+    }
+    expect(openBackend('local:/srv/repo', { env: { BULWARK_NET_TIMEOUT: 'soon' } })).toBeInstanceOf(LocalBackend);
   });
 });

@@ -24,6 +24,33 @@ export interface OpenOptions {
   onRetry?: (e: RetryEvent) => void;
 }
 
+/**
+ * BULWARK_NET_TIMEOUT: seconds a remote store may stay silent (no handshake, no answer, no progress on
+ * a transfer) before the request fails and the retry policy takes over. Unset, each backend keeps its
+ * own default (about a minute); a server that stops answering but keeps the connection open is then
+ * given up on after that, not waited on for ever.
+ */
+export function netTimeoutMs(env: NodeJS.ProcessEnv): number | undefined {
+  const raw = env['BULWARK_NET_TIMEOUT']?.trim();
+  if (raw === undefined || raw === '') return undefined;
+  const secs = /^\d+(\.\d+)?$/.test(raw) ? Number(raw) : NaN;
+  if (!(secs >= 1 && secs <= 86_400)) throw new BulwarkError('usage', `BULWARK_NET_TIMEOUT '${raw}' is not a number of seconds between 1 and 86400`, { hint: 'e.g. BULWARK_NET_TIMEOUT=60' });
+  return Math.round(secs * 1000);
+}
+
+/**
+ * BULWARK_RETRIES: attempts in all (the first included) of a request to a remote store that fails in
+ * a way that may clear up. Unset: 10, about three minutes of waiting. Lower it to fail sooner against
+ * a store that is down; raise it to ride out longer outages.
+ */
+export function retryAttempts(env: NodeJS.ProcessEnv): number | undefined {
+  const raw = env['BULWARK_RETRIES']?.trim();
+  if (raw === undefined || raw === '') return undefined;
+  const n = /^\d+$/.test(raw) ? Number(raw) : NaN;
+  if (!(n >= 1 && n <= 100)) throw new BulwarkError('usage', `BULWARK_RETRIES '${raw}' is not a whole number between 1 and 100`, { hint: 'e.g. BULWARK_RETRIES=10' });
+  return n;
+}
+
 /** Remote stores on the roadmap: named now so a location meant for them fails clearly rather than becoming a local folder. */
 const PLANNED = new Set(['http', 'https', 'b2', 'azure', 'gs', 'swift', 'rclone', 'smb', 'webdav']);
 
@@ -38,7 +65,10 @@ function openStore(location: string, opts: OpenOptions): Backend {
   // One letter before the colon is a Windows drive (C:\repo), not a scheme.
   const scheme = /^([a-z][a-z0-9+.-]+):/i.exec(location)?.[1]?.toLowerCase();
   if (scheme === undefined) return new LocalBackend(resolve(location));
-  const retrying = (b: Backend): Backend => new RetryBackend(b, opts.onRetry ? { onRetry: opts.onRetry } : {});
+  const attempts = scheme === 'local' ? undefined : retryAttempts(env);
+  const retrying = (b: Backend): Backend => new RetryBackend(b, { ...(opts.onRetry ? { onRetry: opts.onRetry } : {}), ...(attempts ? { maxAttempts: attempts } : {}) });
+  // Read for remote stores only: a stray value must not break a local repository.
+  const timeoutMs = ['sftp', 'ftp', 'ftps', 'rest', 's3'].includes(scheme) ? netTimeoutMs(env) : undefined;
   switch (scheme) {
     case 'local': {
       const path = location.slice(scheme.length + 1);
@@ -49,24 +79,28 @@ function openStore(location: string, opts: OpenOptions): Backend {
       const keyFile = opts.sftpKey ?? (env['BULWARK_SFTP_KEY'] || undefined);
       const knownHostsFile = opts.sftpKnownHosts ?? (env['BULWARK_SFTP_KNOWN_HOSTS'] || undefined);
       const password = env['BULWARK_SFTP_PASSWORD'] || undefined;
-      return retrying(new SftpBackend(location, { ...(keyFile ? { keyFile } : {}), ...(knownHostsFile ? { knownHostsFile } : {}), ...(password ? { password } : {}) }));
+      // ssh2 gives up after four unanswered keepalives: four per timeout notices a silent server in time.
+      const timeouts = timeoutMs === undefined ? {} : { readyTimeoutMs: timeoutMs, keepaliveIntervalMs: Math.max(250, Math.round(timeoutMs / 4)) };
+      return retrying(new SftpBackend(location, { ...(keyFile ? { keyFile } : {}), ...(knownHostsFile ? { knownHostsFile } : {}), ...(password ? { password } : {}), ...timeouts }));
     }
     case 'ftp':
     case 'ftps': {
       const password = env['BULWARK_FTP_PASSWORD'] || undefined;
       const tlsCa = env['BULWARK_FTP_CA'] || undefined;
       const tlsFingerprint = env['BULWARK_FTP_FINGERPRINT'] || undefined;
-      return retrying(new FtpBackend(location, { ...(password ? { password } : {}), ...(tlsCa ? { tlsCa } : {}), ...(tlsFingerprint ? { tlsFingerprint } : {}) }));
+      return retrying(new FtpBackend(location, { ...(password ? { password } : {}), ...(tlsCa ? { tlsCa } : {}), ...(tlsFingerprint ? { tlsFingerprint } : {}), ...(timeoutMs === undefined ? {} : { timeoutMs }) }));
     }
     case 'rest': {
       const password = env['BULWARK_REST_PASSWORD'] || undefined;
       const tlsCa = env['BULWARK_REST_CA'] || undefined;
       const tlsFingerprint = env['BULWARK_REST_FINGERPRINT'] || undefined;
-      return retrying(new RestBackend(location, { ...(password ? { password } : {}), ...(tlsCa ? { tlsCa } : {}), ...(tlsFingerprint ? { tlsFingerprint } : {}) }));
+      return retrying(new RestBackend(location, { ...(password ? { password } : {}), ...(tlsCa ? { tlsCa } : {}), ...(tlsFingerprint ? { tlsFingerprint } : {}), ...(timeoutMs === undefined ? {} : { timeoutMs }) }));
     }
     case 's3':
       // Credentials: the SDK's chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws).
-      return retrying(new S3Backend(location));
+      // One attempt per SDK call: the retry wrapper around it is the one policy (BULWARK_RETRIES); the
+      // SDK's own three attempts inside each of ours made a dead store take three times as long to fail.
+      return retrying(new S3Backend(location, { maxAttempts: 1, ...(timeoutMs === undefined ? {} : { timeoutMs }) }));
   }
   if (PLANNED.has(scheme)) {
     throw new BulwarkError('usage', `the ${scheme} backend is not available yet (location '${redact(location)}')`, { hint: 'use a local path, sftp:, ftp(s)://, s3:, rest: or a mounted file system' });

@@ -68,7 +68,7 @@ export class RestError extends BulwarkError {
 }
 
 const DEFAULT_CONNECTIONS = 8;
-const DEFAULT_TIMEOUT_MS = 120_000;
+const DEFAULT_TIMEOUT_MS = 60_000;
 const SEGMENT = /^[A-Za-z0-9_-][A-Za-z0-9._-]*$/;
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1']);
 const TRANSIENT_CODES = new Set<ErrorCode>(['io', 'timeout', 'protocol']);

@@ -46,6 +46,8 @@ export interface S3BackendOptions {
   queueSize?: number;
   /** Attempts per request inside the SDK, the first included. Default 3. */
   maxAttempts?: number;
+  /** A request whose connection stays silent this long (nothing sent or received) fails, transiently. Default 60 s. */
+  timeoutMs?: number;
 }
 
 type Verdict = 'not-found' | 'permanent' | 'transient';
@@ -61,6 +63,7 @@ const NAME = /^[0-9a-f]{64}$/;
 // DNS-compatible names, as S3 requires outside us-east-1's legacy rules; also what MinIO and Ceph accept.
 const BUCKET = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 const MiB = 1024 * 1024;
+const DEFAULT_TIMEOUT_MS = 60_000;
 
 const NOT_FOUND_NAMES = new Set(['NoSuchKey', 'NotFound']);
 // Credentials, permissions and a bucket that is not there: the same answer however often we ask.
@@ -237,6 +240,8 @@ export class S3Backend implements Backend {
     this.properties = { connections, location: `s3:${loc.endpoint}/${loc.bucket}${loc.prefix === '' ? '' : `/${loc.prefix}`}` };
     // Sockets for every request in flight: each connection may be a multipart upload with its own queue.
     const sockets = connections * this.queueSize + 4;
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    if (!(timeoutMs > 0)) throw new Error(`timeoutMs must be positive, not ${timeoutMs}`);
     this.client = new S3Client({
       endpoint: loc.endpoint,
       region: opts.region ?? 'us-east-1',
@@ -252,9 +257,11 @@ export class S3Backend implements Backend {
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
       requestHandler: {
-        connectionTimeout: 10_000,
-        // Idle time on a socket, not a whole request: a slow link still moves a big part eventually.
-        requestTimeout: 120_000,
+        connectionTimeout: Math.min(10_000, timeoutMs),
+        // Idle time on the socket. Not requestTimeout: that one limits a whole request (a big part on a
+        // slow link may rightly take longer), and without throwOnRequestTimeout it only logs a warning,
+        // so a store that stops answering but keeps the connection open would be waited on for ever.
+        socketTimeout: timeoutMs,
         httpAgent: new HttpAgent({ keepAlive: true, maxSockets: sockets }),
         httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets: sockets }),
       },

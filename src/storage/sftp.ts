@@ -35,7 +35,7 @@ export interface SftpBackendOptions {
   connections?: number;
   /** Limit on TCP connect + SSH handshake + login. */
   readyTimeoutMs?: number;
-  /** A dead peer that never closes the TCP connection is noticed after about three of these. */
+  /** A peer that stops answering but keeps the TCP connection open is given up on after three to four of these. */
   keepaliveIntervalMs?: number;
 }
 

@@ -1,10 +1,12 @@
 // What the test helpers that start real servers (sshd.ts, ftpd.ts, s3server.ts) share: a free
 // loopback port, "is it answering yet", a system user's password, and a daemon's process tree (to
-// kill its sessions as a crash would).
+// kill its sessions as a crash would, or freeze them as a hung host would).
 import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
-import { readdir, readFile } from 'node:fs/promises';
+import { link, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -34,8 +36,25 @@ export function answers(port: number, banner?: string): Promise<boolean> {
 }
 
 /** Gives a system user a new random password (chpasswd) and returns it. */
-export async function setRandomPassword(user: string): Promise<string> {
-  const password = randomBytes(12).toString('base64url');
+/**
+ * The password of a system user the test servers log in (set with chpasswd). One per user for the
+ * whole run, shared by every test process through a file made with link() (atomic, first wins): test
+ * files run in parallel, and a password set anew by each would lock the others out mid-test.
+ */
+export async function testUserPassword(user: string): Promise<string> {
+  const dir = join(tmpdir(), 'bulwark-test-passwords');
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const file = join(dir, user);
+  const mine = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`;
+  await writeFile(mine, randomBytes(12).toString('base64url'), { mode: 0o600 });
+  try {
+    await link(mine, file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  } finally {
+    await rm(mine, { force: true });
+  }
+  const password = (await readFile(file, 'utf8')).trim();
   await new Promise<void>((resolve, reject) => {
     const p = spawn('chpasswd', [], { stdio: ['pipe', 'ignore', 'pipe'] });
     let err = '';
@@ -70,3 +89,21 @@ export async function descendantsOf(pid: number): Promise<number[]> {
   }
   return all;
 }
+
+/**
+ * Sends SIGSTOP or SIGCONT to a daemon and every process below it: a server that stops answering but
+ * keeps its connections open, as a hung host or a frozen VM does. The daemon is stopped before its
+ * tree is read, so no session it forks meanwhile escapes.
+ */
+export async function signalTree(pid: number, signal: 'SIGSTOP' | 'SIGCONT'): Promise<void> {
+  const send = (p: number): void => {
+    try {
+      process.kill(p, signal);
+    } catch {
+      // gone already
+    }
+  };
+  send(pid);
+  for (const p of await descendantsOf(pid)) send(p);
+}
+

@@ -9,7 +9,7 @@ import { chmod, chown, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/p
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { answers, descendantsOf, freePort, setRandomPassword } from './daemon.js';
+import { answers, descendantsOf, freePort, testUserPassword, signalTree } from './daemon.js';
 
 export interface FtpdOptions {
   /** Explicit FTPS (AUTH TLS) with a fresh self-signed certificate; logins and data must then use TLS. */
@@ -34,6 +34,10 @@ export interface Ftpd {
   kill(): Promise<void>;
   /** Starts it again on the same port, with the same certificate and files (after kill()). */
   restart(): Promise<void>;
+  /** Freezes the daemon and its sessions (SIGSTOP): connections stay open, nothing answers. */
+  pause(): Promise<void>;
+  /** Lets them run again (SIGCONT) after pause(). */
+  resume(): Promise<void>;
   /** Ends the daemon and its sessions and removes the helper's files. */
   stop(): Promise<void>;
 }
@@ -70,7 +74,7 @@ async function makeTestUser(): Promise<string> {
   );
   if (current === undefined) await run('useradd', ['--system', '--home-dir', home, '--shell', '/bin/sh', FTP_TEST_USER]);
   else if (current.split(':')[5] !== home) await run('usermod', ['--home', home, FTP_TEST_USER]);
-  return setRandomPassword(FTP_TEST_USER);
+  return testUserPassword(FTP_TEST_USER);
 }
 
 
@@ -233,6 +237,12 @@ export async function startFtpd(opts: FtpdOptions = {}): Promise<Ftpd> {
     restart: async () => {
       await kill();
       await start();
+    },
+    pause: async () => {
+      if (child?.pid !== undefined) await signalTree(child.pid, 'SIGSTOP');
+    },
+    resume: async () => {
+      if (child?.pid !== undefined) await signalTree(child.pid, 'SIGCONT');
     },
     stop: async () => {
       await kill();

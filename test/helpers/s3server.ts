@@ -22,8 +22,18 @@ export interface S3Server {
   endpoint: string;
   accessKeyId: string;
   secretAccessKey: string;
+  /** The object server's device folder: each stored object (or part) is a `.data` file below it. */
+  objectsDir: string;
   /** The proxy alone: stopping it makes the endpoint refuse connections (for outage tests). */
   stopProxy(): Promise<void>;
+  /** Kills the proxy at once (SIGKILL), as a crash would; the storage servers and objects stay. */
+  killProxy(): Promise<void>;
+  /** Starts the proxy again on the same port (after stopProxy() or killProxy()) and waits until it is healthy. */
+  restartProxy(): Promise<void>;
+  /** Freezes the proxy (SIGSTOP): connections to it stay open, nothing answers. */
+  pauseProxy(): void;
+  /** Lets it run again (SIGCONT) after pauseProxy(). */
+  resumeProxy(): void;
   /** Ends every process this call started and removes its folder. */
   stop(): Promise<void>;
 }
@@ -169,6 +179,8 @@ async function stopDaemon(d: Daemon): Promise<void> {
   if (d.child.exitCode !== null || d.child.signalCode !== null) return;
   const exited = new Promise<void>((resolve) => d.child.once('exit', () => resolve()));
   d.child.kill('SIGTERM');
+  // A frozen daemon (a test's SIGSTOP) acts on the SIGTERM only once it runs again.
+  d.child.kill('SIGCONT');
   const timer = setTimeout(() => d.child.kill('SIGKILL'), 5000);
   await exited;
   clearTimeout(timer);
@@ -213,14 +225,32 @@ export async function startS3Server(): Promise<S3Server> {
 
     await start('memcached', 'memcached', ['-u', 'root', '-l', '127.0.0.1', '-p', String(memcachePort), '-U', '0', '-m', '64']);
     for (const kind of ['account', 'container', 'object']) await start(`${kind}-server`, PYTHON, [`/usr/bin/swift-${kind}-server`, join(dir, `${kind}-server.conf`)]);
-    const proxy = await start('proxy-server', PYTHON, ['/usr/bin/swift-proxy-server', join(dir, 'proxy-server.conf')]);
+    const startProxy = () => start('proxy-server', PYTHON, ['/usr/bin/swift-proxy-server', join(dir, 'proxy-server.conf')]);
+    let proxy = await startProxy();
     await waitFor('the storage servers', daemons, async () => (await Promise.all([memcachePort, accountPort, containerPort, objectPort].map((p) => answers(p)))).every(Boolean));
     await waitFor('the proxy', daemons, () => healthy(proxyPort));
+    const killProxy = async (): Promise<void> => {
+      const c = proxy.child;
+      if (c.exitCode !== null || c.signalCode !== null) return;
+      const exited = new Promise<void>((resolve) => c.once('exit', () => resolve()));
+      c.kill('SIGKILL');
+      await exited;
+    };
     return {
       endpoint: `http://127.0.0.1:${proxyPort}`,
       accessKeyId: ACCESS_KEY,
       secretAccessKey: SECRET,
+      objectsDir: join(dir, 'srv', 'd1', 'objects'),
       stopProxy: () => stopDaemon(proxy),
+      killProxy,
+      async restartProxy() {
+        await killProxy();
+        daemons.splice(daemons.indexOf(proxy), 1);
+        proxy = await startProxy();
+        await waitFor('the restarted proxy', daemons, () => healthy(proxyPort));
+      },
+      pauseProxy: () => proxy.child.kill('SIGSTOP'),
+      resumeProxy: () => proxy.child.kill('SIGCONT'),
       async stop() {
         await stopAll();
         await rm(dir, { recursive: true, force: true });

@@ -8,7 +8,7 @@ import { chmod, chown, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/p
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { answers, descendantsOf, freePort, setRandomPassword } from './daemon.js';
+import { answers, descendantsOf, freePort, testUserPassword, signalTree } from './daemon.js';
 
 export interface Sshd {
   port: number;
@@ -25,6 +25,10 @@ export interface Sshd {
   kill(): Promise<void>;
   /** Starts it again on the same port with the same host key (after kill()). */
   restart(): Promise<void>;
+  /** Freezes the daemon and its sessions (SIGSTOP): connections stay open, nothing answers. */
+  pause(): Promise<void>;
+  /** Lets them run again (SIGCONT) after pause(). */
+  resume(): Promise<void>;
   /** Ends the daemon and its sessions and removes the helper's files. */
   stop(): Promise<void>;
 }
@@ -55,7 +59,7 @@ async function ensureTestUser(home: string): Promise<{ user: string; password: s
     // nologin: the account exists for SFTP (internal-sftp runs no shell), never for a shell.
     await run('useradd', ['--system', '--home-dir', home, '--shell', '/usr/sbin/nologin', TEST_USER]);
   }
-  return { user: TEST_USER, password: await setRandomPassword(TEST_USER) };
+  return { user: TEST_USER, password: await testUserPassword(TEST_USER) };
 }
 
 async function uidGid(user: string): Promise<{ uid: number; gid: number }> {
@@ -177,6 +181,12 @@ export async function startSshd(): Promise<Sshd> {
     restart: async () => {
       await kill();
       await start();
+    },
+    pause: async () => {
+      if (child?.pid !== undefined) await signalTree(child.pid, 'SIGSTOP');
+    },
+    resume: async () => {
+      if (child?.pid !== undefined) await signalTree(child.pid, 'SIGCONT');
     },
     stop: async () => {
       await kill();
