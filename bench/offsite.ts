@@ -1,7 +1,9 @@
 // Off-site backends: Bulwark's first backup and full restore to a local folder, SFTP (OpenSSH), FTP
-// (vsftpd) and S3 (OpenStack Swift + s3api), all on loopback, against restic 0.14 over the same
-// servers (local, SFTP, S3: restic has no FTP backend) and against plain copies of the same bytes as
-// one tar file (cp, scp, curl -T). Real servers come from the test helpers (test/helpers/*.ts).
+// (vsftpd), S3 (OpenStack Swift + s3api) and REST (Bulwark's own `bulwark serve-repo`, HTTPS with the
+// certificate pinned), all on loopback, against restic 0.14 over the same servers (local, SFTP, S3:
+// restic has no FTP backend, and its REST backend needs rest-server, not Bulwark's) and against plain
+// copies of the same bytes as one tar file (cp, scp, curl -T). Real servers come from the test helpers
+// (test/helpers/*.ts); the REST server is the `bulwark serve-repo` of the Bulwark being measured.
 //
 //   npx tsx bench/offsite.ts          (as root: the FTP/SFTP test users are system users; caches are dropped)
 //
@@ -13,7 +15,7 @@
 // the source, sha256 of the downloaded tar against the uploaded one. A wrong restore fails the run.
 // Writes <out>/offsite-results.md (and offsite-results.json); logs of every command in <out>/offsite/logs.
 //
-// Knobs: BENCH_OFFSITE_MIB (1024), BENCH_OFFSITE_BACKENDS ("local sftp ftp s3"),
+// Knobs: BENCH_OFFSITE_MIB (1024), BENCH_OFFSITE_BACKENDS ("local sftp ftp s3 rest"),
 // BENCH_OFFSITE_TOOLS ("bulwark restic plain"), BENCH_OFFSITE_VERBOSE (1: Bulwark runs with --verbose),
 // BENCH_TIMEOUT (1800 s per timed command), BENCH_RESTORE_TMPFS (1: restores go to a tmpfs),
 // BENCH_BULWARK_JS (bin/bulwark.js), BENCH_OUT (bench/out), BENCH_KEEP (1 keeps the repositories).
@@ -42,7 +44,7 @@ const LOGS = join(WORK, 'logs');
 const REPOS = join(WORK, 'repos');
 const RESTORE = join(WORK, 'restore');
 const MIB = Number(process.env['BENCH_OFFSITE_MIB'] ?? 1024);
-const BACKENDS = (process.env['BENCH_OFFSITE_BACKENDS'] ?? 'local sftp ftp s3').split(/\s+/).filter(Boolean) as Backend[];
+const BACKENDS = (process.env['BENCH_OFFSITE_BACKENDS'] ?? 'local sftp ftp s3 rest').split(/\s+/).filter(Boolean) as Backend[];
 const TOOLS = (process.env['BENCH_OFFSITE_TOOLS'] ?? 'bulwark restic plain').split(/\s+/).filter(Boolean) as Tool[];
 const VERBOSE = process.env['BENCH_OFFSITE_VERBOSE'] === '1';
 const TIMEOUT_MS = Number(process.env['BENCH_TIMEOUT'] ?? 1800) * 1000;
@@ -62,11 +64,17 @@ const NODE =
     .find((p) => existsSync(p)) ??
   'node';
 
-type Backend = 'local' | 'sftp' | 'ftp' | 's3';
+type Backend = 'local' | 'sftp' | 'ftp' | 's3' | 'rest';
 type Tool = 'bulwark' | 'restic' | 'plain';
 type Step = 'backup' | 'restore';
-const BACKEND_NAMES: Record<Backend, string> = { local: 'local folder', sftp: 'SFTP (OpenSSH sshd)', ftp: 'FTP (vsftpd, plain)', s3: 'S3 (OpenStack Swift, s3api)' };
-const SUPPORTED: Record<Tool, Backend[]> = { bulwark: ['local', 'sftp', 'ftp', 's3'], restic: ['local', 'sftp', 's3'], plain: ['local', 'sftp', 'ftp', 's3'] };
+const BACKEND_NAMES: Record<Backend, string> = {
+  local: 'local folder',
+  sftp: 'SFTP (OpenSSH sshd)',
+  ftp: 'FTP (vsftpd, plain)',
+  s3: 'S3 (OpenStack Swift, s3api)',
+  rest: 'REST (bulwark serve-repo, HTTPS, pinned)',
+};
+const SUPPORTED: Record<Tool, Backend[]> = { bulwark: ['local', 'sftp', 'ftp', 's3', 'rest'], restic: ['local', 'sftp', 's3'], plain: ['local', 'sftp', 'ftp', 's3'] };
 
 interface Cell {
   status: 'ok' | 'FAILED' | 'FAIL' | 'n/a' | 'not run';
@@ -239,6 +247,7 @@ interface Servers {
   knownHosts?: string;
   /** A TLS front for Swift, for restic only (see startTlsFront). */
   s3Tls?: { port: number; caFile: string; stop(): Promise<void> };
+  rest?: RestServer;
 }
 const servers: Servers = {};
 let stopping: Promise<void> | undefined;
@@ -250,6 +259,7 @@ function stopServers(): Promise<void> {
       ['sshd', servers.sshd],
       ['vsftpd', servers.ftpd],
       ['swift', servers.s3],
+      ['bulwark serve-repo', servers.rest],
     ];
     for (const [name, s] of all) {
       if (!s) continue;
@@ -294,6 +304,58 @@ async function startTlsFront(targetPort: number): Promise<{ port: number; caFile
         for (const s of sockets) s.destroy();
         srv.close(() => r());
       }),
+  };
+}
+
+interface RestServer {
+  url: string;
+  fingerprint: string;
+  data: string;
+  user: string;
+  password: string;
+  stop(): Promise<void>;
+}
+
+const REST_USER = 'bench';
+
+/** `bulwark serve-repo` on a free loopback port with one login; ready once it prints its JSON line. */
+async function startRestServer(): Promise<RestServer> {
+  const data = join(WORK, 'serve-repo');
+  await rm(data, { recursive: true, force: true });
+  await mkdir(data, { recursive: true });
+  const pwFile = join(WORK, 'serve-repo.pw');
+  await writeFile(pwFile, `${PASSWORD}-rest\n`, { mode: 0o600 });
+  must(NODE, [BULWARK_JS, 'serve-repo', '--data', data, '--add-user', REST_USER, '--password-file', pwFile]);
+  const errPath = join(LOGS, 'serve-repo.err');
+  const err = openSync(errPath, 'w');
+  const p = spawn(NODE, [BULWARK_JS, 'serve-repo', '--data', data, '--listen', '127.0.0.1:0', '--json'], { stdio: ['ignore', 'pipe', err] });
+  closeSync(err);
+  const exited = new Promise<void>((r) => p.once('exit', () => r()));
+  const ready = await new Promise<{ url: string; fingerprint: string }>((resolvePromise, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`bulwark serve-repo was not ready in 60 s: ${readFileSync(errPath, 'utf8').trim().slice(-400)}`)), 60_000);
+    p.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      const line = out.split('\n').find((l) => l.trim().startsWith('{'));
+      if (line && out.includes('\n', out.indexOf(line))) {
+        clearTimeout(timer);
+        resolvePromise(JSON.parse(line) as { url: string; fingerprint: string });
+      }
+    });
+    void exited.then(() => {
+      clearTimeout(timer);
+      reject(new Error(`bulwark serve-repo exited before it was ready: ${readFileSync(errPath, 'utf8').trim().slice(-400)}`));
+    });
+  });
+  return {
+    ...ready,
+    data,
+    user: REST_USER,
+    password: `${PASSWORD}-rest`,
+    stop: async () => {
+      p.kill('SIGTERM');
+      await exited;
+    },
   };
 }
 
@@ -348,6 +410,11 @@ function bulwarkTarget(backend: Backend, cache: string): { repo: string; env: No
       const s = servers.s3!;
       return { repo: `s3:http://127.0.0.1:${s3Port()}/${S3_BUCKET}/bulwark`, env: { ...env, AWS_ACCESS_KEY_ID: s.accessKeyId, AWS_SECRET_ACCESS_KEY: s.secretAccessKey } };
     }
+    case 'rest': {
+      const r = servers.rest!;
+      const base = r.url.replace('://', `://${r.user}@`).replace(/\/$/, '');
+      return { repo: `rest:${base}/bulwark`, env: { ...env, BULWARK_REST_PASSWORD: r.password, BULWARK_REST_FINGERPRINT: r.fingerprint } };
+    }
   }
 }
 
@@ -368,7 +435,8 @@ function resticTarget(backend: Backend, cache: string): { args: string[]; env: N
       return { args: ['-r', `s3:https://127.0.0.1:${t.port}/${S3_BUCKET}/restic`, '--cacert', t.caFile], env: { ...env, AWS_ACCESS_KEY_ID: s.accessKeyId, AWS_SECRET_ACCESS_KEY: s.secretAccessKey } };
     }
     case 'ftp':
-      throw new Error('restic has no FTP backend');
+    case 'rest':
+      throw new Error(`restic has no ${backend} backend for this server`);
   }
 }
 
@@ -401,6 +469,8 @@ function plainCommand(backend: Backend, step: Step, local: string): [string, str
       const opts = ['-sS', '--fail-with-body', '--aws-sigv4', 'aws:amz:us-east-1:s3', '-H', 'x-amz-content-sha256: UNSIGNED-PAYLOAD'];
       return ['curl', step === 'backup' ? [...opts, '-T', local, url] : [...opts, '-o', local, url]];
     }
+    case 'rest':
+      throw new Error('no plain copy to a repository server');
   }
 }
 
@@ -469,6 +539,8 @@ function serverSide(b: Backend, t: Tool): string | undefined {
       return join(servers.ftpd!.root, name);
     case 's3':
       return undefined; // inside Swift's object folders, not one path
+    case 'rest':
+      return t === 'bulwark' ? join(servers.rest!.data, servers.rest!.user, 'bulwark') : undefined;
   }
 }
 
@@ -661,6 +733,10 @@ async function main(): Promise<number> {
     const code = must('curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code}', '-X', 'PUT', '--aws-sigv4', 'aws:amz:us-east-1:s3', '-H', 'x-amz-content-sha256: UNSIGNED-PAYLOAD', url]).trim();
     if (code !== '200' && code !== '409') throw new Error(`creating the S3 bucket answered HTTP ${code}`);
     if (TOOLS.includes('restic')) servers.s3Tls = await startTlsFront(Number(s3Port()));
+  }
+  if (need('rest') && TOOLS.includes('bulwark')) {
+    servers.rest = await startRestServer();
+    log(`bulwark serve-repo at ${servers.rest.url}, data ${servers.rest.data}`);
   }
 
   for (const b of BACKENDS) {

@@ -30,6 +30,7 @@ import { parsePackHeader, type PackBlob, type PackEntry } from './pack.js';
 import { PackSpool, type FinishedPack, type PackWriter } from './pack-writer.js';
 import { OtherFormatObjectError, sealDocument, sealerFor, unsealDocument, type Sealer } from './sealer.js';
 import { ReadAhead } from './read-ahead.js';
+import { BlobReader, restoreMemoryBytes } from './blob-reader.js';
 import { UploadJournal } from './upload-journal.js';
 import { Chunker, gearTable } from './chunker.js';
 import { MAX_TREE_BYTES } from './tree.js';
@@ -518,7 +519,8 @@ export class Repository {
     throw failure;
   }
 
-  private async loadCopy(type: BlobType, id: string, e: IndexEntry): Promise<Buffer> {
+  /** `cut`: the sealed bytes already read, as part of a range (blob-reader.ts); checked like any others. */
+  private async loadCopy(type: BlobType, id: string, e: IndexEntry, cut?: Buffer): Promise<Buffer> {
     const limit = maxBlobBytes(type);
     if (e.type !== type) throw new BulwarkError('repository-corrupt', `${type} blob ${id} is indexed as a ${e.type} blob`);
     if (e.ulen > limit || (e.ulen === 0 && e.length - this.sealer.overhead > limit)) throw new BulwarkError('repository-corrupt', `${type} blob ${id} is larger than a ${type} blob may be`);
@@ -533,6 +535,9 @@ export class Repository {
       const body = this.sealer.open(type, sealed, `${type} blob ${id}`, Buffer.from(id, 'hex'));
       plain = e.ulen > 0 ? decompressBounded(body, limit, `${type} blob ${id}`, e.ulen) : body;
       actualId = this.blobId(plain);
+    } else if (cut) {
+      const open = e.length <= SMALL_BLOB_BYTES ? this.workers.openSmall.bind(this.workers) : this.workers.open.bind(this.workers);
+      ({ plain, id: actualId } = await open(cut, e.ulen, `${type} blob ${id}`, this.sealer.ad(type, Buffer.from(id, 'hex'))));
     } else if (e.length <= SMALL_BLOB_BYTES) {
       // Small data blobs are cut from windows read ahead and opened in batches.
       const sealed = await this.readAhead.read(e.pack, this.index.packSize(e.pack) ?? 0, e.offset, e.length);
@@ -544,6 +549,27 @@ export class Repository {
     // (a wrong blob at a valid position, e.g. a broken index).
     if (actualId !== id) throw new BulwarkError('repository-corrupt', `${type} blob ${id} has wrong content`, { hint: "run 'bulwark check --read-data'" });
     return plain;
+  }
+
+  /**
+   * A reader for a restore's blob lists: it reads neighbouring blobs of a pack with one ranged request,
+   * several at once, ahead of the consumer (blob-reader.ts). Each one is opened and verified by
+   * loadCopy, and falls back to loadBlob when that fails.
+   */
+  blobReader(): BlobReader {
+    const { connections } = this.backend.properties;
+    return new BlobReader(
+      {
+        locate: (id) => {
+          const e = this.index.lookup(id);
+          return e?.type === 'data' ? e : undefined;
+        },
+        loadRange: (pack, offset, length) => this.loadRange(pack, offset, length),
+        open: (id, at, sealed) => this.loadCopy('data', id, at as IndexEntry, sealed),
+        loadBlob: (id) => this.loadBlob('data', id),
+      },
+      { connections, memoryBytes: restoreMemoryBytes(connections) },
+    );
   }
 
   /**

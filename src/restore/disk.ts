@@ -10,9 +10,9 @@ import { Qcow2Writer } from '../formats/qcow2/writer.js';
 import { decodePage } from '../repository/fixed-index.js';
 import type { Repository } from '../repository/repository.js';
 import type { DiskRecord } from '../repository/snapshot.js';
+import { blobReaderOf } from '../repository/blob-reader.js';
 import { newProgress, type ProgressSink } from '../sources/progress.js';
 import { BulwarkError, unable } from '../util/errors.js';
-import { orderedMap } from '../util/ordered.js';
 import { writeSparse } from '../util/sparse.js';
 
 const run = promisify(execFile);
@@ -21,7 +21,6 @@ export interface DiskRestoreOptions {
   targetDir: string;
   format: RestoreFormat;
   onProgress?: ProgressSink;
-  prefetch?: number;
 }
 
 export interface DiskRestoreResult {
@@ -100,7 +99,7 @@ async function openSink(format: 'raw' | 'qcow2', path: string, size: number): Pr
   };
 }
 
-export async function restoreDisk(repo: Pick<Repository, 'loadBlob'>, disk: DiskRecord, opts: DiskRestoreOptions): Promise<DiskRestoreResult> {
+export async function restoreDisk(repo: Pick<Repository, 'loadBlob'> & Partial<Pick<Repository, 'blobReader'>>, disk: DiskRecord, opts: DiskRestoreOptions): Promise<DiskRestoreResult> {
   const name = safeDiskName(disk.name);
   const rawPath = join(opts.targetDir, `${name}.raw`);
   const finalPath = join(opts.targetDir, `${name}.${opts.format}`);
@@ -123,8 +122,17 @@ export async function restoreDisk(repo: Pick<Repository, 'loadBlob'>, disk: Disk
     throw unable('create', 'disk file', partialPath, err);
   });
   try {
-    // The block list is read page by page as the writer advances; blobs are prefetched ahead of it.
-    for await (const { index, data } of orderedMap(dataBlocks(repo, disk), opts.prefetch ?? 8, async (b) => ({ index: b.index, data: await repo.loadBlob('data', b.id) }))) {
+    // The block list is read page by page as the writer advances; the reader fetches the blocks ahead
+    // of it, neighbours in a pack in one ranged read.
+    const indices: number[] = [];
+    const ids = (async function* () {
+      for await (const b of dataBlocks(repo, disk)) {
+        indices.push(b.index);
+        yield b.id;
+      }
+    })();
+    for await (const data of blobReaderOf(repo).blobs(ids)) {
+      const index = indices.shift()!;
       bytesWritten += await sink.write(data, index * disk.blockSize);
       progress.bytesDone = index * disk.blockSize + data.length;
       opts.onProgress?.(progress);

@@ -38,27 +38,27 @@ import { ExpansionGuard, walk } from '../repository/walk.js';
 import { newProgress, type Progress, type ProgressSink } from '../sources/progress.js';
 import { BulwarkError, errnoCode, unable } from '../util/errors.js';
 import { Budget } from '../util/budget.js';
+import { blobReaderOf, type BlobReader } from '../repository/blob-reader.js';
 import { DirHandle, O_PATH } from '../util/dirhandle.js';
 import { compileGlobs, type Matcher } from '../util/glob.js';
-import { orderedMap } from '../util/ordered.js';
 import { writeSparseSync } from '../util/sparse.js';
 
 const run = promisify(execFile);
 
-/** Entries restored at the same time. */
-const FILES_IN_FLIGHT = 64;
-/** Loaded-but-unwritten blob bytes, whatever the number of files in flight. */
-const RESTORE_MEMORY = 32 * 1024 * 1024;
+/**
+ * Entries restored at the same time. Their blob lists are what the blob reader sees ahead of the
+ * writer: with tens of thousands of small files, 64 gave it too little to merge into long ranges.
+ * Waiting files hold no descriptor (see file()); the folders they are in do.
+ */
+const FILES_IN_FLIGHT = 256;
 
-export type RestoreRepo = Pick<Repository, 'loadBlob' | 'index' | 'zeroChunk'>;
+export type RestoreRepo = Pick<Repository, 'loadBlob' | 'index' | 'zeroChunk'> & Partial<Pick<Repository, 'blobReader'>>;
 
 export interface FilesRestoreOptions {
   target: string;
   /** Only entries matching one of these globs (and the folders leading to them) are restored. */
   includes?: string[];
   onProgress?: ProgressSink;
-  /** Blobs fetched ahead of the writer. */
-  prefetch?: number;
 }
 
 export interface FilesRestoreResult {
@@ -113,8 +113,12 @@ export class FilesRestorer {
   private lastEmit = 0;
   /** A crafted snapshot that names one subtree over and over must not expand without end. */
   private readonly guard = new ExpansionGuard();
-  /** Bytes of blobs loaded and not yet written, across all files being restored. */
-  private readonly budget = new Budget(RESTORE_MEMORY);
+  /**
+   * One reader for every file: files started one after the other hold blobs that lie next to each
+   * other in the packs, so their reads are merged too, and the reader's byte budget bounds the memory
+   * of loaded-but-unwritten blobs across all files in flight.
+   */
+  private readonly reader: Pick<BlobReader, 'blobs'>;
   /** Entries being restored at once, across all folders. */
   private readonly inFlight = new Budget(FILES_IN_FLIGHT);
 
@@ -123,6 +127,7 @@ export class FilesRestorer {
     private readonly opts: FilesRestoreOptions,
   ) {
     this.includes = opts.includes && opts.includes.length > 0 ? compileGlobs(opts.includes) : undefined;
+    this.reader = blobReaderOf(repo);
   }
 
   /** Restores the given nodes (a tree's children, or one node picked by path) into the target. */
@@ -311,44 +316,45 @@ export class FilesRestorer {
     // Synchronous on purpose: creating, writing into the page cache, owner, mode and times are
     // microsecond system calls, and a thread-pool round trip for each costs more than the call itself
     // when restoring tens of thousands of files. Only the loads wait.
-    const fd = replacing(path, () => openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600));
+    // Created once its first bytes are there, not before: many files wait for their blobs at once (the
+    // reader's look-ahead is made of them), and they must not each hold a descriptor meanwhile.
+    let fd: number | undefined;
+    const create = (): number => (fd ??= replacing(path, () => openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600)));
     try {
       let pos = 0;
       const ids = node.content ?? [];
       const zero = this.repo.zeroChunk();
-      const load = async (id: string): Promise<{ data: Buffer | undefined; length: number; cost: number }> => {
-        // A hole's chunk is known by its id: it stays a hole, nothing is read.
-        if (id === zero.id) return { data: undefined, length: zero.length, cost: 0 };
-        const e = this.repo.index.lookup(id);
-        const cost = e ? e.ulen || e.length : 0;
-        await this.budget.acquire(cost);
-        try {
-          const data = await this.repo.loadBlob('data', id);
-          return { data, length: data.length, cost };
-        } catch (err) {
-          this.budget.release(cost);
-          throw err;
+      // A hole's chunk is known by its id: it stays a hole, nothing is read.
+      const blobs = this.reader.blobs(ids.filter((id) => id !== zero.id));
+      try {
+        for (const id of ids) {
+          let length = zero.length;
+          if (id !== zero.id) {
+            const next = await blobs.next();
+            if (next.done) throw new Error('the blob reader ended early');
+            const data = next.value;
+            // Zero pages become holes: sparse files come back sparse.
+            writeSparseSync(create(), data, pos);
+            length = data.length;
+          }
+          pos += length;
+          this.progress.bytesDone += length;
+          this.emit();
         }
-      };
-      for await (const { data, length, cost } of orderedMap(ids, this.opts.prefetch ?? 8, load, (r) => this.budget.release(r.cost))) {
-        // Zero pages become holes: sparse files come back sparse.
-        try {
-          if (data) writeSparseSync(fd, data, pos);
-        } finally {
-          this.budget.release(cost);
-        }
-        pos += length;
-        this.progress.bytesDone += length;
-        this.emit();
+      } finally {
+        await blobs.return(undefined);
       }
-      ftruncateSync(fd, pos);
+      ftruncateSync(create(), pos);
     } catch (err) {
-      closeSync(fd);
-      await fsp.unlink(path).catch(() => undefined);
+      if (fd !== undefined) {
+        closeSync(fd);
+        await fsp.unlink(path).catch(() => undefined);
+      }
       throw new Error(`${err instanceof Error ? err.message : String(err)} (the partial file was removed)`, { cause: err });
     }
     // The content is complete: a metadata failure (e.g. chown when not restoring as root) is reported
     // for the file, which stays.
+    fd = create();
     try {
       fchownSync(fd, node.uid, node.gid);
       fchmodSync(fd, node.mode);
