@@ -368,7 +368,8 @@ describe('SftpBackend streaming and failures', () => {
       await b.close();
       await rm(src, { force: true });
     }
-  });
+    // 64 MiB through a real sshd twice: well within two minutes on an idle machine, not on a busy one.
+  }, 300_000);
 
   it('gives a transient error when the server dies mid-save, and reconnects to a new one', async () => {
     const { local, location } = newRepo();

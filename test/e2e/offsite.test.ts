@@ -62,8 +62,27 @@ async function roundTrip(env: Record<string, string>, label: string): Promise<vo
   expect(again.code, again.stderr).toBe(0);
   const f = await runCli(['forget', '--keep-last', '1', '--source', 'files'], { env });
   expect(f.code, f.stderr).toBe(0);
-  const list = jsonResult<{ source: string }[]>(await runCli(['snapshots', '--json'], { env }));
+  const list = jsonResult<{ id: string; source: string }[]>(await runCli(['snapshots', '--json'], { env }));
   expect(list.map((s) => s.source).sort()).toEqual(['disk:web01', 'files']);
+
+  // prune on the remote store: the disk snapshot forgotten, its packs are condemned by one run and
+  // removed by the next; the files snapshot still restores and check stays clean.
+  const diskSnap = list.find((s) => s.source === 'disk:web01')!.id;
+  expect((await runCli(['forget', diskSnap], { env })).code).toBe(0);
+  const prune = async (): Promise<{ marked: { packs: number }; removed: { packs: number } }> => {
+    const p = await runCli(['prune', '--json'], { env, timeoutMs: 300_000 });
+    expect(p.code, p.stderr).toBe(0);
+    return jsonResult(p);
+  };
+  const first = await prune();
+  expect(first.marked.packs).toBeGreaterThan(0);
+  const second = await prune();
+  expect(second.removed.packs).toBe(first.marked.packs);
+  const afterPrune = await runCli(['check', '--read-data'], { env, timeoutMs: 300_000 });
+  expect(afterPrune.code, afterPrune.stdout + afterPrune.stderr).toBe(0);
+  const r2 = await runCli(['restore', 'latest', '--source', 'files', '--target', `${out}-after-prune`], { env, timeoutMs: 300_000 });
+  expect(r2.code, r2.stderr).toBe(0);
+  expect(await describeTree(`${out}-after-prune${src}`)).toEqual(await describeTree(src));
 }
 
 describe('sftp: repositories', () => {

@@ -472,5 +472,7 @@ describe('live VM backup', () => {
     const b = readHookLog(await readFileFromExt4Image(await restoredDisk(results[1]!.snapshot!, `${tmp.path}/g2`), '/hooks.log'));
     expect(a.last).toBe('freeze');
     expect(b.last).toBe('freeze');
-  });
+    // A second TCG guest to boot, two backups and two restores: on a busy two-core machine this has
+    // taken just over the default two minutes.
+  }, 300_000);
 });
