@@ -11,6 +11,7 @@ import { BulwarkError } from '../../util/errors.js';
 import { hashPassword, needsRehash, verifyPassword } from './auth.js';
 import { Catalog, CatalogError, RUN_TAG, JOB_TAG, catalogSelfTest, type JobDefinition, type RestorePoint } from './catalog.js';
 import { MIGRATIONS, migrate, type Migration } from './schema.js';
+import { thrown } from '../../../test/helpers/thrown.js';
 
 const Database = createRequire(import.meta.url)('better-sqlite3') as typeof BetterSqlite3;
 const FAST = { scrypt: { N: 2 ** 10, r: 8, p: 1 } };
@@ -41,15 +42,6 @@ function openCatalog(name = 'catalog.db', options: Parameters<typeof Catalog.ope
   return c;
 }
 
-function caught(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected a throw');
-}
-
 describe('opening and migrations', () => {
   it('creates a fresh catalog in WAL mode with foreign keys on, and reopens it without migrating again', () => {
     const path = join(dir, 'catalog.db');
@@ -67,7 +59,7 @@ describe('opening and migrations', () => {
     expect(again.schemaVersion).toBe(MIGRATIONS.length);
     expect(again.listJobs().map((j) => j.name)).toEqual(['nightly']);
     // Foreign keys are enforced on this connection: an item for a run that does not exist is refused.
-    expect(caught(() => again.addItem('no-such-run', 'x'))).toMatchObject({ reason: 'not-found' });
+    expect(thrown(() => again.addItem('no-such-run', 'x'))).toMatchObject({ reason: 'not-found' });
   });
 
   it('refuses a catalog written by a newer schema, with a typed error and without touching the file', () => {
@@ -77,7 +69,7 @@ describe('opening and migrations', () => {
     raw.pragma(`user_version = ${MIGRATIONS.length + 5}`);
     raw.close();
 
-    const err = caught(() => Catalog.open(path, FAST));
+    const err = thrown(() => Catalog.open(path, FAST));
     expect(err).toBeInstanceOf(CatalogError);
     expect(err).toBeInstanceOf(BulwarkError);
     expect(err).toMatchObject({ reason: 'schema-too-new', code: 'failed' });
@@ -131,11 +123,11 @@ describe('opening and migrations', () => {
   it('reports a file that is not a database as corrupt', () => {
     const path = join(dir, 'junk.db');
     writeFileSync(path, Buffer.alloc(4096, 7));
-    expect(caught(() => Catalog.open(path, FAST))).toMatchObject({ reason: 'corrupt' });
+    expect(thrown(() => Catalog.open(path, FAST))).toMatchObject({ reason: 'corrupt' });
   });
 
   it('says where the folder is missing', () => {
-    expect(caught(() => Catalog.open(join(dir, 'no', 'such', 'catalog.db'), FAST))).toMatchObject({ reason: 'unavailable', hint: /folder exists/ });
+    expect(thrown(() => Catalog.open(join(dir, 'no', 'such', 'catalog.db'), FAST))).toMatchObject({ reason: 'unavailable', hint: /folder exists/ });
   });
 
   it('loads SQLite only when opened: on another Node the import works and open() explains', async () => {
@@ -171,13 +163,13 @@ describe('jobs', () => {
     expect(job).toMatchObject({ name: 'nightly', enabled: true, definition: DEF });
     expect(c.getJob('nightly')?.id).toBe(job.id);
 
-    expect(caught(() => c.createJob('nightly', DEF))).toMatchObject({ reason: 'conflict', code: 'usage' });
-    expect(caught(() => c.createJob('bad', { ...DEF, sources: [] }))).toMatchObject({ reason: 'invalid', message: /sources/ });
-    expect(caught(() => c.createJob('bad', { ...DEF, kind: 'tape' } as unknown as JobDefinition))).toMatchObject({ reason: 'invalid' });
-    expect(caught(() => c.createJob('bad', { ...DEF, extra: 1 } as unknown as JobDefinition))).toMatchObject({ message: /unknown field/ });
-    expect(caught(() => c.createJob('bad', { ...DEF, options: { when: new Date() } } as unknown as JobDefinition))).toMatchObject({ message: /plain object/ });
-    expect(caught(() => c.createJob('bad', { ...DEF, options: { n: NaN } }))).toMatchObject({ message: /finite/ });
-    expect(caught(() => c.createJob('', DEF))).toMatchObject({ reason: 'invalid' });
+    expect(thrown(() => c.createJob('nightly', DEF))).toMatchObject({ reason: 'conflict', code: 'usage' });
+    expect(thrown(() => c.createJob('bad', { ...DEF, sources: [] }))).toMatchObject({ reason: 'invalid', message: /sources/ });
+    expect(thrown(() => c.createJob('bad', { ...DEF, kind: 'tape' } as unknown as JobDefinition))).toMatchObject({ reason: 'invalid' });
+    expect(thrown(() => c.createJob('bad', { ...DEF, extra: 1 } as unknown as JobDefinition))).toMatchObject({ message: /unknown field/ });
+    expect(thrown(() => c.createJob('bad', { ...DEF, options: { when: new Date() } } as unknown as JobDefinition))).toMatchObject({ message: /plain object/ });
+    expect(thrown(() => c.createJob('bad', { ...DEF, options: { n: NaN } }))).toMatchObject({ message: /finite/ });
+    expect(thrown(() => c.createJob('', DEF))).toMatchObject({ reason: 'invalid' });
 
     clock.t += 1000;
     const run = c.createRun(job.id, 'manual', { status: 'running' });
@@ -186,8 +178,8 @@ describe('jobs', () => {
     expect(renamed.updatedAt.getTime()).toBe(clock.t);
     expect(c.getRun(run.id)?.jobName).toBe('nightly-vms');
     c.createJob('other', DEF);
-    expect(caught(() => c.updateJob(job.id, { name: 'other' }))).toMatchObject({ reason: 'conflict' });
-    expect(caught(() => c.updateJob(999, { enabled: true }))).toMatchObject({ reason: 'not-found', code: 'not-found' });
+    expect(thrown(() => c.updateJob(job.id, { name: 'other' }))).toMatchObject({ reason: 'conflict' });
+    expect(thrown(() => c.updateJob(999, { enabled: true }))).toMatchObject({ reason: 'not-found', code: 'not-found' });
 
     expect(c.deleteJob(job.id)).toBe(true);
     expect(c.getJob(job.id)).toBeUndefined();
@@ -203,7 +195,7 @@ describe('jobs', () => {
     raw.prepare("UPDATE jobs SET definition = '{\"kind\":\"vm\"}'").run();
     raw.close();
     const again = openCatalog();
-    expect(caught(() => again.listJobs())).toMatchObject({ reason: 'corrupt', message: /sources/ });
+    expect(thrown(() => again.listJobs())).toMatchObject({ reason: 'corrupt', message: /sources/ });
   });
 });
 
@@ -216,19 +208,19 @@ describe('runs', () => {
     expect(run).toMatchObject({ status: 'queued', startedAt: null, trigger: 'scheduled' });
     clock.t += 5000;
     expect(c.startRun(run.id).startedAt?.getTime()).toBe(clock.t);
-    expect(caught(() => c.startRun(run.id))).toMatchObject({ reason: 'conflict' });
+    expect(thrown(() => c.startRun(run.id))).toMatchObject({ reason: 'conflict' });
 
     const item = c.addItem(run.id, 'web01', { status: 'running' });
     const done = c.updateItem(item.id, { status: 'success', consistency: 'application', bytesRead: 1000, bytesStored: 10, durationMs: 42, snapshotId: 'a'.repeat(64) });
     expect(done).toMatchObject({ name: 'web01', status: 'success', consistency: 'application', bytesRead: 1000, snapshotId: 'a'.repeat(64), error: null });
-    expect(caught(() => c.updateItem(item.id, { bytesRead: -1 }))).toMatchObject({ reason: 'invalid' });
-    expect(caught(() => c.updateItem(item.id, { status: 'done' as never }))).toMatchObject({ reason: 'invalid' });
-    expect(caught(() => c.addItem(run.id, 'db01', { snapshotId: 'a'.repeat(64) }))).toMatchObject({ reason: 'conflict' });
+    expect(thrown(() => c.updateItem(item.id, { bytesRead: -1 }))).toMatchObject({ reason: 'invalid' });
+    expect(thrown(() => c.updateItem(item.id, { status: 'done' as never }))).toMatchObject({ reason: 'invalid' });
+    expect(thrown(() => c.addItem(run.id, 'db01', { snapshotId: 'a'.repeat(64) }))).toMatchObject({ reason: 'conflict' });
 
-    expect(caught(() => c.finishRun(run.id, 'success', { when: new Date() } as never))).toMatchObject({ reason: 'invalid' });
+    expect(thrown(() => c.finishRun(run.id, 'success', { when: new Date() } as never))).toMatchObject({ reason: 'invalid' });
     const finished = c.finishRun(run.id, 'warning', { items: 1, warnings: ['slow'] });
     expect(finished).toMatchObject({ status: 'warning', summary: { items: 1, warnings: ['slow'] } });
-    expect(caught(() => c.finishRun(run.id, 'success'))).toMatchObject({ reason: 'conflict', message: /warning/ });
+    expect(thrown(() => c.finishRun(run.id, 'success'))).toMatchObject({ reason: 'conflict', message: /warning/ });
     expect(c.listItems(run.id)).toHaveLength(1);
     expect(c.listRuns({ jobId: job.id }).map((r) => r.id)).toEqual([run.id]);
   });
@@ -302,7 +294,7 @@ describe('interrupted runs', () => {
     // Done once: the next start finds nothing, and the finished run was left alone.
     expect(c.markInterrupted()).toEqual([]);
     expect(c.dashboard()[0]!.lastRun?.status).toBe('interrupted');
-    expect(caught(() => c.finishRun('run-crashed', 'success'))).toMatchObject({ reason: 'conflict' });
+    expect(thrown(() => c.finishRun('run-crashed', 'success'))).toMatchObject({ reason: 'conflict' });
   });
 });
 
@@ -336,9 +328,9 @@ describe('events', () => {
     expect(c.listEvents({ runId: other.id }).events.map((e) => e.message)).toEqual(['other 0', 'other 10', 'other 20', 'later']);
     expect(c.listEvents({ limit: 1_000_000 }).events).toHaveLength(29);
 
-    expect(caught(() => c.listEvents({ limit: 0 }))).toMatchObject({ reason: 'invalid' });
-    expect(caught(() => c.appendEvent({ level: 'loud' as never, message: 'x' }))).toMatchObject({ reason: 'invalid' });
-    expect(caught(() => c.appendEvent({ runId: 'nope', level: 'info', message: 'x' }))).toMatchObject({ reason: 'not-found' });
+    expect(thrown(() => c.listEvents({ limit: 0 }))).toMatchObject({ reason: 'invalid' });
+    expect(thrown(() => c.appendEvent({ level: 'loud' as never, message: 'x' }))).toMatchObject({ reason: 'invalid' });
+    expect(thrown(() => c.appendEvent({ runId: 'nope', level: 'info', message: 'x' }))).toMatchObject({ reason: 'not-found' });
     const id = c.appendEvent({ level: 'info', message: 'x'.repeat(100_000) });
     expect(c.listEvents({ after: id! - 1 }).events[0]!.message.length).toBeLessThan(10_000);
   });
@@ -496,7 +488,7 @@ describe('rebuild from restore points', () => {
   it('refuses a restore point without a valid time, adding nothing', () => {
     const c = openCatalog();
     const bad = { ...points[0]!, id: 'e'.repeat(64), time: 'yesterday' };
-    expect(caught(() => c.rebuildFromSnapshots([points[3]!, bad]))).toMatchObject({ reason: 'invalid' });
+    expect(thrown(() => c.rebuildFromSnapshots([points[3]!, bad]))).toMatchObject({ reason: 'invalid' });
     expect(c.listRuns()).toEqual([]);
   });
 });

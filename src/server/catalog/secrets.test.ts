@@ -6,6 +6,7 @@ import type BetterSqlite3 from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Catalog } from './catalog.js';
 import { keyFileMode, loadOrCreateKeyFile } from './secrets.js';
+import { thrown } from '../../../test/helpers/thrown.js';
 
 const Database = createRequire(import.meta.url)('better-sqlite3') as typeof BetterSqlite3;
 const FAST = { scrypt: { N: 2 ** 10, r: 8, p: 1 } };
@@ -17,15 +18,6 @@ beforeEach(() => {
 afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
-
-function caught(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected a throw');
-}
 
 describe('repository passwords at rest', () => {
   it('round-trips through a reopened catalog; the table holds only ciphertext; the key file is 0600', () => {
@@ -74,7 +66,7 @@ describe('repository passwords at rest', () => {
 
     const again = Catalog.open(path, FAST);
     for (const name of ['a', 'b', 'c']) {
-      expect(caught(() => again.getRepositoryPassword(name))).toMatchObject({ reason: 'tampered', code: 'failed' });
+      expect(thrown(() => again.getRepositoryPassword(name))).toMatchObject({ reason: 'tampered', code: 'failed' });
     }
     again.close();
   });
@@ -87,12 +79,12 @@ describe('repository passwords at rest', () => {
 
     chmodSync(`${path}.key`, 0o644);
     const loose = Catalog.open(path, FAST);
-    expect(caught(() => loose.getRepositoryPassword('a'))).toMatchObject({ reason: 'unavailable', hint: /chmod 600/ });
+    expect(thrown(() => loose.getRepositoryPassword('a'))).toMatchObject({ reason: 'unavailable', hint: /chmod 600/ });
     loose.close();
 
     rmSync(`${path}.key`);
     const other = Catalog.open(path, FAST);
-    expect(caught(() => other.getRepositoryPassword('a'))).toMatchObject({ reason: 'tampered', message: /key file/ });
+    expect(thrown(() => other.getRepositoryPassword('a'))).toMatchObject({ reason: 'tampered', message: /key file/ });
     other.close();
   });
 
@@ -103,7 +95,7 @@ describe('repository passwords at rest', () => {
     expect(a.keyId).toBe(b.keyId);
     expect(b.decrypt(a.encrypt('x', 'ctx'), 'ctx')).toBe('x');
     writeFileSync(join(dir, 'short.key'), Buffer.alloc(5), { mode: 0o600 });
-    expect(caught(() => loadOrCreateKeyFile(join(dir, 'short.key')))).toMatchObject({ reason: 'corrupt' });
+    expect(thrown(() => loadOrCreateKeyFile(join(dir, 'short.key')))).toMatchObject({ reason: 'corrupt' });
   });
 
   it('an in-memory catalog keeps secrets under a key that is never written', () => {
