@@ -147,7 +147,9 @@ function faultCases(target: () => Target, silence: RegExp, crash: boolean): void
     await t.restart!();
     const r = await run;
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stderr).toMatch(/retrying/);
+    // Whether a request was in flight at the kill is timing: one that was is retried (and says so),
+    // a pooled connection found dead before use is opened again without a retry.
+    console.log(`${t.label}: killed for ${DOWN_MS / 1000} s mid-backup; ${r.stderr.split('\n').filter((l) => /retrying/.test(l)).length} retries`);
     await expectHealthy(t, src, files);
   }, 900_000);
 }
