@@ -10,13 +10,15 @@ bash scripts/test-setup.sh
 npm run build
 npm run typecheck
 npm run lint
-npx vitest run "$@"
+# Not through npx: npx puts node_modules/.bin first on PATH again, and vitest would run on the
+# node22 devDependency's `node` (so would every test, and the CLI they start).
+node node_modules/vitest/vitest.mjs run "$@"
 
 # The CLI on the other supported Node versions (binaries from the lockfile: devDependencies node22/node24),
 # live VM backups included: the guardians run on the CLI's Node too.
 if [[ $# -eq 0 ]]; then
   for v in 22 24; do
     echo "== end-to-end tests with the CLI on Node $("node_modules/node$v/bin/node" --version)"
-    BULWARK_TEST_NODE="$PWD/node_modules/node$v/bin/node" npx vitest run test/e2e/files.test.ts test/e2e/disk.test.ts test/e2e/keys.test.ts test/e2e/hostile.test.ts test/e2e/vm-backup.test.ts
+    BULWARK_TEST_NODE="$PWD/node_modules/node$v/bin/node" node node_modules/vitest/vitest.mjs run test/e2e/files.test.ts test/e2e/disk.test.ts test/e2e/keys.test.ts test/e2e/hostile.test.ts test/e2e/vm-backup.test.ts
   done
 fi
