@@ -16,6 +16,8 @@ export default tseslint.config(
       'no-constant-condition': ['error', { checkLoops: false }],
     },
   },
+  // The web UI is type-checked by its own tsconfig (DOM, JSX); lint it without the server's project service.
+  { files: ['web/**/*.ts', 'web/**/*.tsx'], ...tseslint.configs.disableTypeChecked, languageOptions: { parserOptions: { projectService: false } } },
   {
     files: ['**/*.js', '**/*.cjs', '**/*.mjs'],
     languageOptions: { globals: { process: 'readonly', console: 'readonly', module: 'writable', require: 'readonly', Buffer: 'readonly', setTimeout: 'readonly', clearTimeout: 'readonly' } },

@@ -11,7 +11,8 @@ set -euo pipefail
 # tools for the file system readers (filesystems/), populated without mounting (protofile, mcopy, ntfscp).
 # openssh-server, vsftpd, openssl, swift-* + memcached (+ keystonemiddleware, which Swift's S3 API imports):
 # the real servers the off-site backends are tested against (test/helpers/sshd.ts, ftpd.ts, s3server.ts);
-# rclone and curl: real WebDAV and FTP(S) clients for serve-files.
+# rclone and curl: real WebDAV and FTP(S) clients for serve-files; chromium: the real browser the web UI's
+# tests drive (through playwright-core, never a downloaded browser).
 packages=(
   qemu-system-x86 qemu-utils
   cpio busybox-static xz-utils
@@ -22,6 +23,7 @@ packages=(
   libvirt-daemon-system libvirt-clients
   xfsprogs mtools ntfs-3g lvm2 gdisk fdisk
   openssh-server vsftpd openssl rclone curl
+  chromium
   swift swift-proxy swift-account swift-container swift-object memcached python3-keystonemiddleware
 )
 

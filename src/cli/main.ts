@@ -12,6 +12,7 @@ import { register as registerVerifyBoot } from './commands/verify-boot.js';
 import { register as registerServeFiles } from './commands/serve-files.js';
 import { register as registerMount } from './commands/mount.js';
 import { register as registerServeRepo } from './commands/serve-repo.js';
+import { register as registerServe } from './commands/serve.js';
 import { register as registerVm } from './commands/vm.js';
 import { Context } from './context.js';
 import { EXIT, exitCodeFor } from './exit-codes.js';
@@ -47,6 +48,7 @@ export function buildProgram(): Command {
   registerServeFiles(program);
   registerMount(program);
   registerServeRepo(program);
+  registerServe(program);
   const applyExit = (cmd: Command): void => {
     cmd.exitOverride();
     cmd.commands.forEach(applyExit);
@@ -91,6 +93,16 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (process.exitCode !== undefined && process.exitCode !== 0) return Number(process.exitCode);
   return Context.partialSeen ? EXIT.partial : EXIT.ok;
+}
+
+// Started by `bulwark serve` for a run: end with the server, whose end of stdin closes when it dies,
+// so no backup goes on that the restarted server does not know of (the VMs' guardians clean up).
+if (process.env['BULWARK_EXIT_WITH_PARENT'] === '1') {
+  const stdin = process.stdin as NodeJS.ReadStream & { unref?: () => void };
+  stdin.on('end', () => process.kill(process.pid, 'SIGTERM'));
+  stdin.on('error', () => process.kill(process.pid, 'SIGTERM'));
+  stdin.resume();
+  stdin.unref?.();
 }
 
 const code = await main(process.argv);

@@ -478,6 +478,42 @@ describe('Scheduler with a fake clock', () => {
   });
 });
 
+describe('Scheduler.runNow', () => {
+  it('queues a manual run that waits for its resources, and runs jobs that have no schedule', async () => {
+    const clock = new FakeClock('2026-01-10T00:00:00Z');
+    const gate = deferred();
+    const seen: { id: string; manual: boolean; at: string }[] = [];
+    const record = (ctx: { jobId: string; manual: boolean; startedAt: Date }) => void seen.push({ id: ctx.jobId, manual: ctx.manual, at: ctx.startedAt.toISOString() });
+    const scheduler = new Scheduler(
+      [
+        { id: 'nightly', cron: '0 1 * * *', timeZone: 'UTC', resources: ['vm:a'], run: async (ctx) => { record(ctx); await gate.promise; } },
+        { id: 'by-hand', resources: ['vm:a'], run: async (ctx) => record(ctx) },
+      ],
+      { clock, concurrency: 2 },
+    );
+    scheduler.start();
+    expect(scheduler.status().find((s) => s.id === 'by-hand')).toMatchObject({ cron: null, nextRunAt: null, state: 'idle' });
+    await clock.advanceTo('2026-01-10T01:00:00Z');
+    expect(seen).toEqual([{ id: 'nightly', manual: false, at: '2026-01-10T01:00:00.000Z' }]);
+    // Same VM: the manual run waits, and a second request while it waits is refused.
+    expect(scheduler.runNow('by-hand')).toBe(true);
+    expect(scheduler.runNow('by-hand')).toBe(false);
+    expect(scheduler.runNow('unknown')).toBe(false);
+    await clock.advance(60_000);
+    expect(seen).toHaveLength(1);
+    expect(scheduler.status().find((s) => s.id === 'by-hand')?.state).toBe('waiting');
+    gate.resolve();
+    await clock.advance(1);
+    expect(seen[1]).toEqual({ id: 'by-hand', manual: true, at: '2026-01-10T01:01:00.000Z' });
+    // A manual run of a scheduled job does not shift its schedule.
+    expect(scheduler.runNow('nightly')).toBe(true);
+    await clock.advance(1);
+    expect(seen[2]).toMatchObject({ id: 'nightly', manual: true });
+    expect(scheduler.status().find((s) => s.id === 'nightly')?.nextRunAt?.toISOString()).toBe('2026-01-11T01:00:00.000Z');
+    await scheduler.stop();
+  });
+});
+
 describe('Scheduler with real time', () => {
   it('runs a job every minute twice', async () => {
     const starts: Date[] = [];

@@ -42,12 +42,15 @@ export interface JobRunContext {
   readonly startedAt: Date;
   /** Aborted when stop({ abandon: true }) gives up on the run; the work should wind down. */
   readonly signal: AbortSignal;
+  /** Queued by runNow() rather than by a slot of the schedule. */
+  readonly manual: boolean;
 }
 
 export interface JobDefinition {
   /** Unique within the scheduler. */
   id: string;
-  cron: string;
+  /** Without one the job runs only when asked (runNow). */
+  cron?: string;
   /** IANA zone; default the host's. */
   timeZone?: string;
   /** Keys (VM ids, repository paths …) no two running jobs may share. */
@@ -68,7 +71,7 @@ export type SchedulerEvent =
 
 export interface JobStatus {
   id: string;
-  cron: string;
+  cron: string | null;
   timeZone: string;
   resources: readonly string[];
   /** The next slot, or null if the expression has none left (or the scheduler is not started). */
@@ -108,7 +111,7 @@ interface RunningRun {
 
 interface JobState {
   readonly id: string;
-  readonly schedule: Schedule;
+  readonly schedule: Schedule | null;
   readonly resources: readonly string[];
   readonly run: JobDefinition['run'];
   lastStartedAt: Date | undefined;
@@ -117,6 +120,8 @@ interface JobState {
   nextDue: number | null;
   /** Set while the job is due but not started (in the queue); the earliest slot it stands for. */
   dueSlot: number | null;
+  /** The queued run was asked for by runNow(). */
+  manual: boolean;
   running: RunningRun | null;
 }
 
@@ -222,9 +227,9 @@ export class Scheduler {
   add(def: JobDefinition): void {
     if (this.state === 'stopping' || this.state === 'stopped') throw new Error('scheduler is stopped');
     if (this.jobs.has(def.id)) throw new BulwarkError('usage', `job '${def.id}' is already scheduled`, { hint: 'give each job its own id' });
-    let schedule: Schedule;
+    let schedule: Schedule | null = null;
     try {
-      schedule = parseSchedule(def.cron, def.timeZone ?? hostTimeZone(), this.clock.now());
+      if (def.cron !== undefined) schedule = parseSchedule(def.cron, def.timeZone ?? hostTimeZone(), this.clock.now());
     } catch (err) {
       if (err instanceof BulwarkError) throw new BulwarkError(err.code, `job '${def.id}': ${err.message}`, { cause: err, ...(err.hint ? { hint: err.hint } : {}) });
       throw err;
@@ -241,6 +246,7 @@ export class Scheduler {
       anchor: 0,
       nextDue: null,
       dueSlot: null,
+      manual: false,
       running: null,
     };
     this.jobs.set(job.id, job);
@@ -256,6 +262,23 @@ export class Scheduler {
     if (!job) return false;
     this.jobs.delete(id);
     this.unqueue(job);
+    if (this.state === 'running') {
+      this.dispatch();
+      this.arm();
+    }
+    return true;
+  }
+
+  /**
+   * Queues a job to run now, outside its schedule: it still waits for its resources and the limit on
+   * runs at once. False when the job is unknown or a run of it is already waiting.
+   */
+  runNow(id: string): boolean {
+    const job = this.jobs.get(id);
+    if (!job || job.dueSlot !== null || this.state === 'stopping' || this.state === 'stopped') return false;
+    job.dueSlot = this.clock.now().getTime();
+    job.manual = true;
+    this.queue.push(job);
     if (this.state === 'running') {
       this.dispatch();
       this.arm();
@@ -296,8 +319,8 @@ export class Scheduler {
   status(): JobStatus[] {
     const list = [...this.jobs.values()].map((job): JobStatus => ({
       id: job.id,
-      cron: job.schedule.cron,
-      timeZone: job.schedule.timeZone,
+      cron: job.schedule?.cron ?? null,
+      timeZone: job.schedule?.timeZone ?? hostTimeZone(),
       resources: job.resources,
       nextRunAt: job.nextDue === null ? null : new Date(job.nextDue),
       lastStartedAt: job.lastStartedAt,
@@ -313,7 +336,7 @@ export class Scheduler {
     if (!job || job.nextDue === null) return [];
     const out = [new Date(job.nextDue)];
     while (out.length < count) {
-      const next = job.schedule.next(out[out.length - 1]!);
+      const next = job.schedule?.next(out[out.length - 1]!) ?? null;
       if (next === null) break;
       out.push(next);
     }
@@ -323,7 +346,7 @@ export class Scheduler {
   private initJob(job: JobState, now: number): void {
     const last = job.lastStartedAt?.getTime();
     job.anchor = last !== undefined && last <= now + this.maxBackwardJumpMs ? last : now;
-    job.nextDue = job.schedule.next(new Date(job.anchor))?.getTime() ?? null;
+    job.nextDue = job.schedule?.next(new Date(job.anchor))?.getTime() ?? null;
   }
 
   /** Takes every slot that has come, starts what may start, and sleeps until the next slot. */
@@ -333,7 +356,7 @@ export class Scheduler {
     for (const job of this.jobs.values()) {
       if (job.anchor > now + this.maxBackwardJumpMs) {
         job.anchor = now;
-        job.nextDue = job.schedule.next(new Date(now))?.getTime() ?? null;
+        job.nextDue = job.schedule?.next(new Date(now))?.getTime() ?? null;
       }
       if (job.nextDue === null || job.nextDue > now) continue;
       // Every slot up to now collapses into this one run: a long downtime or a wait for resources
@@ -343,7 +366,7 @@ export class Scheduler {
         this.queue.push(job);
       }
       job.anchor = now;
-      job.nextDue = job.schedule.next(new Date(now))?.getTime() ?? null;
+      job.nextDue = job.schedule?.next(new Date(now))?.getTime() ?? null;
     }
     this.dispatch();
     this.arm();
@@ -371,8 +394,9 @@ export class Scheduler {
       const reason = job.running ? 'running' : blockedByResource ? 'resources' : this.runningCount >= this.concurrency ? 'concurrency' : null;
       if (reason === null) {
         const slot = job.dueSlot ?? this.clock.now().getTime();
+        const manual = job.manual;
         this.unqueue(job);
-        this.launch(job, new Date(slot));
+        this.launch(job, new Date(slot), manual);
       } else {
         for (const r of job.resources) held.add(r);
         newlyWaiting.push([job, reason]);
@@ -390,16 +414,17 @@ export class Scheduler {
     const i = this.queue.indexOf(job);
     if (i >= 0) this.queue.splice(i, 1);
     job.dueSlot = null;
+    job.manual = false;
     this.announced.delete(job);
   }
 
-  private launch(job: JobState, scheduledFor: Date): void {
+  private launch(job: JobState, scheduledFor: Date, manual: boolean): void {
     const startedAt = this.clock.now();
     job.lastStartedAt = startedAt;
     for (const r of job.resources) this.busy.add(r);
     this.runningCount++;
     const controller = new AbortController();
-    const ctx: JobRunContext = { jobId: job.id, scheduledFor, startedAt, signal: controller.signal };
+    const ctx: JobRunContext = { jobId: job.id, scheduledFor, startedAt, signal: controller.signal, manual };
     const run: RunningRun = { controller, done: Promise.resolve(), abandoned: false };
     job.running = run;
     this.emit({ type: 'started', jobId: job.id, scheduledFor, startedAt });

@@ -1,0 +1,183 @@
+// `bulwark serve` end to end (docs/server.md): the built CLI started as a service, its API driven over
+// HTTP, every JSON answer checked against the server's own OpenAPI document. Witnesses from outside
+// the server: the restore points `bulwark snapshots` finds in the repository, the downloaded file's
+// bytes against the original, the process table after a crash, and `bulwark check`.
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ApiClient, openApiValidator, processesOfRun, startServe, type RunJson as Run, type ServeProcess } from '../helpers/bulwark-server.js';
+import { jsonResult, runCli } from '../helpers/cli.js';
+import { makeCliRepository, tempDir, TEST_PASSWORD } from '../helpers/repo.js';
+
+const ADMIN = 'admin-password-for-tests';
+const MiB = 1024 * 1024;
+
+
+let tmp: { path: string; cleanup(): Promise<void> };
+let env: Record<string, string>;
+let serve: ServeProcess | undefined;
+let api: ApiClient;
+let data: string;
+
+async function start(): Promise<void> {
+  serve = await startServe(['--state-dir', join(tmp.path, 'server')], env);
+  api = new ApiClient(serve.url, await openApiValidator(serve.url));
+  expect((await api.login('admin', ADMIN)).status).toBe(200);
+}
+
+beforeAll(async () => {
+  tmp = await tempDir();
+  env = { ...(await makeCliRepository(join(tmp.path, 'repo'), TEST_PASSWORD, join(tmp.path, 'state'))), BULWARK_ADMIN_PASSWORD: ADMIN };
+  data = join(tmp.path, 'data');
+  await mkdir(join(data, 'sub dir'), { recursive: true });
+  await writeFile(join(data, 'hello.txt'), 'hello from the server test\n');
+  execFileSync('sh', ['-c', `head -c ${3 * MiB} /dev/urandom > '${join(data, 'sub dir', 'blob ü.bin')}'`]);
+  await start();
+}, 120_000);
+
+afterAll(async () => {
+  await serve?.stop();
+  await tmp?.cleanup();
+});
+
+/** The jobs' count, read as a witness that a refused request changed nothing. */
+async function jobCount(): Promise<number> {
+  return (await api.call<{ jobs: unknown[] }>('GET', '/jobs')).body.jobs.length;
+}
+
+describe('bulwark serve', () => {
+  let jobId = 0;
+  let snapshotId = '';
+  let minutely = 0;
+
+  it('answers health, the OpenAPI document and the login without authentication, and nothing else', async () => {
+    const anon = new ApiClient(serve!.url);
+    expect((await anon.call('GET', '/health')).body).toMatchObject({ status: 'ok' });
+    expect((await anon.call<{ openapi: string }>('GET', '/openapi.json')).body.openapi).toBe('3.1.0');
+    for (const path of ['/jobs', '/runs', '/me', '/dashboard', '/snapshots', '/stream']) expect((await anon.call('GET', path)).status, path).toBe(401);
+    expect((await anon.login('admin', 'wrong password')).status).toBe(401);
+    expect((await anon.login('nobody', ADMIN)).status).toBe(401);
+  });
+
+  it('creates a job on a schedule that runs every minute (checked at the end)', async () => {
+    const r = await api.call<{ id: number; nextRunAt: string }>('POST', '/jobs', { name: 'minutely', definition: { kind: 'folder', sources: [join(data, 'sub dir')], schedule: { cron: '* * * * *', timeZone: 'UTC' } } });
+    expect(r.status).toBe(201);
+    minutely = r.body.id;
+    expect(Date.parse(r.body.nextRunAt) - Date.now()).toBeLessThanOrEqual(61_000);
+  });
+
+  it('runs a folder job to the end and the restore point is in the repository', async () => {
+    const created = await api.call<{ id: number }>('POST', '/jobs', { name: 'docs', definition: { kind: 'folder', sources: [data], tags: ['web'] } });
+    expect(created.status).toBe(201);
+    jobId = created.body.id;
+    const queued = await api.call<Run>('POST', `/jobs/${jobId}/run`);
+    expect(queued.status).toBe(202);
+    expect(queued.body.trigger).toBe('manual');
+    const done = await api.until<{ run: Run; items: { status: string; snapshotId: string | null; bytesRead: number | null }[] }>(`/runs/${queued.body.id}`, (b) => !['queued', 'running'].includes(b.run.status));
+    expect(done.run.status).toBe('success');
+    expect(done.items).toHaveLength(1);
+    snapshotId = done.items[0]!.snapshotId!;
+    expect(done.items[0]!.bytesRead).toBeGreaterThanOrEqual(3 * MiB);
+    // Outside witness: the repository itself, read by the CLI.
+    const listed = jsonResult<{ id: string; tags: string[] }[]>(await runCli(['--json', 'snapshots'], { env }));
+    const sn = listed.find((s) => s.id === snapshotId);
+    expect(sn?.tags).toEqual(expect.arrayContaining(['web', 'bulwark-job=docs', `bulwark-run=${queued.body.id}`]));
+    const events = await api.call<{ events: { message: string }[] }>('GET', `/runs/${queued.body.id}/events`);
+    expect(events.body.events.map((e) => e.message)).toEqual(expect.arrayContaining(['run ended: success']));
+  }, 180_000);
+
+  it('browses the restore point and downloads a file byte for byte', async () => {
+    const list = await api.call<{ snapshots: { id: string }[] }>('GET', '/snapshots');
+    expect(list.body.snapshots.map((s) => s.id)).toContain(snapshotId);
+    let path = '';
+    for (const seg of [...data.split('/').filter(Boolean), 'sub dir']) {
+      const tree = await api.call<{ entries: { name: string; kind: string }[] }>('GET', `/snapshots/${snapshotId}/tree?path=${encodeURIComponent(path || '/')}`);
+      expect(tree.status).toBe(200);
+      expect(tree.body.entries.map((e) => e.name)).toContain(seg);
+      path += `/${seg}`;
+    }
+    const res = await fetch(`${serve!.url}/api/v1/snapshots/${snapshotId.slice(0, 12)}/files?path=${encodeURIComponent(`${path}/blob ü.bin`)}`, { headers: { Cookie: api.cookie } });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-disposition')).toContain("filename*=UTF-8''blob%20%C3%BC.bin");
+    expect(Buffer.from(await res.arrayBuffer()).equals(readFileSync(join(data, 'sub dir', 'blob ü.bin')))).toBe(true);
+  });
+
+  it('refuses bad requests with the right 4xx and changes nothing', async () => {
+    const before = await jobCount();
+    expect((await api.call('POST', '/jobs', '{"name": "x", ')).status).toBe(400);
+    expect((await api.call('POST', '/jobs', { name: 'x', definition: { kind: 'tape', sources: ['/x'] } })).status).toBe(422);
+    expect((await api.call('POST', '/jobs', { name: 'x', definition: { kind: 'folder', sources: ['relative/path'] } })).status).toBe(422);
+    expect((await api.call('POST', '/jobs', { name: 'docs', definition: { kind: 'folder', sources: ['/srv'] } })).status).toBe(409);
+    expect((await api.call('POST', '/jobs', { name: 'badcron', definition: { kind: 'folder', sources: ['/srv'], schedule: { cron: 'every day' } } })).status).toBe(422);
+    expect((await api.call('GET', '/jobs/999999')).status).toBe(404);
+    expect((await api.call('GET', '/jobs/abc')).status).toBe(404);
+    expect((await api.call('POST', '/jobs/999999/run')).status).toBe(404);
+    expect((await api.call('GET', '/runs/no-such-run')).status).toBe(404);
+    expect((await api.call('GET', `/snapshots/${'0'.repeat(16)}/tree`)).status).toBe(404);
+    for (const p of ['/../../etc/passwd', '/tmp/../etc/passwd', 'etc/passwd', '/a/./b', '/a\\..\\b']) {
+      expect((await api.call('GET', `/snapshots/${snapshotId}/files?path=${encodeURIComponent(p)}`)).status, p).toBe(400);
+    }
+    expect((await api.call('GET', `/snapshots/${snapshotId}/files?path=${encodeURIComponent('/no/such/file')}`)).status).toBe(404);
+    expect((await api.call('GET', `/snapshots/..%2f..%2fetc/files?path=/passwd`)).status).toBe(400);
+    // A form another site could post: the session cookie but no CSRF header.
+    const form = await fetch(`${serve!.url}/api/v1/jobs`, { method: 'POST', headers: { Cookie: api.cookie, 'Content-Type': 'application/x-www-form-urlencoded' }, body: 'name=evil&definition=x' });
+    expect(form.status).toBe(403);
+    const wrongCsrf = await api.call('DELETE', `/jobs/${jobId}`, undefined, { 'X-CSRF-Token': 'forged' });
+    expect(wrongCsrf.status).toBe(403);
+    expect((await api.call('GET', `/jobs/${jobId}`)).status).toBe(200);
+    const badToken = await fetch(`${serve!.url}/api/v1/jobs`, { headers: { Authorization: 'Bearer bwk_AAAAAAAAAAAAAAAA_' + 'A'.repeat(43) } });
+    expect(badToken.status).toBe(401);
+    expect(await jobCount()).toBe(before);
+  });
+
+  it('takes API tokens without a session or CSRF token', async () => {
+    const t = await api.call<{ token: string }>('POST', '/tokens', { name: 'script' });
+    expect(t.status).toBe(201);
+    const res = await fetch(`${serve!.url}/api/v1/jobs/${jobId}`, { method: 'PUT', headers: { Authorization: `Bearer ${t.body.token}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ enabled: true }) });
+    expect(res.status).toBe(200);
+  });
+
+  it('opens the event stream at once', async () => {
+    const ac = new AbortController();
+    const res = await fetch(`${serve!.url}/api/v1/stream`, { headers: { Cookie: api.cookie }, signal: ac.signal });
+    expect(res.headers.get('content-type')).toContain('text/event-stream');
+    const first = await res.body!.getReader().read();
+    expect(Buffer.from(first.value!).toString()).toContain('event: hello');
+    ac.abort();
+  });
+
+  it('marks a run cut off by a server crash as interrupted, leaves no backup running, and runs the job again', async () => {
+    const big = join(tmp.path, 'big');
+    await mkdir(big);
+    execFileSync('sh', ['-c', `for i in 1 2 3 4 5 6; do head -c ${64 * MiB} /dev/urandom > '${big}'/f$i; done`]);
+    const job = await api.call<{ id: number }>('POST', '/jobs', { name: 'big', definition: { kind: 'folder', sources: [big] } });
+    const run = await api.call<Run>('POST', `/jobs/${job.body.id}/run`);
+    await api.until<{ run: Run }>(`/runs/${run.body.id}`, (b) => b.run.status === 'running', 60_000);
+    await serve!.kill();
+    // Outside witness: no process is left running the backup of that run.
+    const deadline = Date.now() + 20_000;
+    const running = () => processesOfRun(run.body.id);
+    while (running().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    expect(running()).toEqual([]);
+    await start();
+    const after = await api.call<{ run: Run }>('GET', `/runs/${run.body.id}`);
+    expect(after.body.run.status).toBe('interrupted');
+    const again = await api.call<Run>('POST', `/jobs/${job.body.id}/run`);
+    const done = await api.until<{ run: Run }>(`/runs/${again.body.id}`, (b) => !['queued', 'running'].includes(b.run.status), 240_000);
+    expect(done.run.status).toBe('success');
+    const check = await runCli(['check'], { env, timeoutMs: 240_000 });
+    expect(check.code, check.stderr).toBe(0);
+  }, 420_000);
+
+  it('ran the every-minute job twice on its own', async () => {
+    const runs = await api.until<{ runs: Run[] }>(`/runs?jobId=${minutely}`, (b) => b.runs.filter((r) => r.status === 'success').length >= 2, 200_000);
+    expect(runs.runs.filter((r) => r.status === 'success').every((r) => ['scheduled', 'catch-up'].includes(r.trigger))).toBe(true);
+  }, 240_000);
+
+  it('stops cleanly on SIGTERM', async () => {
+    expect(await serve!.stop()).toBe(0);
+    serve = undefined;
+  });
+});
