@@ -47,16 +47,26 @@ interface FilesSummaryLine {
   changed?: string[];
   warnings?: string[];
   results?: VmResultLine[];
+  /** `backup disk --json`: one per image, in the order given. */
+  snapshots?: { snapshot: string; summary?: { bytesRead?: number; bytesNew?: number; durationMs?: number } }[];
 }
 
 const text = (v: unknown): string | undefined => (typeof v === 'string' && v !== '' ? v : undefined);
 const list = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
 
+const SUBCOMMAND = { vm: 'vm', folder: 'files', disk: 'disk' } as const;
+
+/** Items of a run: one per VM or disk image; a folder job's folders make one restore point, so one item. */
+function itemNames(job: Job): string[] {
+  return job.definition.kind === 'folder' ? [job.definition.sources.join(', ')] : job.definition.sources;
+}
+
 /** The CLI arguments of a job's backup; options come first and `--` ends them, so no source can pass for an option. */
 export function commandFor(job: Job, runId: string): string[] {
   const d = job.definition;
   const o = (d.options ?? {}) as Record<string, unknown>;
-  const args = ['--json', '-r', d.repository, 'backup', d.kind === 'vm' ? 'vm' : 'files'];
+  const limitUpload = text(o['limitUpload']);
+  const args = ['--json', '-r', d.repository, ...(limitUpload ? ['--limit-upload', limitUpload] : []), 'backup', SUBCOMMAND[d.kind]];
   for (const t of [...(d.tags ?? []), `${JOB_TAG}${job.name}`, `${RUN_TAG}${runId}`]) args.push('--tag', t);
   if (d.kind === 'vm') {
     for (const c of list(o['connect'])) args.push('--connect', c);
@@ -67,7 +77,7 @@ export function commandFor(job: Job, runId: string): string[] {
     if (mode) args.push('--mode', mode);
     const scratch = text(o['scratchDir']);
     if (scratch) args.push('--scratch-dir', scratch);
-  } else {
+  } else if (d.kind === 'folder') {
     for (const e of list(o['exclude'])) args.push('--exclude', e);
     if (o['oneFileSystem'] === true) args.push('--one-file-system');
   }
@@ -86,9 +96,18 @@ export class JobRunner {
     const started = catalog.startRun(run.id);
     live.publish({ type: 'run', run: started });
     const items = new Map<string, RunItem>();
-    const names = job.definition.kind === 'vm' ? job.definition.sources : [job.definition.sources.join(', ')];
+    const names = itemNames(job);
     for (const n of names) items.set(n, catalog.addItem(run.id, n, { status: 'running' }));
-    this.event(run.id, 'info', `run started: bulwark backup ${job.definition.kind === 'vm' ? 'vm' : 'files'} ${job.definition.sources.join(' ')} (${run.trigger})`);
+    this.event(run.id, 'info', `run started: bulwark backup ${SUBCOMMAND[job.definition.kind]} ${job.definition.sources.join(' ')} (${run.trigger})`);
+    const options = (job.definition.options ?? {}) as Record<string, unknown>;
+    const preCommand = text(options['preCommand']);
+    if (preCommand) {
+      const code = await this.hook(run.id, 'pre-command', preCommand, { BULWARK_JOB: job.name, BULWARK_RUN: run.id }, signal);
+      if (code !== 0) {
+        for (const item of items.values()) catalog.updateItem(item.id, { status: 'failure', error: `the pre-command exited ${code}; nothing was backed up` });
+        return this.end(job, run, signal.aborted ? 'interrupted' : 'failure', { error: `pre-command exited ${code}` }, new Map(), { message: `the pre-command exited ${code}; nothing was backed up` });
+      }
+    }
 
     const password = this.opts.passwordFor(job.definition.repository);
     const env: NodeJS.ProcessEnv = { ...(this.opts.env ?? process.env), BULWARK_EXIT_WITH_PARENT: '1' };
@@ -144,7 +163,7 @@ export class JobRunner {
       if (r.error) this.event(run.id, 'error', `${r.name}: ${r.error}${r.hint ? ` (hint: ${r.hint})` : ''}`);
     }
     for (const [name, item] of items) {
-      const r = results.get(name) ?? (job.definition.kind !== 'vm' ? [...results.values()][0] : undefined);
+      const r = results.get(name);
       const status: RunItem['status'] = signal.aborted ? 'interrupted' : r ? r.status : exit.code === 0 ? 'success' : 'failure';
       catalog.updateItem(item.id, {
         status,
@@ -176,11 +195,45 @@ export class JobRunner {
       ...(exit.code !== null ? { exitCode: exit.code } : {}),
       ...(failure ? { error: failure.message } : {}),
     };
+    return this.end(job, run, status, runSummary, results, failure);
+  }
+
+  /** The post-command, the run's end in the catalog, the browsers told, notifications sent. */
+  private async end(job: Job, run: Run, status: FinalRunStatus, runSummary: JsonObject, results: Map<string, ItemResult>, failure: { message: string; hint?: string } | undefined): Promise<Run> {
+    const { catalog, live } = this.opts;
+    const post = text((job.definition.options as Record<string, unknown> | undefined)?.['postCommand']);
+    if (post) {
+      const code = await this.hook(run.id, 'post-command', post, { BULWARK_JOB: job.name, BULWARK_RUN: run.id, BULWARK_RUN_STATUS: status }, new AbortController().signal);
+      if (code !== 0 && status === 'success') status = 'warning';
+    }
     const ended = catalog.finishRun(run.id, status, runSummary);
     this.event(run.id, status === 'failure' ? 'error' : 'info', `run ended: ${status}`);
     live.publish({ type: 'run', run: ended });
     if (status !== 'interrupted') await this.sendNotifications(job, ended, results, failure);
     return ended;
+  }
+
+  /** A job's pre- or post-command through /bin/sh, its output in the event log; the exit code (-1: could not run). */
+  private async hook(runId: string, what: string, command: string, extraEnv: Record<string, string>, signal: AbortSignal): Promise<number> {
+    this.event(runId, 'info', `${what}: ${command}`);
+    const env: NodeJS.ProcessEnv = { ...(this.opts.env ?? process.env), ...extraEnv };
+    // The repository's password is not the hook's business.
+    delete env['BULWARK_PASSWORD'];
+    delete env['BULWARK_PASSWORD_FILE'];
+    const child = spawn('/bin/sh', ['-c', command], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const onAbort = () => child.kill('SIGTERM');
+    signal.addEventListener('abort', onAbort, { once: true });
+    for (const stream of [child.stdout, child.stderr]) createInterface({ input: stream }).on('line', (l) => l.trim() && this.event(runId, 'info', `${what}: ${l}`));
+    const code = await new Promise<number>((resolve) => {
+      child.once('error', (err) => {
+        this.event(runId, 'error', `${what} could not start: ${err.message}`);
+        resolve(-1);
+      });
+      child.once('close', (c) => resolve(c ?? -1));
+    });
+    signal.removeEventListener('abort', onAbort);
+    if (code !== 0) this.event(runId, 'warning', `${what} exited ${code}`);
+    return code;
   }
 
   private event(runId: string, level: 'info' | 'warning' | 'error', message: string): void {
@@ -208,6 +261,20 @@ export class JobRunner {
           warnings,
         });
       }
+      return out;
+    }
+    if (job.definition.kind === 'disk') {
+      job.definition.sources.forEach((name, i) => {
+        const d = summary.snapshots?.[i];
+        out.set(name, {
+          name,
+          status: d ? 'success' : 'failure',
+          ...(d?.summary?.bytesRead !== undefined ? { bytesRead: d.summary.bytesRead } : {}),
+          ...(d?.summary?.bytesNew !== undefined ? { bytesStored: d.summary.bytesNew } : {}),
+          ...(d?.summary?.durationMs !== undefined ? { durationMs: d.summary.durationMs } : {}),
+          ...(d ? { snapshotId: d.snapshot } : failure ? { error: failure.message } : {}),
+        });
+      });
       return out;
     }
     const id = typeof summary.snapshot === 'string' ? summary.snapshot : undefined;
@@ -240,7 +307,7 @@ export class JobRunner {
       items: [...results.values()],
       warnings: [],
       ...(failure && results.size === 0 ? { error: failure.message, ...(failure.hint ? { hint: failure.hint } : {}) } : {}),
-      ...(job.definition.kind === 'folder' ? { itemNoun: { one: 'folder set', many: 'folder sets' } } : {}),
+      ...(job.definition.kind === 'folder' ? { itemNoun: { one: 'folder set', many: 'folder sets' } } : job.definition.kind === 'disk' ? { itemNoun: { one: 'disk image', many: 'disk images' } } : {}),
     };
     const outcomes = await notify(summary, targets, { log: (l) => this.opts.log?.(l) });
     for (const o of outcomes) {

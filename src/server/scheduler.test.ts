@@ -514,19 +514,4 @@ describe('Scheduler.runNow', () => {
   });
 });
 
-describe('Scheduler with real time', () => {
-  it('runs a job every minute twice', async () => {
-    const starts: Date[] = [];
-    const scheduler = new Scheduler([{ id: 'minutely', cron: '* * * * *', run: async (ctx) => void starts.push(ctx.startedAt) }]);
-    scheduler.start();
-    try {
-      const deadline = Date.now() + 190_000;
-      while (starts.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
-      expect(starts).toHaveLength(2);
-      for (const s of starts) expect(s.getUTCSeconds()).toBeLessThan(5);
-      expect(starts[1]!.getTime() - starts[0]!.getTime()).toBeGreaterThan(55_000);
-    } finally {
-      await scheduler.stop();
-    }
-  }, 200_000);
-});
+// Real time (a job every minute runs twice) is tested through the server: test/e2e/server.test.ts.

@@ -31,6 +31,7 @@ export class BackupService {
   /** Manual runs in the catalog (queued) waiting for the scheduler to start them, by job id. */
   private readonly queuedManual = new Map<number, Run>();
   private startedAt = new Date(0);
+  private rebuilding: Promise<void> | undefined;
 
   constructor(private readonly opts: ServiceOptions) {
     const passwordFor = (location: string) => opts.catalog.getRepositoryPassword(location);
@@ -72,14 +73,29 @@ export class BackupService {
         catalog.appendEvent({ runId: run.id, level: 'error', message: `recovery of the VMs failed: ${err instanceof Error ? err.message : String(err)}` });
       }
     }
+    // A catalog without history (new, or lost and started afresh) is filled from the restore points:
+    // the repositories are the source of truth. In the background, as a remote store may be slow.
+    if (this.opts.defaultRepository && catalog.listRuns({ limit: 1 }).length === 0) this.rebuilding = this.rebuild(this.opts.defaultRepository);
     const last = catalog.lastStartTimes();
     for (const job of catalog.listJobs()) if (job.enabled) this.schedule(job, last.get(job.name));
     this.scheduler.start();
   }
 
+  /** The history rebuilt from a repository's restore points; runs already known are not added twice. */
+  async rebuild(location: string): Promise<void> {
+    try {
+      const { snapshots } = await this.pool.get(location);
+      const r = this.opts.catalog.rebuildFromSnapshots(snapshots);
+      if (r.runsAdded > 0) this.opts.log?.(`catalog: ${r.runsAdded} run(s) rebuilt from the restore points in ${location}`);
+    } catch (err) {
+      this.opts.log?.(`catalog: could not rebuild the history from ${location}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+
   /** Waits for nothing: running children are told to stop, and their runs end as interrupted. */
   async stop(): Promise<void> {
     await this.scheduler.stop({ abandon: true });
+    await this.rebuilding;
     await this.pool.closeAll();
   }
 

@@ -3,13 +3,16 @@
 // the server: the restore points `bulwark snapshots` finds in the repository, the downloaded file's
 // bytes against the original, the process table after a crash, and `bulwark check`.
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import https from 'node:https';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiClient, openApiValidator, processesOfRun, startServe, type RunJson as Run, type ServeProcess } from '../helpers/bulwark-server.js';
 import { jsonResult, runCli } from '../helpers/cli.js';
 import { makeCliRepository, tempDir, TEST_PASSWORD } from '../helpers/repo.js';
+import { signBody, SIGNATURE_HEADER } from '../../src/server/notify/notify.js';
+import { startHttp, startSmtp, type TestHttp, type TestSmtp } from '../../src/server/notify/testing/servers.js';
 
 const ADMIN = 'admin-password-for-tests';
 const MiB = 1024 * 1024;
@@ -20,9 +23,12 @@ let env: Record<string, string>;
 let serve: ServeProcess | undefined;
 let api: ApiClient;
 let data: string;
+let smtp: TestSmtp;
+let hook: TestHttp;
+const HOOK_SECRET = 'webhook-secret-for-tests';
 
 async function start(): Promise<void> {
-  serve = await startServe(['--state-dir', join(tmp.path, 'server')], env);
+  serve = await startServe(['--state-dir', join(tmp.path, 'server'), '--notify-file', join(tmp.path, 'notify.json')], env);
   api = new ApiClient(serve.url, await openApiValidator(serve.url));
   expect((await api.login('admin', ADMIN)).status).toBe(200);
 }
@@ -34,11 +40,22 @@ beforeAll(async () => {
   await mkdir(join(data, 'sub dir'), { recursive: true });
   await writeFile(join(data, 'hello.txt'), 'hello from the server test\n');
   execFileSync('sh', ['-c', `head -c ${3 * MiB} /dev/urandom > '${join(data, 'sub dir', 'blob ü.bin')}'`]);
+  smtp = await startSmtp();
+  hook = await startHttp((_req, _n, res) => res.writeHead(204).end());
+  await writeFile(
+    join(tmp.path, 'notify.json'),
+    JSON.stringify([
+      { kind: 'email', name: 'ops mail', on: ['failure'], host: '127.0.0.1', port: smtp.port, security: 'none', from: 'bulwark@test.invalid', to: ['ops@test.invalid'], retry: { attempts: 1 } },
+      { kind: 'webhook', name: 'chat', on: ['failure', 'success'], url: `${hook.url}/hook`, secret: HOOK_SECRET, retry: { attempts: 1 } },
+    ]),
+  );
   await start();
 }, 120_000);
 
 afterAll(async () => {
   await serve?.stop();
+  await smtp?.close();
+  await hook?.close();
   await tmp?.cleanup();
 });
 
@@ -87,6 +104,64 @@ describe('bulwark serve', () => {
     const events = await api.call<{ events: { message: string }[] }>('GET', `/runs/${queued.body.id}/events`);
     expect(events.body.events.map((e) => e.message)).toEqual(expect.arrayContaining(['run ended: success']));
   }, 180_000);
+
+  it('notifies by e-mail and webhook as each target asks', async () => {
+    const missing = join(tmp.path, 'no-such-folder');
+    const job = await api.call<{ id: number }>('POST', '/jobs', { name: 'broken', definition: { kind: 'folder', sources: [missing] } });
+    const run = await api.call<Run>('POST', `/jobs/${job.body.id}/run`);
+    const done = await api.until<{ run: Run }>(`/runs/${run.body.id}`, (b) => !['queued', 'running'].includes(b.run.status));
+    expect(done.run.status).toBe('failure');
+    const deadline = Date.now() + 30_000;
+    const broken = () => hook.requests.some((r) => r.body.toString().includes('"job":"broken"'));
+    while ((smtp.mails.length < 1 || !broken()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    // The mail fires on failure only: one mail, for this run.
+    expect(smtp.mails).toHaveLength(1);
+    expect(smtp.mails[0]!.headers.get('subject')).toMatch(/broken/);
+    expect(smtp.mails[0]!.text).toContain(missing);
+    // The webhook fired for the earlier success and for this failure, each signed with the secret.
+    const payloads = hook.requests.map((r) => {
+      expect(r.headers[SIGNATURE_HEADER.toLowerCase()]).toBe(signBody(r.body, HOOK_SECRET));
+      return JSON.parse(r.body.toString()) as { summary: { job: string; status: string; runId: string } };
+    });
+    // (The every-minute job's successes are sent too, whenever they fall.)
+    expect(payloads.filter((p) => p.summary.job !== 'minutely').map((p) => [p.summary.job, p.summary.status])).toEqual([
+      ['docs', 'success'],
+      ['broken', 'failure'],
+    ]);
+    const events = await api.call<{ events: { message: string }[] }>('GET', `/runs/${run.body.id}/events`);
+    expect(events.body.events.map((e) => e.message)).toEqual(expect.arrayContaining(["notification 'ops mail' sent", "notification 'chat' sent"]));
+    await api.call('DELETE', `/jobs/${job.body.id}`);
+  }, 120_000);
+
+  it('backs up disk images with pre- and post-commands around the backup', async () => {
+    const image = join(tmp.path, 'disk.img');
+    execFileSync('sh', ['-c', `head -c ${8 * MiB} /dev/urandom > '${image}' && truncate -s 64M '${image}'`]);
+    const marks = join(tmp.path, 'hook-marks');
+    const job = await api.call<{ id: number }>('POST', '/jobs', {
+      name: 'images',
+      definition: { kind: 'disk', sources: [image], options: { preCommand: `echo "pre $BULWARK_JOB" >> '${marks}'`, postCommand: `echo "post $BULWARK_RUN_STATUS" >> '${marks}'; echo post done` } },
+    });
+    expect(job.status).toBe(201);
+    const run = await api.call<Run>('POST', `/jobs/${job.body.id}/run`);
+    const done = await api.until<{ run: Run; items: { name: string; snapshotId: string | null }[] }>(`/runs/${run.body.id}`, (b) => !['queued', 'running'].includes(b.run.status));
+    expect(done.run.status).toBe('success');
+    expect(done.items).toEqual([expect.objectContaining({ name: image, snapshotId: expect.stringMatching(/^[0-9a-f]{64}$/) })]);
+    expect(readFileSync(marks, 'utf8')).toBe('pre images\npost success\n');
+    const events = (await api.call<{ events: { message: string }[] }>('GET', `/runs/${run.body.id}/events`)).body.events.map((e) => e.message);
+    expect(events).toEqual(expect.arrayContaining(['post-command: post done']));
+    const listed = jsonResult<{ id: string; source: string }[]>(await runCli(['--json', 'snapshots'], { env }));
+    expect(listed.find((x) => x.id === done.items[0]!.snapshotId)?.source).toBe('disk:disk');
+
+    // A failing pre-command fails the run and nothing is backed up.
+    await api.call('PUT', `/jobs/${job.body.id}`, { definition: { kind: 'disk', sources: [image], options: { preCommand: 'exit 7' } } });
+    const failed = await api.call<Run>('POST', `/jobs/${job.body.id}/run`);
+    const after = await api.until<{ run: Run; items: { snapshotId: string | null; error: string | null }[] }>(`/runs/${failed.body.id}`, (b) => !['queued', 'running'].includes(b.run.status));
+    expect(after.run.status).toBe('failure');
+    expect(after.items[0]!.snapshotId).toBeNull();
+    expect(after.items[0]!.error).toContain('pre-command exited 7');
+    expect(jsonResult<unknown[]>(await runCli(['--json', 'snapshots'], { env }))).toHaveLength(listed.length);
+    await api.call('DELETE', `/jobs/${job.body.id}`);
+  }, 120_000);
 
   it('browses the restore point and downloads a file byte for byte', async () => {
     const list = await api.call<{ snapshots: { id: string }[] }>('GET', '/snapshots');
@@ -175,6 +250,62 @@ describe('bulwark serve', () => {
     const runs = await api.until<{ runs: Run[] }>(`/runs?jobId=${minutely}`, (b) => b.runs.filter((r) => r.status === 'success').length >= 2, 200_000);
     expect(runs.runs.filter((r) => r.status === 'success').every((r) => ['scheduled', 'catch-up'].includes(r.trigger))).toBe(true);
   }, 240_000);
+
+  it('keeps the repository password sealed in the catalog, never in clear', async () => {
+    const dir = join(tmp.path, 'server');
+    for (const f of readdirSync(dir).filter((f) => f.startsWith('catalog.sqlite'))) {
+      expect(readFileSync(join(dir, f)).includes(Buffer.from(TEST_PASSWORD)), f).toBe(false);
+    }
+    expect(statSync(join(dir, 'secret.key')).mode & 0o077).toBe(0);
+  });
+
+  it('serves HTTPS with a certificate it made itself', async () => {
+    const dir = join(tmp.path, 'tls-server');
+    const tls = await startServe(['--state-dir', dir, '--tls-generate'], env);
+    try {
+      expect(tls.url).toMatch(/^https:/);
+      const body = await new Promise<string>((resolve, reject) => {
+        https
+          .get(`${tls.url}/api/v1/health`, { ca: readFileSync(join(dir, 'tls-cert.pem')) }, (res) => {
+            let text = '';
+            res.on('data', (d: Buffer) => (text += d.toString()));
+            res.on('end', () => resolve(text));
+          })
+          .on('error', reject);
+      });
+      expect(JSON.parse(body)).toMatchObject({ status: 'ok' });
+      // The session cookie is Secure over HTTPS.
+      const login = await new Promise<string[]>((resolve, reject) => {
+        const req = https.request(`${tls.url}/api/v1/login`, { method: 'POST', ca: readFileSync(join(dir, 'tls-cert.pem')), headers: { 'Content-Type': 'application/json' } }, (res) => {
+          res.resume();
+          resolve(res.headers['set-cookie'] ?? []);
+        });
+        req.on('error', reject);
+        req.end(JSON.stringify({ username: 'admin', password: ADMIN }));
+      });
+      expect(login.join(';')).toMatch(/Secure/);
+    } finally {
+      expect(await tls.stop()).toBe(0);
+    }
+  }, 120_000);
+
+  it('passes its own self-test', async () => {
+    const r = await runCli(['serve', '--self-test'], { env: { BULWARK_REPOSITORY: '' } });
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/ok {3}web UI/);
+    expect(r.stdout).toContain('self-test passed');
+  });
+
+  it('rebuilds its history from the repository when the catalog is lost', async () => {
+    expect(await serve!.stop()).toBe(0);
+    for (const f of readdirSync(join(tmp.path, 'server')).filter((f) => f.startsWith('catalog.sqlite'))) rmSync(join(tmp.path, 'server', f));
+    await start();
+    const runs = await api.until<{ runs: Run[] }>('/runs?limit=500', (b) => b.runs.some((r) => r.jobName === 'docs'), 60_000);
+    const docs = runs.runs.filter((r) => r.jobName === 'docs');
+    expect(docs.every((r) => r.trigger === 'rebuilt' && r.status === 'success')).toBe(true);
+    const detail = await api.call<{ items: { snapshotId: string }[] }>('GET', `/runs/${docs[0]!.id}`);
+    expect(detail.body.items.map((i) => i.snapshotId)).toContain(snapshotId);
+  }, 120_000);
 
   it('stops cleanly on SIGTERM', async () => {
     expect(await serve!.stop()).toBe(0);

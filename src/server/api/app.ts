@@ -151,7 +151,7 @@ export function createApp(opts: AppOptions): Hono<AuthEnv> {
   const definitionOf = (d: z.infer<typeof S.JobDefinitionIn>) => {
     const repository = d.repository ?? service.defaultRepository;
     if (!repository) throw new ApiError(422, 'invalid', 'definition.repository: the server has no default repository, so the job must name one');
-    if (d.kind === 'folder' && d.sources.some((s) => !s.startsWith('/'))) throw new ApiError(422, 'invalid', 'definition.sources: folders must be absolute paths');
+    if (d.kind !== 'vm' && d.sources.some((s) => !s.startsWith('/'))) throw new ApiError(422, 'invalid', `definition.sources: ${d.kind === 'disk' ? 'disk images' : 'folders'} must be absolute paths`);
     if (d.sources.some((s) => s.startsWith('-'))) throw new ApiError(422, 'invalid', 'definition.sources: a source may not start with -');
     return { ...d, repository };
   };

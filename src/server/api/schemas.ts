@@ -22,7 +22,7 @@ export const TokenOut = z.object({ id: z.string(), name: z.string(), token: z.st
 
 export const JobDefinitionIn = z
   .object({
-    kind: z.enum(['vm', 'folder']),
+    kind: z.enum(['vm', 'folder', 'disk']),
     sources: z.array(z.string().min(1).max(4096)).min(1).max(1000),
     repository: z.string().min(1).max(4096).optional(),
     schedule: z.object({ cron: z.string().min(1).max(200), timeZone: z.string().min(1).max(100).optional() }).strict().optional(),
@@ -38,6 +38,10 @@ export const JobDefinitionIn = z
         exclude: z.array(z.string().min(1)).optional(),
         oneFileSystem: z.boolean().optional(),
         limitRead: z.string().regex(/^\d+(\.\d+)?[KMGT]?$/i).optional(),
+        limitUpload: z.string().regex(/^\d+(\.\d+)?[KMGT]?$/i).optional(),
+        /** Shell commands run by the server around the backup: a failing pre-command fails the run, nothing is backed up. */
+        preCommand: z.string().min(1).max(4096).optional(),
+        postCommand: z.string().min(1).max(4096).optional(),
       })
       .strict()
       .optional(),

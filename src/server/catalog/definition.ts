@@ -3,8 +3,8 @@
 import type { JsonObject } from './json.js';
 
 export interface JobDefinition {
-  /** What the job backs up: VMs by name, or folders by path. */
-  kind: 'vm' | 'folder';
+  /** What the job backs up: VMs by name, folders by path, or disk images (or block devices) by path. */
+  kind: 'vm' | 'folder' | 'disk';
   sources: string[];
   /** Repository location as the CLI takes it (its password is kept apart, encrypted). */
   repository: string;
@@ -22,7 +22,7 @@ export function jobDefinitionProblem(value: unknown): string | undefined {
   const known = new Set(['kind', 'sources', 'repository', 'schedule', 'tags', 'resources', 'options']);
   const unknown = Object.keys(value).filter((k) => !known.has(k));
   if (unknown.length > 0) return `it has unknown field(s) ${unknown.join(', ')}`;
-  if (value.kind !== 'vm' && value.kind !== 'folder') return "kind must be 'vm' or 'folder'";
+  if (value.kind !== 'vm' && value.kind !== 'folder' && value.kind !== 'disk') return "kind must be 'vm', 'folder' or 'disk'";
   if (!isStringList(value.sources) || value.sources.length === 0) return 'sources must be a non-empty list of names';
   if (typeof value.repository !== 'string' || value.repository.trim() === '') return 'repository must be a non-empty string';
   if (value.schedule !== undefined) {
