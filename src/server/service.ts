@@ -4,6 +4,7 @@ import type { Catalog, Job, Run } from './catalog/catalog.js';
 import { LiveEvents } from './events.js';
 import type { NotifyTarget } from './notify/notify.js';
 import { RepositoryPool } from './repositories.js';
+import { Restores } from './restores.js';
 import { JobRunner } from './runner.js';
 import { Scheduler, type JobRunContext, type SchedulerClock } from './scheduler.js';
 
@@ -26,6 +27,7 @@ export interface ServiceOptions {
 export class BackupService {
   readonly live = new LiveEvents();
   readonly pool: RepositoryPool;
+  readonly restores: Restores;
   private readonly runner: JobRunner;
   private readonly scheduler: Scheduler;
   /** Manual runs in the catalog (queued) waiting for the scheduler to start them, by job id. */
@@ -36,6 +38,7 @@ export class BackupService {
   constructor(private readonly opts: ServiceOptions) {
     const passwordFor = (location: string) => opts.catalog.getRepositoryPassword(location);
     this.pool = new RepositoryPool(passwordFor);
+    this.restores = new Restores({ cli: opts.cli, live: this.live, passwordFor, ...(opts.env ? { env: opts.env } : {}) });
     this.runner = new JobRunner({
       catalog: opts.catalog,
       live: this.live,

@@ -179,6 +179,26 @@ describe('bulwark serve', () => {
     expect(Buffer.from(await res.arrayBuffer()).equals(readFileSync(join(data, 'sub dir', 'blob ü.bin')))).toBe(true);
   });
 
+  it('restores a folder out of the restore point into a new folder, and refuses to overwrite', async () => {
+    const target = join(tmp.path, 'restored');
+    const sub = `${data}/sub dir`;
+    const r = await api.call<{ id: string; status: string }>('POST', '/restores', { snapshot: snapshotId.slice(0, 12), kind: 'files', path: sub, target });
+    expect(r.status).toBe(202);
+    const done = await api.until<{ status: string; error: string | null }>(`/restores/${r.body.id}`, (b) => b.status !== 'running', 60_000);
+    expect(done.status, done.error ?? '').toBe('success');
+    const restored = execFileSync('find', [target, '-type', 'f'], { encoding: 'utf8' }).trim().split('\n');
+    expect(restored).toHaveLength(1);
+    expect(readFileSync(restored[0]!).equals(readFileSync(join(sub, 'blob ü.bin')))).toBe(true);
+    // The folder now holds files: a second restore into it is refused, and nothing changes there.
+    const again = await api.call('POST', '/restores', { snapshot: snapshotId, kind: 'files', target });
+    expect(again.status).toBe(409);
+    expect(execFileSync('find', [target, '-type', 'f'], { encoding: 'utf8' }).trim().split('\n')).toEqual(restored);
+    expect((await api.call('POST', '/restores', { snapshot: snapshotId, kind: 'files', target: 'relative' })).status).toBe(400);
+    expect((await api.call('POST', '/restores', { snapshot: snapshotId, kind: 'files', target: `${tmp.path}/x/../../etc` })).status).toBe(400);
+    expect((await api.call('POST', '/restores', { snapshot: snapshotId, kind: 'vm', target: join(tmp.path, 'vm') })).status).toBe(422);
+    expect((await api.call('GET', '/restores/nope')).status).toBe(404);
+  }, 120_000);
+
   it('refuses bad requests with the right 4xx and changes nothing', async () => {
     const before = await jobCount();
     expect((await api.call('POST', '/jobs', '{"name": "x", ')).status).toBe(400);

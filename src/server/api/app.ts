@@ -1,5 +1,5 @@
 // The HTTP face of the server: /api/v1 (docs/server.md) and the web UI's static files.
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { serveStatic } from '@hono/node-server/serve-static';
 import { Hono, type Context } from 'hono';
@@ -10,6 +10,7 @@ import type { Catalog, Job, Run, RunItem } from '../catalog/catalog.js';
 import type { DriveNode } from '../../restore/drive.js';
 import { snapshotFolderName } from '../../restore/drive.js';
 import type { SnapshotWithId } from '../../repository/snapshot.js';
+import type { RestoreState } from '../restores.js';
 import type { BackupService } from '../service.js';
 import { authenticate, requireRole, SESSION_COOKIE, type AuthEnv } from './auth.js';
 import { ApiError, errorBody, toApiError } from './errors.js';
@@ -69,9 +70,9 @@ function intParam(value: string | undefined, what: string): number | undefined {
 }
 
 /** A path inside a restore point: absolute, '/'-separated, no '.', '..', empty or NUL segments. */
-export function snapshotPath(raw: string | undefined): string {
+export function snapshotPath(raw: string | undefined, what = 'path inside the restore point'): string {
   const p = raw ?? '/';
-  if (!p.startsWith('/') || p.includes('\0') || p.includes('\\')) throw new ApiError(400, 'bad-path', `'${p}' is not an absolute path inside the restore point`);
+  if (!p.startsWith('/') || p.includes('\0') || p.includes('\\')) throw new ApiError(400, 'bad-path', `'${p}' is not an absolute ${what}`);
   const segs = p.split('/').filter((s) => s !== '');
   if (segs.some((s) => s === '.' || s === '..')) throw new ApiError(400, 'bad-path', `'${p}' may not contain '.' or '..'`);
   return '/' + segs.join('/');
@@ -327,6 +328,31 @@ export function createApp(opts: AppOptions): Hono<AuthEnv> {
         'Content-Disposition': `attachment; filename="${name.replace(/[^\x20-\x7e]|["\\]/g, '_')}"; filename*=UTF-8''${encodeURIComponent(name)}`,
       },
     });
+  });
+
+  const restoreOut = (r: RestoreState): z.infer<typeof S.RestoreOut> => ({ ...r, startedAt: r.startedAt.toISOString(), endedAt: iso(r.endedAt), output: [...r.output] });
+  api.get('/restores', (c) => c.json({ restores: service.restores.list().map(restoreOut) }));
+  api.get('/restores/:id', (c) => {
+    const r = service.restores.get(c.req.param('id'));
+    if (!r) throw new ApiError(404, 'not-found', `no restore '${c.req.param('id')}' (restores are listed until the server restarts)`);
+    return c.json(restoreOut(r));
+  });
+  api.post('/restores', async (c) => {
+    requireRole(c, 'admin');
+    const b = await body(c, S.RestoreIn);
+    const target = snapshotPath(b.target, 'target folder');
+    if (target === '/') throw new ApiError(422, 'invalid', 'target: restoring into / is refused', 'give a new or empty folder');
+    // Nothing already on the host is overwritten: the target must be new or empty.
+    if (existsSync(target) && (!statSync(target).isDirectory() || readdirSync(target).length > 0)) {
+      throw new ApiError(409, 'conflict', `target '${target}' exists and is not an empty folder`, 'give a new or empty folder; nothing on the host is overwritten');
+    }
+    const repository = locationOf(b.repository);
+    const { snapshots } = await service.pool.get(repository);
+    const found = snapshots.filter((s) => s.id.startsWith(b.snapshot));
+    if (found.length !== 1) throw new ApiError(404, 'not-found', found.length === 0 ? `no restore point '${b.snapshot}'` : `'${b.snapshot}' matches ${found.length} restore points`);
+    if (b.kind === 'vm' && !found[0]!.disks?.length) throw new ApiError(422, 'invalid', `restore point ${b.snapshot.slice(0, 8)} has no disks`, "restore its files with kind 'files'");
+    const path = b.path === undefined ? undefined : snapshotPath(b.path);
+    return c.json(restoreOut(service.restores.start({ ...b, repository, snapshot: found[0]!.id, target, ...(path ? { path } : {}) })), 202);
   });
 
   api.get('/vms', async (c) => c.json(opts.vms ? await opts.vms() : { vms: [], findings: [] }));

@@ -36,6 +36,9 @@ const COMPONENTS = {
   SnapshotList: S.SnapshotList,
   Tree: S.TreeOut,
   VmList: S.VmList,
+  RestoreIn: S.RestoreIn,
+  Restore: S.RestoreOut,
+  RestoreList: S.RestoreList,
   Doctor: S.DoctorOut,
 } as const;
 
@@ -64,6 +67,11 @@ export const OPERATIONS: Record<string, Partial<Record<Method, Operation>>> = {
   '/snapshots': { get: { summary: 'restore points of a repository', ok: 'SnapshotList', query: ['repository'] } },
   '/snapshots/{id}/tree': { get: { summary: 'a folder inside a restore point', ok: 'Tree', params: ['id'], query: ['path', 'repository'] } },
   '/snapshots/{id}/files': { get: { summary: 'one file out of a restore point, streamed', ok: 'stream', params: ['id'], query: ['path', 'repository'] } },
+  '/restores': {
+    get: { summary: 'restores started since the server started, newest first', ok: 'RestoreList' },
+    post: { summary: 'restore files or whole VM disks into a new or empty folder', ok: 'Restore', status: 202, body: 'RestoreIn' },
+  },
+  '/restores/{id}': { get: { summary: 'one restore: status and its output', ok: 'Restore', params: ['id'] } },
   '/vms': { get: { summary: 'VMs the server can reach (empty without a hypervisor)', ok: 'VmList' } },
   '/doctor': { get: { summary: 'pre-flight findings with their fixes', ok: 'Doctor' } },
 };

@@ -125,6 +125,31 @@ export const Dashboard = z.object({
   recentRuns: z.array(RunOut),
 });
 
+export const RestoreIn = z
+  .object({
+    repository: z.string().min(1).max(4096).optional(),
+    snapshot: z.string().regex(/^[0-9a-f]{8,64}$/),
+    kind: z.enum(['files', 'vm']),
+    path: z.string().min(1).max(4096).optional(),
+    target: z.string().min(1).max(4096),
+    format: z.enum(['raw', 'qcow2']).optional(),
+    instant: z.boolean().optional(),
+    define: z.boolean().optional(),
+  })
+  .strict();
+
+export const RestoreOut = z.object({
+  id: z.string(),
+  request: RestoreIn.extend({ repository: z.string() }),
+  status: z.enum(['running', 'success', 'failure']),
+  startedAt: time,
+  endedAt: nullableTime,
+  output: z.array(z.string()),
+  error: z.string().nullable(),
+  hint: z.string().nullable(),
+});
+export const RestoreList = z.object({ restores: z.array(RestoreOut) });
+
 export const Finding = z.object({ severity: z.enum(['error', 'warning', 'info']), vm: z.string().optional(), message: z.string(), fix: z.string().optional() });
 export const VmList = z.object({ vms: z.array(z.object({ name: z.string(), state: z.string() }).passthrough()), findings: z.array(Finding) });
 export const DoctorOut = z.object({ findings: z.array(Finding) });
