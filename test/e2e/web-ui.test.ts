@@ -2,6 +2,7 @@
 // and a real guest: log in, create a job for the guest, run it, watch its progress to the end, browse
 // the restore point into the guest's disk, download a file and compare it with the original. Every
 // page is photographed at desktop and phone width into test-artifacts/web-ui/.
+import { execFileSync } from 'node:child_process';
 import { lstatSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -125,6 +126,18 @@ describe('web UI', () => {
     const saved = join(tmp.path, 'downloaded');
     await download.saveAs(saved);
     expect(readFileSync(saved).equals(sample.bytes)).toBe(true);
+
+    // The restore wizard: the folder the browser shows, restored into a new folder on the host.
+    await page.getByTestId('restore-files').click();
+    const target = join(tmp.path, 'restored');
+    await page.getByTestId('restore-target').fill(target);
+    await shoot(page, 'restore-wizard');
+    await page.getByTestId('restore-start').click();
+    await expect.poll(async () => (await page.getByTestId('restore-status').textContent()) ?? '', { timeout: 120_000 }).toMatch(/success|failure/);
+    await shoot(page, 'restore-status');
+    expect(await page.getByTestId('restore-status').textContent()).toBe('success');
+    const found = execFileSync('find', [target, '-name', sample.name, '-type', 'f'], { encoding: 'utf8' }).trim();
+    expect(readFileSync(found).equals(sample.bytes)).toBe(true);
 
     for (const [nav, shot] of [['nav-doctor', 'doctor'], ['nav-settings', 'settings'], ['nav-dashboard', 'dashboard-after']] as const) {
       await page.getByTestId(nav).click();

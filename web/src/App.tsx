@@ -9,6 +9,7 @@ import { RunDetail } from './pages/RunDetail';
 import { Snapshots } from './pages/Snapshots';
 import { SnapshotBrowser } from './pages/SnapshotBrowser';
 import { Doctor } from './pages/Doctor';
+import { RestoreStatus, RestoreWizard } from './pages/Restore';
 import { Settings } from './pages/Settings';
 import { Login } from './pages/Login';
 
@@ -17,7 +18,7 @@ type AuthState = { state: 'checking' } | { state: 'anonymous'; error?: unknown }
 const NAV: { id: string; label: string; href: string; pages: Route['page'][] }[] = [
   { id: 'dashboard', label: 'Dashboard', href: '#/', pages: ['dashboard', 'run'] },
   { id: 'jobs', label: 'Jobs', href: '#/jobs', pages: ['jobs', 'job-edit'] },
-  { id: 'snapshots', label: 'Snapshots', href: '#/snapshots', pages: ['snapshots', 'snapshot'] },
+  { id: 'snapshots', label: 'Snapshots', href: '#/snapshots', pages: ['snapshots', 'snapshot', 'restore', 'restore-status'] },
   { id: 'doctor', label: 'Doctor', href: '#/doctor', pages: ['doctor'] },
   { id: 'settings', label: 'Settings', href: '#/settings', pages: ['settings'] },
 ];
@@ -129,6 +130,10 @@ function Page({ route, user }: { route: Route; user: User }) {
       return <Snapshots repository={route.repository} />;
     case 'snapshot':
       return <SnapshotBrowser id={route.id} repository={route.repository} path={route.path} />;
+    case 'restore':
+      return <RestoreWizard key={`${route.snapshot}:${route.path}`} snapshot={route.snapshot} repository={route.repository} path={route.path} kind={route.kind} />;
+    case 'restore-status':
+      return <RestoreStatus key={route.id} id={route.id} />;
     case 'doctor':
       return <Doctor />;
     case 'settings':

@@ -84,6 +84,26 @@ export interface Tree { path: string; entries: TreeEntry[] }
 export type Severity = 'error' | 'warning' | 'info';
 export interface Finding { severity: Severity; vm?: string; message: string; fix?: string }
 export interface Vm { name: string; state: string; disks?: unknown[] }
+export interface RestoreRequest {
+  snapshot: string;
+  kind: 'files' | 'vm';
+  target: string;
+  repository?: string;
+  path?: string;
+  format?: 'raw' | 'qcow2';
+  instant?: boolean;
+  define?: boolean;
+}
+export interface Restore {
+  id: string;
+  request: RestoreRequest & { repository: string };
+  status: 'running' | 'success' | 'failure';
+  startedAt: string;
+  endedAt: string | null;
+  output: string[];
+  error: string | null;
+  hint: string | null;
+}
 export interface Health { status: string; version: string }
 
 export class ApiError extends Error {
@@ -182,6 +202,9 @@ export const api = {
   snapshots: (repository: string) => request<{ snapshots: Snapshot[] }>('GET', `/snapshots${q({ repository })}`),
   tree: (id: string, path: string, repository: string) =>
     request<Tree>('GET', `/snapshots/${encodeURIComponent(id)}/tree${q({ path, repository })}`),
+
+  startRestore: (body: RestoreRequest) => request<Restore>('POST', '/restores', body),
+  restore: (id: string) => request<Restore>('GET', `/restores/${encodeURIComponent(id)}`),
 
   vms: () => request<{ vms: Vm[]; findings: Finding[] }>('GET', '/vms'),
   doctor: () => request<{ findings: Finding[] }>('GET', '/doctor'),

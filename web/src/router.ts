@@ -8,6 +8,8 @@ export type Route =
   | { page: 'run'; id: string }
   | { page: 'snapshots'; repository: string }
   | { page: 'snapshot'; id: string; repository: string; path: string }
+  | { page: 'restore'; snapshot: string; repository: string; path: string; kind: 'files' | 'vm' }
+  | { page: 'restore-status'; id: string }
   | { page: 'doctor' }
   | { page: 'settings' }
   | { page: 'not-found'; hash: string };
@@ -37,6 +39,10 @@ export function parseRoute(hash: string): Route {
     const repository = query.get('repository') ?? '';
     if (!b) return { page: 'snapshots', repository };
     return { page: 'snapshot', id: b, repository, path: normalizePath(query.get('path') ?? '/') };
+  }
+  if (a === 'restore') {
+    if (b) return { page: 'restore-status', id: b };
+    return { page: 'restore', snapshot: query.get('snapshot') ?? '', repository: query.get('repository') ?? '', path: normalizePath(query.get('path') ?? '/'), kind: query.get('kind') === 'vm' ? 'vm' : 'files' };
   }
   if (a === 'doctor') return { page: 'doctor' };
   if (a === 'settings') return { page: 'settings' };

@@ -71,6 +71,7 @@ export function RunDetail({ id }: { id: string }) {
           setRun(r);
           if (TERMINAL.has(r.status)) {
             terminalPolls.current = 0; // make sure the polling fetches final items
+            void refresh(); // and show them now, not at the next poll
           }
         }
       });
@@ -87,7 +88,7 @@ export function RunDetail({ id }: { id: string }) {
       window.clearTimeout(timer);
       if (es) es.close();
     };
-  }, [id, addEvents]);
+  }, [id, addEvents, refresh]);
 
   const reRun = async () => {
     if (!run?.jobId) return;

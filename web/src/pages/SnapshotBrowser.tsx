@@ -23,7 +23,15 @@ export function SnapshotBrowser({ id, repository, path }: { id: string; reposito
         <h1>
           Snapshot <span className="mono">{id.slice(0, 8)}</span>
         </h1>
-        <a href={href('/snapshots', { repository: repository || undefined })}>Back to snapshots</a>
+        <div className="form-actions">
+          <a className="button" data-testid="restore-files" href={href('/restore', { snapshot: id, repository: repository || undefined, path, kind: 'files' })}>
+            Restore {path === '/' ? 'all' : 'this folder'}…
+          </a>
+          <a className="button" data-testid="restore-vm" href={href('/restore', { snapshot: id, repository: repository || undefined, kind: 'vm' })}>
+            Restore VM disks…
+          </a>
+          <a href={href('/snapshots', { repository: repository || undefined })}>Back to snapshots</a>
+        </div>
       </div>
       <nav className="crumbs" aria-label="Path" data-testid="breadcrumbs">
         <a href={link('/')}>(root)</a>
