@@ -195,7 +195,28 @@ export class JobRunner {
       ...(exit.code !== null ? { exitCode: exit.code } : {}),
       ...(failure ? { error: failure.message } : {}),
     };
+    if (status === 'success' || status === 'warning') {
+      const kept = await this.retention(job, run.id, signal);
+      if (!kept && status === 'success') status = 'warning';
+    }
     return this.end(job, run, status, runSummary, results, failure);
+  }
+
+  /** The job's retention among its own restore points; false when it was asked for and failed. */
+  private async retention(job: Job, runId: string, signal: AbortSignal): Promise<boolean> {
+    const o = (job.definition.options ?? {}) as Record<string, unknown>;
+    const keep = (o['keep'] ?? {}) as Record<string, unknown>;
+    const flags = Object.entries(keep).filter((e): e is [string, number] => typeof e[1] === 'number' && e[1] > 0);
+    if (flags.length === 0) return true;
+    const args = ['-r', job.definition.repository, 'forget', '--tag', `${JOB_TAG}${job.name}`, ...flags.flatMap(([k, n]) => [`--keep-${k}`, String(n)]), ...(o['prune'] === true ? ['--prune'] : [])];
+    const password = this.opts.passwordFor(job.definition.repository);
+    const env: NodeJS.ProcessEnv = { ...(this.opts.env ?? process.env), BULWARK_EXIT_WITH_PARENT: '1' };
+    delete env['BULWARK_PASSWORD_FILE'];
+    if (password !== undefined) env['BULWARK_PASSWORD'] = password;
+    const [cmd, ...pre] = this.opts.cli;
+    this.event(runId, 'info', `retention: bulwark ${args.slice(2).join(' ')}`);
+    const code = await this.command(runId, 'retention', cmd!, [...pre, ...args], env, signal, ['pipe', 'pipe', 'pipe']);
+    return code === 0;
   }
 
   /** The post-command, the run's end in the catalog, the browsers told, notifications sent. */
@@ -220,10 +241,15 @@ export class JobRunner {
     // The repository's password is not the hook's business.
     delete env['BULWARK_PASSWORD'];
     delete env['BULWARK_PASSWORD_FILE'];
-    const child = spawn('/bin/sh', ['-c', command], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    return this.command(runId, what, '/bin/sh', ['-c', command], env, signal, ['ignore', 'pipe', 'pipe']);
+  }
+
+  /** A command whose output lines go into the run's event log; its exit code (-1: could not run). */
+  private async command(runId: string, what: string, file: string, args: string[], env: NodeJS.ProcessEnv, signal: AbortSignal, stdio: ['ignore' | 'pipe', 'pipe', 'pipe']): Promise<number> {
+    const child = spawn(file, args, { env, stdio });
     const onAbort = () => child.kill('SIGTERM');
     signal.addEventListener('abort', onAbort, { once: true });
-    for (const stream of [child.stdout, child.stderr]) createInterface({ input: stream }).on('line', (l) => l.trim() && this.event(runId, 'info', `${what}: ${l}`));
+    for (const stream of [child.stdout!, child.stderr!]) createInterface({ input: stream }).on('line', (l) => l.trim() && this.event(runId, 'info', `${what}: ${l}`));
     const code = await new Promise<number>((resolve) => {
       child.once('error', (err) => {
         this.event(runId, 'error', `${what} could not start: ${err.message}`);

@@ -30,7 +30,7 @@ export interface ServerOptions {
   version: string;
   concurrency?: number;
   notifyTargets?: readonly NotifyTarget[];
-  vms?: () => Promise<{ vms: { name: string; state: string }[]; findings: z.infer<typeof S.Finding>[] }>;
+  vms?: (connect: string[]) => Promise<{ vms: { name: string; state: string }[]; findings: z.infer<typeof S.Finding>[] }>;
   recoverVms?: (job: Job) => Promise<string[]>;
   clock?: SchedulerClock;
   /** Cheaper password hashes for tests. */

@@ -139,18 +139,22 @@ describe('bulwark serve', () => {
     const marks = join(tmp.path, 'hook-marks');
     const job = await api.call<{ id: number }>('POST', '/jobs', {
       name: 'images',
-      definition: { kind: 'disk', sources: [image], options: { preCommand: `echo "pre $BULWARK_JOB" >> '${marks}'`, postCommand: `echo "post $BULWARK_RUN_STATUS" >> '${marks}'; echo post done` } },
+      definition: { kind: 'disk', sources: [image], options: { keep: { last: 1 }, preCommand: `echo "pre $BULWARK_JOB" >> '${marks}'`, postCommand: `echo "post $BULWARK_RUN_STATUS" >> '${marks}'; echo post done` } },
     });
     expect(job.status).toBe(201);
-    const run = await api.call<Run>('POST', `/jobs/${job.body.id}/run`);
-    const done = await api.until<{ run: Run; items: { name: string; snapshotId: string | null }[] }>(`/runs/${run.body.id}`, (b) => !['queued', 'running'].includes(b.run.status));
+    let run = await api.call<Run>('POST', `/jobs/${job.body.id}/run`);
+    let done = await api.until<{ run: Run; items: { name: string; snapshotId: string | null }[] }>(`/runs/${run.body.id}`, (b) => !['queued', 'running'].includes(b.run.status));
+    expect(done.run.status).toBe('success');
+    // Twice: the job's retention (keep the last one) leaves one restore point of the image.
+    run = await api.call<Run>('POST', `/jobs/${job.body.id}/run`);
+    done = await api.until<{ run: Run; items: { name: string; snapshotId: string | null }[] }>(`/runs/${run.body.id}`, (b) => !['queued', 'running'].includes(b.run.status));
     expect(done.run.status).toBe('success');
     expect(done.items).toEqual([expect.objectContaining({ name: image, snapshotId: expect.stringMatching(/^[0-9a-f]{64}$/) })]);
-    expect(readFileSync(marks, 'utf8')).toBe('pre images\npost success\n');
+    expect(readFileSync(marks, 'utf8')).toBe('pre images\npost success\n'.repeat(2));
     const events = (await api.call<{ events: { message: string }[] }>('GET', `/runs/${run.body.id}/events`)).body.events.map((e) => e.message);
-    expect(events).toEqual(expect.arrayContaining(['post-command: post done']));
+    expect(events).toEqual(expect.arrayContaining(['post-command: post done', expect.stringMatching(/^retention: bulwark forget --tag bulwark-job=images --keep-last 1/)]));
     const listed = jsonResult<{ id: string; source: string }[]>(await runCli(['--json', 'snapshots'], { env }));
-    expect(listed.find((x) => x.id === done.items[0]!.snapshotId)?.source).toBe('disk:disk');
+    expect(listed.filter((x) => x.source === 'disk:disk').map((x) => x.id)).toEqual([done.items[0]!.snapshotId]);
 
     // A failing pre-command fails the run and nothing is backed up.
     await api.call('PUT', `/jobs/${job.body.id}`, { definition: { kind: 'disk', sources: [image], options: { preCommand: 'exit 7' } } });
@@ -225,6 +229,18 @@ describe('bulwark serve', () => {
     const badToken = await fetch(`${serve!.url}/api/v1/jobs`, { headers: { Authorization: 'Bearer bwk_AAAAAAAAAAAAAAAA_' + 'A'.repeat(43) } });
     expect(badToken.status).toBe(401);
     expect(await jobCount()).toBe(before);
+  });
+
+  it('answers the VM endpoints without a hypervisor with an empty list, and an unreachable VM with a finding', async () => {
+    const none = await api.call<{ vms: unknown[]; findings: unknown[] }>('GET', '/vms', undefined, {});
+    expect(none).toEqual({ status: 200, body: { vms: [], findings: [] } });
+    const job = await api.call<{ id: number }>('POST', '/jobs', { name: 'ghost', definition: { kind: 'vm', sources: ['ghost'], options: { connect: [`qmp:${tmp.path}/no-such.sock,name=ghost`] } } });
+    for (const path of ['/vms', '/doctor']) {
+      const r = await api.call<{ findings: { severity: string; message: string }[] }>('GET', path);
+      expect(r.status, path).toBe(200);
+      expect(r.body.findings.some((f) => f.severity === 'error' && f.message.includes('no-such.sock')), JSON.stringify(r.body)).toBe(true);
+    }
+    await api.call('DELETE', `/jobs/${job.body.id}`);
   });
 
   it('takes API tokens without a session or CSRF token', async () => {

@@ -107,7 +107,7 @@ export function register(program: Command): void {
         version: VERSION,
         concurrency,
         ...(notifyTargets ? { notifyTargets } : {}),
-        vms: () => vmsAndFindings(),
+        vms: (connect) => vmsAndFindings(connect),
         recoverVms,
         log: (l) => ctx.warn(l),
       });
@@ -136,13 +136,14 @@ async function readNotifyFile(file: string): Promise<NotifyTarget[]> {
 }
 
 /** VMs of the host's VM list and what doctor finds; empty, not an error, on a host without one. */
-async function vmsAndFindings(): Promise<{ vms: { name: string; state: string }[]; findings: { severity: 'error' | 'warning' | 'info'; vm?: string; message: string; fix?: string }[] }> {
-  let endpoints: VmEndpoint[];
+async function vmsAndFindings(connect: string[]): Promise<{ vms: { name: string; state: string }[]; findings: { severity: 'error' | 'warning' | 'info'; vm?: string; message: string; fix?: string }[] }> {
+  let endpoints: VmEndpoint[] = [];
   try {
     endpoints = await endpointsFrom([]);
   } catch {
-    return { vms: [], findings: [] };
+    // no VM list on this host
   }
+  if (connect.length > 0) endpoints.push(...(await endpointsFrom(connect)));
   if (endpoints.length === 0) return { vms: [], findings: [] };
   const r = await doctor(driverFor, endpoints, { scratchDir: '/var/tmp' });
   return {

@@ -10,6 +10,7 @@ import type { Catalog, Job, Run, RunItem } from '../catalog/catalog.js';
 import type { DriveNode } from '../../restore/drive.js';
 import { snapshotFolderName } from '../../restore/drive.js';
 import type { SnapshotWithId } from '../../repository/snapshot.js';
+import { BulwarkError } from '../../util/errors.js';
 import type { RestoreState } from '../restores.js';
 import type { BackupService } from '../service.js';
 import { authenticate, requireRole, SESSION_COOKIE, type AuthEnv } from './auth.js';
@@ -26,8 +27,8 @@ export interface AppOptions {
   /** The session cookie gets Secure: set when serving HTTPS. */
   secureCookies: boolean;
   sessionTtlMs?: number;
-  /** VMs and doctor findings; none when the host has no hypervisor to ask. */
-  vms?: () => Promise<{ vms: { name: string; state: string }[]; findings: z.infer<typeof S.Finding>[] }>;
+  /** VMs and doctor findings, for the VM list file and the jobs' --connect targets; none when there is nothing to ask. */
+  vms?: (connect: string[]) => Promise<{ vms: { name: string; state: string }[]; findings: z.infer<typeof S.Finding>[] }>;
   log?: (line: string) => void;
 }
 
@@ -355,8 +356,19 @@ export function createApp(opts: AppOptions): Hono<AuthEnv> {
     return c.json(restoreOut(service.restores.start({ ...b, repository, snapshot: found[0]!.id, target, ...(path ? { path } : {}) })), 202);
   });
 
-  api.get('/vms', async (c) => c.json(opts.vms ? await opts.vms() : { vms: [], findings: [] }));
-  api.get('/doctor', async (c) => c.json({ findings: opts.vms ? (await opts.vms()).findings : [] }));
+  // A host without QEMU or libvirt, or a VM that cannot be reached, is a finding, never a 5xx.
+  const vms = async (): Promise<{ vms: { name: string; state: string }[]; findings: z.infer<typeof S.Finding>[] }> => {
+    if (!opts.vms) return { vms: [], findings: [] };
+    const connect = [...new Set(catalog.listJobs().flatMap((j) => (j.definition.kind === 'vm' ? ((j.definition.options?.['connect'] as string[] | undefined) ?? []) : [])))];
+    try {
+      return await opts.vms(connect);
+    } catch (err) {
+      const hint = err instanceof BulwarkError ? err.hint : undefined;
+      return { vms: [], findings: [{ severity: 'error', message: `the VMs could not be looked at: ${err instanceof Error ? err.message : String(err)}`, ...(hint ? { fix: hint } : {}) }] };
+    }
+  };
+  api.get('/vms', async (c) => c.json(await vms()));
+  api.get('/doctor', async (c) => c.json({ findings: (await vms()).findings }));
   api.all('*', () => {
     throw new ApiError(404, 'not-found', 'no such endpoint', 'GET /api/v1/openapi.json lists them');
   });

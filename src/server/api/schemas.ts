@@ -40,6 +40,15 @@ export const JobDefinitionIn = z
         limitRead: z.string().regex(/^\d+(\.\d+)?[KMGT]?$/i).optional(),
         limitUpload: z.string().regex(/^\d+(\.\d+)?[KMGT]?$/i).optional(),
         /** Shell commands run by the server around the backup: a failing pre-command fails the run, nothing is backed up. */
+        /** Retention after each successful run, among this job's restore points (bulwark forget). */
+        keep: z
+          .object({ last: z.number().int().min(1), hourly: z.number().int().min(1), daily: z.number().int().min(1), weekly: z.number().int().min(1), monthly: z.number().int().min(1), yearly: z.number().int().min(1) })
+          .partial()
+          .strict()
+          .refine((k) => Object.keys(k).length > 0, 'keep needs at least one of last, hourly, daily, weekly, monthly, yearly')
+          .optional(),
+        /** With keep: also remove the data no restore point needs any more. */
+        prune: z.boolean().optional(),
         preCommand: z.string().min(1).max(4096).optional(),
         postCommand: z.string().min(1).max(4096).optional(),
       })
