@@ -43,11 +43,21 @@ export class RepositoryPool {
     await Promise.all([...this.open.keys()].map((l) => this.invalidate(l)));
   }
 
+  /** Opens and closes the repository with `password`: throws what is wrong (not found, wrong password …). */
+  async check(location: string, password: string): Promise<void> {
+    const o = await this.openWith(location, password);
+    await o.repo.close();
+  }
+
   private async openOne(location: string): Promise<Opened> {
     const password = this.passwordFor(location);
     if (password === undefined) {
-      throw new BulwarkError('not-found', `the server has no password for the repository '${location}'`, { hint: 'start the server with -r and the password of that repository, or add its password in the settings' });
+      throw new BulwarkError('not-found', `the server has no password for the repository '${location}'`, { hint: 'start the server with -r and the password of that repository, or give it with POST /api/v1/repositories' });
     }
+    return this.openWith(location, password);
+  }
+
+  private async openWith(location: string, password: string): Promise<Opened> {
     const backend = openBackend(location, {});
     try {
       await Repository.assertExists(backend);

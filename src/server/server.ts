@@ -4,10 +4,11 @@ import { randomBytes } from 'node:crypto';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { serve, type ServerType } from '@hono/node-server';
-import type { z } from 'zod';
+import { z } from 'zod';
 import { BulwarkError } from '../util/errors.js';
 import { createApp } from './api/app.js';
 import type * as S from './api/schemas.js';
+import { JobIn } from './api/schemas.js';
 import { Catalog, type Job } from './catalog/catalog.js';
 import type { NotifyTarget } from './notify/notify.js';
 import type { SchedulerClock } from './scheduler.js';
@@ -25,6 +26,10 @@ export interface ServerOptions {
   /** The first start's admin password; else one is generated and returned once. */
   adminPassword?: string;
   defaultRepository?: { location: string; password: string };
+  /** Jobs from a configuration file (name, definition, enabled): created, or updated to match, at start. */
+  jobs?: unknown;
+  /** Where `jobs` came from, for messages. */
+  jobsFile?: string;
   cli: readonly string[];
   webRoot?: string;
   version: string;
@@ -58,6 +63,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       await catalog.createUser('admin', password, 'admin');
     }
     if (o.defaultRepository) catalog.setRepositoryPassword(o.defaultRepository.location, o.defaultRepository.password);
+    if (o.jobs !== undefined) applyJobs(catalog, o.jobs, o.jobsFile ?? 'the jobs file', o.defaultRepository?.location);
     service = new BackupService({
       catalog,
       cli: o.cli,
@@ -92,6 +98,22 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     await service?.stop().catch(() => undefined);
     catalog.close();
     throw err;
+  }
+}
+
+/** The jobs of a configuration file into the catalog: new ones created, changed ones updated, others left alone. */
+function applyJobs(catalog: Catalog, jobs: unknown, file: string, defaultRepository: string | undefined): void {
+  const parsed = z.array(JobIn).safeParse(jobs);
+  if (!parsed.success) {
+    throw new BulwarkError('usage', `${file}: ${parsed.error.issues.map((i) => `${i.path.join('.') || 'list'}: ${i.message}`).join('; ')}`, { hint: 'a JSON list of {name, definition, enabled?} (docs/server.md)' });
+  }
+  for (const j of parsed.data) {
+    const repository = j.definition.repository ?? defaultRepository;
+    if (!repository) throw new BulwarkError('usage', `${file}: job '${j.name}' names no repository and the server has no default (-r)`);
+    const definition = { ...j.definition, repository };
+    const existing = catalog.getJob(j.name);
+    if (!existing) catalog.createJob(j.name, definition, { enabled: j.enabled ?? true });
+    else if (JSON.stringify(existing.definition) !== JSON.stringify(definition) || existing.enabled !== (j.enabled ?? true)) catalog.updateJob(existing.id, { definition, enabled: j.enabled ?? true });
   }
 }
 

@@ -28,7 +28,7 @@ let hook: TestHttp;
 const HOOK_SECRET = 'webhook-secret-for-tests';
 
 async function start(): Promise<void> {
-  serve = await startServe(['--state-dir', join(tmp.path, 'server'), '--notify-file', join(tmp.path, 'notify.json')], env);
+  serve = await startServe(['--state-dir', join(tmp.path, 'server'), '--notify-file', join(tmp.path, 'notify.json'), '--jobs-file', join(tmp.path, 'jobs.json')], env);
   api = new ApiClient(serve.url, await openApiValidator(serve.url));
   expect((await api.login('admin', ADMIN)).status).toBe(200);
 }
@@ -49,6 +49,7 @@ beforeAll(async () => {
       { kind: 'webhook', name: 'chat', on: ['failure', 'success'], url: `${hook.url}/hook`, secret: HOOK_SECRET, retry: { attempts: 1 } },
     ]),
   );
+  await writeFile(join(tmp.path, 'jobs.json'), JSON.stringify([{ name: 'from-file', definition: { kind: 'folder', sources: [join(data, 'sub dir')], tags: ['file'] }, enabled: false }]));
   await start();
 }, 120_000);
 
@@ -243,6 +244,58 @@ describe('bulwark serve', () => {
     await api.call('DELETE', `/jobs/${job.body.id}`);
   });
 
+  it('gives each role what it may do, and only that', async () => {
+    const made = await api.call<{ id: number; role: string }>('POST', '/users', { name: 'viewer1', password: 'viewer password 1', role: 'viewer' });
+    expect(made.status).toBe(201);
+    expect((await api.call('POST', '/users', { name: 'oper1', password: 'operator password 1', role: 'operator' })).status).toBe(201);
+    expect((await api.call('POST', '/users', { name: 'oper1', password: 'another password', role: 'viewer' })).status).toBe(409);
+    const viewer = new ApiClient(serve!.url, await openApiValidator(serve!.url));
+    expect((await viewer.login('viewer1', 'viewer password 1')).status).toBe(200);
+    expect((await viewer.call('GET', '/jobs')).status).toBe(200);
+    const before = await jobCount();
+    expect((await viewer.call('POST', '/jobs', { name: 'v', definition: { kind: 'folder', sources: ['/srv'] } })).status).toBe(403);
+    expect((await viewer.call('POST', `/jobs/${jobId}/run`)).status).toBe(403);
+    expect((await viewer.call('GET', '/users')).status).toBe(403);
+    expect((await viewer.call('PUT', `/users/${made.body.id}`, { role: 'admin' })).status).toBe(403);
+    expect(await jobCount()).toBe(before);
+    const oper = new ApiClient(serve!.url, await openApiValidator(serve!.url));
+    expect((await oper.login('oper1', 'operator password 1')).status).toBe(200);
+    expect((await oper.call('DELETE', `/jobs/${jobId}`)).status).toBe(403);
+    const run = await oper.call<Run>('POST', `/jobs/${jobId}/run`);
+    expect(run.status).toBe(202);
+    expect((await api.until<{ run: Run }>(`/runs/${run.body.id}`, (b) => !['queued', 'running'].includes(b.run.status))).run.status).toBe('success');
+    // A user's own new password: the old one and the sessions opened with it stop working.
+    expect((await viewer.call('PUT', `/users/${made.body.id}`, { password: 'viewer password 2' })).status).toBe(200);
+    expect((await viewer.call('GET', '/jobs')).status).toBe(401);
+    expect((await new ApiClient(serve!.url).login('viewer1', 'viewer password 1')).status).toBe(401);
+    expect((await new ApiClient(serve!.url).login('viewer1', 'viewer password 2')).status).toBe(200);
+    const users = await api.call<{ users: { id: number; name: string }[] }>('GET', '/users');
+    const admin = users.body.users.find((u) => u.name === 'admin')!;
+    expect((await api.call('DELETE', `/users/${admin.id}`)).status).toBe(409);
+    expect((await api.call('PUT', `/users/${admin.id}`, { role: 'viewer' })).status).toBe(409);
+    expect((await api.call('DELETE', `/users/${made.body.id}`)).status).toBe(204);
+    expect((await new ApiClient(serve!.url).login('viewer1', 'viewer password 2')).status).toBe(401);
+  }, 120_000);
+
+  it('takes jobs from its jobs file, and a second repository once its password is proven', async () => {
+    const jobs = await api.call<{ jobs: { name: string; enabled: boolean; definition: { tags?: string[]; repository: string } }[] }>('GET', '/jobs');
+    expect(jobs.body.jobs.find((j) => j.name === 'from-file')).toMatchObject({ enabled: false, definition: { tags: ['file'], repository: env['BULWARK_REPOSITORY'] } });
+    const second = join(tmp.path, 'repo2');
+    await makeCliRepository(second, 'second password', join(tmp.path, 'state'));
+    expect((await api.call('POST', '/repositories', { location: second, password: 'wrong password' })).status).toBe(422);
+    expect((await api.call('POST', '/repositories', { location: join(tmp.path, 'nowhere'), password: 'x' })).status).toBe(404);
+    expect((await api.call('POST', '/repositories', { location: second, password: 'second password' })).status).toBe(201);
+    const job = await api.call<{ id: number }>('POST', '/jobs', { name: 'offsite', definition: { kind: 'folder', sources: [join(data, 'sub dir')], repository: second } });
+    const run = await api.call<Run>('POST', `/jobs/${job.body.id}/run`);
+    const done = await api.until<{ run: Run; items: { snapshotId: string }[] }>(`/runs/${run.body.id}`, (b) => !['queued', 'running'].includes(b.run.status));
+    expect(done.run.status).toBe('success');
+    const listed = await api.call<{ snapshots: { id: string }[] }>('GET', `/snapshots?repository=${encodeURIComponent(second)}`);
+    expect(listed.body.snapshots.map((x) => x.id)).toEqual([done.items[0]!.snapshotId]);
+    const witness = jsonResult<{ id: string }[]>(await runCli(['--json', 'snapshots'], { env: { ...env, BULWARK_REPOSITORY: second, BULWARK_PASSWORD: 'second password' } }));
+    expect(witness.map((x) => x.id)).toEqual([done.items[0]!.snapshotId]);
+    await api.call('DELETE', `/jobs/${job.body.id}`);
+  }, 120_000);
+
   it('takes API tokens without a session or CSRF token', async () => {
     const t = await api.call<{ token: string }>('POST', '/tokens', { name: 'script' });
     expect(t.status).toBe(201);
@@ -339,8 +392,8 @@ describe('bulwark serve', () => {
     const runs = await api.until<{ runs: Run[] }>('/runs?limit=500', (b) => b.runs.some((r) => r.jobName === 'docs'), 60_000);
     const docs = runs.runs.filter((r) => r.jobName === 'docs');
     expect(docs.every((r) => r.trigger === 'rebuilt' && r.status === 'success')).toBe(true);
-    const detail = await api.call<{ items: { snapshotId: string }[] }>('GET', `/runs/${docs[0]!.id}`);
-    expect(detail.body.items.map((i) => i.snapshotId)).toContain(snapshotId);
+    const items = await Promise.all(docs.map(async (r) => (await api.call<{ items: { snapshotId: string }[] }>('GET', `/runs/${r.id}`)).body.items));
+    expect(items.flat().map((i) => i.snapshotId)).toContain(snapshotId);
   }, 120_000);
 
   it('stops cleanly on SIGTERM', async () => {

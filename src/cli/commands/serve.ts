@@ -69,11 +69,12 @@ export function register(program: Command): void {
     .option('--tls-key <file>', 'PEM key of --tls-cert')
     .option('--tls-generate', 'serve HTTPS with a self-signed certificate made at the first start (kept in the state folder)')
     .option('--admin-password-file <file>', "the first start's password for the user admin (or BULWARK_ADMIN_PASSWORD; else one is generated and printed once)")
+    .option('--jobs-file <file>', 'JSON list of jobs {name, definition, enabled?}: created, or updated to match, at each start (docs/server.md)')
     .option('--notify-file <file>', 'JSON list of notification targets (e-mail, webhook), see docs/server.md')
     .option('--concurrency <n>', 'runs at once', '1')
     .option('--self-test', 'start on a free port with a throwaway catalog, check health, login and the UI, and exit')
     .addHelpText('after', '\nExamples:\n  BULWARK_ADMIN_PASSWORD=… bulwark -r /backup/repo serve\n  bulwark serve --self-test\n  bulwark serve --listen 0.0.0.0:8443 --tls-generate')
-    .action(async (o: { listen: string; stateDir?: string; tlsCert?: string; tlsKey?: string; tlsGenerate?: boolean; adminPasswordFile?: string; notifyFile?: string; concurrency: string; selfTest?: boolean }, cmd: Command) => {
+    .action(async (o: { jobsFile?: string; listen: string; stateDir?: string; tlsCert?: string; tlsKey?: string; tlsGenerate?: boolean; adminPasswordFile?: string; notifyFile?: string; concurrency: string; selfTest?: boolean }, cmd: Command) => {
       const ctx = Context.from(cmd);
       const cli = [process.execPath, join(ROOT, 'bin', 'bulwark.js')];
       const webRoot = join(ROOT, 'dist', 'web');
@@ -87,6 +88,7 @@ export function register(program: Command): void {
       const tls = o.tlsCert && o.tlsKey ? await readTlsFiles(o.tlsCert, o.tlsKey) : o.tlsGenerate ? await generatedTls(stateDir, host) : undefined;
       const adminPassword = o.adminPasswordFile ? (await readFile(o.adminPasswordFile, 'utf8')).replace(/\r?\n$/, '') : process.env['BULWARK_ADMIN_PASSWORD'];
       const notifyTargets = o.notifyFile ? await readNotifyFile(o.notifyFile) : undefined;
+      const jobs = o.jobsFile ? await readJsonFile(o.jobsFile, 'jobs') : undefined;
       // The default repository is opened once now: a wrong password is an error at start, not at 2 a.m.
       let defaultRepository: { location: string; password: string } | undefined;
       if (ctx.opts.repo ?? process.env['BULWARK_REPOSITORY']) {
@@ -102,6 +104,7 @@ export function register(program: Command): void {
         ...(tls ? { tls } : {}),
         ...(adminPassword ? { adminPassword } : {}),
         ...(defaultRepository ? { defaultRepository } : {}),
+        ...(o.jobsFile ? { jobs, jobsFile: o.jobsFile } : {}),
         cli,
         webRoot,
         version: VERSION,
@@ -122,13 +125,16 @@ export function register(program: Command): void {
     });
 }
 
-async function readNotifyFile(file: string): Promise<NotifyTarget[]> {
-  let parsed: unknown;
+async function readJsonFile(file: string, what: string): Promise<unknown> {
   try {
-    parsed = JSON.parse(await readFile(file, 'utf8'));
+    return JSON.parse(await readFile(file, 'utf8'));
   } catch (err) {
-    throw new BulwarkError('usage', `cannot read the notification targets in '${file}': ${err instanceof Error ? err.message : String(err)}`, { hint: 'a JSON list of {kind: "email"|"webhook", name, on, …} (docs/server.md)' });
+    throw new BulwarkError('usage', `cannot read the ${what} in '${file}': ${err instanceof Error ? err.message : String(err)}`, { hint: 'a JSON list (docs/server.md)' });
   }
+}
+
+async function readNotifyFile(file: string): Promise<NotifyTarget[]> {
+  const parsed = await readJsonFile(file, 'notification targets');
   if (!Array.isArray(parsed) || parsed.some((t) => typeof t !== 'object' || t === null || !['email', 'webhook'].includes((t as { kind?: string }).kind ?? '') || typeof (t as { name?: unknown }).name !== 'string' || !Array.isArray((t as { on?: unknown }).on))) {
     throw new BulwarkError('usage', `'${file}' is not a list of notification targets`, { hint: 'each needs kind ("email" or "webhook"), name and on (e.g. ["failure","warning"])' });
   }

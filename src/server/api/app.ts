@@ -126,6 +126,40 @@ export function createApp(opts: AppOptions): Hono<AuthEnv> {
     return c.json({ user: { name: caller.user.name, role: caller.user.role }, ...(caller.csrfToken ? { csrfToken: caller.csrfToken } : {}) });
   });
 
+  const userOut = (u: { id: number; name: string; role: 'admin' | 'operator' | 'viewer'; createdAt: Date; updatedAt: Date }) => ({ id: u.id, name: u.name, role: u.role, createdAt: u.createdAt.toISOString(), updatedAt: u.updatedAt.toISOString() });
+  const userOf = (id: string) => {
+    const u = /^\d{1,15}$/.test(id) ? catalog.getUser(Number(id)) : undefined;
+    if (!u) throw new ApiError(404, 'not-found', `no user with id '${id}'`);
+    return u;
+  };
+  api.get('/users', (c) => {
+    requireRole(c, 'admin');
+    return c.json({ users: catalog.listUsers().map(userOut) });
+  });
+  api.post('/users', async (c) => {
+    requireRole(c, 'admin');
+    const b = await body(c, S.UserIn);
+    return c.json(userOut(await catalog.createUser(b.name, b.password, b.role)), 201);
+  });
+  api.put('/users/:id', async (c) => {
+    const user = userOf(c.req.param('id'));
+    const b = await body(c, S.UserPatch);
+    const self = c.get('caller').user.id === user.id;
+    if (!self || b.role !== undefined) requireRole(c, 'admin');
+    if (b.role !== undefined && b.role !== 'admin' && user.role === 'admin' && catalog.listUsers().filter((u) => u.role === 'admin').length === 1) {
+      throw new ApiError(409, 'conflict', `'${user.name}' is the last admin`, 'make another user admin first');
+    }
+    if (b.password !== undefined) await catalog.setPassword(user.id, b.password);
+    return c.json(userOut(b.role !== undefined ? catalog.setRole(user.id, b.role) : catalog.getUser(user.id)!));
+  });
+  api.delete('/users/:id', (c) => {
+    requireRole(c, 'admin');
+    const user = userOf(c.req.param('id'));
+    if (user.id === c.get('caller').user.id) throw new ApiError(409, 'conflict', 'you cannot delete yourself', 'log in as another admin');
+    catalog.deleteUser(user.id);
+    return c.body(null, 204);
+  });
+
   api.post('/tokens', async (c) => {
     const { name } = await body(c, S.TokenIn);
     const { token, info } = catalog.createToken(c.get('caller').user.id, name);
@@ -277,6 +311,15 @@ export function createApp(opts: AppOptions): Hono<AuthEnv> {
   );
 
   api.get('/repositories', (c) => c.json({ repositories: repositories() }));
+  api.post('/repositories', async (c) => {
+    requireRole(c, 'admin');
+    const b = await body(c, S.RepositoryIn);
+    // Opened first: a wrong password or location is an answer now, not a failed run at night.
+    await service.pool.check(b.location, b.password);
+    catalog.setRepositoryPassword(b.location, b.password);
+    await service.pool.invalidate(b.location);
+    return c.json(repositories().find((r) => r.location === b.location)!, 201);
+  });
   api.get('/snapshots', async (c) => {
     const { snapshots } = await service.pool.get(locationOf(c.req.query('repository')));
     return c.json({ snapshots: [...snapshots].reverse().map(snapshotOut) });

@@ -23,7 +23,7 @@ export function toApiError(err: unknown): ApiError {
     return new ApiError(status, err.reason, err.message, err.hint);
   }
   if (err instanceof BulwarkError) {
-    const status = err.code === 'usage' ? 400 : err.code === 'not-found' || err.code === 'repository-not-found' ? 404 : err.code === 'repository-locked' ? 409 : 503;
+    const status = err.code === 'usage' ? 400 : err.code === 'not-found' || err.code === 'repository-not-found' ? 404 : err.code === 'repository-locked' ? 409 : err.code === 'wrong-password' ? 422 : 503;
     return new ApiError(status, err.code, err.message, err.hint);
   }
   return new ApiError(500, 'internal', 'internal error', 'the server log has the details');

@@ -22,6 +22,10 @@ const COMPONENTS = {
   LoginOut: S.LoginOut,
   Me: S.MeOut,
   TokenIn: S.TokenIn,
+  UserIn: S.UserIn,
+  UserPatch: S.UserPatch,
+  User: S.UserInfo,
+  UserList: S.UserList,
   Token: S.TokenOut,
   JobIn: S.JobIn,
   JobPatch: S.JobPatch,
@@ -33,6 +37,8 @@ const COMPONENTS = {
   EventList: S.EventList,
   Dashboard: S.Dashboard,
   RepositoryList: S.RepositoryList,
+  RepositoryIn: S.RepositoryIn,
+  Repository: S.RepositoryOut,
   SnapshotList: S.SnapshotList,
   Tree: S.TreeOut,
   VmList: S.VmList,
@@ -47,6 +53,14 @@ export const OPERATIONS: Record<string, Partial<Record<Method, Operation>>> = {
   '/login': { post: { summary: 'log in: sets the session cookie, answers the CSRF token', ok: 'LoginOut', body: 'LoginIn', public: true } },
   '/logout': { post: { summary: 'end the session', ok: null, status: 204 } },
   '/me': { get: { summary: 'who is logged in', ok: 'Me' } },
+  '/users': {
+    get: { summary: 'users (admin)', ok: 'UserList' },
+    post: { summary: 'create a user (admin)', ok: 'User', status: 201, body: 'UserIn' },
+  },
+  '/users/{id}': {
+    put: { summary: "change a user's password (admin, or the user's own) or role (admin); a new password ends the user's sessions", ok: 'User', body: 'UserPatch', params: ['id'] },
+    delete: { summary: 'delete a user (admin; not oneself, not the last admin)', ok: null, status: 204, params: ['id'] },
+  },
   '/tokens': { post: { summary: 'create an API token for the caller (shown once)', ok: 'Token', status: 201, body: 'TokenIn' } },
   '/dashboard': { get: { summary: 'last run per job (failures first), next runs, repositories', ok: 'Dashboard' } },
   '/jobs': {
@@ -63,7 +77,10 @@ export const OPERATIONS: Record<string, Partial<Record<Method, Operation>>> = {
   '/runs/{id}': { get: { summary: 'a run with its items', ok: 'RunDetail', params: ['id'] } },
   '/runs/{id}/events': { get: { summary: "a run's event log", ok: 'EventList', params: ['id'], query: ['after', 'limit'] } },
   '/stream': { get: { summary: 'server-sent events: run, progress, event', ok: 'sse' } },
-  '/repositories': { get: { summary: 'repositories the server knows', ok: 'RepositoryList' } },
+  '/repositories': {
+    get: { summary: 'repositories the server knows', ok: 'RepositoryList' },
+    post: { summary: "give the server a repository's password (admin): checked by opening the repository, then kept sealed", ok: 'Repository', status: 201, body: 'RepositoryIn' },
+  },
   '/snapshots': { get: { summary: 'restore points of a repository', ok: 'SnapshotList', query: ['repository'] } },
   '/snapshots/{id}/tree': { get: { summary: 'a folder inside a restore point', ok: 'Tree', params: ['id'], query: ['path', 'repository'] } },
   '/snapshots/{id}/files': { get: { summary: 'one file out of a restore point, streamed', ok: 'stream', params: ['id'], query: ['path', 'repository'] } },
@@ -99,7 +116,9 @@ export function openApiDocument(version: string): Record<string, unknown> {
               ? { 'application/json': { schema: ref(op.ok) } }
               : undefined;
       const errors = Object.fromEntries(
-        ['400', ...(op.public ? [] : ['401', '403']), ...(op.params ? ['404'] : []), ...(op.body ? ['409', '422'] : [])].map((c) => [c, { description: 'error', content: { 'application/json': { schema: ref('Error') } } }]),
+        // 404 also where a body or query names something unknown (a repository, a restore point); 503
+        // when a repository's store cannot be reached.
+        ['400', ...(op.public ? [] : ['401', '403', '404', '503']), ...(method !== 'get' ? ['409'] : []), ...(op.body ? ['415', '422'] : []), '500'].map((c) => [c, { description: 'error', content: { 'application/json': { schema: ref('Error') } } }]),
       );
       paths[path][method] = {
         summary: op.summary,

@@ -17,6 +17,11 @@ export const LoginIn = z.object({ username: z.string().min(1).max(200), password
 export const LoginOut = z.object({ user: UserOut, csrfToken: z.string() });
 export const MeOut = z.object({ user: UserOut, csrfToken: z.string().optional() });
 
+export const UserIn = z.object({ name: z.string().min(1).max(200), password: z.string().min(1).max(1000), role: z.enum(['admin', 'operator', 'viewer']) }).strict();
+export const UserPatch = z.object({ password: z.string().min(1).max(1000).optional(), role: z.enum(['admin', 'operator', 'viewer']).optional() }).strict();
+export const UserInfo = z.object({ id: z.number().int(), name: z.string(), role: z.enum(['admin', 'operator', 'viewer']), createdAt: time, updatedAt: time });
+export const UserList = z.object({ users: z.array(UserInfo) });
+
 export const TokenIn = z.object({ name: z.string().min(1).max(200) }).strict();
 export const TokenOut = z.object({ id: z.string(), name: z.string(), token: z.string().describe('shown once: send it as Authorization: Bearer <token>') });
 
@@ -107,6 +112,7 @@ export const JobList = z.object({ jobs: z.array(JobOut) });
 export const EventList = z.object({ events: z.array(EventOut), next: z.number().int() });
 
 export const RepositoryOut = z.object({ name: z.string(), location: z.string() });
+export const RepositoryIn = z.object({ location: z.string().min(1).max(4096), password: z.string().min(1).max(1000) }).strict();
 export const RepositoryList = z.object({ repositories: z.array(RepositoryOut) });
 
 export const SnapshotOut = z.object({
