@@ -4,6 +4,7 @@
 // bytes against the original, the process table after a crash, and `bulwark check`.
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import http from 'node:http';
 import https from 'node:https';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -207,6 +208,16 @@ describe('bulwark serve', () => {
   it('refuses bad requests with the right 4xx and changes nothing', async () => {
     const before = await jobCount();
     expect((await api.call('POST', '/jobs', '{"name": "x", ')).status).toBe(400);
+    // Answered from the Content-Length, before the body is read; the server may close the upload.
+    const tooBig = await new Promise<number>((resolve, reject) => {
+      const req = http.request(`${serve!.url}/api/v1/jobs`, { method: 'POST', headers: { Cookie: api.cookie, 'X-CSRF-Token': api.csrf, 'Content-Type': 'application/json', 'Content-Length': 2 * 1024 * 1024 } }, (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.on('error', (err) => setTimeout(() => reject(err), 1000));
+      req.end(Buffer.alloc(2 * 1024 * 1024, 0x20));
+    });
+    expect(tooBig).toBe(413);
     expect((await api.call('POST', '/jobs', { name: 'x', definition: { kind: 'tape', sources: ['/x'] } })).status).toBe(422);
     expect((await api.call('POST', '/jobs', { name: 'x', definition: { kind: 'folder', sources: ['relative/path'] } })).status).toBe(422);
     expect((await api.call('POST', '/jobs', { name: 'docs', definition: { kind: 'folder', sources: ['/srv'] } })).status).toBe(409);
@@ -265,7 +276,9 @@ describe('bulwark serve', () => {
     expect(run.status).toBe(202);
     expect((await api.until<{ run: Run }>(`/runs/${run.body.id}`, (b) => !['queued', 'running'].includes(b.run.status))).run.status).toBe('success');
     // A user's own new password: the old one and the sessions opened with it stop working.
-    expect((await viewer.call('PUT', `/users/${made.body.id}`, { password: 'viewer password 2' })).status).toBe(200);
+    expect((await viewer.call('PUT', `/users/${made.body.id}`, { password: 'viewer password 2' })).status).toBe(403);
+    expect((await viewer.call('PUT', `/users/${made.body.id}`, { password: 'viewer password 2', currentPassword: 'wrong' })).status).toBe(403);
+    expect((await viewer.call('PUT', `/users/${made.body.id}`, { password: 'viewer password 2', currentPassword: 'viewer password 1' })).status).toBe(200);
     expect((await viewer.call('GET', '/jobs')).status).toBe(401);
     expect((await new ApiClient(serve!.url).login('viewer1', 'viewer password 1')).status).toBe(401);
     expect((await new ApiClient(serve!.url).login('viewer1', 'viewer password 2')).status).toBe(200);

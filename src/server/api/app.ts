@@ -3,7 +3,8 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { serveStatic } from '@hono/node-server/serve-static';
 import { Hono, type Context } from 'hono';
-import { deleteCookie, setCookie } from 'hono/cookie';
+import { bodyLimit } from 'hono/body-limit';
+import { deleteCookie, getCookie, setCookie } from 'hono/cookie';
 import { streamSSE } from 'hono/streaming';
 import type { z } from 'zod';
 import type { Catalog, Job, Run, RunItem } from '../catalog/catalog.js';
@@ -98,6 +99,17 @@ export function createApp(opts: AppOptions): Hono<AuthEnv> {
     return c.json(errorBody(e), e.status);
   });
 
+  // No request body of this API is large; a client sending one cannot make the server hold it.
+  api.use(
+    '*',
+    bodyLimit({
+      maxSize: 1024 * 1024,
+      onError: () => {
+        throw new ApiError(413, 'too-large', 'the request body is larger than 1 MiB');
+      },
+    }),
+  );
+
   // ---- public -------------------------------------------------------------------------------------
   api.get('/health', (c) => c.json({ status: 'ok' as const, version: opts.version }));
   api.get('/openapi.json', (c) => c.json(document));
@@ -115,8 +127,8 @@ export function createApp(opts: AppOptions): Hono<AuthEnv> {
   api.post('/logout', (c) => {
     const caller = c.get('caller');
     if (caller.via === 'session') {
-      const sid = c.req.header('Cookie')?.match(new RegExp(`${SESSION_COOKIE}=([^;]+)`))?.[1];
-      if (sid) catalog.deleteSession(decodeURIComponent(sid));
+      const sid = getCookie(c, SESSION_COOKIE);
+      if (sid) catalog.deleteSession(sid);
       deleteCookie(c, SESSION_COOKIE, { path: '/' });
     }
     return c.body(null, 204);
@@ -146,6 +158,10 @@ export function createApp(opts: AppOptions): Hono<AuthEnv> {
     const b = await body(c, S.UserPatch);
     const self = c.get('caller').user.id === user.id;
     if (!self || b.role !== undefined) requireRole(c, 'admin');
+    // One's own password needs the current one: a session left open is not enough to take the account.
+    if (self && b.password !== undefined && !(b.currentPassword !== undefined && (await catalog.verifyLogin(user.name, b.currentPassword)))) {
+      throw new ApiError(403, 'forbidden', 'changing your own password needs your current password (currentPassword)');
+    }
     if (b.role !== undefined && b.role !== 'admin' && user.role === 'admin' && catalog.listUsers().filter((u) => u.role === 'admin').length === 1) {
       throw new ApiError(409, 'conflict', `'${user.name}' is the last admin`, 'make another user admin first');
     }

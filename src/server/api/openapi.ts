@@ -118,7 +118,7 @@ export function openApiDocument(version: string): Record<string, unknown> {
       const errors = Object.fromEntries(
         // 404 also where a body or query names something unknown (a repository, a restore point); 503
         // when a repository's store cannot be reached.
-        ['400', ...(op.public ? [] : ['401', '403', '404', '503']), ...(method !== 'get' ? ['409'] : []), ...(op.body ? ['415', '422'] : []), '500'].map((c) => [c, { description: 'error', content: { 'application/json': { schema: ref('Error') } } }]),
+        ['400', ...(op.public ? [] : ['401', '403', '404', '503']), ...(method !== 'get' ? ['409'] : []), ...(op.body ? ['413', '415', '422'] : []), '500'].map((c) => [c, { description: 'error', content: { 'application/json': { schema: ref('Error') } } }]),
       );
       paths[path][method] = {
         summary: op.summary,

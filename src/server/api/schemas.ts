@@ -18,7 +18,7 @@ export const LoginOut = z.object({ user: UserOut, csrfToken: z.string() });
 export const MeOut = z.object({ user: UserOut, csrfToken: z.string().optional() });
 
 export const UserIn = z.object({ name: z.string().min(1).max(200), password: z.string().min(1).max(1000), role: z.enum(['admin', 'operator', 'viewer']) }).strict();
-export const UserPatch = z.object({ password: z.string().min(1).max(1000).optional(), role: z.enum(['admin', 'operator', 'viewer']).optional() }).strict();
+export const UserPatch = z.object({ password: z.string().min(1).max(1000).optional(), currentPassword: z.string().min(1).max(1000).optional(), role: z.enum(['admin', 'operator', 'viewer']).optional() }).strict();
 export const UserInfo = z.object({ id: z.number().int(), name: z.string(), role: z.enum(['admin', 'operator', 'viewer']), createdAt: time, updatedAt: time });
 export const UserList = z.object({ users: z.array(UserInfo) });
 
