@@ -139,7 +139,14 @@ describe('web UI', () => {
     const found = execFileSync('find', [target, '-name', sample.name, '-type', 'f'], { encoding: 'utf8' }).trim();
     expect(readFileSync(found).equals(sample.bytes)).toBe(true);
 
-    for (const [nav, shot] of [['nav-doctor', 'doctor'], ['nav-settings', 'settings'], ['nav-dashboard', 'dashboard-after']] as const) {
+    // The doctor asks the guest through QEMU and its agent: slow on a busy host, so its answer is awaited.
+    await page.getByTestId('nav-doctor').click();
+    await expect.poll(async () => page.getByText('Loading…').count(), { timeout: 120_000 }).toBe(0);
+    // The job's guest, found through its connect target, with what doctor says of it.
+    await page.getByTestId('vm-row-web02').waitFor();
+    expect(errors).toEqual([]);
+    await shoot(page, 'doctor');
+    for (const [nav, shot] of [['nav-settings', 'settings'], ['nav-dashboard', 'dashboard-after']] as const) {
       await page.getByTestId(nav).click();
       await page.waitForLoadState('load');
       await shoot(page, shot);

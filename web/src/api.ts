@@ -83,7 +83,7 @@ export interface Tree { path: string; entries: TreeEntry[] }
 
 export type Severity = 'error' | 'warning' | 'info';
 export interface Finding { severity: Severity; vm?: string; message: string; fix?: string }
-export interface Vm { name: string; state: string; disks?: unknown[] }
+export interface Vm { name: string; state: string; disks?: number | unknown[]; address?: string; agent?: string }
 export interface RestoreRequest {
   snapshot: string;
   kind: 'files' | 'vm';

@@ -26,17 +26,7 @@ export function DurationBarChart({ bars, testId }: { bars: Bar[]; testId?: strin
   const ticks = [0, 0.5, 1];
   return (
     <svg className="chart" viewBox={`0 0 ${W} ${H}`} role="img" aria-label="Run durations" data-testid={testId}>
-      {ticks.map((t) => {
-        const y = padT + plotH * (1 - t);
-        return (
-          <g key={t}>
-            <line x1={padL} x2={W - 4} y1={y} y2={y} className="grid" />
-            <text x={padL - 4} y={y + 4} textAnchor="end" className="axis">
-              {formatDuration(max * t)}
-            </text>
-          </g>
-        );
-      })}
+      <GridLines left={padL} right={W - 4} top={padT} height={plotH} ticks={ticks} label={(t) => formatDuration(max * t)} />
       {bars.map((b, i) => {
         const h = Math.max(1, (b.value / max) * plotH);
         const x = padL + i * slot + (slot - bw) / 2;
@@ -90,17 +80,7 @@ export function GrowthChart({ points, testId }: { points: Point[]; testId?: stri
   const fmtDate = (t: number) => new Date(t).toLocaleDateString(undefined, { month: 'short', day: '2-digit' });
   return (
     <svg className="chart" viewBox={`0 0 ${W} ${H}`} role="img" aria-label="Repository growth" data-testid={testId}>
-      {[0, 0.5, 1].map((t) => {
-        const y = padT + plotH * (1 - t);
-        return (
-          <g key={t}>
-            <line x1={padL} x2={W - 4} y1={y} y2={y} className="grid" />
-            <text x={padL - 4} y={y + 4} textAnchor="end" className="axis">
-              {formatBytes(max * t)}
-            </text>
-          </g>
-        );
-      })}
+      <GridLines left={padL} right={W - 4} top={padT} height={plotH} ticks={[0, 0.5, 1]} label={(t) => formatBytes(max * t)} />
       <path d={area} fill="#bee3f8" opacity={0.7} />
       <path d={line} fill="none" stroke="#2b6cb0" strokeWidth={2} />
       {xy.map(([x, y], i) => (
@@ -129,4 +109,23 @@ export function growthPoints(snaps: { time: string; bytes: number; bytesNew?: nu
     sum += s.bytes;
     return { time: s.time, value: sum };
   });
+}
+
+/** Horizontal grid lines at fractions of the plot's height, each labelled on the left. */
+function GridLines({ left, right, top, height, ticks, label }: { left: number; right: number; top: number; height: number; ticks: number[]; label: (t: number) => string }) {
+  return (
+    <>
+      {ticks.map((t) => {
+        const y = top + height * (1 - t);
+        return (
+          <g key={t}>
+            <line x1={left} x2={right} y1={y} y2={y} className="grid" />
+            <text x={left - 4} y={y + 4} textAnchor="end" className="axis">
+              {label(t)}
+            </text>
+          </g>
+        );
+      })}
+    </>
+  );
 }

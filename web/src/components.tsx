@@ -1,4 +1,4 @@
-import { useCallback, useEffect, useState } from 'react';
+import { useCallback, useEffect, useState, type ReactNode } from 'react';
 import { errorInfo } from './api';
 
 export function ErrorBanner({ error }: { error: unknown }) {
@@ -53,4 +53,22 @@ export function useLoad<T>(load: () => Promise<T>, deps: unknown[]) {
   }, [fn, tick]);
   const reload = useCallback(() => setTick((t) => t + 1), []);
   return { data, error, loading, reload, setData };
+}
+
+/** A table that scrolls sideways inside its own box on a narrow screen. */
+export function Table({ headers, className, testId, children }: { headers: string[]; className?: string; testId?: string; children: ReactNode }) {
+  return (
+    <div className="table-wrap">
+      <table className={className} data-testid={testId}>
+        <thead>
+          <tr>
+            {headers.map((h, i) => (
+              <th key={i}>{h}</th>
+            ))}
+          </tr>
+        </thead>
+        <tbody>{children}</tbody>
+      </table>
+    </div>
+  );
 }

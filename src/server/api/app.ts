@@ -29,9 +29,11 @@ export interface AppOptions {
   secureCookies: boolean;
   sessionTtlMs?: number;
   /** VMs and doctor findings, for the VM list file and the jobs' --connect targets; none when there is nothing to ask. */
-  vms?: (connect: string[]) => Promise<{ vms: { name: string; state: string }[]; findings: z.infer<typeof S.Finding>[] }>;
+  vms?: (connect: string[]) => Promise<{ vms: z.infer<typeof S.VmList>['vms']; findings: z.infer<typeof S.Finding>[] }>;
   log?: (line: string) => void;
 }
+
+const VMS_TIMEOUT_MS = 30_000;
 
 const iso = (d: Date | null): string | null => (d ? d.toISOString() : null);
 
@@ -419,11 +421,18 @@ export function createApp(opts: AppOptions): Hono<AuthEnv> {
   const vms = async (): Promise<{ vms: { name: string; state: string }[]; findings: z.infer<typeof S.Finding>[] }> => {
     if (!opts.vms) return { vms: [], findings: [] };
     const connect = [...new Set(catalog.listJobs().flatMap((j) => (j.definition.kind === 'vm' ? ((j.definition.options?.['connect'] as string[] | undefined) ?? []) : [])))];
+    let timer: NodeJS.Timeout | undefined;
     try {
-      return await opts.vms(connect);
+      // A hypervisor or guest agent that does not answer makes a finding, not a page that never loads.
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new BulwarkError('timeout', `no answer within ${VMS_TIMEOUT_MS / 1000} s`, { hint: 'check that QEMU or libvirtd answers; try again' })), VMS_TIMEOUT_MS);
+      });
+      return await Promise.race([opts.vms(connect), late]);
     } catch (err) {
       const hint = err instanceof BulwarkError ? err.hint : undefined;
       return { vms: [], findings: [{ severity: 'error', message: `the VMs could not be looked at: ${err instanceof Error ? err.message : String(err)}`, ...(hint ? { fix: hint } : {}) }] };
+    } finally {
+      clearTimeout(timer);
     }
   };
   api.get('/vms', async (c) => c.json(await vms()));

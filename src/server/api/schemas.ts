@@ -166,5 +166,8 @@ export const RestoreOut = z.object({
 export const RestoreList = z.object({ restores: z.array(RestoreOut) });
 
 export const Finding = z.object({ severity: z.enum(['error', 'warning', 'info']), vm: z.string().optional(), message: z.string(), fix: z.string().optional() });
-export const VmList = z.object({ vms: z.array(z.object({ name: z.string(), state: z.string() }).passthrough()), findings: z.array(Finding) });
+export const VmList = z.object({
+  vms: z.array(z.object({ name: z.string(), state: z.string(), address: z.string().optional(), agent: z.string().optional(), disks: z.number().int().optional() })),
+  findings: z.array(Finding),
+});
 export const DoctorOut = z.object({ findings: z.array(Finding) });

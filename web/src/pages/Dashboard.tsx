@@ -1,7 +1,7 @@
 import { useEffect, useState } from 'react';
 import { api, type Dashboard as DashboardData, type RepositorySummary, type Run } from '../api';
 import { DurationBarChart, GrowthChart, growthPoints, type Point } from '../charts';
-import { ErrorBanner, Loading, StatusBadge, useLoad } from '../components';
+import { ErrorBanner, Loading, StatusBadge, Table, useLoad } from '../components';
 import { BAD, formatBytes, formatDuration, formatTime, runDurationMs } from '../format';
 
 export function Dashboard() {
@@ -72,41 +72,28 @@ function DashboardBody({ data }: { data: DashboardData }) {
             No jobs yet. <a href="#/jobs/new">Create one</a>.
           </p>
         ) : (
-          <div className="table-wrap">
-            <table>
-              <thead>
-                <tr>
-                  <th>Job</th>
-                  <th>Kind</th>
-                  <th>Last run</th>
-                  <th>Finished</th>
-                  <th>Next run</th>
-                </tr>
-              </thead>
-              <tbody>
-                {jobs.map(({ job, lastRun, nextRunAt }) => (
-                  <tr key={job.id} data-testid={`dash-job-${job.name}`}>
-                    <td>
-                      <a href={`#/jobs/${job.id}`}>{job.name}</a>
-                      {job.enabled ? null : <span className="muted"> (disabled)</span>}
-                    </td>
-                    <td>{job.definition.kind}</td>
-                    <td>
-                      {lastRun ? (
-                        <a href={`#/runs/${encodeURIComponent(lastRun.id)}`}>
-                          <StatusBadge status={lastRun.status} />
-                        </a>
-                      ) : (
-                        <span className="muted">never</span>
-                      )}
-                    </td>
-                    <td>{lastRun ? formatTime(lastRun.endedAt) : '—'}</td>
-                    <td>{formatTime(nextRunAt)}</td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-          </div>
+          <Table headers={['Job', 'Kind', 'Last run', 'Finished', 'Next run']}>
+            {jobs.map(({ job, lastRun, nextRunAt }) => (
+              <tr key={job.id} data-testid={`dash-job-${job.name}`}>
+                <td>
+                  <a href={`#/jobs/${job.id}`}>{job.name}</a>
+                  {job.enabled ? null : <span className="muted"> (disabled)</span>}
+                </td>
+                <td>{job.definition.kind}</td>
+                <td>
+                  {lastRun ? (
+                    <a href={`#/runs/${encodeURIComponent(lastRun.id)}`}>
+                      <StatusBadge status={lastRun.status} />
+                    </a>
+                  ) : (
+                    <span className="muted">never</span>
+                  )}
+                </td>
+                <td>{lastRun ? formatTime(lastRun.endedAt) : '—'}</td>
+                <td>{formatTime(nextRunAt)}</td>
+              </tr>
+            ))}
+          </Table>
         )}
       </div>
 
@@ -171,34 +158,21 @@ function RepositoryCard({ repo }: { repo: RepositorySummary }) {
 export function RunsTable({ runs }: { runs: Run[] }) {
   if (runs.length === 0) return <p className="muted">No runs yet.</p>;
   return (
-    <div className="table-wrap">
-      <table>
-        <thead>
-          <tr>
-            <th>Status</th>
-            <th>Job</th>
-            <th>Trigger</th>
-            <th>Started</th>
-            <th>Duration</th>
-          </tr>
-        </thead>
-        <tbody>
-          {runs.map((r) => (
-            <tr key={r.id} data-testid={`run-row-${r.id}`}>
-              <td>
-                <a href={`#/runs/${encodeURIComponent(r.id)}`}>
-                  <StatusBadge status={r.status} />
-                </a>
-              </td>
-              <td>{r.jobName}</td>
-              <td>{r.trigger}</td>
-              <td>{formatTime(r.startedAt ?? r.queuedAt)}</td>
-              <td>{formatDuration(runDurationMs(r))}</td>
-            </tr>
-          ))}
-        </tbody>
-      </table>
-    </div>
+    <Table headers={['Status', 'Job', 'Trigger', 'Started', 'Duration']}>
+      {runs.map((r) => (
+        <tr key={r.id} data-testid={`run-row-${r.id}`}>
+          <td>
+            <a href={`#/runs/${encodeURIComponent(r.id)}`}>
+              <StatusBadge status={r.status} />
+            </a>
+          </td>
+          <td>{r.jobName}</td>
+          <td>{r.trigger}</td>
+          <td>{formatTime(r.startedAt ?? r.queuedAt)}</td>
+          <td>{formatDuration(runDurationMs(r))}</td>
+        </tr>
+      ))}
+    </Table>
   );
 }
 

@@ -1,5 +1,5 @@
 import { api, type Finding } from '../api';
-import { ErrorBanner, Loading, useLoad } from '../components';
+import { ErrorBanner, Loading, Table, useLoad } from '../components';
 
 const ORDER = { error: 0, warning: 1, info: 2 } as const;
 
@@ -56,26 +56,15 @@ export function Doctor() {
             {vms.data.vms.length === 0 ? (
               <p className="muted">No VMs found.</p>
             ) : (
-              <div className="table-wrap">
-                <table>
-                  <thead>
-                    <tr>
-                      <th>Name</th>
-                      <th>State</th>
-                      <th>Disks</th>
-                    </tr>
-                  </thead>
-                  <tbody>
-                    {vms.data.vms.map((vm) => (
-                      <tr key={vm.name} data-testid={`vm-row-${vm.name}`}>
-                        <td>{vm.name}</td>
-                        <td>{vm.state}</td>
-                        <td className="mono small">{describeDisks(vm.disks)}</td>
-                      </tr>
-                    ))}
-                  </tbody>
-                </table>
-              </div>
+              <Table headers={['Name', 'State', 'Disks']}>
+                {vms.data.vms.map((vm) => (
+                  <tr key={vm.name} data-testid={`vm-row-${vm.name}`}>
+                    <td>{vm.name}</td>
+                    <td>{vm.state}</td>
+                    <td className="mono small">{describeDisks(vm.disks)}</td>
+                  </tr>
+                ))}
+              </Table>
             )}
           </>
         ) : null}
@@ -84,8 +73,10 @@ export function Doctor() {
   );
 }
 
-function describeDisks(disks: unknown[] | undefined): string {
-  if (!disks || disks.length === 0) return '—';
+function describeDisks(disks: unknown[] | number | undefined): string {
+  // The server sends a count; a list (names or objects) is shown as such.
+  if (typeof disks === 'number') return disks === 0 ? '—' : String(disks);
+  if (!Array.isArray(disks) || disks.length === 0) return '—';
   return disks
     .map((d) => {
       if (typeof d === 'string') return d;

@@ -1,6 +1,6 @@
 import { useState } from 'react';
 import { api, type Job } from '../api';
-import { ErrorBanner, Loading, useLoad } from '../components';
+import { ErrorBanner, Loading, Table, useLoad } from '../components';
 import { formatTime } from '../format';
 import { navigate } from '../router';
 
@@ -36,54 +36,39 @@ export function Jobs() {
       {loading && !data ? <Loading /> : null}
       {data && jobs.length === 0 ? <p className="muted">No jobs yet.</p> : null}
       {jobs.length > 0 ? (
-        <div className="table-wrap">
-          <table>
-            <thead>
-              <tr>
-                <th>Name</th>
-                <th>Kind</th>
-                <th>Sources</th>
-                <th>Repository</th>
-                <th>Schedule</th>
-                <th>Next run</th>
-                <th>Actions</th>
-              </tr>
-            </thead>
-            <tbody>
-              {jobs.map((job) => (
-                <tr key={job.id} data-testid={`job-row-${job.name}`}>
-                  <td>
-                    <strong>{job.name}</strong>
-                    {job.enabled ? null : <span className="muted"> (disabled)</span>}
-                  </td>
-                  <td>{job.definition.kind}</td>
-                  <td className="mono small">{job.definition.sources.join(', ')}</td>
-                  <td>{job.definition.repository ?? <span className="muted">default</span>}</td>
-                  <td className="mono small">
-                    {job.definition.schedule
-                      ? `${job.definition.schedule.cron}${job.definition.schedule.timeZone ? ` (${job.definition.schedule.timeZone})` : ''}`
-                      : <span className="muted">manual</span>}
-                  </td>
-                  <td>{formatTime(job.nextRunAt)}</td>
-                  <td className="actions">
-                    <button
-                      type="button"
-                      className="primary"
-                      data-testid={`job-run-${job.name}`}
-                      disabled={busy !== null}
-                      onClick={() => void run(job)}
-                    >
-                      {busy === job.id ? 'Starting…' : 'Run now'}
-                    </button>
-                    <button type="button" data-testid={`job-edit-${job.name}`} onClick={() => navigate(`/jobs/${job.id}`)}>
-                      Edit
-                    </button>
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <Table headers={['Name', 'Kind', 'Sources', 'Repository', 'Schedule', 'Next run', 'Actions']}>
+          {jobs.map((job) => (
+            <tr key={job.id} data-testid={`job-row-${job.name}`}>
+              <td>
+                <strong>{job.name}</strong>
+                {job.enabled ? null : <span className="muted"> (disabled)</span>}
+              </td>
+              <td>{job.definition.kind}</td>
+              <td className="mono small">{job.definition.sources.join(', ')}</td>
+              <td>{job.definition.repository ?? <span className="muted">default</span>}</td>
+              <td className="mono small">
+                {job.definition.schedule
+                  ? `${job.definition.schedule.cron}${job.definition.schedule.timeZone ? ` (${job.definition.schedule.timeZone})` : ''}`
+                  : <span className="muted">manual</span>}
+              </td>
+              <td>{formatTime(job.nextRunAt)}</td>
+              <td className="actions">
+                <button
+                  type="button"
+                  className="primary"
+                  data-testid={`job-run-${job.name}`}
+                  disabled={busy !== null}
+                  onClick={() => void run(job)}
+                >
+                  {busy === job.id ? 'Starting…' : 'Run now'}
+                </button>
+                <button type="button" data-testid={`job-edit-${job.name}`} onClick={() => navigate(`/jobs/${job.id}`)}>
+                  Edit
+                </button>
+              </td>
+            </tr>
+          ))}
+        </Table>
       ) : null}
     </section>
   );

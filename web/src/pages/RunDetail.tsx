@@ -1,6 +1,6 @@
 import { useCallback, useEffect, useRef, useState } from 'react';
 import { api, API_BASE, type Progress, type Run, type RunEvent, type RunItem } from '../api';
-import { ErrorBanner, Loading, StatusBadge } from '../components';
+import { ErrorBanner, Loading, StatusBadge, Table } from '../components';
 import { formatBytes, formatDuration, formatTime, runDurationMs, TERMINAL } from '../format';
 
 const POLL_MS = 2000;
@@ -181,55 +181,39 @@ export function RunDetail({ id }: { id: string }) {
 
       <div className="panel">
         <h2>Items</h2>
-        <div className="table-wrap">
-          <table data-testid="run-items">
-            <thead>
-              <tr>
-                <th>Name</th>
-                <th>Status</th>
-                <th>Consistency</th>
-                <th>Read</th>
-                <th>Stored</th>
-                <th>Duration</th>
-                <th>Snapshot</th>
-                <th>Error</th>
+        <Table headers={['Name', 'Status', 'Consistency', 'Read', 'Stored', 'Duration', 'Snapshot', 'Error']} testId="run-items">
+          {items.length === 0 ? (
+            <tr>
+              <td colSpan={8} className="muted">
+                No items yet.
+              </td>
+            </tr>
+          ) : (
+            items.map((it) => (
+              <tr key={String(it.id)} data-testid={`run-item-${it.name}`} className={it.error ? 'row-bad' : undefined}>
+                <td>{it.name}</td>
+                <td>
+                  <StatusBadge status={it.status} />
+                </td>
+                <td>{it.consistency ?? '—'}</td>
+                <td>{formatBytes(it.bytesRead)}</td>
+                <td>{formatBytes(it.bytesStored)}</td>
+                <td>{formatDuration(it.durationMs)}</td>
+                <td className="mono small">
+                  {it.snapshotId ? (
+                    <a href={`#/snapshots/${encodeURIComponent(it.snapshotId)}`}>{it.snapshotId.slice(0, 8)}</a>
+                  ) : (
+                    '—'
+                  )}
+                </td>
+                <td>
+                  {it.error ? <div className="err-text">{it.error}</div> : null}
+                  {it.hint ? <div className="hint">{it.hint}</div> : null}
+                </td>
               </tr>
-            </thead>
-            <tbody>
-              {items.length === 0 ? (
-                <tr>
-                  <td colSpan={8} className="muted">
-                    No items yet.
-                  </td>
-                </tr>
-              ) : (
-                items.map((it) => (
-                  <tr key={String(it.id)} data-testid={`run-item-${it.name}`} className={it.error ? 'row-bad' : undefined}>
-                    <td>{it.name}</td>
-                    <td>
-                      <StatusBadge status={it.status} />
-                    </td>
-                    <td>{it.consistency ?? '—'}</td>
-                    <td>{formatBytes(it.bytesRead)}</td>
-                    <td>{formatBytes(it.bytesStored)}</td>
-                    <td>{formatDuration(it.durationMs)}</td>
-                    <td className="mono small">
-                      {it.snapshotId ? (
-                        <a href={`#/snapshots/${encodeURIComponent(it.snapshotId)}`}>{it.snapshotId.slice(0, 8)}</a>
-                      ) : (
-                        '—'
-                      )}
-                    </td>
-                    <td>
-                      {it.error ? <div className="err-text">{it.error}</div> : null}
-                      {it.hint ? <div className="hint">{it.hint}</div> : null}
-                    </td>
-                  </tr>
-                ))
-              )}
-            </tbody>
-          </table>
-        </div>
+            ))
+          )}
+        </Table>
       </div>
 
       <div className="panel">

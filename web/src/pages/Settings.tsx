@@ -1,5 +1,5 @@
 import { api, type User } from '../api';
-import { ErrorBanner, Loading, useLoad } from '../components';
+import { ErrorBanner, Loading, Table, useLoad } from '../components';
 
 export function Settings({ user }: { user: User }) {
   const health = useLoad(() => api.health(), []);
@@ -45,24 +45,14 @@ export function Settings({ user }: { user: User }) {
           repos.data.repositories.length === 0 ? (
             <p className="muted">No repositories configured.</p>
           ) : (
-            <div className="table-wrap">
-              <table data-testid="settings-repositories">
-                <thead>
-                  <tr>
-                    <th>Name</th>
-                    <th>Location</th>
-                  </tr>
-                </thead>
-                <tbody>
-                  {repos.data.repositories.map((r) => (
-                    <tr key={r.name}>
-                      <td>{r.name}</td>
-                      <td className="mono small">{r.location}</td>
-                    </tr>
-                  ))}
-                </tbody>
-              </table>
-            </div>
+            <Table headers={['Name', 'Location']} testId="settings-repositories">
+              {repos.data.repositories.map((r) => (
+                <tr key={r.name}>
+                  <td>{r.name}</td>
+                  <td className="mono small">{r.location}</td>
+                </tr>
+              ))}
+            </Table>
           )
         ) : null}
       </div>

@@ -1,5 +1,5 @@
 import { api, fileDownloadUrl } from '../api';
-import { ErrorBanner, Loading, useLoad } from '../components';
+import { ErrorBanner, Loading, Table, useLoad } from '../components';
 import { formatBytes, formatTime } from '../format';
 import { href, navigate } from '../router';
 
@@ -48,68 +48,56 @@ export function SnapshotBrowser({ id, repository, path }: { id: string; reposito
       <ErrorBanner error={error} />
       {loading && !data ? <Loading /> : null}
       {data ? (
-        <div className="table-wrap">
-          <table className="browser">
-            <thead>
-              <tr>
-                <th>Name</th>
-                <th>Size</th>
-                <th>Modified</th>
-                <th></th>
+        <Table headers={['Name', 'Size', 'Modified', '']} className="browser">
+          {path !== '/' ? (
+            <tr className="clickable" onClick={() => go('/' + parts.slice(0, -1).join('/'))} data-testid="entry-up">
+              <td colSpan={4}>
+                <a href={link('/' + parts.slice(0, -1).join('/'))}>.. (up)</a>
+              </td>
+            </tr>
+          ) : null}
+          {entries.length === 0 ? (
+            <tr>
+              <td colSpan={4} className="muted">
+                Empty folder.
+              </td>
+            </tr>
+          ) : null}
+          {entries.map((e) => {
+            const full = join(path, e.name);
+            const isDir = e.kind === 'dir';
+            return (
+              <tr
+                key={e.name}
+                data-testid={`entry-${e.name}`}
+                className={isDir ? 'clickable' : undefined}
+                onClick={isDir ? () => go(full) : undefined}
+              >
+                <td>
+                  <span className={`icon icon-${e.kind}`} aria-hidden="true">
+                    {isDir ? '▸' : e.kind === 'symlink' ? '↪' : '·'}
+                  </span>{' '}
+                  {isDir ? (
+                    <a href={link(full)} onClick={(ev) => ev.stopPropagation()}>
+                      {e.name}/
+                    </a>
+                  ) : (
+                    e.name
+                  )}
+                </td>
+                <td>{isDir ? '' : formatBytes(e.size)}</td>
+                <td>{formatTime(e.mtime)}</td>
+                <td>
+                  {e.kind === 'file' ? (
+                    <a href={fileDownloadUrl(id, full, repository)} download={e.name} data-testid={`download-${e.name}`}>
+                      Download
+                    </a>
+                  ) : null}
+                </td>
               </tr>
-            </thead>
-            <tbody>
-              {path !== '/' ? (
-                <tr className="clickable" onClick={() => go('/' + parts.slice(0, -1).join('/'))} data-testid="entry-up">
-                  <td colSpan={4}>
-                    <a href={link('/' + parts.slice(0, -1).join('/'))}>.. (up)</a>
-                  </td>
-                </tr>
-              ) : null}
-              {entries.length === 0 ? (
-                <tr>
-                  <td colSpan={4} className="muted">
-                    Empty folder.
-                  </td>
-                </tr>
-              ) : null}
-              {entries.map((e) => {
-                const full = join(path, e.name);
-                const isDir = e.kind === 'dir';
-                return (
-                  <tr
-                    key={e.name}
-                    data-testid={`entry-${e.name}`}
-                    className={isDir ? 'clickable' : undefined}
-                    onClick={isDir ? () => go(full) : undefined}
-                  >
-                    <td>
-                      <span className={`icon icon-${e.kind}`} aria-hidden="true">
-                        {isDir ? '▸' : e.kind === 'symlink' ? '↪' : '·'}
-                      </span>{' '}
-                      {isDir ? (
-                        <a href={link(full)} onClick={(ev) => ev.stopPropagation()}>
-                          {e.name}/
-                        </a>
-                      ) : (
-                        e.name
-                      )}
-                    </td>
-                    <td>{isDir ? '' : formatBytes(e.size)}</td>
-                    <td>{formatTime(e.mtime)}</td>
-                    <td>
-                      {e.kind === 'file' ? (
-                        <a href={fileDownloadUrl(id, full, repository)} download={e.name} data-testid={`download-${e.name}`}>
-                          Download
-                        </a>
-                      ) : null}
-                    </td>
-                  </tr>
-                );
-              })}
-            </tbody>
-          </table>
-        </div>
+            );
+          })}
+        </Table>
       ) : null}
     </section>
   );

@@ -1,7 +1,7 @@
 import { useEffect, useState } from 'react';
 import { api, type Repository, type Snapshot } from '../api';
 import { GrowthChart, growthPoints } from '../charts';
-import { ErrorBanner, Loading } from '../components';
+import { ErrorBanner, Loading, Table } from '../components';
 import { formatBytes, formatTime } from '../format';
 import { href, navigate } from '../router';
 
@@ -99,46 +99,30 @@ export function Snapshots({ repository }: { repository: string }) {
       ) : null}
       {snaps && shown.length === 0 ? <p className="muted">No snapshots.</p> : null}
       {shown.length > 0 ? (
-        <div className="table-wrap">
-          <table>
-            <thead>
-              <tr>
-                <th>Id</th>
-                <th>Time</th>
-                <th>Kind</th>
-                <th>Source</th>
-                <th>Host</th>
-                <th>Tags</th>
-                <th>Size</th>
-                <th>New data</th>
+        <Table headers={['Id', 'Time', 'Kind', 'Source', 'Host', 'Tags', 'Size', 'New data']}>
+          {shown.map((s) => {
+            const id8 = s.id.slice(0, 8);
+            return (
+              <tr key={s.id} data-testid={`snapshot-row-${id8}`}>
+                <td className="mono">
+                  <a
+                    href={href(`/snapshots/${encodeURIComponent(s.id)}`, { repository: selected || undefined })}
+                    data-testid={`snapshot-open-${id8}`}
+                  >
+                    {id8}
+                  </a>
+                </td>
+                <td className="nowrap">{formatTime(s.time)}</td>
+                <td>{s.kind}</td>
+                <td className="mono small">{s.source}</td>
+                <td>{s.hostname}</td>
+                <td>{s.tags.join(', ')}</td>
+                <td>{formatBytes(s.bytes)}</td>
+                <td>{typeof s.bytesNew === 'number' ? formatBytes(s.bytesNew) : '—'}</td>
               </tr>
-            </thead>
-            <tbody>
-              {shown.map((s) => {
-                const id8 = s.id.slice(0, 8);
-                return (
-                  <tr key={s.id} data-testid={`snapshot-row-${id8}`}>
-                    <td className="mono">
-                      <a
-                        href={href(`/snapshots/${encodeURIComponent(s.id)}`, { repository: selected || undefined })}
-                        data-testid={`snapshot-open-${id8}`}
-                      >
-                        {id8}
-                      </a>
-                    </td>
-                    <td className="nowrap">{formatTime(s.time)}</td>
-                    <td>{s.kind}</td>
-                    <td className="mono small">{s.source}</td>
-                    <td>{s.hostname}</td>
-                    <td>{s.tags.join(', ')}</td>
-                    <td>{formatBytes(s.bytes)}</td>
-                    <td>{typeof s.bytesNew === 'number' ? formatBytes(s.bytesNew) : '—'}</td>
-                  </tr>
-                );
-              })}
-            </tbody>
-          </table>
-        </div>
+            );
+          })}
+        </Table>
       ) : null}
     </section>
   );
