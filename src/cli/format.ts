@@ -1,4 +1,7 @@
-// Human formatting of sizes, durations and rates for text output.
+// Human formatting of sizes, durations and rates for text output, and the parsing of sizes and
+// listening addresses given on the command line.
+import { BulwarkError } from '../util/errors.js';
+
 export function bytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
   let v = n;
@@ -35,4 +38,11 @@ export function parseSize(text: string): number | undefined {
   if (!m) return undefined;
   const exp = ' kmgtp'.indexOf((m[2] || ' ').toLowerCase());
   return Math.round(Number(m[1]) * 1024 ** exp);
+}
+
+/** `[HOST:]PORT` of a listening option; the host defaults to loopback: nothing beyond this host unless told. */
+export function parseHostPort(spec: string, example: string): { host: string; port: number } {
+  const m = /^(?:(\[[^\]]+\]|[^:]+):)?(\d{1,5})$/.exec(spec);
+  if (!m || Number(m[2]) > 65535) throw new BulwarkError('usage', `'${spec}' is not [HOST:]PORT`, { hint: `e.g. ${example}` });
+  return { host: (m[1] ?? '127.0.0.1').replace(/^\[|\]$/g, ''), port: Number(m[2]) };
 }

@@ -1,9 +1,9 @@
 // Restores started from the web UI or the API: the `bulwark restore …` command in a child process, as
 // runs are, with its progress sent to the browsers. Kept in memory only: a restore is watched while
 // it happens, and what it wrote is on disk; after a server restart the list starts empty.
-import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { createInterface } from 'node:readline';
+import { spawnCli } from './cli-child.js';
 import type { LiveEvents } from './events.js';
 
 export interface RestoreRequest {
@@ -75,12 +75,7 @@ export class Restores {
     const state: RestoreState = { id: randomUUID(), request, status: 'running', startedAt: new Date(), endedAt: null, output: [], error: null, hint: null };
     this.all.set(state.id, state);
     for (const old of [...this.all.keys()].slice(0, Math.max(0, this.all.size - KEEP_RESTORES))) this.all.delete(old);
-    const env: NodeJS.ProcessEnv = { ...(this.opts.env ?? process.env), BULWARK_EXIT_WITH_PARENT: '1' };
-    delete env['BULWARK_PASSWORD_FILE'];
-    const password = this.opts.passwordFor(request.repository);
-    if (password !== undefined) env['BULWARK_PASSWORD'] = password;
-    const [cmd, ...pre] = this.opts.cli;
-    const child = spawn(cmd!, [...pre, ...restoreCommand(request)], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawnCli(this.opts.cli, restoreCommand(request), { ...(this.opts.env ? { env: this.opts.env } : {}), password: this.opts.passwordFor(request.repository) });
     const keep = (line: string) => {
       state.output.push(line);
       if (state.output.length > KEEP_LINES) state.output.splice(0, state.output.length - KEEP_LINES);

@@ -6,11 +6,12 @@
 // child ends itself when the server's end of its stdin closes (BULWARK_EXIT_WITH_PARENT), so a killed
 // server leaves no backup running that the restarted one does not know of; the VM guardians the
 // child started then thaw and resume the guests, as they do for any killed `backup vm`.
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { hostname } from 'node:os';
 import { createInterface } from 'node:readline';
 import type { Catalog, FinalRunStatus, Job, JsonObject, Run, RunItem } from './catalog/catalog.js';
 import { JOB_TAG, RUN_TAG } from './catalog/catalog.js';
+import { spawnCli } from './cli-child.js';
 import type { LiveEvents } from './events.js';
 import { notify, type ItemResult, type NotifyTarget, type RunSummary } from './notify/notify.js';
 
@@ -109,14 +110,7 @@ export class JobRunner {
       }
     }
 
-    const password = this.opts.passwordFor(job.definition.repository);
-    const env: NodeJS.ProcessEnv = { ...(this.opts.env ?? process.env), BULWARK_EXIT_WITH_PARENT: '1' };
-    delete env['BULWARK_PASSWORD_FILE'];
-    if (password !== undefined) env['BULWARK_PASSWORD'] = password;
-    else delete env['BULWARK_PASSWORD'];
-
-    const [cmd, ...pre] = this.opts.cli;
-    const child = spawn(cmd!, [...pre, ...commandFor(job, run.id)], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawnCli(this.opts.cli, commandFor(job, run.id), this.childOptions(job));
     const onAbort = () => child.kill('SIGTERM');
     signal.addEventListener('abort', onAbort, { once: true });
 
@@ -209,14 +203,12 @@ export class JobRunner {
     const flags = Object.entries(keep).filter((e): e is [string, number] => typeof e[1] === 'number' && e[1] > 0);
     if (flags.length === 0) return true;
     const args = ['-r', job.definition.repository, 'forget', '--tag', `${JOB_TAG}${job.name}`, ...flags.flatMap(([k, n]) => [`--keep-${k}`, String(n)]), ...(o['prune'] === true ? ['--prune'] : [])];
-    const password = this.opts.passwordFor(job.definition.repository);
-    const env: NodeJS.ProcessEnv = { ...(this.opts.env ?? process.env), BULWARK_EXIT_WITH_PARENT: '1' };
-    delete env['BULWARK_PASSWORD_FILE'];
-    if (password !== undefined) env['BULWARK_PASSWORD'] = password;
-    const [cmd, ...pre] = this.opts.cli;
     this.event(runId, 'info', `retention: bulwark ${args.slice(2).join(' ')}`);
-    const code = await this.command(runId, 'retention', cmd!, [...pre, ...args], env, signal, ['pipe', 'pipe', 'pipe']);
-    return code === 0;
+    return (await this.watch(runId, 'retention', spawnCli(this.opts.cli, args, this.childOptions(job)), signal)) === 0;
+  }
+
+  private childOptions(job: Job): { env?: NodeJS.ProcessEnv; password: string | undefined } {
+    return { ...(this.opts.env ? { env: this.opts.env } : {}), password: this.opts.passwordFor(job.definition.repository) };
   }
 
   /** The post-command, the run's end in the catalog, the browsers told, notifications sent. */
@@ -241,12 +233,11 @@ export class JobRunner {
     // The repository's password is not the hook's business.
     delete env['BULWARK_PASSWORD'];
     delete env['BULWARK_PASSWORD_FILE'];
-    return this.command(runId, what, '/bin/sh', ['-c', command], env, signal, ['ignore', 'pipe', 'pipe']);
+    return this.watch(runId, what, spawn('/bin/sh', ['-c', command], { env, stdio: ['ignore', 'pipe', 'pipe'] }), signal);
   }
 
   /** A command whose output lines go into the run's event log; its exit code (-1: could not run). */
-  private async command(runId: string, what: string, file: string, args: string[], env: NodeJS.ProcessEnv, signal: AbortSignal, stdio: ['ignore' | 'pipe', 'pipe', 'pipe']): Promise<number> {
-    const child = spawn(file, args, { env, stdio });
+  private async watch(runId: string, what: string, child: ChildProcess, signal: AbortSignal): Promise<number> {
     const onAbort = () => child.kill('SIGTERM');
     signal.addEventListener('abort', onAbort, { once: true });
     for (const stream of [child.stdout!, child.stderr!]) createInterface({ input: stream }).on('line', (l) => l.trim() && this.event(runId, 'info', `${what}: ${l}`));

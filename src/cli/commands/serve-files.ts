@@ -9,12 +9,8 @@ import { readTlsFiles } from '../../server/tls.js';
 import { startWebDav } from '../../server/webdav.js';
 import { BulwarkError } from '../../util/errors.js';
 import { Context } from '../context.js';
+import { parseHostPort } from '../format.js';
 
-function hostPort(spec: string): { host: string; port: number } {
-  const m = /^(?:(\[[^\]]+\]|[^:]+):)?(\d{1,5})$/.exec(spec);
-  if (!m || Number(m[2]) > 65535) throw new BulwarkError('usage', `'${spec}' is not [HOST:]PORT`, { hint: 'e.g. --webdav 127.0.0.1:8080' });
-  return { host: (m[1] ?? '127.0.0.1').replace(/^\[|\]$/g, ''), port: Number(m[2]) };
-}
 
 export function register(program: Command): void {
   program
@@ -36,8 +32,8 @@ export function register(program: Command): void {
       const ctx = Context.from(cmd);
       if (!o.webdav && !o.ftp) throw new BulwarkError('usage', 'serve-files needs --webdav, --ftp or both', { hint: 'e.g. --webdav 127.0.0.1:8080 --ftp 127.0.0.1:2121' });
       if (!o.tlsCert !== !o.tlsKey) throw new BulwarkError('usage', '--tls-cert and --tls-key go together');
-      const dav = o.webdav ? hostPort(o.webdav) : undefined;
-      const ftp = o.ftp ? hostPort(o.ftp) : undefined;
+      const dav = o.webdav ? parseHostPort(o.webdav, '--webdav 127.0.0.1:8080') : undefined;
+      const ftp = o.ftp ? parseHostPort(o.ftp, '--webdav 127.0.0.1:8080') : undefined;
       const tlsFiles = o.tlsCert && o.tlsKey ? await readTlsFiles(o.tlsCert, o.tlsKey) : undefined;
       const password = o.servePasswordFile ? (await readFile(o.servePasswordFile, 'utf8')).replace(/\r?\n$/, '') : process.env['BULWARK_SERVE_PASSWORD'];
       if (!password) throw new BulwarkError('usage', 'serve-files needs a password for its login', { hint: 'set BULWARK_SERVE_PASSWORD or give --serve-password-file' });

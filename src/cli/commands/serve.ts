@@ -16,16 +16,12 @@ import { startServer, type RunningServer } from '../../server/server.js';
 import { readTlsFiles, type TlsFiles } from '../../server/tls.js';
 import { BulwarkError } from '../../util/errors.js';
 import { Context } from '../context.js';
+import { parseHostPort } from '../format.js';
 import { selectEndpoints } from './backup.js';
 
 const VERSION = '0.1.0';
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 
-function hostPort(spec: string): { host: string; port: number } {
-  const m = /^(?:(\[[^\]]+\]|[^:]+):)?(\d{1,5})$/.exec(spec);
-  if (!m || Number(m[2]) > 65535) throw new BulwarkError('usage', `'${spec}' is not [HOST:]PORT`, { hint: 'e.g. --listen 127.0.0.1:8420' });
-  return { host: (m[1] ?? '127.0.0.1').replace(/^\[|\]$/g, ''), port: Number(m[2]) };
-}
 
 /** A self-signed certificate made once with openssl and kept in the state folder. */
 async function generatedTls(dir: string, host: string): Promise<TlsFiles> {
@@ -79,7 +75,7 @@ export function register(program: Command): void {
       const cli = [process.execPath, join(ROOT, 'bin', 'bulwark.js')];
       const webRoot = join(ROOT, 'dist', 'web');
       if (o.selfTest) return selfTest(ctx, cli, webRoot);
-      const { host, port } = hostPort(o.listen);
+      const { host, port } = parseHostPort(o.listen, '--listen 127.0.0.1:8420');
       const concurrency = Number(o.concurrency);
       if (!Number.isInteger(concurrency) || concurrency < 1) throw new BulwarkError('usage', `--concurrency '${o.concurrency}' is not a positive whole number`);
       if (!o.tlsCert !== !o.tlsKey) throw new BulwarkError('usage', '--tls-cert and --tls-key go together');
