@@ -18,6 +18,7 @@ LOGS=$OUT/logs
 IMAGE_MIB=${BENCH_IMAGE_MIB:-2048}
 TREE_MIB=${BENCH_TREE_MIB:-1024}
 SMALL_FILES=${BENCH_SMALL_FILES:-30000}    # files in the small-files tree
+TREE_CHANGE_PCT=${BENCH_TREE_CHANGE_PCT:-2} # share of the files changed for the trees' "changed" step
 SMALL_MAX_KIB=${BENCH_SMALL_MAX_KIB:-16}  # each at most this large
 FILL_PCT=${BENCH_IMAGE_FILL_PCT:-70}      # share of the image filled with files, the rest stays empty
 CHANGE_PCT=${BENCH_CHANGE_PCT:-1}         # share of the image rewritten for the "changed" re-backup
@@ -309,8 +310,9 @@ bench_image() { # tool
 }
 
 bench_tree() { # tool dataset (tree | small: a folder of that name in $DATA)
-  local tool=$1 ds=$2 repo=$WORK/repos/$1-$2 target=$WORK/restore/$1-$2
-  init_repo "$tool" "$ds" "$repo" first repo_after_first unchanged repo_after_unchanged restore verify || return 0
+  local tool=$1 ds=$2 repo=$WORK/repos/$1-$2 target=$WORK/restore/$1-$2 state=$WORK/$1-$2.change
+  init_repo "$tool" "$ds" "$repo" first repo_after_first unchanged repo_after_unchanged changed \
+    repo_after_changed restore verify || return 0
   tool_env "$tool" "$repo"
   log "$tool $ds: warming the page cache"
   tar -C "$DATA" -cf - "$ds" | cat >/dev/null
@@ -320,8 +322,13 @@ bench_tree() { # tool dataset (tree | small: a folder of that name in $DATA)
   cmd_for "$tool" backup-tree "$ds-2" "$ds" && timed "$tool" "$ds" unchanged "$DATA" "${CMD[@]}"
   repo_size "$tool" "$ds" repo_after_unchanged "$repo"
 
+  # 2 % of the files get 4 KiB of new bytes (lib/change-tree.mjs); put back after the restore is checked.
+  node "$BENCH_DIR/lib/change-tree.mjs" apply "$DATA/$ds" "$TREE_CHANGE_PCT" "$state" >/dev/null
+  cmd_for "$tool" backup-tree "$ds-3" "$ds" && timed "$tool" "$ds" changed "$DATA" "${CMD[@]}"
+  repo_size "$tool" "$ds" repo_after_changed "$repo"
+
   rm -rf "$target" && mkdir -p "$target"
-  cmd_for "$tool" restore-tree "$ds-2" "$ds" && timed "$tool" "$ds" restore "$target" "${CMD[@]}"
+  cmd_for "$tool" restore-tree "$ds-3" "$ds" && timed "$tool" "$ds" restore "$target" "${CMD[@]}"
   if ((LAST_OK)); then
     local d diffout
     d=$(find_restored_tree "$target" "$ds")
@@ -338,6 +345,7 @@ bench_tree() { # tool dataset (tree | small: a folder of that name in $DATA)
     record "$tool" "$ds" verify skipped '' '' 'restore failed'
   fi
   rm -rf "$target"
+  node "$BENCH_DIR/lib/change-tree.mjs" revert "$DATA/$ds" "$state" || die "could not undo the change of $DATA/$ds: delete it to have it made again"
 }
 
 version_of() {
@@ -384,6 +392,7 @@ write_meta() {
     echo "SMALL_FILES=$(find "$DATA/small" -type f | wc -l)"
     echo "SMALL_DIRS=$(find "$DATA/small" -type d | wc -l)"
     echo "SMALL_MAX_KIB=$SMALL_MAX_KIB"
+    echo "TREE_CHANGE_PCT=$TREE_CHANGE_PCT"
     echo "TIMEOUT=$TIMEOUT"
     echo "RESTORE_FS=$RESTORE_FS"
     echo "DIST_STALE=${DIST_STALE:-0}"

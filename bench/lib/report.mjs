@@ -122,7 +122,8 @@ const imageSteps = [
 const treeSteps = [
   ['first', '1. first backup'],
   ['unchanged', '2. unchanged re-backup'],
-  ['restore', '3. restore'],
+  ['changed', `3. ${meta.TREE_CHANGE_PCT ?? 2} %-of-files-changed re-backup`],
+  ['restore', '4. restore'],
 ];
 
 section(
@@ -144,7 +145,8 @@ function treeSection(title, ds, bytes) {
   derived('restore verified (diff -r against the source)', '', verified(ds));
   derived('first backup (MB/s of file data)', 'MB/s', throughput(ds, bytes));
   row('repo size after first backup (MB)', 'MB', ds, 'repo_after_first', bytesMB);
-  row(`repo size after ${ds} runs (MB)`, 'MB', ds, 'repo_after_unchanged', bytesMB);
+  derived(`repo growth by the changed backup (MB)`, 'MB', growth(ds, 'repo_after_unchanged', 'repo_after_changed'));
+  row(`repo size after ${ds} runs (MB)`, 'MB', ds, 'repo_after_changed', bytesMB);
   for (const [m, l] of treeSteps) row(`peak RSS ${l.slice(3)} (MB)`, 'MB', ds, m, rssMB);
   for (const [m, l] of treeSteps) row(`CPU time ${l.slice(3)} (s, user+sys)`, 's', ds, m, cpuSeconds);
 }

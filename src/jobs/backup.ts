@@ -50,6 +50,8 @@ async function commit(repo: Repository, sn: Snapshot): Promise<SnapshotWithId> {
 }
 
 export async function backupFiles(repo: Repository, opts: FilesBackupJobOptions): Promise<BackupJobResult> {
+  // The walk, the chunker and the blob ids run on this thread: it needs a core of its own.
+  repo.leaveCoreForCaller();
   return Lock.run(repo, false, 'backup', async () => {
     const started = Date.now();
     await repo.loadIndex();

@@ -2,12 +2,12 @@
 // work. Plain JavaScript so it runs the same from src/ (tests) and dist/ (installed), with no build step.
 // Format 1 seals with AES-256-GCM, nonce(12) ‖ ciphertext ‖ tag(16) (repository/crypto.ts); format 2 with
 // XAES-256-GCM and the associated data the caller passes (repository/sealer.ts).
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createDecipheriv, randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { Buffer } from 'node:buffer';
 import { parentPort, workerData } from 'node:worker_threads';
 import { Compressor, Decompressor } from 'zstd-napi';
-import { Xaes } from './xaes.js';
+import { Xaes, gcmSealInto } from './xaes.js';
 import { GcPacer } from '../util/gc-pacer.js';
 
 // The platform binding directly, as in repository/blake3.ts (which this plain-JS worker cannot import).
@@ -23,13 +23,14 @@ const pacer = new GcPacer(workerData.gcEveryBytes ?? 16 * 1024 * 1024, 'minor');
 const compressor = new Compressor();
 compressor.setParameters({ compressionLevel: level });
 
-function seal(plain, ad) {
-  if (xaes) return xaes.seal(plain, ad);
+/**
+ * Seals `body` into `out` (body.length + the format's overhead, or more), which `body` may lie in; returns
+ * the part of `out` used. Only the cipher's output is allocated: one buffer the size of the blob.
+ */
+function sealInto(out, body, ad) {
+  if (xaes) return xaes.sealInto(out, body, ad);
   const nonce = randomBytes(12);
-  const cipher = createCipheriv('aes-256-gcm', encKey, nonce);
-  const body = cipher.update(plain);
-  const fin = cipher.final();
-  return Buffer.concat([nonce, body, fin, cipher.getAuthTag()], 28 + plain.length);
+  return gcmSealInto(out, encKey, nonce, nonce, body, ad);
 }
 
 function unseal(sealed, ad) {
@@ -45,19 +46,40 @@ function unseal(sealed, ad) {
 // can never make it allocate more than the blob's recorded length (as repository/zstd.ts does).
 const dctx = new Decompressor().dctx;
 
-/** Compresses when asked and worthwhile, then seals. `ulen` is the plaintext length when compressed, else 0. */
-function compressAndSeal(plain, compress, ad) {
+/** Bytes a seal adds to its body: nonce and tag (format 1: 12 + 16; format 2: 24 + 16). */
+const SEAL_OVERHEAD = xaes ? 40 : 28;
+
+/**
+ * zstd writes into this buffer, grown to the largest blob's bound and kept: a fresh output buffer per
+ * blob is garbage that V8 frees only when it next collects, and two workers piled up tens of MB of it.
+ */
+let zscratch = Buffer.allocUnsafeSlow(0);
+
+/** ZSTD_COMPRESSBOUND: the most a frame of `n` bytes can take. */
+function compressBound(n) {
+  return n + (n >>> 8) + (n < 131072 ? (131072 - n) >>> 11 : 0);
+}
+
+/**
+ * Compresses when asked and worthwhile, then seals into `out` when given and large enough (else into a
+ * new buffer). `plain` may lie in `out`. `ulen` is the plaintext length when compressed, else 0.
+ */
+function compressAndSeal(plain, compress, ad, out) {
   let body = plain;
   let ulen = 0;
   if (compress) {
-    const z = compressor.compress(plain);
+    const bound = compressBound(plain.length);
+    if (zscratch.length < bound) zscratch = Buffer.allocUnsafeSlow(bound);
+    const n = compressor.cctx.compress2(zscratch, plain);
     // Incompressible data is stored raw: saves the decompression on restore and never grows a blob.
-    if (z.length < plain.length - (plain.length >> 5)) {
-      body = z;
+    if (n < plain.length - (plain.length >> 5)) {
+      body = zscratch.subarray(0, n);
       ulen = plain.length;
     }
   }
-  return { sealed: seal(body, ad), ulen };
+  const need = body.length + SEAL_OVERHEAD;
+  const dst = out && out.length >= need ? out : Buffer.allocUnsafe(need);
+  return { sealed: sealInto(dst, body, ad), ulen };
 }
 
 /** Runs `fn` on each blob of a batch with its bytes; a blob that fails is reported alone. */
@@ -77,22 +99,18 @@ function eachBlob(msg, fn) {
   return results;
 }
 
-/** Seals a batch of small blobs sent in one buffer; their sealed forms go back side by side in one buffer. */
+/**
+ * Seals a batch of small blobs sent in one buffer; their sealed forms go back side by side in one buffer
+ * (a sealed blob is never longer than its plaintext and the seal's overhead: room is made for that).
+ */
 function sealBatch(msg) {
-  const parts = [];
-  let total = 0;
-  const results = eachBlob(msg, (it, plain) => {
-    const { sealed, ulen } = compressAndSeal(plain, it.compress, it.ad);
-    parts.push(sealed);
-    total += sealed.length;
-    return { at: total - sealed.length, len: sealed.length, ulen };
-  });
-  const out = Buffer.allocUnsafeSlow(total);
+  const out = Buffer.allocUnsafeSlow(msg.data.byteLength + msg.items.length * SEAL_OVERHEAD);
   let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
+  const results = eachBlob(msg, (it, plain) => {
+    const { sealed, ulen } = compressAndSeal(plain, it.compress, it.ad, out.subarray(at));
+    at += sealed.length;
+    return { at: at - sealed.length, len: sealed.length, ulen };
+  });
   parentPort.postMessage({ seq: msg.seq, out, results }, [out.buffer]);
 }
 
@@ -130,12 +148,12 @@ parentPort.on('message', (msg) => {
   pacer.dropped(msg.data.byteLength);
   try {
     if (msg.op === 'seal') {
-      const plain = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
-      const { sealed: result, ulen } = compressAndSeal(plain, msg.compress, msg.ad);
-      // Back in the buffer the plaintext came in, when it fits (the main thread reuses it).
-      const back = msg.data.buffer;
-      const sealed = result.length <= back.byteLength ? new Uint8Array(back, 0, result.length) : own(result);
-      if (sealed.buffer === back) sealed.set(result);
+      // Sealed back into the buffer the plaintext came in (the main thread sends it with room to spare
+      // and reuses it), so sealing leaves nothing behind here but the cipher's output.
+      const back = Buffer.from(msg.data.buffer);
+      const plain = back.subarray(msg.data.byteOffset, msg.data.byteOffset + msg.data.byteLength);
+      const { sealed: result, ulen } = compressAndSeal(plain, msg.compress, msg.ad, back);
+      const sealed = result.buffer === msg.data.buffer ? new Uint8Array(msg.data.buffer, result.byteOffset, result.length) : own(result);
       parentPort.postMessage({ seq: msg.seq, sealed, ulen }, [sealed.buffer]);
     } else if (msg.op === 'sealBatch') {
       sealBatch(msg);

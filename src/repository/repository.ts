@@ -453,6 +453,11 @@ export class Repository {
     return this.zeroChunkCache;
   }
 
+  /** The work of this process's own thread is CPU-bound too (a file walk): one core is left to it (workers.ts). */
+  leaveCoreForCaller(): void {
+    this.workers.leaveCoreForCaller();
+  }
+
   blobId(plain: Uint8Array): string {
     return blobId(this.key, plain).toString('hex');
   }

@@ -155,7 +155,7 @@ export class BlobWorkers {
     private readonly sealer: Sealer,
     private readonly idKey: Buffer,
     private readonly zstdLevel: number,
-    private readonly threads = Math.max(1, Math.min(availableParallelism(), 8)),
+    private threads = Math.max(1, Math.min(availableParallelism(), 8)),
   ) {}
 
   /** Workers start on first use: commands that seal and open nothing (an unchanged backup, ls) never pay for them. */
@@ -178,6 +178,15 @@ export class BlobWorkers {
       worker.on('error', (err) => this.failAll(err));
       this.slots.push(slot);
     }
+  }
+
+  /**
+   * One core fewer, for callers whose own thread does CPU work too (a file backup chunks and hashes
+   * on the main thread): on two cores, two workers beside it were slower than one and cost a worker's
+   * memory. Only before the workers start.
+   */
+  leaveCoreForCaller(): void {
+    if (this.slots.length === 0) this.threads = Math.max(1, Math.min(this.threads, availableParallelism() - 1));
   }
 
   get size(): number {

@@ -11,6 +11,24 @@ export const XAES_NONCE_BYTES = 24;
 export const XAES_TAG_BYTES = 16;
 export const XAES_OVERHEAD = XAES_NONCE_BYTES + XAES_TAG_BYTES;
 
+/**
+ * AES-256-GCM of `plain` under `key` and `iv`, written to `out` as stored ‖ ciphertext ‖ tag(16), where
+ * `stored` is the nonce as the object keeps it; returns the part of `out` used. `plain` may lie in
+ * `out`: it is read whole before `out` is written.
+ */
+export function gcmSealInto(out, key, iv, stored, plain, ad) {
+  const cipher = createCipheriv('aes-256-gcm', key, iv);
+  if (ad && ad.length) cipher.setAAD(ad);
+  const a = cipher.update(plain);
+  const b = cipher.final();
+  let at = 0;
+  for (const part of [stored, a, b, cipher.getAuthTag()]) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out.subarray(0, at);
+}
+
 export class Xaes {
   /** @param {Uint8Array} key 32 bytes */
   constructor(key) {
@@ -45,19 +63,16 @@ export class Xaes {
 
   /** nonce(24) ‖ ciphertext ‖ tag(16). `nonce` is for test vectors only: leave it out. */
   seal(plain, ad, nonce = randomBytes(XAES_NONCE_BYTES)) {
-    const out = Buffer.allocUnsafe(plain.length + XAES_OVERHEAD);
-    out.set(nonce, 0);
-    const cipher = createCipheriv('aes-256-gcm', this.deriveKey(nonce), nonce.subarray(12, 24));
-    if (ad && ad.length) cipher.setAAD(ad);
-    let at = XAES_NONCE_BYTES;
-    const a = cipher.update(plain);
-    out.set(a, at);
-    at += a.length;
-    const b = cipher.final();
-    out.set(b, at);
-    at += b.length;
-    out.set(cipher.getAuthTag(), at);
-    return out;
+    return this.sealInto(Buffer.allocUnsafe(plain.length + XAES_OVERHEAD), plain, ad, nonce);
+  }
+
+  /**
+   * seal() into `out` (at least plain.length + XAES_OVERHEAD bytes); returns the part of `out` used.
+   * `plain` may lie in `out`: it is read whole before `out` is written (the blob worker seals a blob
+   * back into the buffer it came in).
+   */
+  sealInto(out, plain, ad, nonce = randomBytes(XAES_NONCE_BYTES)) {
+    return gcmSealInto(out, this.deriveKey(nonce), nonce.subarray(12, 24), nonce, plain, ad);
   }
 
   /** Throws an Error whose message says "unable to authenticate" when the object is not genuine. */

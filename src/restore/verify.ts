@@ -1,7 +1,8 @@
 // Verification after a restore: every restored file is read back and must chunk to exactly the blob
 // ids the snapshot lists. Walks through directory handles (any depth, any name bytes) and streams.
 import { constants, promises as fsp } from 'node:fs';
-import { Chunker, chunkStream, gearTable } from '../repository/chunker.js';
+import { Chunker, gearTable } from '../repository/chunker.js';
+import { FileChunks } from '../repository/file-chunks.js';
 import type { Repository } from '../repository/repository.js';
 import { displayName, nodeName, type TreeNode } from '../repository/tree.js';
 import { loadTree } from '../repository/walk.js';
@@ -13,13 +14,14 @@ export interface VerifyResult {
   mismatches: string[];
 }
 
-type VerifyRepo = Pick<Repository, 'loadBlob' | 'blobId' | 'config'>;
+type VerifyRepo = Pick<Repository, 'loadBlob' | 'blobId' | 'config' | 'zeroChunk'>;
 
 /** `includes`: the same patterns the restore used; files they filtered out are not expected in the target. */
 export async function verifyRestored(repo: VerifyRepo, nodes: TreeNode[], target: string, logicalDir: string, skip: ReadonlySet<string>, includes?: string[]): Promise<VerifyResult> {
   const matcher = includes && includes.length > 0 ? compileGlobs(includes) : undefined;
   const c = repo.config.chunker;
-  const chunker = new Chunker({ minSize: c.minSize, avgSize: c.avgSize, maxSize: c.maxSize }, gearTable(Buffer.from(c.seed, 'hex')));
+  const fileChunks = new FileChunks(new Chunker({ minSize: c.minSize, avgSize: c.avgSize, maxSize: c.maxSize }, gearTable(Buffer.from(c.seed, 'hex'))), c.maxSize);
+  const zeroId = repo.zeroChunk().id;
   const result: VerifyResult = { files: 0, mismatches: [] };
 
   const fileMatches = async (path: Buffer, node: TreeNode): Promise<boolean> => {
@@ -28,11 +30,13 @@ export async function verifyRestored(repo: VerifyRepo, nodes: TreeNode[], target
     const fh = await fsp.open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(() => undefined);
     if (!fh) return false;
     try {
-      if (!(await fh.stat()).isFile()) return false;
+      const st = await fh.stat();
+      if (!st.isFile()) return false;
       const want = node.content ?? [];
       let i = 0;
-      for await (const chunk of chunkStream(fh.createReadStream({ highWaterMark: 4 * 1024 * 1024, autoClose: false }), chunker)) {
-        if (want[i++] !== repo.blobId(chunk)) return false;
+      // Holes restored as holes are not read back: they are zeros by definition.
+      for await (const { bytes, zero } of fileChunks.chunks(fh, st.size, st.blocks * 512)) {
+        if (want[i++] !== (zero ? zeroId : repo.blobId(bytes))) return false;
       }
       return i === want.length;
     } finally {

@@ -11,10 +11,14 @@ import { createHash, randomBytes } from 'node:crypto';
 import { posix } from 'node:path';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import type { ConnectionOptions, PeerCertificate, TLSSocket } from 'node:tls';
-import { Client, enterPassiveModeIPv4, enterPassiveModeIPv6, FileType as FtpFileType, FTPError, type FTPResponse, type TaskResolver, type TransferStrategy } from 'basic-ftp';
+import type * as BasicFtp from 'basic-ftp';
+import type { Client, FTPResponse, TaskResolver, TransferStrategy } from 'basic-ftp';
+import { lazyRequire } from '../util/lazy-require.js';
 import { BulwarkError, errnoCode, unable, type ErrorCode } from '../util/errors.js';
 import { OBJECT_NAME, objectPath } from './layout.js';
 import { FILE_TYPES, OBJECT_WORDS, isFileSource, saveSize, type Backend, type BackendProperties, type FileInfo, type FileType, type Handle, type SaveData } from './backend.js';
+
+const ftp = lazyRequire<typeof BasicFtp>('basic-ftp');
 
 export interface FtpLocation {
   /** ftps: explicit TLS (AUTH TLS) on the control and every data connection. */
@@ -162,7 +166,7 @@ function codeChain(err: unknown): string[] {
 function classify(err: unknown, missingIsNotFound: boolean): BulwarkError {
   if (err instanceof BulwarkError) return err;
   const reason = err instanceof Error ? err.message : String(err);
-  if (err instanceof FTPError) {
+  if (err instanceof ftp().FTPError) {
     const c = err.code;
     if (c === 550 && missingIsNotFound) return new BulwarkError('not-found', reason, { cause: err });
     if (c === 530 || c === 532) return new BulwarkError('failed', `the server refused the login (${reason})`, { cause: err, hint: LOGIN_HINT });
@@ -216,7 +220,7 @@ async function sizeOf(c: Client, path: string): Promise<number | undefined> {
   try {
     return await c.size(path);
   } catch (err) {
-    if (err instanceof FTPError && err.code === 550) return undefined;
+    if (err instanceof ftp().FTPError && err.code === 550) return undefined;
     throw err;
   }
 }
@@ -229,29 +233,29 @@ async function sizeOf(c: Client, path: string): Promise<number | undefined> {
  * mistaken for the reply to the connection's next command.
  */
 async function retrieve(c: Client, path: string, start: number, limit: number | undefined): Promise<Buffer> {
-  const ftp = c.ftp;
+  const ctx = c.ftp;
   const validPath = await c.protectWhitespace(path);
-  await c.prepareTransfer(ftp);
+  await c.prepareTransfer(ctx);
   const chunks: Buffer[] = [];
   let got = 0;
   let started = false;
   let aborted = false;
   let dataDone = false;
   let reply: FTPResponse | undefined;
-  await ftp.handle(start > 0 ? `REST ${start}` : `RETR ${validPath}`, (res: Error | FTPResponse, task: TaskResolver) => {
+  await ctx.handle(start > 0 ? `REST ${start}` : `RETR ${validPath}`, (res: Error | FTPResponse, task: TaskResolver) => {
     const finish = () => {
       if (!dataDone || reply === undefined) return;
-      ftp.dataSocket = undefined;
+      ctx.dataSocket = undefined;
       task.resolve(reply);
     };
     const fail = (err: Error) => {
-      ftp.socket.setTimeout(ftp.timeout);
-      ftp.dataSocket = undefined;
+      ctx.socket.setTimeout(ctx.timeout);
+      ctx.dataSocket = undefined;
       task.reject(err);
     };
     if (res instanceof Error) {
       // 426/451 after we closed the data connection on purpose: the transfer ended as we wanted.
-      if (aborted && res instanceof FTPError && res.code >= 400 && res.code < 500) {
+      if (aborted && res instanceof ftp().FTPError && res.code >= 400 && res.code < 500) {
         reply = { code: res.code, message: res.message };
         finish();
         return;
@@ -260,26 +264,26 @@ async function retrieve(c: Client, path: string, start: number, limit: number | 
       return;
     }
     if (res.code === 350) {
-      ftp.send(`RETR ${validPath}`);
+      ctx.send(`RETR ${validPath}`);
       return;
     }
     if (res.code === 150 || res.code === 125) {
       if (started) return;
       started = true;
-      const sock = ftp.dataSocket;
+      const sock = ctx.dataSocket;
       if (!sock) {
         fail(new Error('the server started a download but no data connection is open'));
         return;
       }
       // The control connection is idle during a transfer; the data connection's silence is what counts.
-      ftp.socket.setTimeout(0);
-      sock.setTimeout(ftp.timeout, () => ftp.closeWithError(new Error('Timeout (data connection)')));
+      ctx.socket.setTimeout(0);
+      sock.setTimeout(ctx.timeout, () => ctx.closeWithError(new Error('Timeout (data connection)')));
       const stop = () => {
         aborted = true;
         dataDone = true;
         sock.removeAllListeners('data');
         sock.destroy();
-        ftp.socket.setTimeout(ftp.timeout);
+        ctx.socket.setTimeout(ctx.timeout);
         finish();
         if (reply !== undefined) return;
         // A server that never answers the cut-off transfer must not cost us the bytes we hold: they
@@ -287,7 +291,7 @@ async function retrieve(c: Client, path: string, start: number, limit: number | 
         const grace = setTimeout(() => {
           if (reply !== undefined) return;
           task.resolve({ code: 0, message: 'no reply to the aborted transfer' });
-          ftp.closeWithError(new Error('the server did not answer an aborted transfer'));
+          ctx.closeWithError(new Error('the server did not answer an aborted transfer'));
         }, ABORT_REPLY_MS);
         grace.unref();
       };
@@ -307,7 +311,7 @@ async function retrieve(c: Client, path: string, start: number, limit: number | 
       sock.once('close', () => {
         if (aborted) return;
         dataDone = true;
-        ftp.socket.setTimeout(ftp.timeout);
+        ctx.socket.setTimeout(ctx.timeout);
         finish();
       });
       if (limit === 0) stop();
@@ -343,7 +347,7 @@ class Pool {
       // A clean error reply leaves the connection in a known state; anything else (a socket error, a
       // timeout, a transfer that broke) may leave replies in flight that would confuse the next request.
       // Our own verdicts (a short object, a size mismatch) come after a finished exchange.
-      if (!(err instanceof FTPError) && !(err instanceof BulwarkError)) p.spoiled = true;
+      if (!(err instanceof ftp().FTPError) && !(err instanceof BulwarkError)) p.spoiled = true;
       throw err;
     } finally {
       this.release(p);
@@ -471,7 +475,7 @@ export class FtpBackend implements Backend {
   }
 
   private async connect(): Promise<Client> {
-    const client = new Client(this.timeoutMs);
+    const client = new (ftp().Client)(this.timeoutMs);
     try {
       await client.connect(this.loc.host, this.loc.port);
       if (this.loc.secure) {
@@ -498,27 +502,27 @@ export class FtpBackend implements Backend {
    * before the transfer command's first byte goes through it.
    */
   private passive(): TransferStrategy {
-    let modes: TransferStrategy[] = [enterPassiveModeIPv6, enterPassiveModeIPv4];
-    return async (ftp) => {
+    let modes: TransferStrategy[] = [ftp().enterPassiveModeIPv6, ftp().enterPassiveModeIPv4];
+    return async (ctx) => {
       let last: unknown;
       for (const mode of modes) {
         try {
-          const res = await mode(ftp);
+          const res = await mode(ctx);
           modes = [mode];
-          const sock = ftp.dataSocket;
+          const sock = ctx.dataSocket;
           if (this.pin !== undefined && sock !== undefined && 'getPeerCertificate' in sock) {
             sock.once('secureConnect', () => {
               try {
                 this.checkPin(sock);
               } catch (err) {
-                ftp.closeWithError(err instanceof Error ? err : new Error(String(err)));
+                ctx.closeWithError(err instanceof Error ? err : new Error(String(err)));
               }
             });
           }
           return res;
         } catch (err) {
           // A server may answer EPSV wrongly; a closed connection will not get better with PASV.
-          if (ftp.closed) throw err;
+          if (ctx.closed) throw err;
           last = err;
         }
       }
@@ -567,7 +571,7 @@ export class FtpBackend implements Backend {
     try {
       await c.send(`MKD ${await c.protectWhitespace(dir)}`);
     } catch (err) {
-      if (!(err instanceof FTPError)) throw err;
+      if (!(err instanceof ftp().FTPError)) throw err;
       // CWD is only a probe: all paths here are relative to the login folder, so go back to it at once.
       const home = await c.pwd();
       try {
@@ -585,7 +589,7 @@ export class FtpBackend implements Backend {
     const strangers: string[] = [];
     for (const e of await c.list(this.root)) {
       if (e.name.startsWith('.') || e.name === 'lost+found') continue;
-      if (!LAYOUT_DIRS.includes(e.name) || e.type !== FtpFileType.Directory) strangers.push(e.name);
+      if (!LAYOUT_DIRS.includes(e.name) || e.type !== ftp().FileType.Directory) strangers.push(e.name);
       else if (e.name !== 'data' && (await c.list(posix.join(this.root, e.name))).some((x) => !x.name.startsWith('.'))) strangers.push(e.name);
     }
     if (strangers.length > 0) {
@@ -646,7 +650,7 @@ export class FtpBackend implements Backend {
       } catch (err) {
         // A data subfolder can go missing (a copy tool that drops empty folders), and repositories made
         // before notes/ existed lack that folder: recreate just that level, once.
-        if (!(err instanceof FTPError && (err.code === 553 || err.code === 550)) || (type !== 'data' && type !== 'notes')) throw err;
+        if (!(err instanceof ftp().FTPError && (err.code === 553 || err.code === 550)) || (type !== 'data' && type !== 'notes')) throw err;
         await this.mkdir(c, dir);
         await send();
       }
@@ -658,7 +662,7 @@ export class FtpBackend implements Backend {
       } catch (err) {
         // Some servers refuse to rename over an existing file; an equal one there (another saver of
         // the same object won the race) is success.
-        if (!(err instanceof FTPError) || type === 'config') throw err;
+        if (!(err instanceof ftp().FTPError) || type === 'config') throw err;
         const existing = await sizeOf(c, path);
         if (existing === undefined) throw err;
         if (existing !== size) throw corrupt(object, path, existing, size);
@@ -684,7 +688,7 @@ export class FtpBackend implements Backend {
         // a REST beyond the end reads nothing and succeeds.
         if (len === undefined || len === 0) {
           const size = await sizeOf(c, path);
-          if (size === undefined) throw new FTPError({ code: 550, message: '550 No such file.' });
+          if (size === undefined) throw new (ftp().FTPError)({ code: 550, message: '550 No such file.' });
           len ??= Math.max(0, size - start);
           if (start + len > size) throw beyondEnd(size, start, len);
           if (len === 0) return Buffer.alloc(0);
@@ -725,10 +729,10 @@ export class FtpBackend implements Backend {
       this.pool
         .run((c) => c.list(dir))
         .then(
-          (entries) => entries.filter((e) => e.type === FtpFileType.File && OBJECT_NAME.test(e.name) && e.name.startsWith(prefix)).map((e) => ({ name: e.name, size: e.size })),
+          (entries) => entries.filter((e) => e.type === ftp().FileType.File && OBJECT_NAME.test(e.name) && e.name.startsWith(prefix)).map((e) => ({ name: e.name, size: e.size })),
           (err: unknown) => {
             // No such folder holds no objects.
-            if (err instanceof FTPError && err.code === 550) return [];
+            if (err instanceof ftp().FTPError && err.code === 550) return [];
             throw ftpError('list', `${type} folder`, this.at(dir), err, false);
           },
         );

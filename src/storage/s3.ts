@@ -4,22 +4,15 @@ import { createHash } from 'node:crypto';
 import { createReadStream, promises as fsp } from 'node:fs';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
-import {
-  AbortMultipartUploadCommand,
-  CreateBucketCommand,
-  DeleteObjectCommand,
-  GetObjectCommand,
-  HeadBucketCommand,
-  HeadObjectCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  S3Client,
-  type GetObjectCommandOutput,
-  type ListObjectsV2CommandOutput,
-} from '@aws-sdk/client-s3';
-import { Upload } from '@aws-sdk/lib-storage';
+import type * as ClientS3 from '@aws-sdk/client-s3';
+import type { GetObjectCommandOutput, ListObjectsV2CommandOutput, S3Client } from '@aws-sdk/client-s3';
+import type * as LibStorage from '@aws-sdk/lib-storage';
+import { lazyRequire } from '../util/lazy-require.js';
 import { BulwarkError, errnoCode, unable, type ErrorCode } from '../util/errors.js';
 import { FILE_TYPES, OBJECT_WORDS, isFileSource, saveSize, type Backend, type BackendProperties, type FileInfo, type FileSource, type FileType, type Handle, type SaveData } from './backend.js';
+
+const clientS3 = lazyRequire<typeof ClientS3>('@aws-sdk/client-s3');
+const libStorage = lazyRequire<typeof LibStorage>('@aws-sdk/lib-storage');
 
 export interface S3Location {
   /** Scheme, host and port, e.g. https://s3.amazonaws.com or http://127.0.0.1:9000. */
@@ -213,6 +206,7 @@ const QUIET = { debug: () => undefined, info: () => undefined, warn: () => undef
 export class S3Backend implements Backend {
   readonly properties: BackendProperties;
   private readonly client: S3Client;
+  private readonly s3 = clientS3();
   private readonly bucket: string;
   /** '' or the prefix with one trailing slash. */
   private readonly base: string;
@@ -242,7 +236,7 @@ export class S3Backend implements Backend {
     const sockets = connections * this.queueSize + 4;
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     if (!(timeoutMs > 0)) throw new Error(`timeoutMs must be positive, not ${timeoutMs}`);
-    this.client = new S3Client({
+    this.client = new this.s3.S3Client({
       endpoint: loc.endpoint,
       region: opts.region ?? 'us-east-1',
       forcePathStyle: true,
@@ -301,7 +295,7 @@ export class S3Backend implements Backend {
   /** The object's size, or undefined when there is none. */
   private async head(key: string): Promise<number | undefined> {
     try {
-      const res = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
+      const res = await this.client.send(new this.s3.HeadObjectCommand({ Bucket: this.bucket, Key: key }));
       return res.ContentLength ?? 0;
     } catch (err) {
       if (verdict(err) === 'not-found') return undefined;
@@ -318,7 +312,7 @@ export class S3Backend implements Backend {
       }
       // Another tool's objects, or keys from an init that died before its config (which would unlock a
       // master key no config was sealed with): either way not a place for a new repository.
-      const res = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.base, MaxKeys: 3 }));
+      const res = await this.client.send(new this.s3.ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.base, MaxKeys: 3 }));
       const strangers = (res.Contents ?? []).map((o) => (o.Key ?? '').slice(this.base.length));
       if (strangers.length > 0) {
         throw new BulwarkError('usage', `the location is not empty and not a repository (it holds ${strangers.slice(0, 2).join(', ')}${strangers.length > 2 ? ', …' : ''})`, {
@@ -333,13 +327,13 @@ export class S3Backend implements Backend {
 
   private async ensureBucket(): Promise<void> {
     try {
-      await this.client.send(new HeadBucketCommand({ Bucket: this.bucket }));
+      await this.client.send(new this.s3.HeadBucketCommand({ Bucket: this.bucket }));
       return;
     } catch (err) {
       if (asSdkError(err)?.$metadata.httpStatusCode !== 404) throw err;
     }
     try {
-      await this.client.send(new CreateBucketCommand({ Bucket: this.bucket }));
+      await this.client.send(new this.s3.CreateBucketCommand({ Bucket: this.bucket }));
     } catch (err) {
       // Made by a create() whose reply was lost, or by a concurrent init: ours either way.
       if (asSdkError(err)?.name !== 'BucketAlreadyOwnedByYou') throw err;
@@ -365,7 +359,7 @@ export class S3Backend implements Backend {
         const body = asBuffer(data);
         // Content-MD5 makes the store refuse bytes damaged on the way (BadDigest) rather than keep them.
         const md5 = createHash('md5').update(body).digest('base64');
-        await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: body.length, ContentMD5: md5 }));
+        await this.client.send(new this.s3.PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: body.length, ContentMD5: md5 }));
       } else {
         await this.saveFile(key, data);
       }
@@ -382,7 +376,7 @@ export class S3Backend implements Backend {
       throw new BulwarkError('failed', `${src.path} holds ${st.isFile() ? `${st.size} bytes, not ${src.size}` : 'no regular file'}`);
     }
     if (src.size === 0) {
-      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: Buffer.alloc(0), ContentLength: 0 }));
+      await this.client.send(new this.s3.PutObjectCommand({ Bucket: this.bucket, Key: key, Body: Buffer.alloc(0), ContentLength: 0 }));
       return;
     }
     const stream = () => createReadStream(src.path, { start: 0, end: src.size - 1, highWaterMark: MiB });
@@ -391,14 +385,14 @@ export class S3Backend implements Backend {
       // wrapper, which opens the file again.
       const body = stream();
       try {
-        await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: src.size }));
+        await this.client.send(new this.s3.PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: src.size }));
       } finally {
         body.destroy();
       }
       return;
     }
     const body = stream();
-    const upload = new Upload({
+    const upload = new (libStorage().Upload)({
       client: this.client,
       params: { Bucket: this.bucket, Key: key, Body: body, ContentLength: src.size },
       partSize: this.partSize,
@@ -412,7 +406,7 @@ export class S3Backend implements Backend {
       // Parts of an upload nobody completes or aborts are kept, and billed, until a lifecycle rule
       // clears them: one more try here; a bucket lifecycle rule is the only sure cure.
       if (upload.uploadId !== undefined) {
-        await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: upload.uploadId })).catch(() => undefined);
+        await this.client.send(new this.s3.AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: upload.uploadId })).catch(() => undefined);
       }
       throw err;
     } finally {
@@ -427,7 +421,7 @@ export class S3Backend implements Backend {
     if (length !== undefined && (!Number.isSafeInteger(length) || length < 0)) throw new Error(`invalid length ${length}`);
     try {
       if (offset === undefined && length === undefined) {
-        const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+        const res = await this.client.send(new this.s3.GetObjectCommand({ Bucket: this.bucket, Key: key }));
         const body = await bodyOf(res);
         if (res.ContentLength !== undefined && body.length !== res.ContentLength) throw new BulwarkError('io', `the store sent ${body.length} of ${res.ContentLength} bytes`);
         return body;
@@ -442,7 +436,7 @@ export class S3Backend implements Backend {
       }
       let res: GetObjectCommandOutput;
       try {
-        res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key, Range: length === undefined ? `bytes=${start}-` : `bytes=${start}-${start + length - 1}` }));
+        res = await this.client.send(new this.s3.GetObjectCommand({ Bucket: this.bucket, Key: key, Range: length === undefined ? `bytes=${start}-` : `bytes=${start}-${start + length - 1}` }));
       } catch (err) {
         if (asSdkError(err)?.$metadata.httpStatusCode !== 416) throw err;
         // The range starts at or past the end. Reading "the rest" from exactly the end is empty, as
@@ -471,7 +465,7 @@ export class S3Backend implements Backend {
   async stat(h: Handle): Promise<FileInfo> {
     const key = this.keyOf(h);
     try {
-      const res = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
+      const res = await this.client.send(new this.s3.HeadObjectCommand({ Bucket: this.bucket, Key: key }));
       return { name: h.name, size: res.ContentLength ?? 0 };
     } catch (err) {
       throw this.fail('stat', OBJECT_WORDS[h.type], key, err);
@@ -496,7 +490,7 @@ export class S3Backend implements Backend {
     do {
       let page: ListObjectsV2CommandOutput;
       try {
-        page = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ...(token === undefined ? {} : { ContinuationToken: token }) }));
+        page = await this.client.send(new this.s3.ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ...(token === undefined ? {} : { ContinuationToken: token }) }));
       } catch (err) {
         throw this.fail('list', `${type} folder`, prefix, err);
       }
@@ -518,7 +512,7 @@ export class S3Backend implements Backend {
     try {
       // DELETE of a missing key succeeds in S3; the contract wants "not found" for it.
       if ((await this.head(key)) === undefined) throw new BulwarkError('not-found', 'it does not exist');
-      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }));
+      await this.client.send(new this.s3.DeleteObjectCommand({ Bucket: this.bucket, Key: key }));
     } catch (err) {
       throw this.fail('remove', object, key, err);
     }

@@ -8,8 +8,9 @@ import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypt
 import { promises as fsp } from 'node:fs';
 import { homedir, userInfo } from 'node:os';
 import { posix } from 'node:path';
-import ssh2 from 'ssh2';
+import type * as Ssh2 from 'ssh2';
 import type { Algorithms, ConnectConfig, FileEntryWithStats, SFTPWrapper, Stats } from 'ssh2';
+import { lazyRequire } from '../util/lazy-require.js';
 import { BulwarkError, errnoCode, unable, type ErrorCode } from '../util/errors.js';
 import { OBJECT_NAME, objectPath } from './layout.js';
 import { FILE_TYPES, OBJECT_WORDS, isFileSource, saveSize, type Backend, type BackendProperties, type FileInfo, type FileType, type Handle, type SaveData } from './backend.js';
@@ -39,7 +40,9 @@ export interface SftpBackendOptions {
   keepaliveIntervalMs?: number;
 }
 
-type SshClient = InstanceType<typeof ssh2.Client>;
+type SshClient = Ssh2.Client;
+
+const ssh2 = lazyRequire<typeof Ssh2>('ssh2');
 type Callback<T> = (err: Error | undefined | null, value?: T) => void;
 
 interface Session {
@@ -394,7 +397,7 @@ export class SftpBackend implements Backend {
       }
       // Parsed here, so a wrong passphrase or a public key given by mistake says so instead of failing
       // somewhere inside the handshake.
-      const parsed = ssh2.utils.parseKey(key, passphrase);
+      const parsed = ssh2().utils.parseKey(key, passphrase);
       if (parsed instanceof Error) {
         throw new BulwarkError('usage', `unable to use the SSH key file '${keyFile}': ${parsed.message}`, { hint: passphrase === undefined ? 'if the key is encrypted, give its passphrase' : 'check the key and its passphrase' });
       }
@@ -420,7 +423,7 @@ export class SftpBackend implements Backend {
   private async connect(): Promise<Session> {
     const creds = await this.credentials();
     const checker = await this.hostKeyChecker();
-    const client = new ssh2.Client();
+    const client = new (ssh2().Client)();
     let refusal: BulwarkError | undefined;
     const algorithms: Algorithms = { serverHostKey: checker.algorithms() };
     const config: ConnectConfig = {

@@ -12,7 +12,7 @@ import { doctor } from '../../jobs/vms.js';
 import { defaultStateDir } from '../../repository/freshness.js';
 import type { Job } from '../../server/catalog/catalog.js';
 import type { NotifyTarget } from '../../server/notify/notify.js';
-import { startServer, type RunningServer } from '../../server/server.js';
+import type { RunningServer } from '../../server/server.js';
 import { readTlsFiles, type TlsFiles } from '../../server/tls.js';
 import { BulwarkError } from '../../util/errors.js';
 import { Context } from '../context.js';
@@ -92,6 +92,9 @@ export function register(program: Command): void {
         await repo.close();
         defaultRepository = { location: ctx.location, password };
       }
+      // Loaded here, not with every command: the web server, its schemas and the catalog's SQLite cost
+      // every other command start-up time and memory.
+      const { startServer } = await import('../../server/server.js');
       const server = await startServer({
         host,
         port,
@@ -159,6 +162,7 @@ async function selfTest(ctx: Context, cli: string[], webRoot: string): Promise<v
   const checks: { check: string; ok: boolean; detail: string }[] = [];
   let server: RunningServer | undefined;
   try {
+    const { startServer } = await import('../../server/server.js');
     server = await startServer({ host: '127.0.0.1', port: 0, adminPassword: password, cli, webRoot, version: VERSION });
     const health = await fetch(`${server.url}/api/v1/health`);
     checks.push({ check: 'health', ok: health.ok, detail: `GET /api/v1/health: ${health.status}` });

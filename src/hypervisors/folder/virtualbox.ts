@@ -4,14 +4,16 @@
 // writes now. Restored, each chain comes back as one VDI carrying the attached image's UUID, and the
 // .vbox is rewritten to match: snapshots dropped, the registry flattened (VirtualBox checks both).
 import { promises as fsp } from 'node:fs';
-import { XMLBuilder, XMLParser } from 'fast-xml-parser';
+import type * as FastXml from 'fast-xml-parser';
 import { dirname, join } from 'node:path';
+import { lazyRequire } from '../../util/lazy-require.js';
 import { BulwarkError } from '../../util/errors.js';
 import { diskName, localPath, restorePath, type Machine, type MachineDisk } from './machine.js';
 
 type Node = Record<string, unknown>;
 
-const parser = new XMLParser({ ignoreAttributes: false, attributeNamePrefix: '@', parseAttributeValue: false, parseTagValue: false, isArray: (name) => ['HardDisk', 'StorageController', 'AttachedDevice', 'Snapshot'].includes(name) });
+const fastXml = lazyRequire<typeof FastXml>('fast-xml-parser');
+const parserOptions: FastXml.X2jOptions = { ignoreAttributes: false, attributeNamePrefix: '@', parseAttributeValue: false, parseTagValue: false, isArray: (name) => ['HardDisk', 'StorageController', 'AttachedDevice', 'Snapshot'].includes(name) };
 const ordered = { ignoreAttributes: false, attributeNamePrefix: '@', preserveOrder: true, parseAttributeValue: false, parseTagValue: false, trimValues: false } as const;
 
 const FORMATS: Record<string, MachineDisk['format']> = { vdi: 'vdi', vmdk: 'vmdk', vhd: 'vhd' };
@@ -44,7 +46,7 @@ export async function readVirtualBox(dir: string, config: string): Promise<Machi
   const file = join(dir, config);
   let doc: Node;
   try {
-    doc = parser.parse(await fsp.readFile(file, 'utf8')) as Node;
+    doc = new (fastXml().XMLParser)(parserOptions).parse(await fsp.readFile(file, 'utf8')) as Node;
   } catch (err) {
     throw new BulwarkError('usage', `'${file}' is not a readable VirtualBox machine file: ${(err as Error).message}`);
   }
@@ -113,7 +115,7 @@ async function runningVirtualBox(uuid: string, name: string, file: string): Prom
  * plain VDI of its own in the registry (same UUID as the image the VM wrote, so the attachments hold).
  */
 export function restoredVbox(xml: string, disks: { uuid: string; path: string }[]): string {
-  const tree = new XMLParser(ordered).parse(xml) as Node[];
+  const tree = new (fastXml().XMLParser)(ordered).parse(xml) as Node[];
   const vbox = tree.find((n) => 'VirtualBox' in n);
   const machine = (vbox?.['VirtualBox'] as Node[] | undefined)?.find((n) => 'Machine' in n);
   if (!machine) throw new BulwarkError('repository-corrupt', 'the .vbox kept with this restore point has no <Machine>');
@@ -132,5 +134,5 @@ export function restoredVbox(xml: string, disks: { uuid: string; path: string }[
     kept.push(c);
   }
   machine['Machine'] = kept;
-  return new XMLBuilder({ ...ordered, format: false, suppressEmptyNode: true }).build(tree) as string;
+  return new (fastXml().XMLBuilder)({ ...ordered, format: false, suppressEmptyNode: true }).build(tree) as string;
 }

@@ -3,7 +3,8 @@
 // definition (new name, UUID and MAC addresses unless the identity is kept, disks pointed at the
 // restored files).
 import { randomBytes } from 'node:crypto';
-import { XMLBuilder, XMLParser } from 'fast-xml-parser';
+import type * as FastXml from 'fast-xml-parser';
+import { lazyRequire } from '../../util/lazy-require.js';
 import { BulwarkError } from '../../util/errors.js';
 
 type Node = Record<string, unknown>;
@@ -31,12 +32,13 @@ export interface DomainInfo {
   qemuUser?: { uid: number; gid: number };
 }
 
-const parser = new XMLParser({ ignoreAttributes: false, attributeNamePrefix: '@', parseAttributeValue: false, parseTagValue: false, isArray: (name) => ['disk', 'interface', 'channel', 'seclabel'].includes(name) });
+const fastXml = lazyRequire<typeof FastXml>('fast-xml-parser');
+const parserOptions: FastXml.X2jOptions = { ignoreAttributes: false, attributeNamePrefix: '@', parseAttributeValue: false, parseTagValue: false, isArray: (name) => ['disk', 'interface', 'channel', 'seclabel'].includes(name) };
 
 function parse(xml: string, root: string): Node {
   let doc: Node;
   try {
-    doc = parser.parse(xml) as Node;
+    doc = new (fastXml().XMLParser)(parserOptions).parse(xml) as Node;
   } catch (err) {
     throw new BulwarkError('protocol', `libvirt sent XML that does not parse: ${(err as Error).message}`);
   }
@@ -165,7 +167,7 @@ export interface RestoredDomainDisk {
 }
 
 export function restoredDomainXml(xml: string, opts: { name: string; keepIdentity: boolean; disks: Map<string, RestoredDomainDisk>; logDir?: string }): string {
-  const tree = new XMLParser(ordered).parse(xml) as Node[];
+  const tree = new (fastXml().XMLParser)(ordered).parse(xml) as Node[];
   const domain = tree.find((n) => 'domain' in n);
   if (!domain) throw new BulwarkError('repository-corrupt', 'the domain XML kept with this restore point has no <domain> element');
   const attrs = obj(domain[':@']);
@@ -236,6 +238,6 @@ export function restoredDomainXml(xml: string, opts: { name: string; keepIdentit
     kept.push(c);
   }
   domain['domain'] = kept;
-  return new XMLBuilder({ ...ordered, format: false, suppressEmptyNode: true }).build(tree) as string;
+  return new (fastXml().XMLBuilder)({ ...ordered, format: false, suppressEmptyNode: true }).build(tree) as string;
 }
 

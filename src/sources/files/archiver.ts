@@ -5,6 +5,7 @@
 import { closeSync, fstatSync, lstatSync, openSync, promises as fsp, readdirSync, readlinkSync, readSync, type BigIntStats } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { Chunker, gearTable } from '../../repository/chunker.js';
+import { FileChunks } from '../../repository/file-chunks.js';
 import type { Repository } from '../../repository/repository.js';
 import type { SnapshotSummary } from '../../repository/snapshot.js';
 import { compareNames, decodeTree, displayName, encodeTree, nodeName, type Tree, type TreeNode } from '../../repository/tree.js';
@@ -48,7 +49,6 @@ export interface FilesBackupResult {
 
 /** How often a file that changes while it is read is read again before it is reported. */
 const READ_ATTEMPTS = 3;
-const READ_SIZE = 4 * 1024 * 1024;
 /** Folders with paths shorter than this are read by path: a name (≤ 255 bytes) more stays under PATH_MAX. */
 const SHORT_PATH = 3800;
 /** Files up to this size are read in one call (capped at the chunker's minimum, so they are one chunk either way). */
@@ -65,8 +65,9 @@ function join(dir: Buffer, name: Buffer): Buffer {
 }
 
 export class FilesArchiver {
-  private readonly chunker: Chunker;
-  private readonly buf: Buffer;
+  private readonly fileChunks: FileChunks;
+  /** Small files are read whole into this. */
+  private readonly smallBuf: Buffer;
   private readonly excluded: Matcher;
   private readonly progress: Progress = newProgress();
   private readonly errors: ItemError[] = [];
@@ -90,8 +91,9 @@ export class FilesArchiver {
     private readonly opts: FilesBackupOptions,
   ) {
     const c = repo.config.chunker;
-    this.chunker = new Chunker({ minSize: c.minSize, avgSize: c.avgSize, maxSize: c.maxSize }, gearTable(Buffer.from(c.seed, 'hex')));
-    this.buf = Buffer.allocUnsafe(Math.max(READ_SIZE, c.maxSize) + c.maxSize);
+    const chunker = new Chunker({ minSize: c.minSize, avgSize: c.avgSize, maxSize: c.maxSize }, gearTable(Buffer.from(c.seed, 'hex')));
+    this.fileChunks = new FileChunks(chunker, c.maxSize);
+    this.smallBuf = Buffer.allocUnsafe(Math.min(SMALL_FILE_MAX, c.minSize) + 1);
     this.excluded = compileGlobs(opts.excludes ?? []);
     this.smallFile = Math.min(SMALL_FILE_MAX, c.minSize);
   }
@@ -264,7 +266,7 @@ export class FilesArchiver {
     }
     let before = st;
     for (let attempt = 1; ; attempt++) {
-      const { content, after, bytes } = await this.readFile(path, before.size);
+      const { content, after, bytes } = await this.readFile(path, before.size, before.blocks * 512n);
       const stable = sameContent({ size: before.size, mtimeNs: before.mtimeNs, ctimeNs: before.ctimeNs, inode: before.ino }, { size: after.size, mtimeNs: after.mtimeNs, ctimeNs: after.ctimeNs, inode: after.ino }) && BigInt(bytes) === after.size;
       if (stable || attempt === READ_ATTEMPTS) {
         node.content = content;
@@ -286,45 +288,30 @@ export class FilesArchiver {
     this.emit();
   }
 
-  private async readFile(path: Buffer, size: bigint): Promise<{ content: string[]; after: BigIntStats; bytes: number }> {
+  private async readFile(path: Buffer, size: bigint, allocated = size): Promise<{ content: string[]; after: BigIntStats; bytes: number }> {
     if (size < BigInt(this.smallFile)) return this.readSmallFile(path);
     const fh = await fsp.open(path, 'r');
     try {
       const content: string[] = [];
-      const buf = this.buf;
-      let filled = 0;
-      let start = 0;
-      let eof = false;
+      const zeroId = this.repo.zeroChunk().id;
       let bytes = 0;
-      while (true) {
-        if (!eof && filled - start < this.repo.config.chunker.maxSize) {
-          if (start > 0) {
-            buf.copy(buf, 0, start, filled);
-            filled -= start;
-            start = 0;
-          }
-          const { bytesRead } = await fh.read(buf, filled, Math.min(READ_SIZE, buf.length - filled), null);
-          if (bytesRead === 0) eof = true;
-          filled += bytesRead;
-          bytes += bytesRead;
-          this.bytesRead += bytesRead;
-          this.progress.bytesDone += bytesRead;
-          continue;
-        }
-        if (start === filled) break;
-        const n = this.chunker.cut(buf, start, filled, eof);
-        if (n === 0) continue;
-        const chunk = buf.subarray(start, start + n);
-        // A hole's chunks all have one id, known without hashing (sparse files read at memcmp speed).
-        const r = await this.repo.saveBlob('data', chunk, this.chunker.lastWasZero ? this.repo.zeroChunk().id : undefined);
+      let readBefore = this.fileChunks.bytesRead;
+      for await (const { bytes: chunk, zero } of this.fileChunks.chunks(fh, Number(size), Number(allocated))) {
+        const n = chunk.length;
+        bytes += n;
+        this.bytesRead += this.fileChunks.bytesRead - readBefore;
+        readBefore = this.fileChunks.bytesRead;
+        this.progress.bytesDone += n;
+        // A hole's chunks all have one id, known without hashing (and skipped holes are not even read).
+        const r = await this.repo.saveBlob('data', chunk, zero ? zeroId : undefined);
         if (r.stored) {
           this.blobsNew++;
           this.progress.bytesNew += n;
         }
         content.push(r.id);
-        start += n;
         this.emit();
       }
+      this.bytesRead += this.fileChunks.bytesRead - readBefore;
       const after = await fh.stat({ bigint: true });
       return { content, after, bytes };
     } finally {
@@ -341,7 +328,7 @@ export class FilesArchiver {
     let n: number;
     let after: BigIntStats;
     try {
-      n = readSync(fd, this.buf, 0, this.smallFile + 1, 0);
+      n = readSync(fd, this.smallBuf, 0, this.smallFile + 1, 0);
       after = fstatSync(fd, { bigint: true });
     } finally {
       closeSync(fd);
@@ -351,7 +338,7 @@ export class FilesArchiver {
     this.progress.bytesDone += n;
     const content: string[] = [];
     if (n > 0) {
-      const r = await this.repo.saveBlob('data', this.buf.subarray(0, n));
+      const r = await this.repo.saveBlob('data', this.smallBuf.subarray(0, n));
       if (r.stored) {
         this.blobsNew++;
         this.progress.bytesNew += n;

@@ -1,0 +1,27 @@
+// The project's native helpers (native/bulwark_native.c), built by `npm install` and `npm run build`
+// (scripts/build-native.mjs). Where no compiler was at hand they are missing, and callers do without:
+// every helper has a plain-Node way round it that gives the same result, only slower.
+import { createRequire } from 'node:module';
+
+export interface NativeHelpers {
+  /** lseek(fd, offset, SEEK_DATA): the first data at or after `offset`, or -1 when there is none. */
+  seekData(fd: number, offset: number): number;
+  /** lseek(fd, offset, SEEK_HOLE): the first hole at or after `offset` (the end of the file counts as one). */
+  seekHole(fd: number, offset: number): number;
+}
+
+const BUILT = '../../native/build/Release/bulwark_native.node';
+
+let loaded: NativeHelpers | null | undefined;
+
+/** The helpers, or undefined when they were not built (or BULWARK_NO_NATIVE=1 asks to do without). */
+export function nativeHelpers(): NativeHelpers | undefined {
+  if (loaded === undefined) {
+    try {
+      loaded = process.env['BULWARK_NO_NATIVE'] === '1' ? null : (createRequire(import.meta.url)(BUILT) as NativeHelpers);
+    } catch {
+      loaded = null;
+    }
+  }
+  return loaded ?? undefined;
+}
