@@ -573,7 +573,8 @@ export class Repository {
         open: (id, at, sealed) => this.loadCopy('data', id, at as IndexEntry, sealed),
         loadBlob: (id) => this.loadBlob('data', id),
       },
-      { connections, memoryBytes: restoreMemoryBytes(connections) },
+      // A store with a spool folder is a local file system (storage/local.ts).
+      { connections, memoryBytes: restoreMemoryBytes(connections, this.backend.properties.spool !== undefined) },
     );
   }
 
