@@ -1,5 +1,6 @@
 import { createCipheriv, createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import { nativeHelpers } from '../util/native.js';
 import { Chunker, chunkStream, DEFAULT_CHUNKER_PARAMS, gearTable, type ChunkerParams } from './chunker.js';
 
 const KiB = 1024;
@@ -100,12 +101,33 @@ describe('Chunker', () => {
     expect(() => new Chunker(DEFAULT_CHUNKER_PARAMS, gear)).not.toThrow();
   });
 
-  it('pins boundaries to a test vector', () => {
+  it('pins boundaries to a test vector, in native code and in JavaScript', () => {
     // Copied into docs/repository-format.md; a change here is a repository format change.
-    const chunker = new Chunker(SMALL, gearTable(Buffer.alloc(32, 0x42)));
-    const lens = lengths(chunker, vectorData(8 * MiB));
-    expect(offsets(lens).slice(0, 5)).toEqual(VECTOR_FIRST_CUTS);
-    expect(lens.length).toBe(VECTOR_CHUNKS);
+    for (const native of [true, false]) {
+      const chunker = new Chunker(SMALL, gearTable(Buffer.alloc(32, 0x42)), { native });
+      const lens = lengths(chunker, vectorData(8 * MiB));
+      expect(offsets(lens).slice(0, 5)).toEqual(VECTOR_FIRST_CUTS);
+      expect(lens.length).toBe(VECTOR_CHUNKS);
+    }
+  });
+
+  it('cuts the same in native code as in JavaScript, whole or in windows, for many seeds and sizes', () => {
+    expect(nativeHelpers(), 'the native helpers were not built (npm run build)').toBeDefined();
+    const params: ChunkerParams[] = [SMALL, DEFAULT_CHUNKER_PARAMS, { minSize: 64, avgSize: 256, maxSize: 1024 }, { minSize: 4096, avgSize: 8192, maxSize: 65536 }];
+    const data = Buffer.concat([noise(3 * MiB, 7), Buffer.alloc(2 * MiB), vectorData(2 * MiB), Buffer.alloc(100_000, 0xff), noise(MiB, 8)]);
+    for (const [k, p] of params.entries()) {
+      const g = gearTable(Buffer.alloc(32, k + 1));
+      const native = new Chunker(p, g, { native: true });
+      const js = new Chunker(p, g, { native: false });
+      // Windows that end before a cut (the caller must give more) as well as final ones.
+      for (let at = 0; at < data.length; at += 77_777) {
+        for (const len of [10, p.minSize + 1, p.avgSize, p.maxSize + 5, 3 * p.maxSize]) {
+          const end = Math.min(data.length, at + len);
+          for (const final of [false, true]) expect(native.cut(data, at, end, final), `params ${k} at ${at} len ${len}`).toBe(js.cut(data, at, end, final));
+        }
+      }
+      expect(lengths(native, data)).toEqual(lengths(js, data));
+    }
   });
 
   it('reassembles the input, respects min and max, and is deterministic for a seed', () => {

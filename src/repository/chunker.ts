@@ -21,6 +21,7 @@
 // minSize bytes can never cut, the mean lands above avgSize: about 1.2 × avgSize for the defaults
 // (min = avg/2) and 1.1 × for min = avg/4. Level 1 would put the defaults near 1.33 ×.
 import { createHash } from 'node:crypto';
+import { nativeHelpers, type NativeHelpers } from '../util/native.js';
 
 export interface ChunkerParams {
   minSize: number;
@@ -132,6 +133,17 @@ class Rule {
     st.h = h;
     return -1;
   }
+
+  /**
+   * scan() of a chunk that starts at data[from]: in native code when it was built (about three times
+   * the speed of the JavaScript loop, same result; chunker.test.ts compares the two).
+   */
+  fresh(data: Uint8Array, from: number, to: number, st: ScanState, native: NativeHelpers | undefined): number {
+    if (native) return native.gearCut(data, from, to, this.min, this.avg, this.max, this.maskS >>> 0, this.maskL >>> 0, this.gear);
+    st.pos = 0;
+    st.h = 0;
+    return this.scan(data, from, to, st);
+  }
 }
 
 function topBits(n: number): number {
@@ -150,13 +162,16 @@ export class Chunker {
   readonly #st: ScanState = { pos: 0, h: 0 };
   #zeroLength: number | undefined;
   #lastWasZero = false;
+  /** The native cut, unless built without it or asked not to (tests compare both). */
+  readonly #native: NativeHelpers | undefined;
 
   static {
     ruleOf = (c) => c.#rule;
   }
 
-  constructor(params: ChunkerParams, gear: Uint32Array) {
+  constructor(params: ChunkerParams, gear: Uint32Array, opts: { native?: boolean } = {}) {
     this.#rule = new Rule(params, gear);
+    this.#native = opts.native === false ? undefined : nativeHelpers();
   }
 
   /**
@@ -185,10 +200,7 @@ export class Chunker {
     // A run of zeros (a hole) is cut without hashing: the result is the same, found at memcmp speed.
     this.#lastWasZero = data[start] === 0 && end - start >= this.zeroLength && allZero(data, start, start + this.zeroLength);
     if (this.#lastWasZero) return this.zeroLength;
-    const st = this.#st;
-    st.pos = 0;
-    st.h = 0;
-    const r = this.#rule.scan(data, start, end, st);
+    const r = this.#rule.fresh(data, start, end, this.#st, this.#native);
     if (r >= 0) return r - start;
     return final ? end - start : 0;
   }

@@ -8,6 +8,11 @@ export interface NativeHelpers {
   seekData(fd: number, offset: number): number;
   /** lseek(fd, offset, SEEK_HOLE): the first hole at or after `offset` (the end of the file counts as one). */
   seekHole(fd: number, offset: number): number;
+  /**
+   * The chunker's cut of a fresh chunk (src/repository/chunker.ts, Rule.scan): the index just past the
+   * chunk that starts at data[from], or -1 when none ends before `to`.
+   */
+  gearCut(data: Uint8Array, from: number, to: number, min: number, avg: number, max: number, maskS: number, maskL: number, gear: Int32Array): number;
 }
 
 const BUILT = '../../native/build/Release/bulwark_native.node';

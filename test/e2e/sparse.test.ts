@@ -1,6 +1,7 @@
 // Sparse files cost what they hold, not what they measure: a 1 TiB file holding a few MB is backed up
 // and restored in seconds (read whole, its zeros alone would take many minutes: the time limits below
-// fail such a run), and comes back with the same data in the same places and its holes as holes.
+// fail such a run: each command is killed after 60 s, well inside the test's own limit so that no
+// command outlives its test), and comes back with the same data in the same places and its holes as holes.
 import { execFileSync } from 'node:child_process';
 import { closeSync, openSync, readSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
@@ -79,15 +80,15 @@ describe('a 1 TiB sparse file', () => {
     const restore = await runCli(['restore', 'latest', '--target', `${tmp.path}/out`], { env, timeoutMs: 60_000 });
     expect(restore.code, restore.stderr).toBe(0);
     checkRestored(`${tmp.path}/out${file}`);
-  });
+  }, 200_000);
 
   it('keeps data written into a hole since the last backup', async () => {
     writeRegion(700 * GiB, randomBytes(3 * MiB));
     const backup = await runCli(['backup', 'files', `${tmp.path}/src`, '--json'], { env, timeoutMs: 60_000 });
     expect(backup.code, backup.stderr).toBe(0);
     expect(jsonResult<{ summary: { filesChanged: number } }>(backup).summary.filesChanged).toBe(1);
-    const restore = await runCli(['restore', 'latest', '--target', `${tmp.path}/out2`, '--verify'], { env, timeoutMs: 120_000 });
+    const restore = await runCli(['restore', 'latest', '--target', `${tmp.path}/out2`, '--verify'], { env, timeoutMs: 60_000 });
     expect(restore.code, restore.stderr).toBe(0);
     checkRestored(`${tmp.path}/out2${file}`);
-  });
+  }, 200_000);
 });
