@@ -50,6 +50,21 @@ describe('FileExtents', () => {
     expect(new FileExtents(3, 10 * MiB, helpers).holeEnd(12 * MiB)).toBe(12 * MiB);
   });
 
+  it('reads the file whole where the file system cannot say where its data is', () => {
+    let calls = 0;
+    const refusing = {
+      seekData: () => {
+        calls++;
+        throw Object.assign(new Error('lseek(SEEK_DATA): Invalid argument'), { code: 'EINVAL' });
+      },
+      seekHole: () => 0,
+    };
+    const x = new FileExtents(3, 100 * MiB, refusing);
+    expect(x.holeEnd(0)).toBe(0);
+    expect(x.holeEnd(50 * MiB)).toBe(50 * MiB);
+    expect(calls).toBe(1);
+  });
+
   it('maps only files that are large and mostly unallocated', () => {
     expect(worthMapping(1024 * MiB, 4 * MiB, 8 * MiB)).toBe(true);
     expect(worthMapping(1024 * MiB, 1000 * MiB, 8 * MiB)).toBe(false);

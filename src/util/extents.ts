@@ -24,10 +24,15 @@ export class FileExtents {
   /** Where the hole that `at` lies in ends; `at` itself when `at` is data. */
   holeEnd(at: number): number {
     if (at < this.dataEnd) return at;
-    const data = this.helpers.seekData(this.fd, at);
-    if (data < 0) return Math.max(at, this.size);
-    if (data > at) return data;
-    this.dataEnd = this.helpers.seekHole(this.fd, at);
+    try {
+      const data = this.helpers.seekData(this.fd, at);
+      if (data < 0) return Math.max(at, this.size);
+      if (data > at) return data;
+      this.dataEnd = this.helpers.seekHole(this.fd, at);
+    } catch {
+      // A file system that cannot tell (EINVAL, EOPNOTSUPP): the file is read whole, as without the helper.
+      this.dataEnd = Infinity;
+    }
     return at;
   }
 }
