@@ -12,7 +12,8 @@ set -euo pipefail
 # openssh-server, vsftpd, openssl, swift-* + memcached (+ keystonemiddleware, which Swift's S3 API imports):
 # the real servers the off-site backends are tested against (test/helpers/sshd.ts, ftpd.ts, s3server.ts);
 # rclone and curl: real WebDAV and FTP(S) clients for serve-files; chromium: the real browser the web UI's
-# tests drive (through playwright-core, never a downloaded browser).
+# tests drive (through playwright-core, never a downloaded browser). g++/make/python3: node-gyp builds the
+# native helper (native/), which the tests require (npm ci builds it; npm run build retries it).
 packages=(
   qemu-system-x86 qemu-utils
   cpio busybox-static xz-utils
@@ -24,6 +25,7 @@ packages=(
   xfsprogs mtools ntfs-3g lvm2 gdisk fdisk
   openssh-server vsftpd openssl rclone curl
   chromium
+  g++ make python3
   swift swift-proxy swift-account swift-container swift-object memcached python3-keystonemiddleware
 )
 

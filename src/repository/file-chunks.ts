@@ -5,7 +5,8 @@
 import type { FileHandle } from 'node:fs/promises';
 import { FileExtents, worthMapping } from '../util/extents.js';
 import { nativeHelpers } from '../util/native.js';
-import type { Chunker } from './chunker.js';
+import { Chunker, gearTable } from './chunker.js';
+import type { RepositoryConfig } from './repository.js';
 
 const READ_SIZE = 4 * 1024 * 1024;
 
@@ -21,14 +22,16 @@ export interface FileChunk {
 export class FileChunks {
   /** Bytes read from files (holes skipped are not). */
   bytesRead = 0;
+  private readonly chunker: Chunker;
+  private readonly maxSize: number;
   private readonly buf: Buffer;
   private zeros: Buffer | undefined;
 
-  constructor(
-    private readonly chunker: Chunker,
-    private readonly maxSize: number,
-  ) {
-    this.buf = Buffer.allocUnsafe(Math.max(READ_SIZE, maxSize) + maxSize);
+  /** Cuts as the repository's chunker does (its sizes and its secret gear table). */
+  constructor(params: RepositoryConfig['chunker']) {
+    this.chunker = new Chunker({ minSize: params.minSize, avgSize: params.avgSize, maxSize: params.maxSize }, gearTable(Buffer.from(params.seed, 'hex')));
+    this.maxSize = params.maxSize;
+    this.buf = Buffer.allocUnsafe(Math.max(READ_SIZE, this.maxSize) + this.maxSize);
   }
 
   /** `allocated`: the bytes the file system holds for it (st_blocks × 512); far below `size` means holes worth finding. */

@@ -1,7 +1,6 @@
 // Verification after a restore: every restored file is read back and must chunk to exactly the blob
 // ids the snapshot lists. Walks through directory handles (any depth, any name bytes) and streams.
 import { constants, promises as fsp } from 'node:fs';
-import { Chunker, gearTable } from '../repository/chunker.js';
 import { FileChunks } from '../repository/file-chunks.js';
 import type { Repository } from '../repository/repository.js';
 import { displayName, nodeName, type TreeNode } from '../repository/tree.js';
@@ -19,8 +18,7 @@ type VerifyRepo = Pick<Repository, 'loadBlob' | 'blobId' | 'config' | 'zeroChunk
 /** `includes`: the same patterns the restore used; files they filtered out are not expected in the target. */
 export async function verifyRestored(repo: VerifyRepo, nodes: TreeNode[], target: string, logicalDir: string, skip: ReadonlySet<string>, includes?: string[]): Promise<VerifyResult> {
   const matcher = includes && includes.length > 0 ? compileGlobs(includes) : undefined;
-  const c = repo.config.chunker;
-  const fileChunks = new FileChunks(new Chunker({ minSize: c.minSize, avgSize: c.avgSize, maxSize: c.maxSize }, gearTable(Buffer.from(c.seed, 'hex'))), c.maxSize);
+  const fileChunks = new FileChunks(repo.config.chunker);
   const zeroId = repo.zeroChunk().id;
   const result: VerifyResult = { files: 0, mismatches: [] };
 

@@ -4,7 +4,6 @@
 // contents are streamed through the chunker, never held whole.
 import { closeSync, fstatSync, lstatSync, openSync, promises as fsp, readdirSync, readlinkSync, readSync, type BigIntStats } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
-import { Chunker, gearTable } from '../../repository/chunker.js';
 import { FileChunks } from '../../repository/file-chunks.js';
 import type { Repository } from '../../repository/repository.js';
 import type { SnapshotSummary } from '../../repository/snapshot.js';
@@ -91,8 +90,7 @@ export class FilesArchiver {
     private readonly opts: FilesBackupOptions,
   ) {
     const c = repo.config.chunker;
-    const chunker = new Chunker({ minSize: c.minSize, avgSize: c.avgSize, maxSize: c.maxSize }, gearTable(Buffer.from(c.seed, 'hex')));
-    this.fileChunks = new FileChunks(chunker, c.maxSize);
+    this.fileChunks = new FileChunks(c);
     this.smallBuf = Buffer.allocUnsafe(Math.min(SMALL_FILE_MAX, c.minSize) + 1);
     this.excluded = compileGlobs(opts.excludes ?? []);
     this.smallFile = Math.min(SMALL_FILE_MAX, c.minSize);
@@ -295,12 +293,10 @@ export class FilesArchiver {
       const content: string[] = [];
       const zeroId = this.repo.zeroChunk().id;
       let bytes = 0;
-      let readBefore = this.fileChunks.bytesRead;
+      const readBefore = this.fileChunks.bytesRead;
       for await (const { bytes: chunk, zero } of this.fileChunks.chunks(fh, Number(size), Number(allocated))) {
         const n = chunk.length;
         bytes += n;
-        this.bytesRead += this.fileChunks.bytesRead - readBefore;
-        readBefore = this.fileChunks.bytesRead;
         this.progress.bytesDone += n;
         // A hole's chunks all have one id, known without hashing (and skipped holes are not even read).
         const r = await this.repo.saveBlob('data', chunk, zero ? zeroId : undefined);
