@@ -43,6 +43,20 @@ async function guestState(g: RunningGuest): Promise<{ status: string; frozen: st
   }
 }
 
+async function untilFleecing(g: RunningGuest, timeoutMs: number): Promise<void> {
+  const qmp = await QmpClient.connect(g.harnessSocket, { timeoutMs: 10_000 });
+  try {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const nodes = await qmp.execute<{ 'node-name': string }[]>('query-named-block-nodes', { flat: true });
+      if (nodes.some((n) => n['node-name'].startsWith('bulwark'))) return;
+      if (Date.now() > deadline) throw new Error(`no bulwark node in QEMU's block graph within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  } finally {
+    await qmp.close();
+  }
+}
 
 beforeAll(async () => {
   tmp = await tempDir('bw-serve-vm-');
@@ -65,16 +79,19 @@ describe('bulwark serve and a VM job', () => {
     let api = await startServer();
     // The guest's fsfreeze hook tells its applications to flush: application consistency.
     const connect = `qmp:${guest!.qmpSocket},name=web01,qga=${guest!.qgaSocket},hooks=/usr/bin/bulwark-fsfreeze-hook`;
+    // limitRead: at 8 MB/s the copy lasts seconds, so the kill below lands inside it.
     const job = await api.call<{ id: number }>('POST', '/jobs', {
       name: 'web01-minutely',
-      definition: { kind: 'vm', sources: ['web01'], schedule: { cron: '* * * * *', timeZone: 'UTC' }, options: { connect: [connect], scratchDir: join(tmp.path, 'scratch'), consistency: 'application' } },
+      definition: { kind: 'vm', sources: ['web01'], schedule: { cron: '* * * * *', timeZone: 'UTC' }, options: { connect: [connect], scratchDir: join(tmp.path, 'scratch'), consistency: 'application', limitRead: '8M' } },
     });
     expect(job.status).toBe(201);
 
     // The first scheduled run, killed with the server while it runs.
     const first = await api.until<{ runs: Run[] }>(`/runs?jobId=${job.body.id}`, (b) => b.runs.some((r) => r.status === 'running'), 90_000);
     const cut = first.runs.find((r) => r.status === 'running')!;
-    await new Promise((r) => setTimeout(r, 1500));
+    // Killed only once QEMU shows the run's fleecing nodes (seen through the harness's own monitor,
+    // since the run holds the QMP socket): the crash lands mid-copy, however fast the copy has become.
+    await untilFleecing(guest!, 90_000);
     await serve!.kill();
 
     const deadline = Date.now() + 30_000;

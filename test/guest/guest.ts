@@ -85,6 +85,8 @@ export interface RunningGuest {
   dir: string;
   qmpSocket: string;
   qgaSocket: string;
+  /** A second QMP monitor for the harness: free while the code under test holds `qmpSocket`. */
+  harnessSocket: string;
   consoleLog: string;
   qemuLog: string;
   pid: number;
@@ -382,6 +384,7 @@ export async function startGuest(opts: StartGuestOptions): Promise<RunningGuest>
     dir,
     qmpSocket,
     qgaSocket,
+    harnessSocket,
     consoleLog,
     qemuLog,
     pid: child.pid ?? -1,

@@ -1,9 +1,10 @@
 // Runs the real CLI (the built dist/, as users run it) in a child process.
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { afterEach } from 'vitest';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const BIN = `${ROOT}bin/bulwark.js`;
@@ -31,6 +32,16 @@ const STATE_DIR = mkdtempSync(join(tmpdir(), 'bulwark-test-state-'));
 export const CACHE_DIR = mkdtempSync(join(tmpdir(), 'bulwark-test-cache-'));
 chmodSync(CACHE_DIR, 0o1777);
 
+/**
+ * Every runCli is awaited inside its own test, so a child still alive after the test is one the test
+ * gave up on (it timed out or threw). Killed here, or it runs on and skews whatever runs next.
+ */
+const liveChildren = new Set<ChildProcess>();
+afterEach(() => {
+  for (const child of liveChildren) child.kill('SIGKILL');
+  liveChildren.clear();
+});
+
 export function runCli(args: string[], opts: CliOptions = {}): Promise<CliResult> {
   if (!existsSync(`${ROOT}dist/cli/main.js`)) throw new Error("dist/ is missing: run 'npm run build' first (npm test does)");
   const env: Record<string, string> = {};
@@ -39,6 +50,7 @@ export function runCli(args: string[], opts: CliOptions = {}): Promise<CliResult
   const argv = opts.as ? [`--reuid=${opts.as.uid}`, `--regid=${opts.as.gid}`, '--clear-groups', NODE, BIN, ...args] : [BIN, ...args];
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, argv, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    liveChildren.add(child);
     if (child.pid !== undefined) opts.onSpawn?.(child.pid);
     let stdout = '';
     let stderr = '';
@@ -48,6 +60,7 @@ export function runCli(args: string[], opts: CliOptions = {}): Promise<CliResult
     child.on('error', reject);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
+      liveChildren.delete(child);
       resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr });
     });
   });
