@@ -1,5 +1,6 @@
 // Tree blobs: one directory's entries, sorted by the raw bytes of their names. File content is a list
 // of data blob ids; a subdirectory is the id of its own tree blob, so unchanged subtrees deduplicate.
+import { isUtf8 } from 'node:buffer';
 import { BulwarkError } from '../util/errors.js';
 
 export type NodeType = 'file' | 'dir' | 'symlink' | 'fifo' | 'chardev' | 'blockdev' | 'socket';
@@ -39,8 +40,8 @@ export interface Tree {
 
 /** Text that survives a UTF-8 round trip is stored as a string; anything else as base64 bytes. */
 export function encodeName(raw: Buffer): { text?: string; b64?: string } {
-  const text = raw.toString('utf8');
-  return Buffer.from(text, 'utf8').equals(raw) ? { text } : { b64: raw.toString('base64') };
+  // Well-formed UTF-8 decodes and encodes back to the same bytes; isUtf8 checks without making a copy.
+  return isUtf8(raw) ? { text: raw.toString('utf8') } : { b64: raw.toString('base64') };
 }
 
 export function nodeName(n: TreeNode): Buffer {

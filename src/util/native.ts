@@ -13,6 +13,17 @@ export interface NativeHelpers {
    * chunk that starts at data[from], or -1 when none ends before `to`.
    */
   gearCut(data: Uint8Array, from: number, to: number, min: number, avg: number, max: number, maskS: number, maskL: number, gear: Int32Array): number;
+  /**
+   * lstat of `target` (a path) or fstat of it (an fd) into `out`: mode, uid, gid, size, ino, dev, nlink,
+   * rdev, blocks. Returns "mtimeNs ctimeNs" as decimal text, or the errno (a number) when it failed.
+   */
+  statInto(target: Buffer | number, out: Float64Array): string | number;
+  /**
+   * A folder's entries, each lstat'ed relative to it: [names (each ended by a NUL), stats (9 per entry,
+   * as statInto; mode -errno when that entry's stat failed), times ("mtimeNs ctimeNs" lines), count];
+   * or the errno when the folder could not be read.
+   */
+  scanDir(path: Buffer): [Buffer, Float64Array, string, number] | number;
 }
 
 const BUILT = '../../native/build/Release/bulwark_native.node';

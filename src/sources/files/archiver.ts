@@ -2,7 +2,7 @@
 //
 // Memory stays bounded by one directory listing per level of depth plus a fixed read buffer: file
 // contents are streamed through the chunker, never held whole.
-import { closeSync, fstatSync, lstatSync, openSync, promises as fsp, readdirSync, readlinkSync, readSync, type BigIntStats } from 'node:fs';
+import { closeSync, lstatSync, openSync, promises as fsp, readlinkSync, readSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { FileChunks } from '../../repository/file-chunks.js';
 import type { Repository } from '../../repository/repository.js';
@@ -12,6 +12,7 @@ import { BulwarkError } from '../../util/errors.js';
 import { compileGlobs, type Matcher } from '../../util/glob.js';
 import { newProgress, type Progress, type ProgressSink } from '../progress.js';
 import { DirHandle } from '../../util/dirhandle.js';
+import { fstatEntry, listFolder, lstatEntry, type EntryStat } from './entry-stat.js';
 import { nodeFromStat, readXattrsSync, sameContent } from './metadata.js';
 import { scanTotals, type ScanTotals } from './scan.js';
 
@@ -159,9 +160,9 @@ export class FilesArchiver {
         if (n) nodes.push(n);
         continue;
       }
-      let st: BigIntStats;
+      let st: EntryStat;
       try {
-        st = lstatSync(childPath, { bigint: true });
+        st = lstatEntry(childPath);
       } catch (err) {
         this.fail(childPath, err);
         continue;
@@ -175,7 +176,8 @@ export class FilesArchiver {
   }
 
   /** `path` reaches the entry (possibly through a directory handle); `logical` is its real path, for people and excludes. */
-  private async entry(path: Buffer, logical: Buffer, name: Buffer, prev: TreeNode | undefined, isRoot = false): Promise<TreeNode | undefined> {
+  /** `known`: the entry's status as its folder's listing brought it, when it did. */
+  private async entry(path: Buffer, logical: Buffer, name: Buffer, prev: TreeNode | undefined, isRoot = false, known?: EntryStat): Promise<TreeNode | undefined> {
     // The walk itself is synchronous; let worker replies and uploads through now and then.
     if (++this.sinceYield >= 256) {
       this.sinceYield = 0;
@@ -183,9 +185,9 @@ export class FilesArchiver {
     }
     const shown = displayName(logical);
     if (!isRoot && this.excluded(shown)) return undefined;
-    let st: BigIntStats;
+    let st: EntryStat;
     try {
-      st = lstatSync(path, { bigint: true });
+      st = known ?? lstatEntry(path);
     } catch (err) {
       this.fail(logical, err);
       return undefined;
@@ -232,14 +234,16 @@ export class FilesArchiver {
     const handle = logical.length < SHORT_PATH ? undefined : DirHandle.openSync(path);
     const base = handle ? handle.path : logical;
     try {
-      const names = readdirSync(base, { encoding: 'buffer' }).sort(compareNames);
+      const listing = listFolder(base);
+      const names = listing.names;
       const prev = prevTreeId ? await this.loadTree(prevTreeId) : undefined;
       const nodes: TreeNode[] = [];
       let unchanged = prev !== undefined && prev.nodes.length === names.length;
-      for (const name of names) {
+      const parent = prev ? new ParentCursor(prev) : undefined;
+      for (const [i, name] of names.entries()) {
         const childLogical = join(logical, name);
-        const before = prev ? findNode(prev, name) : undefined;
-        const n = await this.entry(handle ? handle.child(name) : childLogical, childLogical, name, before);
+        const before = parent?.find(name);
+        const n = await this.entry(handle ? handle.child(name) : childLogical, childLogical, name, before, false, listing.stat(i));
         if (n) nodes.push(n);
         if (unchanged && !(n && before && sameNode(n, before))) unchanged = false;
       }
@@ -251,7 +255,7 @@ export class FilesArchiver {
     }
   }
 
-  private async file(path: Buffer, logical: Buffer, st: BigIntStats, node: TreeNode, prev: TreeNode | undefined): Promise<void> {
+  private async file(path: Buffer, logical: Buffer, st: EntryStat, node: TreeNode, prev: TreeNode | undefined): Promise<void> {
     this.progress.current = displayName(logical);
     this.totalSize += node.size;
     if (!this.opts.verifyReused && prev && prev.type === 'file' && prev.content && sameContent(prev, { size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, inode: st.ino }) && prev.content.every((id) => this.repo.hasBlob(id))) {
@@ -264,13 +268,13 @@ export class FilesArchiver {
     }
     let before = st;
     for (let attempt = 1; ; attempt++) {
-      const { content, after, bytes } = await this.readFile(path, before.size, before.blocks * 512n);
-      const stable = sameContent({ size: before.size, mtimeNs: before.mtimeNs, ctimeNs: before.ctimeNs, inode: before.ino }, { size: after.size, mtimeNs: after.mtimeNs, ctimeNs: after.ctimeNs, inode: after.ino }) && BigInt(bytes) === after.size;
+      const { content, after, bytes } = await this.readFile(path, before.size, before.blocks * 512);
+      const stable = sameContent({ size: before.size, mtimeNs: before.mtimeNs, ctimeNs: before.ctimeNs, inode: before.ino }, { size: after.size, mtimeNs: after.mtimeNs, ctimeNs: after.ctimeNs, inode: after.ino }) && bytes === after.size;
       if (stable || attempt === READ_ATTEMPTS) {
         node.content = content;
         node.size = bytes;
-        node.mtimeNs = after.mtimeNs.toString();
-        node.ctimeNs = after.ctimeNs.toString();
+        node.mtimeNs = after.mtimeNs;
+        node.ctimeNs = after.ctimeNs;
         if (!stable) {
           this.changed.push(displayName(logical));
           // Never let the next backup trust this copy by metadata alone.
@@ -286,15 +290,15 @@ export class FilesArchiver {
     this.emit();
   }
 
-  private async readFile(path: Buffer, size: bigint, allocated = size): Promise<{ content: string[]; after: BigIntStats; bytes: number }> {
-    if (size < BigInt(this.smallFile)) return this.readSmallFile(path);
+  private async readFile(path: Buffer, size: number, allocated = size): Promise<{ content: string[]; after: EntryStat; bytes: number }> {
+    if (size < this.smallFile) return this.readSmallFile(path);
     const fh = await fsp.open(path, 'r');
     try {
       const content: string[] = [];
       const zeroId = this.repo.zeroChunk().id;
       let bytes = 0;
       const readBefore = this.fileChunks.bytesRead;
-      for await (const { bytes: chunk, zero } of this.fileChunks.chunks(fh, Number(size), Number(allocated))) {
+      for await (const { bytes: chunk, zero } of this.fileChunks.chunks(fh, size, allocated)) {
         const n = chunk.length;
         bytes += n;
         this.progress.bytesDone += n;
@@ -308,7 +312,7 @@ export class FilesArchiver {
         this.emit();
       }
       this.bytesRead += this.fileChunks.bytesRead - readBefore;
-      const after = await fh.stat({ bigint: true });
+      const after = fstatEntry(fh.fd);
       return { content, after, bytes };
     } finally {
       await fh.close();
@@ -319,17 +323,17 @@ export class FilesArchiver {
    * Files below the chunker's minimum are one chunk: read in one synchronous call (cheaper than three
    * thread-pool round trips). A file that grew past the buffer meanwhile is read again the long way.
    */
-  private async readSmallFile(path: Buffer): Promise<{ content: string[]; after: BigIntStats; bytes: number }> {
+  private async readSmallFile(path: Buffer): Promise<{ content: string[]; after: EntryStat; bytes: number }> {
     const fd = openSync(path, 'r');
     let n: number;
-    let after: BigIntStats;
+    let after: EntryStat;
     try {
       n = readSync(fd, this.smallBuf, 0, this.smallFile + 1, 0);
-      after = fstatSync(fd, { bigint: true });
+      after = fstatEntry(fd);
     } finally {
       closeSync(fd);
     }
-    if (n > this.smallFile) return this.readFile(path, BigInt(n));
+    if (n > this.smallFile) return this.readFile(path, n);
     this.bytesRead += n;
     this.progress.bytesDone += n;
     const content: string[] = [];
@@ -391,6 +395,31 @@ export class FilesArchiver {
  */
 function sameNode(a: TreeNode, b: TreeNode): boolean {
   return a.type === b.type && a.inode === b.inode && a.dev === b.dev && a.ctimeNs === b.ctimeNs && a.mtimeNs === b.mtimeNs && a.size === b.size && a.subtree === b.subtree;
+}
+
+/**
+ * The parent snapshot's entries of a folder, looked up in name order: both lists are sorted the same
+ * way, so a cursor finds each in turn, and each parent name is decoded once.
+ */
+class ParentCursor {
+  private at = 0;
+  private atName: Buffer | undefined;
+
+  constructor(private readonly tree: Tree) {}
+
+  /** The entry named `name`; names must come in increasing order. */
+  find(name: Buffer): TreeNode | undefined {
+    const nodes = this.tree.nodes;
+    while (this.at < nodes.length) {
+      this.atName ??= nodeName(nodes[this.at]!);
+      const c = compareNames(this.atName, name);
+      if (c === 0) return nodes[this.at];
+      if (c > 0) return undefined;
+      this.at++;
+      this.atName = undefined;
+    }
+    return undefined;
+  }
 }
 
 function findNode(tree: Tree, name: Buffer): TreeNode | undefined {

@@ -1,38 +1,44 @@
 // Reads what a file system entry is, beyond its bytes: type, owner, mode, times, links, xattrs.
-import { closeSync, constants, openSync, type BigIntStats } from 'node:fs';
+import { closeSync, constants, openSync } from 'node:fs';
 import { getAttributeSync, listAttributesSync } from 'fs-xattr';
 import type { NodeType, TreeNode } from '../../repository/tree.js';
 import { encodeName } from '../../repository/tree.js';
 import { O_PATH } from '../../util/dirhandle.js';
+import type { EntryStat } from './entry-stat.js';
 
 
-export function nodeType(st: BigIntStats): NodeType {
-  if (st.isFile()) return 'file';
-  if (st.isDirectory()) return 'dir';
-  if (st.isSymbolicLink()) return 'symlink';
-  if (st.isFIFO()) return 'fifo';
-  if (st.isCharacterDevice()) return 'chardev';
-  if (st.isBlockDevice()) return 'blockdev';
-  return 'socket';
+const TYPES = new Map<number, NodeType>([
+  [constants.S_IFREG, 'file'],
+  [constants.S_IFDIR, 'dir'],
+  [constants.S_IFLNK, 'symlink'],
+  [constants.S_IFIFO, 'fifo'],
+  [constants.S_IFCHR, 'chardev'],
+  [constants.S_IFBLK, 'blockdev'],
+]);
+
+export function nodeType(st: EntryStat): NodeType {
+  return TYPES.get(st.mode & constants.S_IFMT) ?? 'socket';
 }
 
-export function nodeFromStat(name: Buffer, st: BigIntStats): TreeNode {
+export function nodeFromStat(name: Buffer, st: EntryStat): TreeNode {
   const enc = encodeName(name);
   const type = nodeType(st);
+  // One object literal of one shape per kind of name (no spread): this runs once per entry.
   const n: TreeNode = {
-    ...(enc.text !== undefined ? { name: enc.text } : { nameB64: enc.b64! }),
+    name: enc.text,
+    nameB64: enc.b64,
     type,
-    mode: Number(st.mode & 0o7777n),
-    uid: Number(st.uid),
-    gid: Number(st.gid),
-    mtimeNs: st.mtimeNs.toString(),
-    ctimeNs: st.ctimeNs.toString(),
-    size: type === 'file' ? Number(st.size) : 0,
-    inode: Number(st.ino),
-    dev: Number(st.dev),
-    links: Number(st.nlink),
+    mode: st.mode & 0o7777,
+    uid: st.uid,
+    gid: st.gid,
+    mtimeNs: st.mtimeNs,
+    ctimeNs: st.ctimeNs,
+    size: type === 'file' ? st.size : 0,
+    inode: st.ino,
+    dev: st.dev,
+    links: st.nlink,
   };
-  if (type === 'chardev' || type === 'blockdev') n.rdev = Number(st.rdev);
+  if (type === 'chardev' || type === 'blockdev') n.rdev = st.rdev;
   return n;
 }
 
@@ -73,7 +79,10 @@ export function readXattrsSync(path: Buffer, type: NodeType): { name: string; va
   }
 }
 
-/** True when the two stats describe the same unchanged content (used for change-while-reading and parent reuse). */
-export function sameContent(a: { size: number | bigint; mtimeNs: bigint | string; ctimeNs: bigint | string; inode: number | bigint }, b: typeof a): boolean {
-  return BigInt(a.size) === BigInt(b.size) && BigInt(a.mtimeNs) === BigInt(b.mtimeNs) && BigInt(a.ctimeNs) === BigInt(b.ctimeNs) && BigInt(a.inode) === BigInt(b.inode);
+/**
+ * True when the two stats describe the same unchanged content (used for change-while-reading and parent
+ * reuse). Compared as decimal text: exact for nanosecond times, and no BigInts made per file.
+ */
+export function sameContent(a: { size: number; mtimeNs: string; ctimeNs: string; inode: number }, b: typeof a): boolean {
+  return a.size === b.size && a.inode === b.inode && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
 }
