@@ -19,8 +19,9 @@ export interface NativeHelpers {
    */
   statInto(target: Buffer | number, out: Float64Array): string | number;
   /**
-   * A folder's entries, each lstat'ed relative to it: [names (each ended by a NUL), stats (9 per entry,
-   * as statInto; mode -errno when that entry's stat failed), times ("mtimeNs ctimeNs" lines), count];
+   * A folder's entries, each lstat'ed relative to it: [names (each ended by a NUL), stats (10 per entry:
+   * statInto's 9, mode -errno when that entry's stat failed; then the size of its xattr name list, 0 for
+   * none, -1 unknown), times ("mtimeNs ctimeNs" lines), count];
    * or the errno when the folder could not be read.
    */
   scanDir(path: Buffer): [Buffer, Float64Array, string, number] | number;

@@ -197,7 +197,8 @@ export class FilesArchiver {
     try {
       // Setting an xattr changes ctime: same inode and ctime as in the parent means the same xattrs.
       const same = prev !== undefined && prev.type === node.type && prev.inode === node.inode && prev.ctimeNs === node.ctimeNs;
-      const xattrs = same ? prev.xattrs : readXattrsSync(path, node.type);
+      // The folder's listing tells most entries have none without asking each.
+      const xattrs = same ? prev.xattrs : st.xattrListBytes === 0 ? undefined : readXattrsSync(path, node.type);
       if (xattrs) node.xattrs = xattrs;
       switch (node.type) {
         case 'file':

@@ -28,6 +28,8 @@ beforeAll(() => {
   execFileSync('mkfifo', [join(dir, 'fifo')]);
   writeFileSync(Buffer.concat([Buffer.from(dir + '/'), Buffer.from([0x66, 0xff, 0xfe])]), 'not UTF-8');
   writeFileSync(join(dir, 'Zed'), '');
+  writeFileSync(join(dir, 'tagged'), 'with an xattr');
+  execFileSync('setfattr', ['-n', 'user.bulwark.test', '-v', 'yes', join(dir, 'tagged')]);
   writeFileSync(join(dir, 'äpfel'), '');
 });
 
@@ -48,9 +50,25 @@ describe('entry status', () => {
         const expected = readdirSync(dir, { encoding: 'buffer' }).sort(compareNames);
         expect(listing.names.map((n) => n.toString('hex'))).toEqual(expected.map((n) => n.toString('hex')));
         listing.names.forEach((name, i) => {
-          const st = listing.stat(i) ?? lstatEntry(Buffer.concat([Buffer.from(dir + '/'), name]), helpers);
+          const { xattrListBytes: _x, ...st } = listing.stat(i) ?? lstatEntry(Buffer.concat([Buffer.from(dir + '/'), name]), helpers);
           expect(st, name.toString()).toEqual(nodeSays(Buffer.concat([Buffer.from(dir + '/'), name])));
         });
+      });
+
+      it('tells which entries have extended attributes, or does not claim to know', () => {
+        const listing = helpers === null ? listFolder(Buffer.from(dir), null) : listFolder(Buffer.from(dir));
+        const xattrBytes = (n: string): number | undefined => listing.stat(listing.names.findIndex((b) => b.toString() === n))?.xattrListBytes;
+        if (helpers === null) {
+          expect(xattrBytes('tagged')).toBeUndefined();
+          expect(xattrBytes('file')).toBeUndefined();
+        } else {
+          // The witness: the attribute names getfattr lists, each with its NUL.
+          const names = execFileSync('getfattr', ['--absolute-names', '-m', '-', join(dir, 'tagged')]).toString().split('\n').filter((l) => l && !l.startsWith('#'));
+          expect(names).toContain('user.bulwark.test');
+          expect(xattrBytes('tagged')).toBe(names.reduce((n, x) => n + Buffer.byteLength(x) + 1, 0));
+          expect(xattrBytes('file')).toBe(0);
+          expect(xattrBytes('link')).toBe(0);
+        }
       });
 
       it('stats a path without following a symlink, and an open file', () => {

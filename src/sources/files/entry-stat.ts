@@ -25,6 +25,8 @@ export interface EntryStat {
   /** Nanoseconds since the epoch, in decimal: exact, and compared as text with the trees' values. */
   mtimeNs: string;
   ctimeNs: string;
+  /** From a folder's listing: the size of the entry's list of xattr names, 0 for none; else not known. */
+  xattrListBytes?: number;
 }
 
 /** A folder's entries in backup order (bytewise by name). */
@@ -35,6 +37,8 @@ export interface Listing {
 }
 
 const out = new Float64Array(9);
+/** Doubles per entry in a native listing (native/bulwark_native.c, ENTRY_DOUBLES). */
+const ENTRY_DOUBLES = 10;
 
 /** Throws Node's error when the folder cannot be read. `helpers`: null for Node's calls only (tests). */
 export function listFolder(path: Buffer, helpers: NativeHelpers | null = nativeHelpers() ?? null): Listing {
@@ -55,10 +59,12 @@ export function listFolder(path: Buffer, helpers: NativeHelpers | null = nativeH
   return {
     names: order.map((i) => raw[i]!),
     stat: (k) => {
-      const i = order[k]!;
-      if (stats[i * 9]! < 0) return undefined;
-      out.set(stats.subarray(i * 9, i * 9 + 9));
-      return fromOut(lines[i]!);
+      const at = order[k]! * ENTRY_DOUBLES;
+      if (stats[at]! < 0) return undefined;
+      out.set(stats.subarray(at, at + 9));
+      const st = fromOut(lines[order[k]!]!);
+      if (stats[at + 9]! >= 0) st.xattrListBytes = stats[at + 9]!;
+      return st;
     },
   };
 }
