@@ -322,6 +322,8 @@ export class FilesRestorer {
     const create = (): number => (fd ??= replacing(path, () => openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600)));
     try {
       let pos = 0;
+      // Where the last byte written ended: a file whose data runs to its end needs no truncate.
+      let reached = 0;
       const ids = node.content ?? [];
       const zero = this.repo.zeroChunk();
       // A hole's chunk is known by its id: it stays a hole, nothing is read.
@@ -334,7 +336,7 @@ export class FilesRestorer {
             if (next.done) throw new Error('the blob reader ended early');
             const data = next.value;
             // Zero pages become holes: sparse files come back sparse.
-            writeSparseSync(create(), data, pos);
+            reached = writeSparseSync(create(), data, pos);
             length = data.length;
           }
           pos += length;
@@ -344,7 +346,8 @@ export class FilesRestorer {
       } finally {
         await blobs.return(undefined);
       }
-      ftruncateSync(create(), pos);
+      // Trailing holes (zero chunks or zero pages) and empty files get their size here.
+      if (reached !== pos || fd === undefined) ftruncateSync(create(), pos);
     } catch (err) {
       if (fd !== undefined) {
         closeSync(fd);

@@ -14,8 +14,9 @@ function* dataRuns(data: Buffer, position: number): Generator<[number, number]> 
   while (at < data.length) {
     // The first page may be partial so the rest line up with the file's pages.
     const next = Math.min(data.length, at + SPARSE_PAGE - ((position + at) % SPARSE_PAGE));
-    const len = next - at;
-    const zero = data.subarray(at, next).equals(len === SPARSE_PAGE ? ZERO_PAGE : ZERO_PAGE.subarray(0, len));
+    // compare() with ranges, not subarray().equals(): a restore checks every page, and a view per page
+    // was 260 000 objects for each GB.
+    const zero = data.compare(ZERO_PAGE, 0, next - at, at, next) === 0;
     if (zero) {
       if (runStart >= 0) yield [runStart, at];
       runStart = -1;
@@ -37,14 +38,16 @@ export async function writeSparse(fh: FileHandle, data: Buffer, position: number
 
 /**
  * The same through a plain descriptor, synchronously: for a file restore writing into the page cache,
- * a thread-pool round trip per write costs more than the write.
+ * a thread-pool round trip per write costs more than the write. Returns the file offset just past the
+ * last byte written (`position` when all of `data` is zero pages): a file whose last write reached its
+ * end needs no truncate to get its size.
  */
 export function writeSparseSync(fd: number, data: Buffer, position: number): number {
-  let written = 0;
+  let reached = position;
   for (const [start, end] of dataRuns(data, position)) {
     let at = start;
     while (at < end) at += writeSync(fd, data, at, end - at, position + at);
-    written += end - start;
+    reached = position + end;
   }
-  return written;
+  return reached;
 }
