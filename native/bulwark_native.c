@@ -1,7 +1,7 @@
 // Native helpers (docs/performance.md): what Node's fs cannot do, finding the data and the holes of a
 // sparse file (lseek SEEK_DATA / SEEK_HOLE), so a backup reads what a file holds, not its size; and the
-// chunker's hot loop, the same rule as src/repository/chunker.ts (Rule.scan) byte for byte; and an
-// entry's status without the garbage of Node's BigInt stats.
+// chunker's hot loop, the same rule as src/repository/chunker.ts (Rule.scan) byte for byte; and a
+// folder's listing with each entry's status, without the garbage of Node's BigInt stats.
 // N-API only: one build serves every supported Node version.
 #define _GNU_SOURCE
 #include <errno.h>
@@ -291,6 +291,7 @@ static napi_value scan_dir(napi_env env, napi_callback_info info) {
   DIR *dir = opendir(path);
   if (!dir) return errno_value(env, errno);
   int dfd = dirfd(dir);
+  size_t pathlen = strlen(path);
   grow_t names = {0}, stats = {0}, times = {0};
   uint32_t count = 0;
   int err = 0;
@@ -312,7 +313,7 @@ static napi_value scan_dir(napi_env env, napi_callback_info info) {
     struct stat st;
     if (fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
       fill_stat(sp, &st);
-      sp[9] = xattr_list_size(path, strlen(path), de->d_name, &st);
+      sp[9] = xattr_list_size(path, pathlen, de->d_name, &st);
       times.len += (size_t)times_text(tp, &st);
     } else {
       memset(sp, 0, ENTRY_DOUBLES * sizeof(double));

@@ -151,10 +151,11 @@ export class FilesArchiver {
   private async selectionTree(path: Buffer, sel: SelectionDir, parent: Tree | undefined): Promise<string> {
     const nodes: TreeNode[] = [];
     const names = [...sel.children.keys()].map((n) => Buffer.from(n)).sort(compareNames);
+    const before = parent ? new ParentCursor(parent) : undefined;
     for (const name of names) {
       const child = sel.children.get(name.toString())!;
       const childPath = join(path, name);
-      const prev = parent ? findNode(parent, name) : undefined;
+      const prev = before?.find(name);
       if (child.selected) {
         const n = await this.entry(childPath, childPath, name, prev, true);
         if (n) nodes.push(n);
@@ -175,8 +176,10 @@ export class FilesArchiver {
     return this.saveTree({ nodes });
   }
 
-  /** `path` reaches the entry (possibly through a directory handle); `logical` is its real path, for people and excludes. */
-  /** `known`: the entry's status as its folder's listing brought it, when it did. */
+  /**
+   * `path` reaches the entry (possibly through a directory handle); `logical` is its real path, for people
+   * and excludes; `known`: the entry's status as its folder's listing brought it, when it did.
+   */
   private async entry(path: Buffer, logical: Buffer, name: Buffer, prev: TreeNode | undefined, isRoot = false, known?: EntryStat): Promise<TreeNode | undefined> {
     // The walk itself is synchronous; let worker replies and uploads through now and then.
     if (++this.sinceYield >= 256) {
@@ -423,18 +426,3 @@ class ParentCursor {
   }
 }
 
-function findNode(tree: Tree, name: Buffer): TreeNode | undefined {
-  // Trees are sorted by name bytes: binary search keeps huge directories cheap.
-  let lo = 0;
-  let hi = tree.nodes.length - 1;
-  while (lo <= hi) {
-    const mid = (lo + hi) >> 1;
-    const c = compareNames(nodeName(tree.nodes[mid]!), name);
-    if (c === 0) return tree.nodes[mid];
-    if (c < 0) lo = mid + 1;
-    else hi = mid - 1;
-  }
-  return undefined;
-}
-
-export { findNode };
