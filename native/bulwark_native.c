@@ -1,10 +1,14 @@
 // Native helpers (docs/performance.md): what Node's fs cannot do, finding the data and the holes of a
 // sparse file (lseek SEEK_DATA / SEEK_HOLE), so a backup reads what a file holds, not its size; and the
 // chunker's hot loop, the same rule as src/repository/chunker.ts (Rule.scan) byte for byte; and a
-// folder's listing with each entry's status, without the garbage of Node's BigInt stats.
+// folder's listing with each entry's status, without the garbage of Node's BigInt stats; and AES-256-GCM
+// in place, through the OpenSSL that Node itself carries, so opening and sealing a blob need no fresh
+// buffer (Node's Cipher makes a new one for every update).
 // N-API only: one build serves every supported Node version.
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdint.h>
 #include <string.h>
@@ -354,6 +358,88 @@ static napi_value scan_dir(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// AES-256-GCM through the OpenSSL functions of the process itself (Node exports them; a Node linked to
+// the system's libcrypto has them too), found with dlsym at load: no OpenSSL headers or library at build
+// time. Where they are missing, gcm is simply not offered and callers use Node's crypto.
+typedef struct evp_cipher_ctx EVP_CIPHER_CTX;
+typedef struct evp_cipher EVP_CIPHER;
+static struct {
+  EVP_CIPHER_CTX *(*ctx_new)(void);
+  void (*ctx_free)(EVP_CIPHER_CTX *);
+  const EVP_CIPHER *(*aes_256_gcm)(void);
+  int (*init)(EVP_CIPHER_CTX *, const EVP_CIPHER *, void *, const unsigned char *, const unsigned char *, int);
+  int (*ctrl)(EVP_CIPHER_CTX *, int, int, void *);
+  int (*update)(EVP_CIPHER_CTX *, unsigned char *, int *, const unsigned char *, int);
+  int (*final)(EVP_CIPHER_CTX *, unsigned char *, int *);
+  int ok;
+} ossl;
+static pthread_once_t ossl_once = PTHREAD_ONCE_INIT;
+#define EVP_CTRL_GCM_GET_TAG 0x10
+#define EVP_CTRL_GCM_SET_TAG 0x11
+
+static void ossl_resolve(void) {
+  ossl.ctx_new = (EVP_CIPHER_CTX * (*)(void)) dlsym(RTLD_DEFAULT, "EVP_CIPHER_CTX_new");
+  ossl.ctx_free = (void (*)(EVP_CIPHER_CTX *))dlsym(RTLD_DEFAULT, "EVP_CIPHER_CTX_free");
+  ossl.aes_256_gcm = (const EVP_CIPHER *(*)(void))dlsym(RTLD_DEFAULT, "EVP_aes_256_gcm");
+  ossl.init = (int (*)(EVP_CIPHER_CTX *, const EVP_CIPHER *, void *, const unsigned char *, const unsigned char *, int))dlsym(RTLD_DEFAULT, "EVP_CipherInit_ex");
+  ossl.ctrl = (int (*)(EVP_CIPHER_CTX *, int, int, void *))dlsym(RTLD_DEFAULT, "EVP_CIPHER_CTX_ctrl");
+  ossl.update = (int (*)(EVP_CIPHER_CTX *, unsigned char *, int *, const unsigned char *, int))dlsym(RTLD_DEFAULT, "EVP_CipherUpdate");
+  ossl.final = (int (*)(EVP_CIPHER_CTX *, unsigned char *, int *))dlsym(RTLD_DEFAULT, "EVP_CipherFinal_ex");
+  ossl.ok = ossl.ctx_new && ossl.ctx_free && ossl.aes_256_gcm && ossl.init && ossl.ctrl && ossl.update && ossl.final;
+}
+
+// A Uint8Array argument's bytes; false (a TypeError thrown) when it is something else.
+static int bytes_arg(napi_env env, napi_value v, unsigned char **data, size_t *length, const char *what) {
+  napi_typedarray_type type;
+  void *raw;
+  if (napi_get_typedarray_info(env, v, &type, length, &raw, NULL, NULL) != napi_ok || type != napi_uint8_array) {
+    napi_throw_type_error(env, NULL, what);
+    return 0;
+  }
+  *data = raw;
+  return 1;
+}
+
+// gcm(encrypt, key(32), iv(12), ad (or null), data, tag(16)): AES-256-GCM of `data` in place. Encrypting
+// writes the tag into `tag`; decrypting checks it and returns false when the data does not authenticate
+// (`data` then holds garbage). True otherwise.
+static napi_value gcm(napi_env env, napi_callback_info info) {
+  napi_value argv[6], result;
+  if (!get_args(env, info, 6, argv, "gcm takes 6 arguments")) return NULL;
+  bool encrypt;
+  unsigned char *key, *iv, *ad = NULL, *data, *tag;
+  size_t key_len, iv_len, ad_len = 0, data_len, tag_len;
+  napi_valuetype ad_type;
+  CHECK(napi_get_value_bool(env, argv[0], &encrypt));
+  if (!bytes_arg(env, argv[1], &key, &key_len, "key must be a Uint8Array") || !bytes_arg(env, argv[2], &iv, &iv_len, "iv must be a Uint8Array")) return NULL;
+  CHECK(napi_typeof(env, argv[3], &ad_type));
+  if (ad_type != napi_null && ad_type != napi_undefined && !bytes_arg(env, argv[3], &ad, &ad_len, "ad must be a Uint8Array or null")) return NULL;
+  if (!bytes_arg(env, argv[4], &data, &data_len, "data must be a Uint8Array") || !bytes_arg(env, argv[5], &tag, &tag_len, "tag must be a Uint8Array")) return NULL;
+  if (key_len != 32 || iv_len != 12 || tag_len != 16 || data_len > INT_MAX || ad_len > INT_MAX) {
+    napi_throw_range_error(env, NULL, "gcm: the key must be 32 bytes, the iv 12, the tag 16");
+    return NULL;
+  }
+  EVP_CIPHER_CTX *ctx = ossl.ctx_new();
+  if (!ctx) {
+    napi_throw_error(env, NULL, "gcm: out of memory");
+    return NULL;
+  }
+  int n, ok = ossl.init(ctx, ossl.aes_256_gcm(), NULL, key, iv, encrypt ? 1 : 0);
+  if (ok && ad_len > 0) ok = ossl.update(ctx, NULL, &n, ad, (int)ad_len);
+  if (ok && data_len > 0) ok = ossl.update(ctx, data, &n, data, (int)data_len);
+  if (ok && !encrypt) ok = ossl.ctrl(ctx, EVP_CTRL_GCM_SET_TAG, 16, tag);
+  // GCM is a stream mode: final writes no bytes, it only computes or checks the tag.
+  if (ok) ok = ossl.final(ctx, data + data_len, &n) > 0;
+  if (ok && encrypt) ok = ossl.ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, tag);
+  ossl.ctx_free(ctx);
+  if (!ok && encrypt) {
+    napi_throw_error(env, NULL, "gcm: encryption failed");
+    return NULL;
+  }
+  CHECK(napi_get_boolean(env, ok != 0, &result));
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -363,6 +449,11 @@ static napi_value init(napi_env env, napi_value exports) {
       {"scanDir", NULL, scan_dir, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
+  pthread_once(&ossl_once, ossl_resolve);
+  if (ossl.ok) {
+    napi_property_descriptor g = {"gcm", NULL, gcm, NULL, NULL, NULL, napi_enumerable, NULL};
+    CHECK(napi_define_properties(env, exports, 1, &g));
+  }
   return exports;
 }
 

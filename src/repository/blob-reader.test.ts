@@ -118,4 +118,67 @@ describe('BlobReader', () => {
     const got = await all(r.blobs(blobs.slice(0, 10).map(([id]) => id)));
     expect(got).toHaveLength(10);
   });
+
+  describe('with a source that opens whole runs', () => {
+    /** The fake above, plus openRun: each run's plaintexts share one buffer, whose release is counted. */
+    function runFake(layout: Parameters<typeof fake>[0], opts: Parameters<typeof fake>[1] = {}) {
+      const f = fake(layout, opts);
+      const runs: { ids: string[]; released: number; whole: Buffer }[] = [];
+      f.src.openRun = async (range, start, blobs) => {
+        const whole = Buffer.alloc(blobs.reduce((n, b) => n + b.at.length, 0));
+        const run = { ids: blobs.map((b) => b.id), released: 0, whole };
+        runs.push(run);
+        let at = 0;
+        const plains = blobs.map(({ id, at: loc }) => {
+          const sealed = range.subarray(loc.offset - start, loc.offset - start + loc.length);
+          if (opts.broken?.has(id) || !sealed.equals(f.content(id, loc.length))) return undefined;
+          sealed.copy(whole, at);
+          at += loc.length;
+          return whole.subarray(at - loc.length, at);
+        });
+        return { plains, release: () => run.released++ };
+      };
+      return { ...f, runs };
+    }
+
+    it('hands each blob of a run to its consumer in order, and releases the run once the last is done with', async () => {
+      const f = runFake({ p: [['a', 0, 100], ['b', 100, 100], ['c', 200, 100]] });
+      const r = new BlobReader(f.src, { connections: 2, memoryBytes: 1 << 20 });
+      const g = r.blobs(['a', 'b', 'c', 'a']);
+      const seen: string[] = [];
+      for (;;) {
+        const next = await g.next();
+        if (next.done) break;
+        seen.push(String.fromCharCode(next.value[0]!));
+        // Still the consumer's: nothing released while any blob of the run is out.
+        if (seen.length < 3) expect(f.runs[0]!.released).toBe(0);
+      }
+      expect(seen).toEqual(['a', 'b', 'c', 'a']);
+      expect(f.ranges).toEqual([['p', 0, 300]]);
+      expect(f.runs.map((x) => [x.ids, x.released])).toEqual([[['a', 'b', 'c', 'a'], 1]]);
+      expect(f.alone).toEqual([]);
+    });
+
+    it('a blob the run could not open is read again on its own; a consumer that stops early still releases the run', async () => {
+      const f = runFake({ p: [['a', 0, 10], ['b', 10, 10], ['c', 20, 10]] }, { broken: new Set(['b']) });
+      const r = new BlobReader(f.src, { connections: 2, memoryBytes: 1 << 20 });
+      const got = await all(r.blobs(['a', 'b', 'c']));
+      expect(got.map((b) => String.fromCharCode(b[0]!))).toEqual(['a', 'b', 'c']);
+      expect(f.alone).toEqual(['b']);
+      expect(f.runs[0]!.released).toBe(1);
+
+      for await (const _ of r.blobs(['a', 'c'])) break;
+      // The blob never taken is given back once it arrives.
+      await new Promise((res) => setImmediate(res));
+      expect(f.runs[1]!.released).toBe(1);
+    });
+
+    it('a run the source fails to open as a whole is read blob by blob', async () => {
+      const f = runFake({ p: [['a', 0, 10], ['b', 10, 10]] });
+      f.src.openRun = () => Promise.reject(new Error('worker gone'));
+      const r = new BlobReader(f.src, { connections: 2, memoryBytes: 1 << 20 });
+      expect((await all(r.blobs(['a', 'b']))).map((b) => String.fromCharCode(b[0]!))).toEqual(['a', 'b']);
+      expect(f.alone).toEqual(['a', 'b']);
+    });
+  });
 });

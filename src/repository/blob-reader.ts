@@ -23,9 +23,17 @@ export interface BlobLocation {
 export interface BlobReaderSource {
   /** Where a read would find the blob first, or undefined to leave it to loadBlob alone. */
   locate(id: string): BlobLocation | undefined;
-  loadRange(pack: string, offset: number, length: number): Promise<Buffer>;
+  /** `into`, when given, is a buffer the source may read the range into instead of allocating. */
+  loadRange(pack: string, offset: number, length: number, into?: Buffer): Promise<Buffer>;
   /** Opens and verifies a blob's sealed bytes cut from a range. */
   open(id: string, at: BlobLocation, sealed: Buffer): Promise<Buffer>;
+  /**
+   * Opens and verifies every blob of a range at once, when the source can: per blob its plaintext, or
+   * undefined for one to read again on its own. The range is handed over. The plaintexts share memory
+   * that release() hands back for reuse. A buffer to read the range into may come from rangeBuffer().
+   */
+  openRun?(range: Buffer, start: number, blobs: { id: string; at: BlobLocation }[]): Promise<{ plains: (Buffer | undefined)[]; release(): void }>;
+  rangeBuffer?(length: number): Buffer;
   /** Reads one blob on its own, with every check and every fallback of a plain read. */
   loadBlob(id: string): Promise<Buffer>;
 }
@@ -58,6 +66,20 @@ export function restoreMemoryBytes(connections: number, local = false): number {
   return Math.min(128 * 1024 * 1024, Math.max(32 * 1024 * 1024, Math.ceil(1.5 * connections) * MAX_RUN_BYTES));
 }
 
+/** Memory shared by the blobs of one opened run: handed back once every one of them is done with. */
+class Lease {
+  constructor(
+    private count: number,
+    private readonly release: () => void,
+  ) {
+    if (count === 0) release();
+  }
+
+  drop(): void {
+    if (--this.count === 0) this.release();
+  }
+}
+
 interface Item {
   id: string;
   at: BlobLocation | undefined;
@@ -67,6 +89,8 @@ interface Item {
   reject(err: unknown): void;
   /** Its consumer went away: not worth reading any more. */
   cancelled: boolean;
+  /** Set when its bytes lie in a run's shared memory: dropped once its consumer is done with them. */
+  lease?: Lease;
 }
 
 interface Run {
@@ -102,6 +126,8 @@ export class BlobReader {
   /**
    * The plaintexts of `ids`, in order. Several lists may be read at once (the files of a restore):
    * they share the budget and the reads, and blobs of different lists in one pack share ranges too.
+   * Each buffer is the consumer's only until it asks for the next one (or stops): its memory is then
+   * reused.
    */
   async *blobs(ids: Iterable<string> | AsyncIterable<string>): AsyncGenerator<Buffer> {
     const items: Item[] = [];
@@ -149,13 +175,17 @@ export class BlobReader {
           yield data;
         } finally {
           this.budget.release(item.cost);
+          item.lease?.drop();
         }
       }
     } finally {
       stop = true;
       for (const it of items.splice(0)) {
         it.cancelled = true;
-        const release = (): void => this.budget.release(it.cost);
+        const release = (): void => {
+          this.budget.release(it.cost);
+          it.lease?.drop();
+        };
         it.result.then(release, release);
       }
     }
@@ -236,19 +266,19 @@ export class BlobReader {
     }
     let range: Buffer | undefined;
     try {
-      range = await this.src.loadRange(run.pack, run.start, run.end - run.start);
+      const length = run.end - run.start;
+      range = await this.src.loadRange(run.pack, run.start, length, this.src.openRun ? this.src.rangeBuffer?.(length) : undefined);
     } catch {
       // Read again blob by blob below: their own errors name their own ranges and copies.
     }
-    // One at a time: a pack that is gone must not turn into a burst of failing reads.
-    let fallback = Promise.resolve();
+    if (range && this.src.openRun) {
+      void this.openRun(range, run.start, items);
+      return;
+    }
+    const alone = this.aloneQueue();
     for (const it of items) {
-      const alone = (): Promise<void> => {
-        fallback = fallback.then(() => (it.cancelled ? it.reject(new Cancelled()) : this.src.loadBlob(it.id).then(it.resolve, it.reject)));
-        return fallback;
-      };
       if (!range) {
-        void alone();
+        void alone(it);
         continue;
       }
       const at = it.at!;
@@ -260,8 +290,41 @@ export class BlobReader {
       // A throw before the promise exists must still settle the item (else its consumer waits for ever).
       Promise.resolve()
         .then(() => this.src.open(it.id, at, sealed))
-        .then(it.resolve, alone);
+        .then(it.resolve, () => alone(it));
     }
+  }
+
+  /** Opens a run's blobs in one go (the source's openRun); those that do not open are read again alone. */
+  private async openRun(range: Buffer, start: number, items: Item[]): Promise<void> {
+    const alone = this.aloneQueue();
+    let opened: Awaited<ReturnType<NonNullable<BlobReaderSource['openRun']>>> | undefined;
+    try {
+      opened = await this.src.openRun!(range, start, items.map((it) => ({ id: it.id, at: it.at! })));
+    } catch {
+      // Each is read again on its own below, and fails with its own error if it must.
+    }
+    const lease = opened && new Lease(opened.plains.filter((p) => p !== undefined).length, opened.release);
+    items.forEach((it, i) => {
+      const plain = opened?.plains[i];
+      if (plain === undefined) {
+        void alone(it);
+        return;
+      }
+      it.lease = lease;
+      it.resolve(plain);
+    });
+  }
+
+  /**
+   * Reads items again through loadBlob, one at a time: a pack that is gone must not turn into a burst of
+   * failing reads.
+   */
+  private aloneQueue(): (it: Item) => Promise<void> {
+    let fallback = Promise.resolve();
+    return (it) => {
+      fallback = fallback.then(() => (it.cancelled ? it.reject(new Cancelled()) : this.src.loadBlob(it.id).then(it.resolve, it.reject)));
+      return fallback;
+    };
   }
 }
 

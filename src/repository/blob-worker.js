@@ -2,12 +2,12 @@
 // work. Plain JavaScript so it runs the same from src/ (tests) and dist/ (installed), with no build step.
 // Format 1 seals with AES-256-GCM, nonce(12) ‖ ciphertext ‖ tag(16) (repository/crypto.ts); format 2 with
 // XAES-256-GCM and the associated data the caller passes (repository/sealer.ts).
-import { createDecipheriv, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { Buffer } from 'node:buffer';
 import { parentPort, workerData } from 'node:worker_threads';
 import { Compressor, Decompressor } from 'zstd-napi';
-import { Xaes, gcmSealInto } from './xaes.js';
+import { Xaes, gcmOpenInPlace, gcmSealInto } from './xaes.js';
 import { GcPacer } from '../util/gc-pacer.js';
 
 // The platform binding directly, as in repository/blake3.ts (which this plain-JS worker cannot import).
@@ -16,6 +16,17 @@ const { Blake3Hasher } = createRequire(import.meta.url)('@napi-rs/blake-hash-lin
 const encKey = Buffer.from(workerData.encKey);
 const xaes = workerData.format === 2 ? new Xaes(encKey) : undefined;
 const idKey = Buffer.from(workerData.idKey);
+// One keyed hasher, reset after each blob: making one per blob cost more than hashing a small blob.
+const idHasher = Blake3Hasher.newKeyed(idKey);
+
+/** The blob id (keyed BLAKE3, hex) of a plaintext. */
+function blobId(plain) {
+  try {
+    return idHasher.update(plain).digestBuffer().toString('hex');
+  } finally {
+    idHasher.reset();
+  }
+}
 const level = workerData.zstdLevel;
 // The compressed copy and the sealing's own buffers are garbage at once: young, so a minor collection
 // frees them, cheaply.
@@ -33,13 +44,16 @@ function sealInto(out, body, ad) {
   return gcmSealInto(out, encKey, nonce, nonce, body, ad);
 }
 
+/**
+ * The plaintext of a sealed blob, decrypted in place: every buffer this worker opens is its own to spend
+ * (sent to it), and a new buffer per blob was most of the memory a restore touched.
+ */
 function unseal(sealed, ad) {
-  if (xaes) return xaes.open(sealed, ad);
-  const decipher = createDecipheriv('aes-256-gcm', encKey, sealed.subarray(0, 12));
-  decipher.setAuthTag(sealed.subarray(sealed.length - 16));
-  const a = decipher.update(sealed.subarray(12, sealed.length - 16));
-  const b = decipher.final();
-  return b.length ? Buffer.concat([a, b]) : a;
+  if (xaes) return xaes.openInPlace(sealed, ad);
+  if (sealed.length < 28) throw new Error('Unsupported state or unable to authenticate data');
+  const ct = sealed.subarray(12, sealed.length - 16);
+  gcmOpenInPlace(encKey, sealed.subarray(0, 12), ct, sealed.subarray(sealed.length - 16), null);
+  return ct;
 }
 
 // The native context behind zstd-napi's Decompressor decompresses into a buffer we give it, so a frame
@@ -107,7 +121,7 @@ function sealBatch(msg) {
   const out = Buffer.allocUnsafeSlow(msg.data.byteLength + msg.items.length * SEAL_OVERHEAD);
   let at = 0;
   const results = eachBlob(msg, (it, plain) => {
-    const { sealed, ulen } = compressAndSeal(plain, it.compress, it.ad, out.subarray(at));
+    const { sealed, ulen } = compressAndSeal(plain, it.compress, adOf(it.ad), out.subarray(at));
     at += sealed.length;
     return { at: at - sealed.length, len: sealed.length, ulen };
   });
@@ -115,25 +129,71 @@ function sealBatch(msg) {
 }
 
 /**
- * Opens a batch of small blobs sent in one buffer: one message each way for the lot, and their
- * plaintexts come back side by side in one buffer, each in a slot of its recorded length.
+ * Opens the blobs of `items` (each `len` sealed bytes at `at` in `input`) into `out`, side by side, each
+ * in a slot of its recorded length; a blob that fails is reported alone.
  */
-function openBatch(msg) {
-  const slot = (it) => (it.ulen > 0 ? it.ulen : it.len);
-  const out = Buffer.allocUnsafeSlow(msg.items.reduce((n, it) => n + slot(it), 0));
+function openInto(input, items, out) {
   let next = 0;
-  const results = eachBlob(msg, (it, sealed) => {
+  // A run may cut the same blob twice (a file that repeats a chunk): opening in place spends the sealed
+  // bytes, so the second gets a copy of the first's plaintext.
+  const opened = new Map();
+  return items.map((it) => {
     const at = next;
-    next += slot(it);
-    const body = unseal(sealed, it.ad);
+    next += it.ulen > 0 ? it.ulen : it.len;
+    const twin = opened.get(it.at);
+    if (twin && twin.len === it.len && twin.ulen === it.ulen) {
+      if ('error' in twin.r) return twin.r;
+      out.copyWithin(at, twin.r.at, twin.r.at + twin.r.len);
+      return { at, len: twin.r.len, id: twin.r.id };
+    }
+    const r = openOne(input, it, out, at);
+    opened.set(it.at, { len: it.len, ulen: it.ulen, r });
+    return r;
+  });
+}
+
+/** One blob of openInto(), into `out` at `at`. */
+function openOne(input, it, out, at) {
+  try {
+    const body = unseal(input.subarray(it.at, it.at + it.len), adOf(it.ad));
     let len = body.length;
     if (it.ulen > 0) {
       len = dctx.decompress(out.subarray(at, at + it.ulen), body);
       if (len !== it.ulen) throw new Error(`decompresses to ${len} bytes, not the ${it.ulen} recorded`);
     } else out.set(body, at);
-    return { at, len, id: Blake3Hasher.newKeyed(idKey).update(out.subarray(at, at + len)).digestBuffer().toString('hex') };
-  });
+    return { at, len, id: blobId(out.subarray(at, at + len)) };
+  } catch (err) {
+    return { error: err instanceof Error ? err.message : String(err) };
+  }
+}
+
+/**
+ * Opens a batch of small blobs sent in one buffer: one message each way for the lot, and their
+ * plaintexts come back side by side in one buffer.
+ */
+function openBatch(msg) {
+  const input = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
+  let from = 0;
+  const items = msg.items.map((it) => ({ ...it, at: (from += it.len) - it.len }));
+  const out = Buffer.allocUnsafeSlow(items.reduce((n, it) => n + (it.ulen > 0 ? it.ulen : it.len), 0));
+  const results = openInto(input, items, out);
   parentPort.postMessage({ seq: msg.seq, out, results }, [out.buffer]);
+}
+
+/**
+ * Opens the blobs cut from one read range into the buffer the main thread sent with it (kept there for
+ * reuse, as is the range: both go back).
+ */
+function openRun(msg) {
+  const input = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
+  const out = Buffer.from(msg.out.buffer, msg.out.byteOffset, msg.out.byteLength);
+  const results = openInto(input, msg.items, out);
+  parentPort.postMessage({ seq: msg.seq, data: msg.data, out: msg.out, results }, [msg.data.buffer, msg.out.buffer]);
+}
+
+/** Associated data arrives as latin1 text (workers.ts, adWire): cheaper to post than a Buffer. */
+function adOf(wire) {
+  return typeof wire === 'string' ? Buffer.from(wire, 'latin1') : null;
 }
 
 /** Small Buffers live in a shared pool that must not be transferred: copy those into an own buffer. */
@@ -152,16 +212,18 @@ parentPort.on('message', (msg) => {
       // and reuses it), so sealing leaves nothing behind here but the cipher's output.
       const back = Buffer.from(msg.data.buffer);
       const plain = back.subarray(msg.data.byteOffset, msg.data.byteOffset + msg.data.byteLength);
-      const { sealed: result, ulen } = compressAndSeal(plain, msg.compress, msg.ad, back);
+      const { sealed: result, ulen } = compressAndSeal(plain, msg.compress, adOf(msg.ad), back);
       const sealed = result.buffer === msg.data.buffer ? new Uint8Array(msg.data.buffer, result.byteOffset, result.length) : own(result);
       parentPort.postMessage({ seq: msg.seq, sealed, ulen }, [sealed.buffer]);
     } else if (msg.op === 'sealBatch') {
       sealBatch(msg);
     } else if (msg.op === 'openBatch') {
       openBatch(msg);
+    } else if (msg.op === 'openRun') {
+      openRun(msg);
     } else if (msg.op === 'open') {
       const sealed = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
-      let plain = unseal(sealed, msg.ad);
+      let plain = unseal(sealed, adOf(msg.ad));
       if (msg.ulen > 0) {
         const out = Buffer.allocUnsafeSlow(msg.ulen);
         const n = dctx.decompress(out, plain);
@@ -169,9 +231,11 @@ parentPort.on('message', (msg) => {
         plain = out;
       }
       // The blob id is checked here too, off the main thread: a restore verifies every byte it writes.
-      const id = Blake3Hasher.newKeyed(idKey).update(plain).digestBuffer().toString('hex');
-      const out = own(plain);
-      parentPort.postMessage({ seq: msg.seq, plain: out, id }, [out.buffer]);
+      const id = blobId(plain);
+      // A view of the buffer it came in (opened in place) or of the decompression's own: either way a
+      // buffer of its own, which goes back without a copy.
+      const view = new Uint8Array(plain.buffer, plain.byteOffset, plain.byteLength);
+      parentPort.postMessage({ seq: msg.seq, plain: view, id }, [view.buffer]);
     }
   } catch (err) {
     parentPort.postMessage({ seq: msg.seq, error: err instanceof Error ? err.message : String(err) });

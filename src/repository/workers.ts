@@ -10,8 +10,12 @@ import type { Sealer } from './sealer.js';
 const GC_EVERY_BYTES = 16 * 1024 * 1024;
 /** A sealed blob is at most this much longer than its plaintext (format 2's 40 bytes of overhead). */
 const SEAL_SLACK = 64;
-/** Transfer buffers kept for reuse, at most. */
-const POOL_BYTES = 8 * 1024 * 1024;
+/**
+ * Transfer buffers kept for reuse, at most: a restore's read ranges and opened runs (two or three of
+ * 8 MiB each in flight) come back here. Fresh memory is what costs: each new page is a fault, and on a
+ * virtual machine whose free memory goes back to the host a fault costs 15 µs (docs/performance.md).
+ */
+const POOL_BYTES = 64 * 1024 * 1024;
 /** Smaller buffers are made to measure and not kept: a pool of small ones would hold odd sizes. */
 const POOL_MIN_BYTES = 64 * 1024;
 
@@ -73,6 +77,8 @@ interface WorkerReply {
   id?: string;
   /** Of a batch: every blob's result side by side, and where each is in it. */
   out?: Uint8Array;
+  /** Of a run: the range it was sent, given back. */
+  data?: Uint8Array;
   results?: BatchResult[];
   error?: string;
 }
@@ -88,6 +94,23 @@ interface Slot {
   busy: number;
 }
 
+/** A blob cut from a range: where its sealed bytes are in the range, and what opening it needs. */
+export interface RunItem {
+  at: number;
+  len: number;
+  /** Plaintext length when stored compressed, 0 when stored raw. */
+  ulen: number;
+  ad: Uint8Array | null;
+  what: string;
+}
+
+export interface RunOpened {
+  /** Per item: its plaintext (a view of one buffer shared by the run) and blob id, or why it did not open. */
+  results: (Opened | { error: Error })[];
+  /** Hands the plaintexts' memory back for reuse; none of them may be used after. */
+  release(): void;
+}
+
 export interface SealResult {
   sealed: Buffer;
   /** Plaintext length when stored compressed, 0 when stored raw. */
@@ -96,38 +119,60 @@ export interface SealResult {
   release(): void;
 }
 
-/** Rounds up to one of eight sizes per power of two: a freed buffer fits most later requests of its class. */
-function sizeClass(n: number): number {
-  const step = 2 ** (Math.floor(Math.log2(n)) - 3);
-  return Math.ceil(n / step) * step;
-}
-
 /**
- * ArrayBuffers that travel to a worker and back. A blob's bytes go out in one and its sealed form comes
- * back in the same memory, which is reused for the next blob: without it every blob leaves a dead
- * buffer behind on the main thread, and V8 lets tens of MB of those pile up before it collects them.
+ * ArrayBuffers that travel to a worker and back: a blob's bytes go out in one and its sealed form comes
+ * back in the same memory; a restore's ranges go out and come back with the plaintexts of a run in
+ * another. Each is reused for the next request it is large enough for: fresh memory costs a page fault
+ * per 4 KiB on first touch, and dead buffers pile up on the main thread until V8 collects them.
+ *
+ * New buffers are made a power of two long, so a freed one serves any later request up to its size;
+ * only the pages a request touches count towards memory. Any buffer that comes back from a worker may
+ * be kept: a transferred buffer is unusable everywhere else.
  */
 class TransferPool {
-  private readonly free = new Map<number, ArrayBuffer[]>();
+  /** Free buffers, smallest first. */
+  private readonly free: ArrayBuffer[] = [];
   private bytes = 0;
+  /** Buffers handed out and not sent to a worker yet: only these may be transferred without a copy. */
+  private readonly lent = new WeakSet<ArrayBuffer>();
 
+  /** The smallest free buffer of at least `min` bytes, or a new one. */
   take(min: number): ArrayBuffer {
     if (min < POOL_MIN_BYTES) return new ArrayBuffer(min);
-    const cap = sizeClass(min);
-    const ab = this.free.get(cap)?.pop();
-    if (!ab) return new ArrayBuffer(cap);
-    this.bytes -= cap;
+    const i = this.free.findIndex((ab) => ab.byteLength >= min);
+    let ab: ArrayBuffer;
+    if (i >= 0) {
+      ab = this.free.splice(i, 1)[0]!;
+      this.bytes -= ab.byteLength;
+    } else ab = new ArrayBuffer(2 ** Math.ceil(Math.log2(min)));
+    this.lent.add(ab);
     return ab;
   }
 
-  give(ab: ArrayBuffer): void {
-    // A detached buffer (sent away again) has length 0; one of another size class was not ours.
-    if (ab.byteLength < POOL_MIN_BYTES || ab.byteLength !== sizeClass(ab.byteLength) || this.bytes + ab.byteLength > POOL_BYTES) return;
-    let list = this.free.get(ab.byteLength);
-    if (!list) this.free.set(ab.byteLength, (list = []));
-    list.push(ab);
-    this.bytes += ab.byteLength;
+  /** Whether `ab` came from take() and is still ours to send away. */
+  owns(ab: ArrayBufferLike): boolean {
+    return this.lent.has(ab as ArrayBuffer);
   }
+
+  /** Keeps `ab` for reuse; when the pool is over its size, the smallest buffers go first. */
+  give(ab: ArrayBuffer): void {
+    this.lent.delete(ab);
+    // A detached buffer (sent away again) has length 0.
+    if (ab.byteLength < POOL_MIN_BYTES || ab.byteLength > POOL_BYTES) return;
+    let at = this.free.findIndex((f) => f.byteLength >= ab.byteLength);
+    if (at < 0) at = this.free.length;
+    this.free.splice(at, 0, ab);
+    this.bytes += ab.byteLength;
+    while (this.bytes > POOL_BYTES) this.bytes -= this.free.shift()!.byteLength;
+  }
+}
+
+/**
+ * Associated data as it travels to a worker: text, not a Buffer. A small Buffer is a view of Node's
+ * shared 8 KiB pool, and posting a view clones its whole underlying buffer: 8 KiB per blob.
+ */
+function adWire(ad: Uint8Array | null): string | null {
+  return ad ? Buffer.from(ad.buffer, ad.byteOffset, ad.byteLength).toString('latin1') : null;
 }
 
 /**
@@ -203,7 +248,7 @@ export class BlobWorkers {
     if (data.byteLength <= BATCH_BLOB_BYTES) {
       return new Promise((resolve, reject) => {
         this.enqueue('sealBatch', data, {
-          meta: { len: data.byteLength, compress, ad },
+          meta: { len: data.byteLength, compress, ad: adWire(ad) },
           what: 'seal blob',
           done: (out, r) => resolve({ sealed: out.subarray(r.at, r.at + r.len), ulen: r.ulen ?? 0, release: () => undefined }),
           reject,
@@ -214,7 +259,7 @@ export class BlobWorkers {
     // does with this slack), and sends that buffer back.
     const out = new Uint8Array(this.pool.take(data.byteLength + SEAL_SLACK), 0, data.byteLength);
     out.set(data);
-    const r = await this.post({ op: 'seal', data: out, compress, ad }, 'seal blob');
+    const r = await this.post({ op: 'seal', data: out, compress, ad: adWire(ad) }, 'seal blob');
     const s = r.sealed!;
     const ab = s.buffer as ArrayBuffer;
     return { sealed: Buffer.from(ab, s.byteOffset, s.byteLength), ulen: r.ulen ?? 0, release: () => this.pool.give(ab) };
@@ -227,7 +272,7 @@ export class BlobWorkers {
    */
   async open(sealed: Uint8Array, ulen: number, what: string, ad: Uint8Array | null): Promise<Opened> {
     const whole = sealed.byteOffset === 0 && sealed.byteLength === sealed.buffer.byteLength && sealed.buffer instanceof ArrayBuffer;
-    const r = await this.post({ op: 'open', data: whole ? sealed : owned(sealed), ulen, ad }, what);
+    const r = await this.post({ op: 'open', data: whole ? sealed : owned(sealed), ulen, ad: adWire(ad) }, what);
     const p = r.plain!;
     return { plain: Buffer.from(p.buffer, p.byteOffset, p.byteLength), id: r.id! };
   }
@@ -241,12 +286,47 @@ export class BlobWorkers {
     if (sealed.byteLength > BATCH_BLOB_BYTES) return this.open(sealed, ulen, what, ad);
     return new Promise((resolve, reject) => {
       this.enqueue('openBatch', sealed, {
-        meta: { len: sealed.byteLength, ulen, ad },
+        meta: { len: sealed.byteLength, ulen, ad: adWire(ad) },
         what,
         done: (out, r) => resolve({ plain: out.subarray(r.at, r.at + r.len), id: r.id! }),
         reject,
       });
     });
+  }
+
+  /**
+   * A buffer of at least `length` bytes to read a range into, for openRun(): it travels to the worker
+   * and back without a copy, and is kept for the next range.
+   */
+  rangeBuffer(length: number): Buffer {
+    return Buffer.from(this.pool.take(length), 0, length);
+  }
+
+  /**
+   * Opens every blob cut from one read range, in one message: a restore reads ranges of many blobs,
+   * and a message, a copy and a fresh buffer per blob cost more than opening small ones. The range is
+   * handed over (unusable afterwards); the plaintexts come back side by side in one pooled buffer,
+   * which release() hands back once the caller is done with all of them.
+   */
+  async openRun(range: Buffer, items: RunItem[]): Promise<RunOpened> {
+    let data: Uint8Array = range;
+    if (!this.pool.owns(range.buffer) && !(range.byteOffset === 0 && range.byteLength === range.buffer.byteLength && range.buffer instanceof ArrayBuffer)) {
+      data = new Uint8Array(this.pool.take(range.byteLength), 0, range.byteLength);
+      data.set(range);
+    }
+    const outBytes = items.reduce((n, it) => n + (it.ulen > 0 ? it.ulen : it.len), 0);
+    const out = new Uint8Array(this.pool.take(Math.max(1, outBytes)), 0, outBytes);
+    const r = await this.post({ op: 'openRun', data, out, items: items.map(({ at, len, ulen, ad }) => ({ at, len, ulen, ad: adWire(ad) })) }, 'open blobs', [
+      data.buffer as ArrayBuffer,
+      out.buffer as ArrayBuffer,
+    ]);
+    this.pool.give(r.data!.buffer as ArrayBuffer);
+    const ab = r.out!.buffer as ArrayBuffer;
+    const whole = Buffer.from(ab, r.out!.byteOffset, r.out!.byteLength);
+    return {
+      results: r.results!.map((res, i) => ('error' in res ? { error: workerError(res.error, items[i]!.what, true) } : { plain: whole.subarray(res.at, res.at + res.len), id: res.id! })),
+      release: () => this.pool.give(ab),
+    };
   }
 
   /** Adds to a batch; it goes when full, or once this turn of the event loop has queued what it will. */
@@ -291,7 +371,7 @@ export class BlobWorkers {
     );
   }
 
-  private post(msg: Record<string, unknown> & { data: Uint8Array }, what: string): Promise<WorkerReply> {
+  private post(msg: Record<string, unknown> & { data: Uint8Array }, what: string, transfer: ArrayBuffer[] = [msg.data.buffer as ArrayBuffer]): Promise<WorkerReply> {
     if (this.closed) return Promise.reject(new Error('blob workers are closed'));
     if (this.slots.length === 0) this.start();
     let slot = this.slots[0]!;
@@ -300,7 +380,7 @@ export class BlobWorkers {
     slot.busy++;
     return new Promise((resolve, reject) => {
       this.pending.set(seq, { resolve, reject, what, opening: msg.op !== 'seal' && msg.op !== 'sealBatch' });
-      slot.worker.postMessage({ ...msg, seq }, [msg.data.buffer as ArrayBuffer]);
+      slot.worker.postMessage({ ...msg, seq }, transfer);
     });
   }
 

@@ -6,10 +6,33 @@
 // Plain JavaScript with a .d.ts beside it: the blob worker (plain JS, no build step) and the typed
 // modules share this one implementation.
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { nativeBinding } from '../util/native-binding.js';
 
 export const XAES_NONCE_BYTES = 24;
 export const XAES_TAG_BYTES = 16;
 export const XAES_OVERHEAD = XAES_NONCE_BYTES + XAES_TAG_BYTES;
+const GCM_TAG_BYTES = 16;
+/** Node's Cipher makes a new buffer (zeroed, then copied once more) for every update: in place is free. */
+const nativeGcm = nativeBinding()?.gcm;
+const AUTH_FAILED = 'Unsupported state or unable to authenticate data';
+
+/**
+ * Opens AES-256-GCM in place: `ct` becomes the plaintext. Throws an Error whose message says "unable to
+ * authenticate" when it is not genuine (`ct` then holds garbage). Without the native helper the
+ * plaintext is decrypted into a new buffer and copied back.
+ */
+export function gcmOpenInPlace(key, iv, ct, tag, ad) {
+  if (nativeGcm) {
+    if (!nativeGcm(false, key, iv, ad ?? null, ct, tag)) throw new Error(AUTH_FAILED);
+    return;
+  }
+  const decipher = createDecipheriv('aes-256-gcm', key, iv, { authTagLength: GCM_TAG_BYTES });
+  if (ad && ad.length) decipher.setAAD(ad);
+  decipher.setAuthTag(tag);
+  const plain = decipher.update(ct);
+  decipher.final();
+  ct.set(plain);
+}
 
 /**
  * AES-256-GCM of `plain` under `key` and `iv`, written to `out` as stored ‖ ciphertext ‖ tag(16), where
@@ -17,6 +40,16 @@ export const XAES_OVERHEAD = XAES_NONCE_BYTES + XAES_TAG_BYTES;
  * `out`: it is read whole before `out` is written.
  */
 export function gcmSealInto(out, key, iv, stored, plain, ad) {
+  const end = stored.length + plain.length;
+  if (nativeGcm && out.length >= end + GCM_TAG_BYTES) {
+    // The plaintext moves to its place first (it may lie at the start of `out`), then is sealed there.
+    const from = plain.byteOffset - out.byteOffset;
+    if (plain.buffer === out.buffer && from >= 0 && from + plain.length <= out.length) out.copyWithin(stored.length, from, from + plain.length);
+    else out.set(plain, stored.length);
+    out.set(stored, 0);
+    nativeGcm(true, key, iv, ad ?? null, out.subarray(stored.length, end), out.subarray(end, end + GCM_TAG_BYTES));
+    return Buffer.from(out.buffer, out.byteOffset, end + GCM_TAG_BYTES);
+  }
   const cipher = createCipheriv('aes-256-gcm', key, iv);
   if (ad && ad.length) cipher.setAAD(ad);
   const a = cipher.update(plain);
@@ -75,9 +108,22 @@ export class Xaes {
     return gcmSealInto(out, this.deriveKey(nonce), nonce.subarray(12, 24), nonce, plain, ad);
   }
 
+  /**
+   * open() in place: returns the plaintext as a view of `sealed`, whose bytes it overwrites (garbage
+   * when it throws). For buffers that are the caller's to spend: the blob worker's.
+   */
+  openInPlace(sealed, ad) {
+    if (sealed.length < XAES_OVERHEAD) throw new Error(AUTH_FAILED);
+    const buf = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.length);
+    const nonce = buf.subarray(0, XAES_NONCE_BYTES);
+    const ct = buf.subarray(XAES_NONCE_BYTES, buf.length - XAES_TAG_BYTES);
+    gcmOpenInPlace(this.deriveKey(nonce), nonce.subarray(12, 24), ct, buf.subarray(buf.length - XAES_TAG_BYTES), ad);
+    return ct;
+  }
+
   /** Throws an Error whose message says "unable to authenticate" when the object is not genuine. */
   open(sealed, ad) {
-    if (sealed.length < XAES_OVERHEAD) throw new Error('Unsupported state or unable to authenticate data');
+    if (sealed.length < XAES_OVERHEAD) throw new Error(AUTH_FAILED);
     const buf = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.length);
     const nonce = buf.subarray(0, XAES_NONCE_BYTES);
     const decipher = createDecipheriv('aes-256-gcm', this.deriveKey(nonce), nonce.subarray(12, 24), { authTagLength: XAES_TAG_BYTES });

@@ -36,8 +36,8 @@ export class AppendOnlyBackend implements Backend {
     return this.inner.save(h, data);
   }
 
-  load(h: Handle, offset?: number, length?: number): Promise<Buffer> {
-    return this.inner.load(h, offset, length);
+  load(h: Handle, offset?: number, length?: number, into?: Buffer): Promise<Buffer> {
+    return this.inner.load(h, offset, length, into);
   }
 
   stat(h: Handle): Promise<FileInfo> {

@@ -70,8 +70,11 @@ export interface Backend {
   /** Creates the layout (folders) of a new repository; fails if a config already exists. */
   create(): Promise<void>;
   save(h: Handle, data: SaveData): Promise<void>;
-  /** Reads the whole object, or `length` bytes from `offset`. */
-  load(h: Handle, offset?: number, length?: number): Promise<Buffer>;
+  /**
+   * Reads the whole object, or `length` bytes from `offset`. A ranged read may go into `into` (when it
+   * is at least `length` bytes) instead of a new buffer; backends are free to ignore it.
+   */
+  load(h: Handle, offset?: number, length?: number, into?: Buffer): Promise<Buffer>;
   stat(h: Handle): Promise<FileInfo>;
   list(type: FileType): AsyncIterable<FileInfo>;
   remove(h: Handle): Promise<void>;

@@ -38,8 +38,8 @@ export class LimitedBackend implements Backend {
     await this.inner.save(h, data);
   }
 
-  async load(h: Handle, offset?: number, length?: number): Promise<Buffer> {
-    const b = await this.inner.load(h, offset, length);
+  async load(h: Handle, offset?: number, length?: number, into?: Buffer): Promise<Buffer> {
+    const b = await this.inner.load(h, offset, length, into);
     await this.down?.take(b.length);
     return b;
   }

@@ -85,7 +85,7 @@ export class RetryBackend implements Backend {
     return this.run('save', h, () => this.inner.save(h, data));
   }
 
-  async load(h: Handle, offset?: number, length?: number): Promise<Buffer> {
+  async load(h: Handle, offset?: number, length?: number, into?: Buffer): Promise<Buffer> {
     // A ranged read that comes back short (a connection cut mid-reply) is retried like an error; the
     // last attempt's bytes are returned as they are, for the caller to judge (damage, if they stay short).
     let attempt = 0;
@@ -93,7 +93,7 @@ export class RetryBackend implements Backend {
     try {
       return await this.run('load', h, async () => {
         attempt++;
-        const b = await this.inner.load(h, offset, length);
+        const b = await this.inner.load(h, offset, length, into);
         if (length !== undefined && b.length < length && attempt < this.maxAttempts) {
           short = b;
           throw new ShortReadError(h, length, b.length);

@@ -1,7 +1,7 @@
 // The project's native helpers (native/bulwark_native.c), built by `npm install` and `npm run build`
 // (scripts/build-native.mjs). Where no compiler was at hand they are missing, and callers do without:
 // every helper has a plain-Node way round it that gives the same result, only slower.
-import { createRequire } from 'node:module';
+import { nativeBinding } from './native-binding.js';
 
 export interface NativeHelpers {
   /** lseek(fd, offset, SEEK_DATA): the first data at or after `offset`, or -1 when there is none. */
@@ -25,20 +25,14 @@ export interface NativeHelpers {
    * or the errno when the folder could not be read.
    */
   scanDir(path: Buffer): [Buffer, Float64Array, string, number] | number;
+  /**
+   * AES-256-GCM of `data` in place (encrypting writes the tag into `tag`; decrypting checks it and
+   * returns false when the data does not authenticate). Absent when the process has no OpenSSL to lend.
+   */
+  gcm?(encrypt: boolean, key: Uint8Array, iv: Uint8Array, ad: Uint8Array | null, data: Uint8Array, tag: Uint8Array): boolean;
 }
-
-const BUILT = '../../native/build/Release/bulwark_native.node';
-
-let loaded: NativeHelpers | null | undefined;
 
 /** The helpers, or undefined when they were not built (or BULWARK_NO_NATIVE=1 asks to do without). */
 export function nativeHelpers(): NativeHelpers | undefined {
-  if (loaded === undefined) {
-    try {
-      loaded = process.env['BULWARK_NO_NATIVE'] === '1' ? null : (createRequire(import.meta.url)(BUILT) as NativeHelpers);
-    } catch {
-      loaded = null;
-    }
-  }
-  return loaded ?? undefined;
+  return nativeBinding() as NativeHelpers | undefined;
 }

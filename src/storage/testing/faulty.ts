@@ -160,16 +160,16 @@ export class FaultyBackend implements Backend {
     if (random) throw this.fault('transient', `save ${describe(h)} (random; stored, reply lost)`);
   }
 
-  async load(h: Handle, offset?: number, length?: number): Promise<Buffer> {
+  async load(h: Handle, offset?: number, length?: number, into?: Buffer): Promise<Buffer> {
     if (this.randomFaults && this.randomFaults.next() < this.randomFaults.fraction) throw this.fault('transient', `load ${describe(h)} (random)`);
     // Only ranged reads come back short: a whole object's size is known to a real backend, which checks it.
     if (length !== undefined && this.randomFaults && this.randomFaults.next() < this.randomFaults.shortReads) {
-      const whole = await this.inner.load(h, offset, length);
+      const whole = await this.inner.load(h, offset, length, into);
       if (whole.length > 0) return Buffer.from(whole.subarray(0, whole.length - 1));
     }
     const rule = this.match('load', h.type);
     if (rule && !rule.replyLost) throw this.fault(rule.kind, `load ${describe(h)}`);
-    const buf = await this.inner.load(h, offset, length);
+    const buf = await this.inner.load(h, offset, length, into);
     if (rule) throw this.fault(rule.kind, `load ${describe(h)} (reply lost)`);
     const c = this.corruptions.find((r) => r.remaining > 0 && (r.type === undefined || r.type === h.type));
     if (!c || buf.length === 0) return buf;

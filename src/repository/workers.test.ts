@@ -1,0 +1,72 @@
+import { randomBytes } from 'node:crypto';
+import { afterAll, describe, expect, it } from 'vitest';
+import { IntegrityError, blobId } from './crypto.js';
+import { sealerFor } from './sealer.js';
+import { BlobWorkers, type RunItem } from './workers.js';
+
+// The real worker threads, opening a run of blobs cut from one range: the restore's path.
+describe('BlobWorkers.openRun', () => {
+  const master = { encrypt: randomBytes(32), id: randomBytes(32) };
+  const sealer = sealerFor(2, master);
+  const workers = new BlobWorkers(sealer, master.id, 3, 2);
+  afterAll(() => workers.close());
+
+  /** Seals `plains` as data blobs side by side, as a pack holds them; returns the range and its items. */
+  async function packOf(plains: Buffer[]): Promise<{ range: Buffer; items: (RunItem & { id: string })[] }> {
+    const parts: Buffer[] = [];
+    const items: (RunItem & { id: string })[] = [];
+    let at = 0;
+    for (const p of plains) {
+      const id = blobId(master, p).toString('hex');
+      const ad = sealer.ad('data', Buffer.from(id, 'hex'));
+      const s = await workers.seal(p, true, ad);
+      parts.push(Buffer.from(s.sealed));
+      items.push({ at, len: s.sealed.length, ulen: s.ulen, ad, what: `data blob ${id}`, id });
+      at += s.sealed.length;
+      s.release();
+    }
+    return { range: Buffer.concat(parts), items };
+  }
+
+  it('opens every blob of a range into one buffer, with ids; a blob cut twice gets its bytes twice', async () => {
+    const plains = [Buffer.alloc(300_000, 'compressible '), randomBytes(70_000), Buffer.from('tiny')];
+    const { range, items } = await packOf(plains);
+    const pooled = workers.rangeBuffer(range.length);
+    range.copy(pooled);
+    // The first blob again at the end: a file that repeats a chunk.
+    const asked = [...items, items[0]!];
+    const r = await workers.openRun(pooled, asked);
+    // Handed over: the range went to the worker without a copy.
+    expect(pooled.byteLength).toBe(0);
+    expect(r.results).toHaveLength(4);
+    [...plains, plains[0]!].forEach((p, i) => {
+      const got = r.results[i]!;
+      if (!('plain' in got)) throw got.error;
+      expect(got.plain.equals(p)).toBe(true);
+      expect(got.id).toBe(asked[i]!.id);
+    });
+    r.release();
+  });
+
+  it('a damaged blob, or one bound to another id, fails alone as an integrity error; its neighbours open', async () => {
+    const plains = [randomBytes(100_000), randomBytes(5_000), randomBytes(100_000)];
+    const { range, items } = await packOf(plains);
+    range[items[1]!.at + 30]! ^= 1;
+    const other = { ...items[2]!, ad: sealer.ad('data', randomBytes(32)) };
+    const r = await workers.openRun(range, [items[0]!, items[1]!, other]);
+    expect('plain' in r.results[0]! && r.results[0].plain.equals(plains[0]!)).toBe(true);
+    expect('error' in r.results[1]! && r.results[1].error).toBeInstanceOf(IntegrityError);
+    expect('error' in r.results[2]! && r.results[2].error).toBeInstanceOf(IntegrityError);
+    r.release();
+  });
+
+  it('a blob whose recorded length is wrong fails alone, and writes nothing outside its slot', async () => {
+    const plains = [Buffer.alloc(200_000, 'a'), Buffer.alloc(200_000, 'b')];
+    const { range, items } = await packOf(plains);
+    const short = { ...items[0]!, ulen: items[0]!.ulen - 1000 };
+    const r = await workers.openRun(range, [short, items[1]!]);
+    expect('error' in r.results[0]! && r.results[0].error.message).toMatch(/data blob [0-9a-f]{64}: .*too small/);
+    expect('plain' in r.results[1]! && r.results[1].plain.equals(plains[1]!)).toBe(true);
+    r.release();
+  });
+});
