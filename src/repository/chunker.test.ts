@@ -155,6 +155,8 @@ describe('Chunker', () => {
     ];
     for (const [params, seed] of cases) {
       const chunker = new Chunker(params, gearTable(seed));
+      // The zero chunk's length is found natively when the helper is built: the same as JavaScript's.
+      expect(chunker.zeroLength).toBe(new Chunker(params, gearTable(seed), { native: false }).zeroLength);
       // Zero runs of many lengths between data, starting at and off chunk boundaries, and a zero tail.
       const parts: Buffer[] = [];
       for (const z of [0, 1, params.minSize, chunker.zeroLength - 1, chunker.zeroLength, 3 * params.maxSize + 17, 10 * params.maxSize]) {
