@@ -155,7 +155,7 @@ function openInto(input, items, out) {
 /** One blob of openInto(), into `out` at `at`. */
 function openOne(input, it, out, at) {
   try {
-    const body = unseal(input.subarray(it.at, it.at + it.len), adOf(it.ad));
+    const body = unseal(input.subarray(it.at, it.at + it.len), it.ad);
     let len = body.length;
     if (it.ulen > 0) {
       len = dctx.decompress(out.subarray(at, at + it.ulen), body);
@@ -174,7 +174,7 @@ function openOne(input, it, out, at) {
 function openBatch(msg) {
   const input = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
   let from = 0;
-  const items = msg.items.map((it) => ({ ...it, at: (from += it.len) - it.len }));
+  const items = msg.items.map((it) => ({ ...it, ad: adOf(it.ad), at: (from += it.len) - it.len }));
   const out = Buffer.allocUnsafeSlow(items.reduce((n, it) => n + (it.ulen > 0 ? it.ulen : it.len), 0));
   const results = openInto(input, items, out);
   parentPort.postMessage({ seq: msg.seq, out, results }, [out.buffer]);
@@ -187,9 +187,34 @@ function openBatch(msg) {
 function openRun(msg) {
   const input = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
   const out = Buffer.from(msg.out.buffer, msg.out.byteOffset, msg.out.byteLength);
-  const results = openInto(input, msg.items, out);
-  parentPort.postMessage({ seq: msg.seq, data: msg.data, out: msg.out, results }, [msg.data.buffer, msg.out.buffer]);
+  // Packed by workers.ts (openRun): at, len, ulen and the associated data's length (-1: none) per blob.
+  const m = msg.meta;
+  const ads = Buffer.from(msg.ads.buffer, msg.ads.byteOffset, msg.ads.byteLength);
+  const items = [];
+  for (let i = 0, adAt = 0; i < m.length; i += 4) {
+    const adLen = m[i + 3];
+    items.push({ at: m[i], len: m[i + 1], ulen: m[i + 2], ad: adLen < 0 ? null : ads.subarray(adAt, (adAt += adLen)) });
+  }
+  const results = openInto(input, items, out);
+  const spans = new Float64Array(results.length * 2);
+  const errors = {};
+  let ids = '';
+  results.forEach((r, i) => {
+    if ('error' in r) {
+      spans[i * 2 + 1] = -1;
+      errors[i] = r.error;
+      ids += NO_ID;
+    } else {
+      spans[i * 2] = r.at;
+      spans[i * 2 + 1] = r.len;
+      ids += r.id;
+    }
+  });
+  parentPort.postMessage({ seq: msg.seq, data: msg.data, out: msg.out, spans, ids, errors }, [msg.data.buffer, msg.out.buffer, spans.buffer]);
 }
+
+/** Stands in the ids of a run for a blob that did not open. */
+const NO_ID = ' '.repeat(64);
 
 /** Associated data arrives as latin1 text (workers.ts, adWire): cheaper to post than a Buffer. */
 function adOf(wire) {

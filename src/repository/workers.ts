@@ -79,6 +79,12 @@ interface WorkerReply {
   out?: Uint8Array;
   /** Of a run: the range it was sent, given back. */
   data?: Uint8Array;
+  /** Of a run: per blob where its plaintext is in `out` and its length (-1: see errors). */
+  spans?: Float64Array;
+  /** Of a run: every blob's id (64 hex digits each) in one string. */
+  ids?: string;
+  /** Of a run: the error of each blob that did not open, by its position. */
+  errors?: Record<number, string>;
   results?: BatchResult[];
   error?: string;
 }
@@ -316,15 +322,29 @@ export class BlobWorkers {
     }
     const outBytes = items.reduce((n, it) => n + (it.ulen > 0 ? it.ulen : it.len), 0);
     const out = new Uint8Array(this.pool.take(Math.max(1, outBytes)), 0, outBytes);
-    const r = await this.post({ op: 'openRun', data, out, items: items.map(({ at, len, ulen, ad }) => ({ at, len, ulen, ad: adWire(ad) })) }, 'open blobs', [
-      data.buffer as ArrayBuffer,
-      out.buffer as ArrayBuffer,
-    ]);
+    // The items travel packed in two typed arrays, and their results come back the same way: a run of
+    // small blobs holds hundreds, and cloning an object (and its associated data) each way per blob cost
+    // the main thread as much as the rest of the message.
+    const meta = new Float64Array(items.length * 4);
+    const ads = new Uint8Array(items.reduce((n, it) => n + (it.ad?.length ?? 0), 0));
+    let adAt = 0;
+    items.forEach((it, i) => {
+      meta.set([it.at, it.len, it.ulen, it.ad ? it.ad.length : -1], i * 4);
+      if (it.ad) ads.set(it.ad, adAt);
+      adAt += it.ad?.length ?? 0;
+    });
+    const r = await this.post({ op: 'openRun', data, out, meta, ads }, 'open blobs', [data.buffer as ArrayBuffer, out.buffer as ArrayBuffer, meta.buffer, ads.buffer]);
     this.pool.give(r.data!.buffer as ArrayBuffer);
     const ab = r.out!.buffer as ArrayBuffer;
     const whole = Buffer.from(ab, r.out!.byteOffset, r.out!.byteLength);
+    const spans = r.spans!;
     return {
-      results: r.results!.map((res, i) => ('error' in res ? { error: workerError(res.error, items[i]!.what, true) } : { plain: whole.subarray(res.at, res.at + res.len), id: res.id! })),
+      results: items.map((it, i) => {
+        const len = spans[i * 2 + 1]!;
+        if (len < 0) return { error: workerError(r.errors![i] ?? 'not opened', it.what, true) };
+        const at = spans[i * 2]!;
+        return { plain: whole.subarray(at, at + len), id: r.ids!.slice(i * 64, i * 64 + 64) };
+      }),
       release: () => this.pool.give(ab),
     };
   }
