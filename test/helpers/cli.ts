@@ -1,10 +1,10 @@
 // Runs the real CLI (the built dist/, as users run it) in a child process.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterEach } from 'vitest';
+import { afterAll, afterEach } from 'vitest';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const BIN = `${ROOT}bin/bulwark.js`;
@@ -31,6 +31,11 @@ const STATE_DIR = mkdtempSync(join(tmpdir(), 'bulwark-test-state-'));
 /** And their index caches out of ~/.cache; open to all, as tests also run the CLI as other users. */
 export const CACHE_DIR = mkdtempSync(join(tmpdir(), 'bulwark-test-cache-'));
 chmodSync(CACHE_DIR, 0o1777);
+// Made once per test file (each file loads this module afresh): removed once the file is done. Registered
+// at import, before the file's own hooks, so it runs after them (after-hooks run in reverse order).
+afterAll(() => {
+  for (const dir of [STATE_DIR, CACHE_DIR]) rmSync(dir, { recursive: true, force: true });
+});
 
 /**
  * Every runCli is awaited inside its own test, so a child still alive after the test is one the test
