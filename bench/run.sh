@@ -152,10 +152,10 @@ patch_image() { # apply|revert <image>
 }
 
 # ------------------------------------------------------------------------------------------ recording
-record() { # tool dataset metric status value rss text [cpu-seconds]
+record() { # tool dataset metric status value rss text [cpu-seconds] [minor-page-faults]
   local text=${7:-}
   text=${text//$'\t'/ }
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "${text//$'\n'/ ⏎ }" "${8:-}" >>"$RESULTS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "${text//$'\n'/ ⏎ }" "${8:-}" "${9:-}" >>"$RESULTS"
 }
 
 # What a failed command said: its first two error lines, then its last lines (of stderr, or of stdout
@@ -174,23 +174,25 @@ tail_of() { # log-prefix rc
   printf '%s\nexit status %s' "$t" "$2"
 }
 
-# Run one measured command: wall time and peak RSS via /usr/bin/time, cwd as given, argv as given.
+# Run one measured command: wall time, peak RSS, CPU time and minor page faults via /usr/bin/time, cwd
+# as given, argv as given. Page faults are counted because a fresh page can cost far more on a virtual
+# machine than on bare metal (docs/performance.md): they explain swings the wall time alone does not.
 LAST_OK=0
 timed() { # tool dataset metric cwd argv...
   local tool=$1 ds=$2 metric=$3 cwd=$4
   shift 4
   local lp=$LOGS/$tool-$ds-$metric
   sync
-  (cd "$cwd" && exec /usr/bin/time -f '%e %M %U %S' -o "$lp.time" timeout -k 10 "$TIMEOUT" "$@") >"$lp.out" 2>"$lp.err"
-  local rc=$? secs='' rss='' usr='' sys='' cpu=''
-  read -r secs rss usr sys < <(tail -n 1 "$lp.time" 2>/dev/null)
+  (cd "$cwd" && exec /usr/bin/time -f '%e %M %U %S %R' -o "$lp.time" timeout -k 10 "$TIMEOUT" "$@") >"$lp.out" 2>"$lp.err"
+  local rc=$? secs='' rss='' usr='' sys='' cpu='' faults=''
+  read -r secs rss usr sys faults < <(tail -n 1 "$lp.time" 2>/dev/null)
   [[ -n $usr && -n $sys ]] && cpu=$(awk -v u="$usr" -v s="$sys" 'BEGIN {printf "%.2f", u + s}')
   if ((rc == 0)); then
-    record "$tool" "$ds" "$metric" ok "$secs" "$rss" '' "$cpu"
-    log "$tool $ds $metric: ${secs}s (CPU ${cpu}s), peak RSS $((rss / 1024)) MiB"
+    record "$tool" "$ds" "$metric" ok "$secs" "$rss" '' "$cpu" "$faults"
+    log "$tool $ds $metric: ${secs}s (CPU ${cpu}s), peak RSS $((rss / 1024)) MiB, ${faults:-?} page faults"
     LAST_OK=1
   else
-    record "$tool" "$ds" "$metric" FAILED "$secs" "$rss" "$(tail_of "$lp" "$rc")" "$cpu"
+    record "$tool" "$ds" "$metric" FAILED "$secs" "$rss" "$(tail_of "$lp" "$rc")" "$cpu" "$faults"
     log "$tool $ds $metric: FAILED (exit $rc), see $lp.err"
     LAST_OK=0
   fi

@@ -2,7 +2,7 @@
 //
 //   node report.mjs <out-dir>
 //
-// Reads <out-dir>/results.tsv (tool, dataset, metric, status, value, rss_kib, text, cpu_s; one
+// Reads <out-dir>/results.tsv (tool, dataset, metric, status, value, rss_kib, text, cpu_s, minor page faults; one
 // measurement per line) and <out-dir>/meta.txt (KEY=VALUE lines).
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -27,7 +27,7 @@ const ran = (meta.TOOLS ?? TOOLS.join(' ')).split(/\s+/).filter(Boolean);
 const results = {};
 for (const line of readFileSync(join(out, 'results.tsv'), 'utf8').split('\n')) {
   if (!line.trim()) continue;
-  const [tool, dataset, metric, status, value, rss, text, cpu] = line.split('\t');
+  const [tool, dataset, metric, status, value, rss, text, cpu, faults] = line.split('\t');
   results[tool] ??= {};
   results[tool][dataset] ??= {};
   results[tool][dataset][metric] = {
@@ -36,6 +36,7 @@ for (const line of readFileSync(join(out, 'results.tsv'), 'utf8').split('\n')) {
     rss_kib: rss === '' || rss === undefined ? null : Number(rss),
     text: text ?? '',
     cpu_s: cpu === '' || cpu === undefined ? null : Number(cpu),
+    minor_faults: faults === '' || faults === undefined ? null : Number(faults),
   };
 }
 
@@ -73,6 +74,7 @@ function cell(tool, ds, metric, pick, label) {
 
 const seconds = (r) => r.value;
 const cpuSeconds = (r) => r.cpu_s;
+const faultsK = (r) => (r.minor_faults === null ? null : r.minor_faults / 1000);
 const rssMB = (r) => (r.rss_kib === null ? null : (r.rss_kib * 1024) / MB);
 const bytesMB = (r) => r.value / MB;
 
@@ -137,6 +139,7 @@ derived('repo growth by 1 %-changed backup (MB)', 'MB', growth('image', 'repo_af
 row('repo size after image runs (MB)', 'MB', 'image', 'repo_after_changed', bytesMB);
 for (const [m, l] of imageSteps) row(`peak RSS ${l.slice(3)} (MB)`, 'MB', 'image', m, rssMB);
 for (const [m, l] of imageSteps) row(`CPU time ${l.slice(3)} (s, user+sys)`, 's', 'image', m, cpuSeconds);
+for (const [m, l] of imageSteps) row(`page faults ${l.slice(3)} (thousands)`, 'k', 'image', m, faultsK);
 
 /** The rows of a file-tree data set (the bench tree, the small-files tree). */
 function treeSection(title, ds, bytes) {
@@ -149,6 +152,7 @@ function treeSection(title, ds, bytes) {
   row(`repo size after ${ds} runs (MB)`, 'MB', ds, 'repo_after_changed', bytesMB);
   for (const [m, l] of treeSteps) row(`peak RSS ${l.slice(3)} (MB)`, 'MB', ds, m, rssMB);
   for (const [m, l] of treeSteps) row(`CPU time ${l.slice(3)} (s, user+sys)`, 's', ds, m, cpuSeconds);
+  for (const [m, l] of treeSteps) row(`page faults ${l.slice(3)} (thousands)`, 'k', ds, m, faultsK);
 }
 
 treeSection(`tree: ${meta.TREE_MIB_ACTUAL} MiB in ${meta.TREE_FILES} real files, ${meta.TREE_DIRS} directories`, 'tree', treeBytes);
