@@ -563,6 +563,9 @@ export class Repository {
    */
   blobReader(): BlobReader {
     const { connections } = this.backend.properties;
+    // A store with a spool folder is a local file system (storage/local.ts): the one that reads into a
+    // buffer it is given. Remote stores make their own.
+    const local = this.backend.properties.spool !== undefined;
     return new BlobReader(
       {
         locate: (id) => {
@@ -572,11 +575,10 @@ export class Repository {
         loadRange: (pack, offset, length, into) => this.loadRange(pack, offset, length, into),
         open: (id, at, sealed) => this.loadCopy('data', id, at as IndexEntry, sealed),
         openRun: (range, start, blobs) => this.openRun(range, start, blobs as { id: string; at: IndexEntry }[]),
-        rangeBuffer: (length) => this.workers.rangeBuffer(length),
+        rangeBuffer: local ? (length) => this.workers.rangeBuffer(length) : undefined,
         loadBlob: (id) => this.loadBlob('data', id),
       },
-      // A store with a spool folder is a local file system (storage/local.ts).
-      { connections, memoryBytes: restoreMemoryBytes(connections, this.backend.properties.spool !== undefined) },
+      { connections, memoryBytes: restoreMemoryBytes(connections, local) },
     );
   }
 
