@@ -82,10 +82,11 @@ describe('resuming an interrupted upload', () => {
 
     const again = await runCli(['backup', 'disk', `${tmp.path}/disk.img`, '--name', 'big', '--json'], { env, timeoutMs: 600_000 });
     expect(again.code, again.stderr).toBe(0);
-    // A pack that landed in the instant of the kill, before the client could note it, is the one
-    // that may be sent again.
+    // Packs that landed in the instant of the kill, before the client could note them, are the ones
+    // that may be sent again: one per pack being written at that instant. A full pack is written
+    // while the next one fills, so two may be.
     const adopted = Number(/(\d+) pack\(s\) \([0-9.]+ MiB\) it had sent are used, not sent again/.exec(again.stderr)?.[1] ?? 0);
-    expect(adopted, again.stderr).toBeGreaterThanOrEqual(left.size - 1);
+    expect(adopted, again.stderr).toBeGreaterThanOrEqual(left.size - 2);
     const after = await packs(repo);
     for (const [name, size] of left) expect(after.get(name), `pack ${name} of the killed run`).toBe(size);
     // One copy of the data (plus headers), not the killed run's share on top of it.
