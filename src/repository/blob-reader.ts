@@ -11,6 +11,7 @@
 // short range, a blob that does not verify) is read again through loadBlob, the careful path that
 // tries the other copies and marks damaged ones, so errors and repairs are exactly those of a plain read.
 import { Budget } from '../util/budget.js';
+import { Lease } from '../util/lease.js';
 import { orderedMap } from '../util/ordered.js';
 
 export interface BlobLocation {
@@ -64,20 +65,6 @@ export function restoreMemoryBytes(connections: number, local = false): number {
   if (local) return 2 * MAX_RUN_BYTES;
   // Enough for every connection to have one full range in flight and the next being gathered.
   return Math.min(128 * 1024 * 1024, Math.max(32 * 1024 * 1024, Math.ceil(1.5 * connections) * MAX_RUN_BYTES));
-}
-
-/** Memory shared by the blobs of one opened run: handed back once every one of them is done with. */
-class Lease {
-  constructor(
-    private count: number,
-    private readonly release: () => void,
-  ) {
-    if (count === 0) release();
-  }
-
-  drop(): void {
-    if (--this.count === 0) this.release();
-  }
 }
 
 interface Item {

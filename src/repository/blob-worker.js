@@ -114,18 +114,20 @@ function eachBlob(msg, fn) {
 }
 
 /**
- * Seals a batch of small blobs sent in one buffer; their sealed forms go back side by side in one buffer
- * (a sealed blob is never longer than its plaintext and the seal's overhead: room is made for that).
+ * Seals a batch of small blobs sent in one buffer; their sealed forms go side by side into the buffer
+ * sent with it (a sealed blob is never longer than its plaintext and the seal's overhead: the main thread
+ * makes room for that). Both buffers go back, to be used again.
  */
 function sealBatch(msg) {
-  const out = Buffer.allocUnsafeSlow(msg.data.byteLength + msg.items.length * SEAL_OVERHEAD);
+  const out = Buffer.from(msg.out.buffer, msg.out.byteOffset, msg.out.byteLength);
   let at = 0;
   const results = eachBlob(msg, (it, plain) => {
     const { sealed, ulen } = compressAndSeal(plain, it.compress, adOf(it.ad), out.subarray(at));
+    if (sealed.buffer !== out.buffer) throw new Error('a sealed blob did not fit the room made for it');
     at += sealed.length;
     return { at: at - sealed.length, len: sealed.length, ulen };
   });
-  parentPort.postMessage({ seq: msg.seq, out, results }, [out.buffer]);
+  parentPort.postMessage({ seq: msg.seq, data: msg.data, out: msg.out, results }, [msg.data.buffer, msg.out.buffer]);
 }
 
 /**
@@ -177,7 +179,7 @@ function openBatch(msg) {
   const items = msg.items.map((it) => ({ ...it, ad: adOf(it.ad), at: (from += it.len) - it.len }));
   const out = Buffer.allocUnsafeSlow(items.reduce((n, it) => n + (it.ulen > 0 ? it.ulen : it.len), 0));
   const results = openInto(input, items, out);
-  parentPort.postMessage({ seq: msg.seq, out, results }, [out.buffer]);
+  parentPort.postMessage({ seq: msg.seq, data: msg.data, out, results }, [msg.data.buffer, out.buffer]);
 }
 
 /**

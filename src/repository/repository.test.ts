@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, readFile, writeFile } from 'node:fs/promises';
+import { chmod, readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createTestRepository, TEST_PASSWORD, type TestRepository } from '../../test/helpers/repo.js';
 import { LocalBackend } from '../storage/local.js';
@@ -137,6 +138,22 @@ describe('Repository', () => {
       await other.close();
     }
   });
+
+  it('writes an index document per few thousand blobs, not one for a whole tree of small files', async () => {
+    // A document is built whole in memory; one for 40 000 blobs was the peak of a small-files backup.
+    // Small packs (about 1 200 of these blobs each): ten of them, far from the 64 packs that also start a
+    // new document, and more than 8 192 blobs in the packs that fill before the end.
+    t = await createTestRepository({ packSize: 64 * 1024 });
+    const ids: string[] = [];
+    for (let i = 0; i < 12_000; i++) ids.push((await t.repo.saveBlob('data', Buffer.from(`small file ${i}`))).id);
+    await t.repo.flush();
+    const indexFiles = await readdir(join(t.path, 'index'));
+    expect(indexFiles.length).toBeGreaterThanOrEqual(2);
+    const other = await t.reopen();
+    await other.loadIndex();
+    expect(other.index.blobCount).toBe(12_000);
+    for (const i of [0, 4321, 11_999]) expect((await other.loadBlob('data', ids[i]!)).toString()).toBe(`small file ${i}`);
+  }, 30_000);
 
   it('loads many small blobs at once (read ahead, opened in batches); a damaged one fails alone', async () => {
     t = await createTestRepository();

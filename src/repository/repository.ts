@@ -91,6 +91,12 @@ export class RepositoryNotFoundError extends BulwarkError {
 export type DocType = Exclude<FileType, 'config' | 'keys' | 'data'>;
 
 const INDEX_PACKS_PER_FILE = 64;
+/**
+ * Or once the packs waiting hold this many blobs: an index document is built whole in memory (its JSON,
+ * compressed, sealed), and one for a whole tree of small files (40 000 blobs in a few packs) took tens of
+ * MB at the end of the backup, more than the backup itself used.
+ */
+const INDEX_BLOBS_PER_FILE = 8192;
 /** Largest plaintext of a data blob a reader accepts: well above any chunk or block size we write. */
 const MAX_DATA_BLOB_BYTES = 64 * 1024 * 1024;
 
@@ -707,7 +713,7 @@ export class Repository {
     for (const e of pack.entries) this.pendingBlobs.delete(e.id);
     this.unindexedPacks.set(pack.id, pack.size);
     this.writeJournal();
-    if (this.pendingIndex.length >= INDEX_PACKS_PER_FILE) await this.writeIndex();
+    if (this.pendingIndex.length >= INDEX_PACKS_PER_FILE || this.pendingIndex.reduce((n, p) => n + p.blobs.length, 0) >= INDEX_BLOBS_PER_FILE) await this.writeIndex();
   }
 
   private async writeIndex(): Promise<void> {

@@ -70,3 +70,45 @@ describe('BlobWorkers.openRun', () => {
     r.release();
   });
 });
+
+// Small blobs are sealed in batches whose output buffer is pooled: it may serve the next batch only once
+// every blob of this one was released (written to its pack).
+describe('BlobWorkers.seal of small blobs', () => {
+  const master = { encrypt: randomBytes(32), id: randomBytes(32) };
+  const sealer = sealerFor(2, master);
+  const workers = new BlobWorkers(sealer, master.id, 3, 2);
+  afterAll(() => workers.close());
+
+  async function sealAll(plains: Buffer[]): Promise<{ plain: Buffer; ad: Uint8Array | null; s: Awaited<ReturnType<BlobWorkers['seal']>> }[]> {
+    return Promise.all(
+      plains.map(async (plain) => {
+        const ad = sealer.ad('data', blobId(master, plain));
+        return { plain, ad, s: await workers.seal(plain, true, ad) };
+      }),
+    );
+  }
+
+  it('keeps a batch’s sealed blobs intact until each is released, then reuses their buffer', async () => {
+    const first = await sealAll(Array.from({ length: 40 }, (_, i) => Buffer.alloc(3000 + i, `first ${i} `)));
+    const held = first.map(({ s }) => Buffer.from(s.sealed));
+    // All but one released: the buffer is still in use, so the next batches must not write into it.
+    first.slice(1).forEach(({ s }) => s.release());
+    for (let round = 0; round < 3; round++) {
+      const more = await sealAll(Array.from({ length: 40 }, (_, i) => Buffer.alloc(3000 + i, `round ${round} ${i} `)));
+      more.forEach(({ s }) => s.release());
+    }
+    expect(first[0]!.s.sealed.equals(held[0]!)).toBe(true);
+    first[0]!.s.release();
+    // Each sealed blob opens to its plaintext with its own associated data.
+    for (const { plain, ad } of first.slice(0, 3)) {
+      const again = await workers.seal(plain, true, ad);
+      const opened = await workers.open(Buffer.from(again.sealed), again.ulen, 'blob', ad);
+      again.release();
+      expect(opened.plain.equals(plain)).toBe(true);
+    }
+    for (const [i, { plain, ad, s }] of first.entries()) {
+      const opened = await workers.open(held[i]!, s.ulen, 'blob', ad);
+      expect(opened.plain.equals(plain), `blob ${i}`).toBe(true);
+    }
+  });
+});

@@ -4,6 +4,7 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { IntegrityError } from './crypto.js';
 import { BulwarkError } from '../util/errors.js';
+import { Lease } from '../util/lease.js';
 import type { Sealer } from './sealer.js';
 
 /** Workers collect young garbage after this many bytes of buffers (util/gc-pacer.js). */
@@ -45,8 +46,11 @@ interface BatchItem {
   /** What the worker needs besides the bytes (lengths, associated data). */
   meta: Record<string, unknown>;
   what: string;
-  /** `out` is the reply's buffer; the blob's result is the part `r` names. */
-  done(out: Buffer, r: BatchDone): void;
+  /**
+   * `out` is the reply's buffer; the blob's result is the part `r` names. `drop`: this item is done
+   * with `out` (a sealed batch's buffer goes back to the pool once every item dropped it).
+   */
+  done(out: Buffer, r: BatchDone, drop: () => void): void;
   reject(e: Error): void;
 }
 
@@ -54,7 +58,7 @@ interface Batch {
   items: BatchItem[];
   /**
    * The items' bytes, copied in as they are queued (callers may reuse their buffers at once: the
-   * archiver does). Reused; each batch sends a copy of just its bytes.
+   * archiver does). Kept here; each batch sends its bytes in a pooled buffer of their size.
    */
   staging: Uint8Array;
   bytes: number;
@@ -256,7 +260,7 @@ export class BlobWorkers {
         this.enqueue('sealBatch', data, {
           meta: { len: data.byteLength, compress, ad: adWire(ad) },
           what: 'seal blob',
-          done: (out, r) => resolve({ sealed: out.subarray(r.at, r.at + r.len), ulen: r.ulen ?? 0, release: () => undefined }),
+          done: (out, r, drop) => resolve({ sealed: out.subarray(r.at, r.at + r.len), ulen: r.ulen ?? 0, release: drop }),
           reject,
         });
       });
@@ -294,6 +298,7 @@ export class BlobWorkers {
       this.enqueue('openBatch', sealed, {
         meta: { len: sealed.byteLength, ulen, ad: adWire(ad) },
         what,
+        // Callers keep a plaintext as long as they like (loadBlob's contract): this buffer is not reused.
         done: (out, r) => resolve({ plain: out.subarray(r.at, r.at + r.len), id: r.id! }),
         reject,
       });
@@ -373,16 +378,31 @@ export class BlobWorkers {
     const b = this.batches[op];
     const items = b.items;
     if (items.length === 0) return;
-    const data = b.staging.slice(0, b.bytes);
+    // The bytes go in a pooled buffer of their size, which comes back with the reply; a sealed batch's
+    // output goes in one too, with room for each seal's overhead. A batch per event-loop turn, made
+    // fresh each time, was tens of MB of dead buffers on both threads.
+    const data = new Uint8Array(this.pool.take(b.bytes), 0, b.bytes);
+    data.set(b.staging.subarray(0, b.bytes));
+    const sealing = op === 'sealBatch';
+    const out = sealing ? new Uint8Array(this.pool.take(b.bytes + items.length * SEAL_SLACK)) : undefined;
     b.items = [];
     b.bytes = 0;
-    this.post({ op, data, items: items.map((it) => it.meta) }, op === 'openBatch' ? 'open blobs' : 'seal blobs').then(
+    const transfer = [data.buffer as ArrayBuffer, ...(out ? [out.buffer as ArrayBuffer] : [])];
+    this.post({ op, data, out, items: items.map((it) => it.meta) }, sealing ? 'seal blobs' : 'open blobs', transfer).then(
       (r) => {
-        const out = Buffer.from(r.out!.buffer, r.out!.byteOffset, r.out!.byteLength);
+        this.pool.give(r.data!.buffer as ArrayBuffer);
+        const ab = r.out!.buffer as ArrayBuffer;
+        const lease = new Lease(items.length, () => {
+          if (sealing) this.pool.give(ab);
+        });
+        const drop = () => lease.drop();
+        const reply = Buffer.from(ab, r.out!.byteOffset, r.out!.byteLength);
         items.forEach((it, i) => {
           const res = r.results![i]!;
-          if ('error' in res) it.reject(workerError(res.error, it.what, op === 'openBatch'));
-          else it.done(out, res);
+          if ('error' in res) {
+            drop();
+            it.reject(workerError(res.error, it.what, !sealing));
+          } else it.done(reply, res, drop);
         });
       },
       (err: Error) => {
