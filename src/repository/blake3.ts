@@ -32,11 +32,30 @@ const binding = load();
  */
 const hashers = new WeakMap<Buffer, Blake3Hasher>();
 
-export function keyedBlake3(key: Buffer, data: Uint8Array): Buffer {
+function hasherFor(key: Buffer): Blake3Hasher {
   let h = hashers.get(key);
   if (!h) hashers.set(key, (h = binding.Blake3Hasher.newKeyed(key)));
+  return h;
+}
+
+export function keyedBlake3(key: Buffer, data: Uint8Array): Buffer {
+  const h = hasherFor(key);
   try {
     return h.update(Buffer.from(data.buffer, data.byteOffset, data.byteLength)).digestBuffer();
+  } finally {
+    h.reset();
+  }
+}
+
+/** Zeros fed to keyedBlake3OfZeros a slice at a time. */
+const ZEROS = Buffer.alloc(64 * 1024);
+
+/** keyedBlake3 of `length` zero bytes, hashed a slice at a time: the zero chunk is megabytes long. */
+export function keyedBlake3OfZeros(key: Buffer, length: number): Buffer {
+  const h = hasherFor(key);
+  try {
+    for (let left = length; left > 0; left -= ZEROS.length) h.update(left >= ZEROS.length ? ZEROS : ZEROS.subarray(0, left));
+    return h.digestBuffer();
   } finally {
     h.reset();
   }

@@ -155,8 +155,8 @@ describe('Chunker', () => {
     ];
     for (const [params, seed] of cases) {
       const chunker = new Chunker(params, gearTable(seed));
-      // The zero chunk's length is found natively when the helper is built: the same as JavaScript's.
-      expect(chunker.zeroLength).toBe(new Chunker(params, gearTable(seed), { native: false }).zeroLength);
+      // The zero chunk's length is worked out, not scanned for: the same as hashing zeros finds.
+      expect(chunker.zeroLength).toBe((await collect(chunkStream(pieces(Buffer.alloc(params.maxSize + 1), () => 4096), chunker)))[0]!.length);
       // Zero runs of many lengths between data, starting at and off chunk boundaries, and a zero tail.
       const parts: Buffer[] = [];
       for (const z of [0, 1, params.minSize, chunker.zeroLength - 1, chunker.zeroLength, 3 * params.maxSize + 17, 10 * params.maxSize]) {
@@ -169,6 +169,26 @@ describe('Chunker', () => {
     }
     expect(new Chunker(SMALL, gearTable(SEED)).zeroLength).toBe(SMALL.maxSize);
     expect(new Chunker(tiny, gearTable(Buffer.from([shortSeed & 0xff, shortSeed >> 8]))).zeroLength).toBeLessThan(tiny.maxSize);
+  });
+
+  it('works out the zero chunk’s length as hashing zeros would find it, for hundreds of gear tables', async () => {
+    // Small sizes, so that many tables cut inside zeros (in either half of the normalized range).
+    for (const params of [
+      { minSize: 64, avgSize: 256, maxSize: 1024 },
+      { minSize: 16, avgSize: 64, maxSize: 4096 },
+      // The hash settles only after avgSize: the switch to the wider mask comes while it still moves.
+      { minSize: 50, avgSize: 64, maxSize: 512 },
+    ] satisfies ChunkerParams[]) {
+      const lengths = new Set<number>();
+      for (let seed = 0; seed < 400; seed++) {
+        const chunker = new Chunker(params, gearTable(Buffer.from([seed & 0xff, seed >> 8, 7])));
+        const scanned = (await collect(chunkStream(pieces(Buffer.alloc(params.maxSize + 1), () => 333), chunker)))[0]!.length;
+        expect(chunker.zeroLength, `seed ${seed}`).toBe(scanned);
+        lengths.add(scanned);
+      }
+      // Not only full zero chunks: the cases that cut early were covered too.
+      expect(lengths.size).toBeGreaterThan(2);
+    }
   });
 
   it('cuts elsewhere under another seed', () => {

@@ -2,7 +2,7 @@
 // version 1 repositories and version 1 key files use; sealer.ts picks the seal of each version).
 import { createCipheriv, createDecipheriv, randomBytes, scrypt as scryptCb, timingSafeEqual } from 'node:crypto';
 import { BulwarkError } from '../util/errors.js';
-import { keyedBlake3 } from './blake3.js';
+import { keyedBlake3, keyedBlake3OfZeros } from './blake3.js';
 import { KEY_BYTES, NONCE_BYTES, SEAL_OVERHEAD, TAG_BYTES } from './format.js';
 
 export interface MasterKey {
@@ -27,6 +27,11 @@ export function newMasterKey(): MasterKey {
 /** Blob id: keyed BLAKE3 (native, ~10 GB/s here against ~2 GB/s for HMAC-SHA256: ids are on the hot path). */
 export function blobId(key: Pick<MasterKey, 'id'>, plaintext: Uint8Array): Buffer {
   return keyedBlake3(key.id, plaintext);
+}
+
+/** blobId of `length` zero bytes, without making them. */
+export function zeroBlobId(key: Pick<MasterKey, 'id'>, length: number): Buffer {
+  return keyedBlake3OfZeros(key.id, length);
 }
 
 export function seal(encKey: Buffer, plaintext: Uint8Array): Buffer {

@@ -10,7 +10,7 @@ import { Budget } from '../util/budget.js';
 import type { Clock } from '../util/clock.js';
 import { systemClock } from '../util/clock.js';
 import { BulwarkError, unable } from '../util/errors.js';
-import { blobId, IntegrityError, newMasterKey, type MasterKey } from './crypto.js';
+import { blobId, IntegrityError, newMasterKey, zeroBlobId, type MasterKey } from './crypto.js';
 import {
   DEFAULT_BLOCK_SIZE,
   DEFAULT_PACK_SIZE,
@@ -454,7 +454,7 @@ export class Repository {
     if (!this.zeroChunkCache) {
       const c = this.config.chunker;
       const length = new Chunker(c, gearTable(Buffer.from(c.seed, 'hex'))).zeroLength;
-      this.zeroChunkCache = { length, id: this.blobId(Buffer.alloc(length)) };
+      this.zeroChunkCache = { length, id: zeroBlobId(this.key, length).toString('hex') };
     }
     return this.zeroChunkCache;
   }
