@@ -2,9 +2,9 @@
 // without sending them again.
 //
 // A writer lists its packs in an index file every INDEX_PACKS_PER_FILE packs (1 GiB at the default
-// pack size) or INDEX_BLOBS_PER_FILE blobs, and at the end. Cut off before that (a network gone for good, the process killed), the
-// packs it sent sit in storage in no index: a later prune removes them, and the next backup would
-// send their data again. So each writing process keeps, in its own small file under the host's state
+// pack size) or INDEX_BLOBS_PER_FILE blobs, and at the end. Cut off before that (a network gone for
+// good, the process killed), the packs it sent sit in storage in no index: a later prune removes them,
+// and the next backup would send their data again. So each writing process keeps, in its own small file under the host's state
 // folder, the names and sizes of the packs it saved that no index file lists yet. The next writer to
 // the same repository adopts the packs of journals whose process is gone: each must still be in
 // storage with the recorded size, and what it holds is read from its own header, which is sealed with

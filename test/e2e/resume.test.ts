@@ -5,9 +5,10 @@
 // the data, not one and a half. The same kill with the host's state folder wiped shows what the test
 // would see without resuming: the packs are sent again.
 import { execFileSync } from 'node:child_process';
-import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { UploadJournal } from '../../src/repository/upload-journal.js';
 import { jsonResult, runCli } from '../helpers/cli.js';
 import { tempDir } from '../helpers/repo.js';
 import { startSshd, type Sshd } from '../helpers/sshd.js';
@@ -43,18 +44,11 @@ async function packs(repo: string): Promise<Map<string, number>> {
 
 const total = (m: Map<string, number>): number => [...m.values()].reduce((a, b) => a + b, 0);
 
-/** The packs this host's upload journals (repository/upload-journal.ts) list, by name, with their sizes. */
+/** The packs this host's upload journals list (read as the next writer reads them), by name, with their sizes. */
 async function journaled(stateDir: string): Promise<Map<string, number>> {
-  const out = new Map<string, number>();
   const root = join(stateDir, 'uploads');
-  for (const repoId of await readdir(root).catch(() => [])) {
-    for (const name of await readdir(join(root, repoId))) {
-      if (!name.endsWith('.json')) continue;
-      const doc = JSON.parse(await readFile(join(root, repoId, name), 'utf8')) as { packs: { id: string; size: number }[] };
-      for (const p of doc.packs) out.set(p.id, p.size);
-    }
-  }
-  return out;
+  const ids = await readdir(root).catch(() => []);
+  return new Map(ids.flatMap((id) => new UploadJournal(stateDir, id).leftovers().packs.map((p): [string, number] => [p.id, p.size])));
 }
 
 /** Runs a backup of the image and SIGKILLs it once `count` packs are in the server's folder. */
