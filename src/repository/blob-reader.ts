@@ -30,11 +30,12 @@ export interface BlobReaderSource {
   open(id: string, at: BlobLocation, sealed: Buffer): Promise<Buffer>;
   /**
    * Opens and verifies every blob of a range at once, when the source can: per blob its plaintext, or
-   * undefined for one to read again on its own. The range is handed over. The plaintexts share memory
-   * that release() hands back for reuse. A buffer to read the range into may come from rangeBuffer().
+   * undefined for one to read again on its own. The range may be handed over (unusable afterwards). The
+   * plaintexts share memory that release() hands back for reuse.
    */
   openRun?(range: Buffer, start: number, blobs: { id: string; at: BlobLocation }[]): Promise<{ plains: (Buffer | undefined)[]; release(): void }>;
-  rangeBuffer?(length: number): Buffer;
+  /** Memory to read a range into for openRun(), handed back with release() once openRun() settled. */
+  rangeBuffer?(length: number): { buffer: Buffer; release(): void };
   /** Reads one blob on its own, with every check and every fallback of a plain read. */
   loadBlob(id: string): Promise<Buffer>;
 }
@@ -252,16 +253,18 @@ export class BlobReader {
       return;
     }
     let range: Buffer | undefined;
+    const length = run.end - run.start;
+    const into = this.src.openRun ? this.src.rangeBuffer?.(length) : undefined;
     try {
-      const length = run.end - run.start;
-      range = await this.src.loadRange(run.pack, run.start, length, this.src.openRun ? this.src.rangeBuffer?.(length) : undefined);
+      range = await this.src.loadRange(run.pack, run.start, length, into?.buffer);
     } catch {
       // Read again blob by blob below: their own errors name their own ranges and copies.
     }
     if (range && this.src.openRun) {
-      void this.openRun(range, run.start, items);
+      void this.openRun(range, run.start, items).finally(() => into?.release());
       return;
     }
+    into?.release();
     const alone = this.aloneQueue();
     for (const it of items) {
       if (!range) {

@@ -96,6 +96,19 @@ function compressAndSeal(plain, compress, ad, out) {
   return { sealed: sealInto(dst, body, ad), ulen };
 }
 
+/**
+ * Memory the main thread sent is either in the slab both threads share (workers.ts: it still has it, and
+ * nothing goes back) or a buffer of its own, transferred here and back.
+ */
+function isShared(view) {
+  return view.buffer instanceof SharedArrayBuffer;
+}
+
+/** The buffers of these views that a reply must transfer: those not in shared memory. */
+function transfers(...views) {
+  return views.filter((v) => v !== undefined && !isShared(v)).map((v) => v.buffer);
+}
+
 /** Runs `fn` on each blob of a batch with its bytes; a blob that fails is reported alone. */
 function eachBlob(msg, fn) {
   const input = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
@@ -127,7 +140,7 @@ function sealBatch(msg) {
     at += sealed.length;
     return { at: at - sealed.length, len: sealed.length, ulen };
   });
-  parentPort.postMessage({ seq: msg.seq, data: msg.data, out: msg.out, results }, [msg.data.buffer, msg.out.buffer]);
+  parentPort.postMessage({ seq: msg.seq, out: isShared(msg.out) ? undefined : msg.out, results }, transfers(msg.out));
 }
 
 /**
@@ -179,7 +192,7 @@ function openBatch(msg) {
   const items = msg.items.map((it) => ({ ...it, ad: adOf(it.ad), at: (from += it.len) - it.len }));
   const out = Buffer.allocUnsafeSlow(items.reduce((n, it) => n + (it.ulen > 0 ? it.ulen : it.len), 0));
   const results = openInto(input, items, out);
-  parentPort.postMessage({ seq: msg.seq, data: msg.data, out, results }, [msg.data.buffer, out.buffer]);
+  parentPort.postMessage({ seq: msg.seq, out, results }, [out.buffer]);
 }
 
 /**
@@ -212,7 +225,7 @@ function openRun(msg) {
       ids += r.id;
     }
   });
-  parentPort.postMessage({ seq: msg.seq, data: msg.data, out: msg.out, spans, ids, errors }, [msg.data.buffer, msg.out.buffer, spans.buffer]);
+  parentPort.postMessage({ seq: msg.seq, out: isShared(msg.out) ? undefined : msg.out, spans, ids, errors }, [...transfers(msg.out), spans.buffer]);
 }
 
 /** Stands in the ids of a run for a blob that did not open. */
@@ -232,16 +245,21 @@ function own(buf) {
 }
 
 parentPort.on('message', (msg) => {
-  pacer.dropped(msg.data.byteLength);
+  // Shared memory is not garbage here; a transferred buffer is, once answered.
+  if (!isShared(msg.data)) pacer.dropped(msg.data.byteLength);
   try {
     if (msg.op === 'seal') {
-      // Sealed back into the buffer the plaintext came in (the main thread sends it with room to spare
+      // Sealed back into the memory the plaintext came in (the main thread sends it with room to spare
       // and reuses it), so sealing leaves nothing behind here but the cipher's output.
-      const back = Buffer.from(msg.data.buffer);
-      const plain = back.subarray(msg.data.byteOffset, msg.data.byteOffset + msg.data.byteLength);
-      const { sealed: result, ulen } = compressAndSeal(plain, msg.compress, adOf(msg.ad), back);
-      const sealed = result.buffer === msg.data.buffer ? new Uint8Array(msg.data.buffer, result.byteOffset, result.length) : own(result);
-      parentPort.postMessage({ seq: msg.seq, sealed, ulen }, [sealed.buffer]);
+      const room = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
+      const { sealed, ulen } = compressAndSeal(room.subarray(0, msg.len), msg.compress, adOf(msg.ad), room);
+      if (sealed.buffer === room.buffer && sealed.byteOffset >= room.byteOffset && sealed.byteOffset + sealed.length <= room.byteOffset + room.length) {
+        const at = sealed.byteOffset - room.byteOffset;
+        parentPort.postMessage({ seq: msg.seq, data: isShared(msg.data) ? undefined : msg.data, at, len: sealed.length, ulen }, transfers(msg.data));
+      } else {
+        const copy = own(sealed);
+        parentPort.postMessage({ seq: msg.seq, sealed: copy, ulen }, [copy.buffer]);
+      }
     } else if (msg.op === 'sealBatch') {
       sealBatch(msg);
     } else if (msg.op === 'openBatch') {

@@ -32,12 +32,15 @@ describe('BlobWorkers.openRun', () => {
     const plains = [Buffer.alloc(300_000, 'compressible '), randomBytes(70_000), Buffer.from('tiny')];
     const { range, items } = await packOf(plains);
     const pooled = workers.rangeBuffer(range.length);
-    range.copy(pooled);
+    range.copy(pooled.buffer);
     // The first blob again at the end: a file that repeats a chunk.
     const asked = [...items, items[0]!];
-    const r = await workers.openRun(pooled, asked);
-    // Handed over: the range went to the worker without a copy.
-    expect(pooled.byteLength).toBe(0);
+    const r = await workers.openRun(pooled.buffer, asked);
+    // Shared with the worker, not handed over: still the caller's memory (spent: its blobs were opened
+    // in place), to hand back.
+    expect(pooled.buffer.buffer).toBeInstanceOf(SharedArrayBuffer);
+    expect(pooled.buffer.byteLength).toBe(range.length);
+    pooled.release();
     expect(r.results).toHaveLength(4);
     [...plains, plains[0]!].forEach((p, i) => {
       const got = r.results[i]!;
@@ -46,6 +49,7 @@ describe('BlobWorkers.openRun', () => {
       expect(got.id).toBe(asked[i]!.id);
     });
     r.release();
+    expect(workers.slabLent).toBe(0);
   });
 
   it('a damaged blob, or one bound to another id, fails alone as an integrity error; its neighbours open', async () => {
@@ -103,6 +107,65 @@ describe('BlobWorkers.seal of small blobs', () => {
     for (const [i, { plain, ad, s }] of first.entries()) {
       const opened = await workers.open(held[i]!, s.ulen, 'blob', ad);
       expect(opened.plain.equals(plain), `blob ${i}`).toBe(true);
+    }
+  });
+});
+
+// Transfer memory is one slab shared with the workers; what does not fit it at the moment gets memory
+// of its own, so a slab too small for the work is slower, never wrong.
+describe('BlobWorkers transfer memory', () => {
+  const master = { encrypt: randomBytes(32), id: randomBytes(32) };
+  const sealer = sealerFor(2, master);
+
+  it('seals and opens blobs larger than the slab, and while the slab is full, through buffers of their own', async () => {
+    const workers = new BlobWorkers(sealer, master.id, 3, 1, 256 * 1024);
+    try {
+      const plains = [randomBytes(200_000), Buffer.alloc(1_500_000, 'big and compressible '), randomBytes(150_000), randomBytes(3000)];
+      // All in flight at once, none released: the second and later do not fit beside the first.
+      const sealed = await Promise.all(plains.map(async (p) => ({ p, ad: sealer.ad('data', blobId(master, p)), s: await workers.seal(p, true, sealer.ad('data', blobId(master, p))) })));
+      expect(sealed.map(({ s }) => s.sealed.buffer instanceof SharedArrayBuffer)).toEqual([true, false, false, true]);
+      const range = Buffer.concat(sealed.map(({ s }) => s.sealed));
+      let at = 0;
+      const items: RunItem[] = sealed.map(({ s, ad }) => ({ at: (at += s.sealed.length) - s.sealed.length, len: s.sealed.length, ulen: s.ulen, ad, what: 'blob' }));
+      sealed.forEach(({ s }) => s.release());
+      expect(workers.slabLent).toBe(0);
+      // The run opens to more than the slab holds: its plaintexts come back in a buffer of their own.
+      const r = await workers.openRun(range, items);
+      r.results.forEach((got, i) => {
+        if (!('plain' in got)) throw got.error;
+        expect(got.plain.equals(plains[i]!), `blob ${i}`).toBe(true);
+      });
+      r.release();
+      expect(workers.slabLent).toBe(0);
+    } finally {
+      await workers.close();
+    }
+  });
+
+  it('gives every piece back: after a mix of large and batched seals and runs, none of the slab is lent', async () => {
+    const workers = new BlobWorkers(sealer, master.id, 3, 2, 4 * 1024 * 1024);
+    try {
+      const plains = Array.from({ length: 60 }, (_, i) => (i % 3 === 0 ? randomBytes(100_000 + i) : Buffer.alloc(500 + i * 10, `blob ${i} `)));
+      const sealed = await Promise.all(plains.map((p) => workers.seal(p, true, null)));
+      expect(workers.slabLent).toBeGreaterThan(0);
+      const range = workers.rangeBuffer(sealed.reduce((n, s) => n + s.sealed.length, 0));
+      let at = 0;
+      const items: RunItem[] = sealed.map((s) => {
+        s.sealed.copy(range.buffer, at);
+        at += s.sealed.length;
+        return { at: at - s.sealed.length, len: s.sealed.length, ulen: s.ulen, ad: null, what: 'blob' };
+      });
+      sealed.forEach((s) => s.release());
+      const r = await workers.openRun(range.buffer, items);
+      range.release();
+      r.results.forEach((got, i) => expect('plain' in got && got.plain.equals(plains[i]!), `blob ${i}`).toBe(true));
+      r.release();
+      // Released twice: the second does nothing (it must not free what another request holds by then).
+      r.release();
+      range.release();
+      expect(workers.slabLent).toBe(0);
+    } finally {
+      await workers.close();
     }
   });
 });

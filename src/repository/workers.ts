@@ -5,6 +5,7 @@ import { Worker } from 'node:worker_threads';
 import { IntegrityError } from './crypto.js';
 import { BulwarkError } from '../util/errors.js';
 import { Lease } from '../util/lease.js';
+import { SlabAllocator } from './slab.js';
 import type { Sealer } from './sealer.js';
 
 /** Workers collect young garbage after this many bytes of buffers (util/gc-pacer.js). */
@@ -12,13 +13,12 @@ const GC_EVERY_BYTES = 16 * 1024 * 1024;
 /** A sealed blob is at most this much longer than its plaintext (format 2's 40 bytes of overhead). */
 const SEAL_SLACK = 64;
 /**
- * Transfer buffers kept for reuse, at most: a restore's read ranges and opened runs (two or three of
- * 8 MiB each in flight) come back here. Fresh memory is what costs: each new page is a fault, and on a
- * virtual machine whose free memory goes back to the host a fault costs 15 µs (docs/performance.md).
+ * Transfer memory: one slab shared with the workers, from which every blob, batch and restore range
+ * going to a worker and every result coming back is carved (docs/performance.md, Memory). Its size is
+ * the most this memory can ever take, by construction; a request the slab cannot serve at that moment
+ * (a restore's run that decompresses to more) gets memory of its own, freed once used.
  */
-const POOL_BYTES = 64 * 1024 * 1024;
-/** Smaller buffers are made to measure and not kept: a pool of small ones would hold odd sizes. */
-const POOL_MIN_BYTES = 64 * 1024;
+export const SLAB_BYTES = 32 * 1024 * 1024;
 
 /** Blobs up to this size are sealed or opened in batches: one message each way for many. */
 const BATCH_BLOB_BYTES = 64 * 1024;
@@ -74,14 +74,18 @@ interface Pending {
 
 interface WorkerReply {
   seq: number;
+  /** Of a seal that did not fit where it was sent: the sealed blob in a buffer of its own. */
   sealed?: Uint8Array;
+  /** Of a seal: where the sealed blob is in the memory it was sent in, and how long. */
+  at?: number;
+  len?: number;
   ulen?: number;
   plain?: Uint8Array;
   /** Blob id (keyed BLAKE3) of the opened plaintext. */
   id?: string;
-  /** Of a batch: every blob's result side by side, and where each is in it. */
+  /** Of a batch or a run: every blob's result side by side (absent when sent in the slab: still ours). */
   out?: Uint8Array;
-  /** Of a run: the range it was sent, given back. */
+  /** Of a seal: the memory it was sent, given back when it was transferred rather than shared. */
   data?: Uint8Array;
   /** Of a run: per blob where its plaintext is in `out` and its length (-1: see errors). */
   spans?: Float64Array;
@@ -129,52 +133,63 @@ export interface SealResult {
   release(): void;
 }
 
+/** Transfer memory lent for one request: `bytes` is as long as was asked for. */
+export interface Piece {
+  bytes: Uint8Array;
+  /** In the slab: goes to a worker without a copy or a transfer, and stays usable here. */
+  shared: boolean;
+  /** Hands the memory back (the first call; later ones do nothing). Nothing may use `bytes` after. */
+  release(): void;
+}
+
 /**
- * ArrayBuffers that travel to a worker and back: a blob's bytes go out in one and its sealed form comes
- * back in the same memory; a restore's ranges go out and come back with the plaintexts of a run in
- * another. Each is reused for the next request it is large enough for: fresh memory costs a page fault
- * per 4 KiB on first touch, and dead buffers pile up on the main thread until V8 collects them.
+ * Memory that travels to a worker and back: a blob's bytes go out in it and its sealed form comes back
+ * in the same memory; a restore's ranges go out and the plaintexts of a run come back in another.
  *
- * New buffers are made a power of two long, so a freed one serves any later request up to its size;
- * only the pages a request touches count towards memory. Any buffer that comes back from a worker may
- * be kept: a transferred buffer is unusable everywhere else.
+ * It is carved from one SharedArrayBuffer, so a message names memory both threads see instead of moving
+ * it. Before, freed transfer buffers were pooled, and whatever the pool's cap they stayed in the memory
+ * of the process: glibc raises its mmap threshold each time a large buffer is freed, after which freed
+ * buffers go back into its heap, which keeps them; a restore's peak was the high-water mark of all
+ * buffers ever in flight or pooled. A slab's pages are touched once and reused; fresh memory costs a
+ * page fault per 4 KiB, 15 µs on a virtual machine whose free memory goes back to the host.
  */
 class TransferPool {
-  /** Free buffers, smallest first. */
-  private readonly free: ArrayBuffer[] = [];
-  private bytes = 0;
-  /** Buffers handed out and not sent to a worker yet: only these may be transferred without a copy. */
-  private readonly lent = new WeakSet<ArrayBuffer>();
+  private slab: { sab: SharedArrayBuffer; places: SlabAllocator } | undefined;
 
-  /** The smallest free buffer of at least `min` bytes, or a new one. */
-  take(min: number): ArrayBuffer {
-    if (min < POOL_MIN_BYTES) return new ArrayBuffer(min);
-    const i = this.free.findIndex((ab) => ab.byteLength >= min);
-    let ab: ArrayBuffer;
-    if (i >= 0) {
-      ab = this.free.splice(i, 1)[0]!;
-      this.bytes -= ab.byteLength;
-    } else ab = new ArrayBuffer(2 ** Math.ceil(Math.log2(min)));
-    this.lent.add(ab);
-    return ab;
+  constructor(private readonly slabBytes: number) {}
+
+  take(bytes: number): Piece {
+    if (bytes > 0 && bytes <= this.slabBytes) {
+      // Made on first use: reserved address space, no memory until its pages are touched.
+      this.slab ??= { sab: new SharedArrayBuffer(this.slabBytes), places: new SlabAllocator(this.slabBytes) };
+      const { sab, places } = this.slab;
+      const at = places.alloc(bytes);
+      if (at >= 0) {
+        let lent = true;
+        return {
+          bytes: new Uint8Array(sab, at, bytes),
+          shared: true,
+          release: () => {
+            if (lent) places.release(at);
+            lent = false;
+          },
+        };
+      }
+    }
+    return { bytes: new Uint8Array(bytes), shared: false, release: () => {} };
   }
 
-  /** Whether `ab` came from take() and is still ours to send away. */
-  owns(ab: ArrayBufferLike): boolean {
-    return this.lent.has(ab as ArrayBuffer);
+  /** Bytes of the slab lent out now. */
+  get lent(): number {
+    return this.slab?.places.used ?? 0;
   }
+}
 
-  /** Keeps `ab` for reuse; when the pool is over its size, the smallest buffers go first. */
-  give(ab: ArrayBuffer): void {
-    this.lent.delete(ab);
-    // A detached buffer (sent away again) has length 0.
-    if (ab.byteLength < POOL_MIN_BYTES || ab.byteLength > POOL_BYTES) return;
-    let at = this.free.findIndex((f) => f.byteLength >= ab.byteLength);
-    if (at < 0) at = this.free.length;
-    this.free.splice(at, 0, ab);
-    this.bytes += ab.byteLength;
-    while (this.bytes > POOL_BYTES) this.bytes -= this.free.shift()!.byteLength;
-  }
+/** What of these views must be transferred with a message: the buffers of those not in shared memory. */
+function transfers(...views: (Uint8Array | undefined)[]): ArrayBuffer[] {
+  const out: ArrayBuffer[] = [];
+  for (const v of views) if (v && !(v.buffer instanceof SharedArrayBuffer) && !out.includes(v.buffer as ArrayBuffer)) out.push(v.buffer as ArrayBuffer);
+  return out;
 }
 
 /**
@@ -200,7 +215,9 @@ export class BlobWorkers {
   private readonly pending = new Map<number, Pending>();
   private seq = 0;
   private closed = false;
-  private readonly pool = new TransferPool();
+  /** A worker died: pieces of the slab sent to the others may still be written, so nothing more is sent. */
+  private broken: Error | undefined;
+  private readonly pool: TransferPool;
   private readonly batches: Record<BatchOp, Batch> = {
     openBatch: { items: [], staging: new Uint8Array(BATCH_BYTES + BATCH_BLOB_BYTES), bytes: 0, scheduled: false },
     sealBatch: { items: [], staging: new Uint8Array(BATCH_BYTES + BATCH_BLOB_BYTES), bytes: 0, scheduled: false },
@@ -211,7 +228,10 @@ export class BlobWorkers {
     private readonly idKey: Buffer,
     private readonly zstdLevel: number,
     private threads = Math.max(1, Math.min(availableParallelism(), 8)),
-  ) {}
+    slabBytes = SLAB_BYTES,
+  ) {
+    this.pool = new TransferPool(slabBytes);
+  }
 
   /** Workers start on first use: commands that seal and open nothing (an unchanged backup, ls) never pay for them. */
   private start(): void {
@@ -230,7 +250,10 @@ export class BlobWorkers {
         if (msg.error !== undefined) p.reject(workerError(msg.error, p.what, p.opening));
         else p.resolve(msg);
       });
-      worker.on('error', (err) => this.failAll(err));
+      worker.on('error', (err) => {
+        this.broken ??= err;
+        this.failAll(err);
+      });
       this.slots.push(slot);
     }
   }
@@ -265,14 +288,23 @@ export class BlobWorkers {
         });
       });
     }
-    // The worker writes the sealed blob back into the buffer it was sent in when it fits (it always
-    // does with this slack), and sends that buffer back.
-    const out = new Uint8Array(this.pool.take(data.byteLength + SEAL_SLACK), 0, data.byteLength);
-    out.set(data);
-    const r = await this.post({ op: 'seal', data: out, compress, ad: adWire(ad) }, 'seal blob');
-    const s = r.sealed!;
-    const ab = s.buffer as ArrayBuffer;
-    return { sealed: Buffer.from(ab, s.byteOffset, s.byteLength), ulen: r.ulen ?? 0, release: () => this.pool.give(ab) };
+    // The worker writes the sealed blob back into the memory it was sent in when it fits (it always
+    // does with this slack).
+    const room = this.pool.take(data.byteLength + SEAL_SLACK);
+    room.bytes.set(data);
+    let r: WorkerReply;
+    try {
+      r = await this.post({ op: 'seal', data: room.bytes, len: data.byteLength, compress, ad: adWire(ad) }, 'seal blob', transfers(room.bytes));
+    } catch (err) {
+      room.release();
+      throw err;
+    }
+    if (r.sealed) {
+      room.release();
+      return { sealed: Buffer.from(r.sealed.buffer, r.sealed.byteOffset, r.sealed.byteLength), ulen: r.ulen ?? 0, release: () => {} };
+    }
+    const back = room.shared ? room.bytes : r.data!;
+    return { sealed: Buffer.from(back.buffer, back.byteOffset + r.at!, r.len!), ulen: r.ulen ?? 0, release: room.release };
   }
 
   /**
@@ -282,7 +314,8 @@ export class BlobWorkers {
    */
   async open(sealed: Uint8Array, ulen: number, what: string, ad: Uint8Array | null): Promise<Opened> {
     const whole = sealed.byteOffset === 0 && sealed.byteLength === sealed.buffer.byteLength && sealed.buffer instanceof ArrayBuffer;
-    const r = await this.post({ op: 'open', data: whole ? sealed : owned(sealed), ulen, ad: adWire(ad) }, what);
+    const data = whole ? sealed : owned(sealed);
+    const r = await this.post({ op: 'open', data, ulen, ad: adWire(ad) }, what, [data.buffer as ArrayBuffer]);
     const p = r.plain!;
     return { plain: Buffer.from(p.buffer, p.byteOffset, p.byteLength), id: r.id! };
   }
@@ -306,27 +339,37 @@ export class BlobWorkers {
   }
 
   /**
-   * A buffer of at least `length` bytes to read a range into, for openRun(): it travels to the worker
-   * and back without a copy, and is kept for the next range.
+   * Memory of `length` bytes to read a range into, for openRun(): in the slab when it has room, so it
+   * goes to the worker without a copy. The caller hands it back with release() once openRun() is done
+   * with it (or the read failed).
    */
-  rangeBuffer(length: number): Buffer {
-    return Buffer.from(this.pool.take(length), 0, length);
+  rangeBuffer(length: number): { buffer: Buffer; release(): void } {
+    const piece = this.pool.take(length);
+    return { buffer: Buffer.from(piece.bytes.buffer, piece.bytes.byteOffset, length), release: piece.release };
+  }
+
+  /** Bytes of the slab lent out now: every piece comes back once its results are done with. */
+  get slabLent(): number {
+    return this.pool.lent;
   }
 
   /**
    * Opens every blob cut from one read range, in one message: a restore reads ranges of many blobs,
-   * and a message, a copy and a fresh buffer per blob cost more than opening small ones. The range is
-   * handed over (unusable afterwards); the plaintexts come back side by side in one pooled buffer,
-   * which release() hands back once the caller is done with all of them.
+   * and a message, a copy and a fresh buffer per blob cost more than opening small ones. A range in the
+   * slab (rangeBuffer()) stays the caller's, to release once this is done; any other range that is a
+   * whole buffer of its own is handed over (unusable afterwards). The plaintexts come back side by side
+   * in one piece of transfer memory, which release() hands back once the caller is done with all of them.
    */
   async openRun(range: Buffer, items: RunItem[]): Promise<RunOpened> {
     let data: Uint8Array = range;
-    if (!this.pool.owns(range.buffer) && !(range.byteOffset === 0 && range.byteLength === range.buffer.byteLength && range.buffer instanceof ArrayBuffer)) {
-      data = new Uint8Array(this.pool.take(range.byteLength), 0, range.byteLength);
-      data.set(range);
+    let copy: Piece | undefined;
+    if (!(range.buffer instanceof SharedArrayBuffer) && !(range.byteOffset === 0 && range.byteLength === range.buffer.byteLength)) {
+      copy = this.pool.take(range.byteLength);
+      copy.bytes.set(range);
+      data = copy.bytes;
     }
     const outBytes = items.reduce((n, it) => n + (it.ulen > 0 ? it.ulen : it.len), 0);
-    const out = new Uint8Array(this.pool.take(Math.max(1, outBytes)), 0, outBytes);
+    const out = this.pool.take(Math.max(1, outBytes));
     // The items travel packed in two typed arrays, and their results come back the same way: a run of
     // small blobs holds hundreds, and cloning an object (and its associated data) each way per blob cost
     // the main thread as much as the rest of the message.
@@ -338,10 +381,17 @@ export class BlobWorkers {
       if (it.ad) ads.set(it.ad, adAt);
       adAt += it.ad?.length ?? 0;
     });
-    const r = await this.post({ op: 'openRun', data, out, meta, ads }, 'open blobs', [data.buffer as ArrayBuffer, out.buffer as ArrayBuffer, meta.buffer, ads.buffer]);
-    this.pool.give(r.data!.buffer as ArrayBuffer);
-    const ab = r.out!.buffer as ArrayBuffer;
-    const whole = Buffer.from(ab, r.out!.byteOffset, r.out!.byteLength);
+    let r: WorkerReply;
+    try {
+      r = await this.post({ op: 'openRun', data, out: out.bytes, meta, ads }, 'open blobs', [...transfers(data, out.bytes), meta.buffer, ads.buffer]);
+    } catch (err) {
+      out.release();
+      throw err;
+    } finally {
+      copy?.release();
+    }
+    const o = out.shared ? out.bytes : r.out!;
+    const whole = Buffer.from(o.buffer, o.byteOffset, o.byteLength);
     const spans = r.spans!;
     return {
       results: items.map((it, i) => {
@@ -350,7 +400,7 @@ export class BlobWorkers {
         const at = spans[i * 2]!;
         return { plain: whole.subarray(at, at + len), id: r.ids!.slice(i * 64, i * 64 + 64) };
       }),
-      release: () => this.pool.give(ab),
+      release: out.release,
     };
   }
 
@@ -378,25 +428,23 @@ export class BlobWorkers {
     const b = this.batches[op];
     const items = b.items;
     if (items.length === 0) return;
-    // The bytes go in a pooled buffer of their size, which comes back with the reply; a sealed batch's
-    // output goes in one too, with room for each seal's overhead. A batch per event-loop turn, made
-    // fresh each time, was tens of MB of dead buffers on both threads.
-    const data = new Uint8Array(this.pool.take(b.bytes), 0, b.bytes);
-    data.set(b.staging.subarray(0, b.bytes));
+    // The bytes go in transfer memory; a sealed batch's output goes in a piece too, with room for each
+    // seal's overhead. A batch per event-loop turn, made fresh each time, was tens of MB of dead buffers
+    // on both threads.
+    const data = this.pool.take(b.bytes);
+    data.bytes.set(b.staging.subarray(0, b.bytes));
     const sealing = op === 'sealBatch';
-    const out = sealing ? new Uint8Array(this.pool.take(b.bytes + items.length * SEAL_SLACK)) : undefined;
+    const out = sealing ? this.pool.take(b.bytes + items.length * SEAL_SLACK) : undefined;
     b.items = [];
     b.bytes = 0;
-    const transfer = [data.buffer as ArrayBuffer, ...(out ? [out.buffer as ArrayBuffer] : [])];
-    this.post({ op, data, out, items: items.map((it) => it.meta) }, sealing ? 'seal blobs' : 'open blobs', transfer).then(
+    this.post({ op, data: data.bytes, out: out?.bytes, items: items.map((it) => it.meta) }, sealing ? 'seal blobs' : 'open blobs', transfers(data.bytes, out?.bytes)).then(
       (r) => {
-        this.pool.give(r.data!.buffer as ArrayBuffer);
-        const ab = r.out!.buffer as ArrayBuffer;
-        const lease = new Lease(items.length, () => {
-          if (sealing) this.pool.give(ab);
-        });
+        data.release();
+        // An opened batch's plaintexts are in a buffer the worker made: callers keep them (loadBlob).
+        const o = out?.shared ? out.bytes : r.out!;
+        const lease = new Lease(items.length, () => out?.release());
         const drop = () => lease.drop();
-        const reply = Buffer.from(ab, r.out!.byteOffset, r.out!.byteLength);
+        const reply = Buffer.from(o.buffer, o.byteOffset, o.byteLength);
         items.forEach((it, i) => {
           const res = r.results![i]!;
           if ('error' in res) {
@@ -406,13 +454,16 @@ export class BlobWorkers {
         });
       },
       (err: Error) => {
+        data.release();
+        out?.release();
         for (const it of items) it.reject(err);
       },
     );
   }
 
-  private post(msg: Record<string, unknown> & { data: Uint8Array }, what: string, transfer: ArrayBuffer[] = [msg.data.buffer as ArrayBuffer]): Promise<WorkerReply> {
+  private post(msg: Record<string, unknown> & { data: Uint8Array }, what: string, transfer: ArrayBuffer[]): Promise<WorkerReply> {
     if (this.closed) return Promise.reject(new Error('blob workers are closed'));
+    if (this.broken) return Promise.reject(this.broken);
     if (this.slots.length === 0) this.start();
     let slot = this.slots[0]!;
     for (const s of this.slots) if (s.busy < slot.busy) slot = s;
