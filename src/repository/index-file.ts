@@ -3,6 +3,15 @@
 import { BulwarkError } from '../util/errors.js';
 import type { BlobType } from './format.js';
 
+/** Where one copy of a blob is: what an index file says of it. */
+export interface IndexEntry {
+  pack: string;
+  type: BlobType;
+  offset: number;
+  length: number;
+  ulen: number;
+}
+
 /** Index file document (sealed): the packs one writer added. */
 export interface IndexFile {
   version: 1;

@@ -6,25 +6,17 @@
 // because the first copy was found damaged). Every copy is kept, so a read can fall back to an intact
 // one. Copies found damaged (by check, or by a read in this process) are marked: a marked blob does not
 // count as present, so the next backup that meets it stores it again — the repository heals itself.
-import type { BlobType } from './format.js';
+import { BlobTable } from './blob-table.js';
 import type { IndexFileMeta, Run } from './index-cache.js';
-import type { IndexFile } from './index-file.js';
+import type { IndexEntry, IndexFile } from './index-file.js';
 
-export { validateIndexFile, type IndexFile } from './index-file.js';
+export { validateIndexFile, type IndexEntry, type IndexFile } from './index-file.js';
 
 /** What a repository tells the locks its process holds when it loads the index (prune.ts). */
 export interface IndexWatcher {
   sawIndex(generation: number): Promise<void>;
   /** Throws when the lock may already count as stale to others: no snapshot may then be written. */
   assertFresh(): void;
-}
-
-export interface IndexEntry {
-  pack: string;
-  type: BlobType;
-  offset: number;
-  length: number;
-  ulen: number;
 }
 
 /**
@@ -34,7 +26,8 @@ export interface IndexEntry {
  */
 export class MasterIndex {
   private runs: Run[] = [];
-  private readonly blobs = new Map<string, IndexEntry>();
+  /** What this process added (its own packs, packs read from their headers): one entry per blob. */
+  private readonly blobs = new BlobTable();
   /** Further copies of blobs stored more than once (rare: kept apart so the common case stays one entry). */
   private readonly copies = new Map<string, IndexEntry[]>();
   /** "id/pack" of copies known to be damaged. */
@@ -172,7 +165,7 @@ export class MasterIndex {
       for (const b of p.blobs) {
         const entry = { pack: p.id, type: p.type, offset: b.offset, length: b.length, ulen: b.ulen };
         const first = this.blobs.get(b.id);
-        if (!first) this.blobs.set(b.id, entry);
+        if (!first) this.blobs.add(b.id, entry);
         else if (first.pack !== p.id) {
           const more = this.copies.get(b.id) ?? [];
           if (!more.some((c) => c.pack === p.id)) this.copies.set(b.id, [...more, entry]);
