@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { BlobReader, type BlobLocation, type BlobReaderSource } from './blob-reader.js';
 
 /** Blobs laid out in packs as "sealed" bytes equal to their plaintext; opening checks the bytes. */
-function fake(layout: Record<string, [string, number, number][]>, opts: { broken?: Set<string>; missingPacks?: Set<string> } = {}) {
+function fake(layout: Record<string, [string, number, number][]>, opts: { broken?: Set<string>; missingPacks?: Set<string>; ulen?: Record<string, number> } = {}) {
   const packs = new Map<string, Buffer>();
   const where = new Map<string, BlobLocation>();
   const content = (id: string, n: number): Buffer => Buffer.alloc(n, id.charCodeAt(0));
@@ -11,7 +11,7 @@ function fake(layout: Record<string, [string, number, number][]>, opts: { broken
     const buf = Buffer.alloc(size, 0xee);
     for (const [id, off, len] of blobs) {
       content(id, len).copy(buf, off);
-      where.set(id, { pack, offset: off, length: len, ulen: len });
+      where.set(id, { pack, offset: off, length: len, ulen: opts.ulen?.[id] ?? len });
     }
     packs.set(pack, buf);
   }
@@ -55,6 +55,20 @@ async function all(g: AsyncIterable<Buffer>): Promise<Buffer[]> {
 }
 
 describe('BlobReader', () => {
+  it('ends a run where its plaintexts would pass the run size, though its range is far shorter (blobs that compress)', async () => {
+    const blobs: [string, number, number][] = ['a', 'b', 'c', 'd', 'e'].map((id, i) => [id, i * 100, 100]);
+    const f = fake({ p: blobs }, { ulen: { a: 1000, b: 1000, c: 1000, d: 1000, e: 1000 } });
+    const r = new BlobReader(f.src, { connections: 1, memoryBytes: 1 << 20, maxRunBytes: 2500 });
+    const got = await all(r.blobs(['a', 'b', 'c', 'd', 'e']));
+    expect(got.map((b) => String.fromCharCode(b[0]!))).toEqual(['a', 'b', 'c', 'd', 'e']);
+    // Two blobs' plaintexts (2000 bytes) to a run: the 500-byte range alone would have been one read.
+    expect(f.ranges).toEqual([
+      ['p', 0, 200],
+      ['p', 200, 200],
+      ['p', 400, 100],
+    ]);
+  });
+
   it('gives every asker of a blob repeated in a run its bytes, though opening one detaches the read buffer', async () => {
     const f = fake({ p: [['a', 0, 5000]] });
     const r = new BlobReader(f.src, { connections: 2, memoryBytes: 1 << 20 });

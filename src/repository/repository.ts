@@ -30,7 +30,7 @@ import { parsePackHeader, type PackBlob, type PackEntry } from './pack.js';
 import { PackSpool, type FinishedPack, type PackWriter } from './pack-writer.js';
 import { OtherFormatObjectError, sealDocument, sealerFor, unsealDocument, type Sealer } from './sealer.js';
 import { ReadAhead } from './read-ahead.js';
-import { BlobReader, restoreMemoryBytes } from './blob-reader.js';
+import { BlobReader, LOCAL_MAX_RUN_BYTES, restoreMemoryBytes } from './blob-reader.js';
 import { UploadJournal } from './upload-journal.js';
 import { Chunker, gearTable } from './chunker.js';
 import { MAX_TREE_BYTES } from './tree.js';
@@ -584,7 +584,7 @@ export class Repository {
         rangeBuffer: local ? (length) => this.workers.rangeBuffer(length) : undefined,
         loadBlob: (id) => this.loadBlob('data', id),
       },
-      { connections, memoryBytes: restoreMemoryBytes(connections, local) },
+      { connections, memoryBytes: restoreMemoryBytes(connections, local), maxRunBytes: local ? LOCAL_MAX_RUN_BYTES : undefined },
     );
   }
 
