@@ -245,8 +245,9 @@ function own(buf) {
 }
 
 parentPort.on('message', (msg) => {
-  // Shared memory is not garbage here; a transferred buffer is, once answered.
-  if (!isShared(msg.data)) pacer.dropped(msg.data.byteLength);
+  // Paced by the bytes handled, in shared memory or not: the garbage a message leaves here (its objects,
+  // the sealing's and compression's own) grows with its bytes either way.
+  pacer.dropped(msg.data.byteLength);
   try {
     if (msg.op === 'seal') {
       // Sealed back into the memory the plaintext came in (the main thread sends it with room to spare
