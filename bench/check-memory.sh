@@ -13,7 +13,10 @@ MEASURE_AT=${BENCH_MEASURE_AT:-5 40}
 WORK=$(mktemp -d /tmp/bulwark-check-bench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 export BULWARK_REPOSITORY=$WORK/repo BULWARK_PASSWORD=bench
-bw() { node "$BULWARK_JS" "$@"; }
+# shellcheck source=lib/common.sh
+. "$ROOT/bench/lib/common.sh"
+read -ra BW_NODE < <(bulwark_node "$BULWARK_JS")
+bw() { "${BW_NODE[@]}" "$BULWARK_JS" "$@"; }
 
 for ((i = 0; i < FOLDERS; i++)); do
   d=$WORK/src/d$((i / 100))/f$i
@@ -27,7 +30,7 @@ for ((s = 1; s <= SNAPSHOTS; s++)); do
   echo "change $s" > "$WORK/src/d$((k / 100))/f$k/file"
   bw backup files "$WORK/src" -q >/dev/null
   if [[ " $MEASURE_AT " == *" $s "* ]]; then
-    /usr/bin/time -f '%M %e' -o "$WORK/time" node "$BULWARK_JS" check -q >/dev/null || true
+    /usr/bin/time -f '%M %e' -o "$WORK/time" "${BW_NODE[@]}" "$BULWARK_JS" check -q >/dev/null || true
     read -r kb secs < "$WORK/time"
     printf '| %d | %d | %s |\n' "$s" $((kb / 1024)) "$secs"
   fi

@@ -16,8 +16,10 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Repository } from '../dist/repository/repository.js';
 import { LocalBackend } from '../dist/storage/local.js';
+import { launcherFlags } from '../dist/cli/launcher.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const BIN = join(ROOT, 'bin/bulwark.js');
 const args = process.argv.slice(2);
 const opt = (name, dflt) => {
   const i = args.indexOf(`--${name}`);
@@ -83,7 +85,7 @@ async function makeRepository(path) {
 /** Runs the CLI under GNU time; returns wall seconds and peak RSS in MB. */
 function timed(argv, env) {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn('/usr/bin/time', ['-f', 'TIME %e %M', process.execPath, join(ROOT, 'bin/bulwark.js'), ...argv], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('/usr/bin/time', ['-f', 'TIME %e %M', process.execPath, ...launcherFlags(BIN), BIN, ...argv], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let err = '';
     let out = '';
     child.stdout.on('data', (d) => (out += d));

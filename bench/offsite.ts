@@ -29,6 +29,7 @@ import net from 'node:net';
 import { createInterface } from 'node:readline';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
+import { launcherFlags } from '../src/cli/launcher.js';
 import { startSshd, type Sshd } from '../test/helpers/sshd.js';
 import { startFtpd, type Ftpd } from '../test/helpers/ftpd.js';
 import { startS3Server, type S3Server } from '../test/helpers/s3server.js';
@@ -49,6 +50,8 @@ const TOOLS = (process.env['BENCH_OFFSITE_TOOLS'] ?? 'bulwark restic plain').spl
 const VERBOSE = process.env['BENCH_OFFSITE_VERBOSE'] === '1';
 const TIMEOUT_MS = Number(process.env['BENCH_TIMEOUT'] ?? 1800) * 1000;
 const BULWARK_JS = resolve(ROOT, process.env['BENCH_BULWARK_JS'] ?? 'bin/bulwark.js');
+/** Node's flags and the launcher: Bulwark as the `bulwark` command starts it. */
+const BW = [...launcherFlags(BULWARK_JS), BULWARK_JS];
 const KEEP = process.env['BENCH_KEEP'] === '1';
 const PASSWORD = 'bench';
 const MAX_FILE = 8 * 1024 * 1024;
@@ -325,10 +328,10 @@ async function startRestServer(): Promise<RestServer> {
   await mkdir(data, { recursive: true });
   const pwFile = join(WORK, 'serve-repo.pw');
   await writeFile(pwFile, `${PASSWORD}-rest\n`, { mode: 0o600 });
-  must(NODE, [BULWARK_JS, 'serve-repo', '--data', data, '--add-user', REST_USER, '--password-file', pwFile]);
+  must(NODE, [...BW, 'serve-repo', '--data', data, '--add-user', REST_USER, '--password-file', pwFile]);
   const errPath = join(LOGS, 'serve-repo.err');
   const err = openSync(errPath, 'w');
-  const p = spawn(NODE, [BULWARK_JS, 'serve-repo', '--data', data, '--listen', '127.0.0.1:0', '--json'], { stdio: ['ignore', 'pipe', err] });
+  const p = spawn(NODE, [...BW, 'serve-repo', '--data', data, '--listen', '127.0.0.1:0', '--json'], { stdio: ['ignore', 'pipe', err] });
   closeSync(err);
   const exited = new Promise<void>((r) => p.once('exit', () => r()));
   const ready = await new Promise<{ url: string; fingerprint: string }>((resolvePromise, reject) => {
@@ -549,20 +552,20 @@ async function benchBulwark(b: Backend, data: DataMeta): Promise<void> {
   try {
     const { repo, env } = bulwarkTarget(b, cache);
     const g = [...(VERBOSE ? ['--verbose'] : []), '-r', repo];
-    const init = await run(`bulwark-${b}-init`, NODE, [BULWARK_JS, ...g, 'init'], { env });
+    const init = await run(`bulwark-${b}-init`, NODE, [...BW, ...g, 'init'], { env });
     if (!init.ok) {
       log(`bulwark ${b}: init failed: ${init.tail}`);
       for (const s of ['backup', 'restore'] as const) record(b, 'bulwark', s, { status: 'FAILED', note: `init: ${init.tail}` });
       return;
     }
-    if (!(await timedStep(b, 'bulwark', 'backup', NODE, [BULWARK_JS, ...g, 'backup', 'files', 'src'], env, data))) {
+    if (!(await timedStep(b, 'bulwark', 'backup', NODE, [...BW, ...g, 'backup', 'files', 'src'], env, data))) {
       record(b, 'bulwark', 'restore', { status: 'FAILED', note: 'no backup' });
       return;
     }
     const side = serverSide(b, 'bulwark');
     if (side) stored.set(`${b}/bulwark`, (await duBytes(side)) ?? NaN);
     const target = await freshTarget(`bulwark-${b}`);
-    if (await timedStep(b, 'bulwark', 'restore', NODE, [BULWARK_JS, ...g, 'restore', 'latest', '--target', target], env, data)) checkTree(b, 'bulwark', target);
+    if (await timedStep(b, 'bulwark', 'restore', NODE, [...BW, ...g, 'restore', 'latest', '--target', target], env, data)) checkTree(b, 'bulwark', target);
     await rm(target, { recursive: true, force: true });
   } finally {
     await rm(cache, { recursive: true, force: true });
@@ -654,7 +657,7 @@ function report(data: DataMeta, meta: Record<string, string>): string {
     '',
   );
   lines.push(
-    `Bulwark ${meta['bulwark']} (commit ${meta['commit']}, \`node ${relative(ROOT, BULWARK_JS)}\`, default zstd, encrypted), ${meta['restic']} (defaults: auto compression, encrypted), ` +
+    `Bulwark ${meta['bulwark']} (commit ${meta['commit']}, \`node ${[...launcherFlags(BULWARK_JS), relative(ROOT, BULWARK_JS)].join(" ")}\`, default zstd, encrypted), ${meta['restic']} (defaults: auto compression, encrypted), ` +
       `plain = one \`tar\` of the tree copied up (\`cp\`, \`scp\`, \`curl -T\` FTP, \`curl -T --aws-sigv4\`) and down again (download only, not unpacked). ` +
       `Node ${meta['node']}. ${meta['caches']}. Restores to ${meta['restoreFs']}. ` +
       `CPU idle before the run: ${meta['idle']} % (load ${meta['loadStart']} → ${meta['loadEnd']})${Number(meta['idle']) < 90 ? ' — **the machine was busy: other work shares the 2 cores, wall times are inflated and noisy**' : ''}.`,
@@ -756,7 +759,7 @@ async function main(): Promise<number> {
     cpu: (readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*:\s*(.*)/)?.[1] ?? 'unknown CPU').trim(),
     nproc: String(cpus().length),
     ram: (totalmem() / 2 ** 30).toFixed(0),
-    bulwark: spawnSync(NODE, [BULWARK_JS, '--version'], { encoding: 'utf8' }).stdout.trim(),
+    bulwark: spawnSync(NODE, [...BW, '--version'], { encoding: 'utf8' }).stdout.trim(),
     commit:
       (spawnSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim() || 'unknown') +
       (spawnSync('git', ['-C', ROOT, 'diff', '--quiet', 'HEAD']).status === 0 ? '' : '+uncommitted changes'),

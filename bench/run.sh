@@ -35,6 +35,7 @@ log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 # shellcheck source=lib/common.sh
 . "$BENCH_DIR/lib/common.sh"
+read -ra BW_NODE < <(bulwark_node "$BULWARK_JS")
 
 # ---------------------------------------------------------------------------------------------- tools
 ensure_packages() {
@@ -220,11 +221,11 @@ tool_env() { # tool repo -> ENVV (array of VAR=value)
 cmd_for() { # tool step name [dir] -> CMD ; step: init | backup-image | backup-tree | restore-image | restore-tree
   local tool=$1 step=$2 name=${3:-} dir=${4:-tree}
   case $tool:$step in
-    bulwark:init) CMD=(node "$BULWARK_JS" init) ;;
-    bulwark:backup-image) CMD=(node "$BULWARK_JS" backup disk vm-disk.img) ;;
-    bulwark:backup-tree) CMD=(node "$BULWARK_JS" backup files "$dir") ;;
-    bulwark:restore-image) CMD=(node "$BULWARK_JS" restore vm latest --target .) ;;
-    bulwark:restore-tree) CMD=(node "$BULWARK_JS" restore latest --target .) ;;
+    bulwark:init) CMD=("${BW_NODE[@]}" "$BULWARK_JS" init) ;;
+    bulwark:backup-image) CMD=("${BW_NODE[@]}" "$BULWARK_JS" backup disk vm-disk.img) ;;
+    bulwark:backup-tree) CMD=("${BW_NODE[@]}" "$BULWARK_JS" backup files "$dir") ;;
+    bulwark:restore-image) CMD=("${BW_NODE[@]}" "$BULWARK_JS" restore vm latest --target .) ;;
+    bulwark:restore-tree) CMD=("${BW_NODE[@]}" "$BULWARK_JS" restore latest --target .) ;;
     restic:init) CMD=(restic init) ;;
     restic:backup-image) CMD=(restic backup vm-disk.img) ;;
     restic:backup-tree) CMD=(restic backup "$dir/") ;;
@@ -352,7 +353,7 @@ bench_tree() { # tool dataset (tree | small: a folder of that name in $DATA)
 
 version_of() {
   case $1 in
-    bulwark) (cd "$WORK" && timeout 60 node "$BULWARK_JS" --version 2>/dev/null) | head -n 1 ;;
+    bulwark) (cd "$WORK" && timeout 60 "${BW_NODE[@]}" "$BULWARK_JS" --version 2>/dev/null) | head -n 1 ;;
     restic) restic version 2>/dev/null | cut -d' ' -f1-2 ;;
     borg) borg --version 2>/dev/null ;;
   esac
@@ -374,7 +375,7 @@ write_meta() {
     echo "NODE_VERSION=$(node --version)"
     echo "BULWARK_VERSION=$(version_of bulwark || true)"
     echo "BULWARK_COMMIT=$commit"
-    echo "BULWARK_CMD=node $BULWARK_JS"
+    echo "BULWARK_CMD=${BW_NODE[*]} $BULWARK_JS"
     echo "RESTIC_VERSION=$(version_of restic || true)"
     echo "BORG_VERSION=$(version_of borg || true)"
     echo "TOOLS=$TOOLS"
@@ -446,7 +447,7 @@ main() {
 
   : >"$RESULTS"
   write_meta
-  log "bulwark runs as: env BULWARK_REPOSITORY=<repo> BULWARK_PASSWORD=$PASSWORD node $BULWARK_JS ..."
+  log "bulwark runs as: env BULWARK_REPOSITORY=<repo> BULWARK_PASSWORD=$PASSWORD ${BW_NODE[*]} $BULWARK_JS ..."
 
   local tool
   for tool in $TOOLS; do bench_image "$tool"; done

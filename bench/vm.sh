@@ -39,6 +39,7 @@ log() { printf '[bench-vm %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 # shellcheck source=lib/common.sh
 . "$BENCH_DIR/lib/common.sh"
+read -ra BW_NODE < <(bulwark_node "$BULWARK_JS")
 
 # -------------------------------------------------------------------------------- cleanup (trap)
 QEMU_PID=''          # plain QEMU of the Bulwark half
@@ -477,7 +478,7 @@ boot_domain() { # tool dir
 # repository and password in its environment), made by bulwark_init.
 BW=()
 bulwark_init() { # tool repo
-  BW=(env BULWARK_REPOSITORY="$2" BULWARK_PASSWORD="$PASSWORD" node "$BULWARK_JS")
+  BW=(env BULWARK_REPOSITORY="$2" BULWARK_PASSWORD="$PASSWORD" "${BW_NODE[@]}" "$BULWARK_JS")
   timeout 120 "${BW[@]}" init >"$LOGS/$1-init.out" 2>"$LOGS/$1-init.err" && return 0
   fail_rest "$1" "init failed"$'\n'"$(tail_of "$LOGS/$1-init" $?)" "${ALL_METRICS[@]}"
   return 1
@@ -620,9 +621,9 @@ write_meta() {
     echo "KERNEL=$(uname -r)"
     echo "NODE_VERSION=$(node --version)"
     echo "QEMU_VERSION=$(qemu-system-x86_64 --version | head -n 1 | sed 's/^QEMU emulator version //')"
-    echo "BULWARK_VERSION=$(timeout 60 node "$BULWARK_JS" --version 2>/dev/null | head -n 1)"
+    echo "BULWARK_VERSION=$(timeout 60 "${BW_NODE[@]}" "$BULWARK_JS" --version 2>/dev/null | head -n 1)"
     echo "BULWARK_COMMIT=$commit"
-    echo "BULWARK_CMD=node $BULWARK_JS"
+    echo "BULWARK_CMD=${BW_NODE[*]} $BULWARK_JS"
     echo "VNB_VERSION=$(dpkg-query -W -f '${Version}' virtnbdbackup 2>/dev/null)"
     echo "LIBVIRT_VERSION=$(dpkg-query -W -f '${Version}' libvirt-daemon 2>/dev/null)"
     echo "VNB_ARGS=$VNB_ARGS"

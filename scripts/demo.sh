@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 demo=${BULWARK_DEMO_DIR:-$PWD/.cache/demo}
 export BULWARK_REPOSITORY=$demo/repo
 export BULWARK_PASSWORD=${BULWARK_PASSWORD:-demo-password-change-me}
-bulwark() { node bin/bulwark.js "$@"; }
+bulwark() { ./bin/bulwark.js "$@"; }  # as the installed command runs: its first line has Node's flags
 # shellcheck source=../test/guest/qemu.sh
 . test/guest/qemu.sh
 say() { printf '\n== %s\n' "$*"; }
@@ -37,7 +37,7 @@ files_demo() {
   say "bulwark restore latest --target $demo/restore --verify"
   bulwark restore latest --target "$demo/restore" --verify || [[ $? -eq 3 ]]
   echo
-  echo "Restored into $demo/restore$src. Try: node bin/bulwark.js --repo $BULWARK_REPOSITORY ls latest"
+  echo "Restored into $demo/restore$src. Try: ./bin/bulwark.js --repo $BULWARK_REPOSITORY ls latest"
 }
 
 vm_demo() {

@@ -5,11 +5,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach } from 'vitest';
+import { launcherFlags } from '../../src/cli/launcher.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const BIN = `${ROOT}bin/bulwark.js`;
 /** The Node that runs the CLI: the test runner's own, or another version (BULWARK_TEST_NODE) to check 22 and 24. */
 export const NODE = process.env['BULWARK_TEST_NODE'] || process.execPath;
+/** Node's flags for the CLI, as its launcher starts it (the tests run it through `node`, which ignores that line). */
+export const NODE_FLAGS = launcherFlags(BIN);
 
 export interface CliResult {
   code: number;
@@ -52,7 +55,7 @@ export function runCli(args: string[], opts: CliOptions = {}): Promise<CliResult
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries({ ...process.env, BULWARK_STATE_DIR: STATE_DIR, BULWARK_CACHE_DIR: CACHE_DIR, ...opts.env })) if (v !== undefined) env[k] = v;
   const cmd = opts.as ? 'setpriv' : NODE;
-  const argv = opts.as ? [`--reuid=${opts.as.uid}`, `--regid=${opts.as.gid}`, '--clear-groups', NODE, BIN, ...args] : [BIN, ...args];
+  const argv = opts.as ? [`--reuid=${opts.as.uid}`, `--regid=${opts.as.gid}`, '--clear-groups', NODE, ...NODE_FLAGS, BIN, ...args] : [...NODE_FLAGS, BIN, ...args];
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, argv, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     liveChildren.add(child);

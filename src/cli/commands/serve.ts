@@ -17,6 +17,7 @@ import { readTlsFiles, type TlsFiles } from '../../server/tls.js';
 import { BulwarkError } from '../../util/errors.js';
 import { Context } from '../context.js';
 import { parseHostPort } from '../format.js';
+import { launcherFlags } from '../launcher.js';
 import { selectEndpoints } from './backup.js';
 
 const VERSION = '0.1.0';
@@ -72,7 +73,8 @@ export function register(program: Command): void {
     .addHelpText('after', '\nExamples:\n  BULWARK_ADMIN_PASSWORD=… bulwark -r /backup/repo serve\n  bulwark serve --self-test\n  bulwark serve --listen 0.0.0.0:8443 --tls-generate')
     .action(async (o: { jobsFile?: string; listen: string; stateDir?: string; tlsCert?: string; tlsKey?: string; tlsGenerate?: boolean; adminPasswordFile?: string; notifyFile?: string; concurrency: string; selfTest?: boolean }, cmd: Command) => {
       const ctx = Context.from(cmd);
-      const cli = [process.execPath, join(ROOT, 'bin', 'bulwark.js')];
+      const bin = join(ROOT, 'bin', 'bulwark.js');
+      const cli = [process.execPath, ...launcherFlags(bin), bin];
       const webRoot = join(ROOT, 'dist', 'web');
       if (o.selfTest) return selfTest(ctx, cli, webRoot);
       const { host, port } = parseHostPort(o.listen, '--listen 127.0.0.1:8420');
