@@ -478,7 +478,8 @@ export class Repository {
   /**
    * Stores a blob unless an identical one exists. Returns once the blob is queued: sealing and upload
    * continue in the background, bounded by a byte budget, and become durable at flush(). A background
-   * failure is thrown by the next saveBlob or flush.
+   * failure is thrown by the next saveBlob or flush. The caller may reuse `plain` once this returns:
+   * what is kept of it is copied by then (file and disk readers refill one buffer).
    */
   async saveBlob(type: BlobType, plain: Buffer, knownId?: string, opts: { force?: boolean } = {}): Promise<SaveResult> {
     this.throwIfFailed();

@@ -99,14 +99,21 @@ export async function readDiskOverNbd(repo: NbdDiskRepo, nbd: NbdClient, opts: N
 
   let lastEmit = 0;
   const window = opts.readAhead ?? 8;
+  // Block buffers are reused: one per block in flight and one being stored (saveBlob copies what it
+  // keeps). A fresh buffer per block went through malloc, whose heap then kept about 30 MB of them
+  // (docs/performance.md, Memory).
+  const free: Buffer[] = [];
   for await (const item of orderedMap(plan(), window, async (p) => {
-    if (!p.read) return { p, data: undefined };
+    if (!p.read) return { p, data: undefined, buf: undefined };
     const len = Math.min(blockSize, size - p.index * blockSize);
     await opts.limiter?.take(len);
-    return { p, data: await nbd.read(p.index * blockSize, len) };
+    const buf = free.pop() ?? Buffer.allocUnsafeSlow(blockSize);
+    const data = buf.subarray(0, len);
+    await nbd.readInto(data, p.index * blockSize);
+    return { p, data, buf };
   })) {
-    const { p, data } = item;
-    if (data) {
+    const { p, data, buf } = item;
+    if (data && buf) {
       result.bytesRead += data.length;
       if (data.equals(data.length === blockSize ? zero : zero.subarray(0, data.length))) page.push(null);
       else {
@@ -117,6 +124,7 @@ export async function readDiskOverNbd(repo: NbdDiskRepo, nbd: NbdClient, opts: N
         }
         page.push(r.id);
       }
+      free.push(buf);
     } else {
       if (p.parentId !== null) result.blocksReused++;
       page.push(p.parentId);
