@@ -78,6 +78,11 @@ export function restoreMemoryBytes(connections: number, local = false): number {
   return Math.min(128 * 1024 * 1024, Math.max(32 * 1024 * 1024, Math.ceil(1.5 * connections) * MAX_RUN_BYTES));
 }
 
+/** What a blob takes once opened: its plaintext length, or its stored length when stored raw (a little more). */
+function plainBytes(at: BlobLocation): number {
+  return Math.max(at.length, at.ulen);
+}
+
 interface Item {
   id: string;
   at: BlobLocation | undefined;
@@ -140,7 +145,7 @@ export class BlobReader {
         for await (const id of ids) {
           if (stop) break;
           const at = this.src.locate(id);
-          const cost = (at ? Math.max(at.length, at.ulen) : 0) + ITEM_OVERHEAD;
+          const cost = (at ? plainBytes(at) : 0) + ITEM_OVERHEAD;
           await this.budget.acquire(cost);
           if (stop) {
             this.budget.release(cost);
@@ -211,7 +216,7 @@ export class BlobReader {
       const r = this.open.get(at.pack);
       const start = r ? Math.min(r.start, at.offset) : 0;
       const last = r ? Math.max(r.end, end) : 0;
-      const plain = Math.max(at.length, at.ulen);
+      const plain = plainBytes(at);
       if (r && at.offset <= r.end + this.maxGap && end >= r.start - this.maxGap && last - start <= this.maxRun && r.plain + plain <= this.maxRun) {
         r.start = start;
         r.end = last;

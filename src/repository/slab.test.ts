@@ -30,6 +30,21 @@ describe('SlabAllocator', () => {
     expect(s.alloc(16 * 4096)).toBe(0);
   });
 
+  it('says how much of the range was ever touched: the end of the highest place handed out', () => {
+    const s = new SlabAllocator(16 * 4096, 4096);
+    expect(s.highWater).toBe(0);
+    const a = s.alloc(2 * 4096);
+    const b = s.alloc(4096);
+    expect(s.highWater).toBe(3 * 4096);
+    s.release(a);
+    s.release(b);
+    // Taken again from the low end: nothing new is touched.
+    s.alloc(3 * 4096);
+    expect(s.highWater).toBe(3 * 4096);
+    s.alloc(4096);
+    expect(s.highWater).toBe(4 * 4096);
+  });
+
   it('throws on a place it did not hand out, or one given back twice', () => {
     const s = new SlabAllocator(8 * 4096, 4096);
     const a = s.alloc(100);

@@ -12,6 +12,7 @@ export class SlabAllocator {
   /** Places handed out: offset → length. */
   private readonly taken = new Map<number, number>();
   private usedBytes = 0;
+  private highest = 0;
 
   constructor(
     readonly size: number,
@@ -25,6 +26,11 @@ export class SlabAllocator {
   /** Bytes handed out (rounded up to the grain). */
   get used(): number {
     return this.usedBytes;
+  }
+
+  /** The end of the highest place ever handed out: how much of the range has been touched. */
+  get highWater(): number {
+    return this.highest;
   }
 
   /** The offset of a place of at least `bytes`, or -1 when no free place is that large. */
@@ -41,6 +47,7 @@ export class SlabAllocator {
     }
     this.taken.set(at, len);
     this.usedBytes += len;
+    this.highest = Math.max(this.highest, at + len);
     return at;
   }
 

@@ -142,6 +142,32 @@ describe('BlobWorkers transfer memory', () => {
     }
   });
 
+  it("reuses the slab's low pages: 120 blobs in a window of 4, with batched small ones between, touch about 4 blobs' worth", async () => {
+    const workers = new BlobWorkers(sealer, master.id, 3, 2, 4 * 1024 * 1024);
+    try {
+      const window = new Set<Promise<void>>();
+      for (let i = 0; i < 120; i++) {
+        if (window.size === 4) await Promise.race(window);
+        const one = (async () => {
+          const small = await Promise.all([0, 1, 2].map((k) => workers.seal(Buffer.alloc(900 + k, `small ${i} `), true, null)));
+          const big = await workers.seal(randomBytes(100_000), true, null);
+          big.release();
+          small.forEach((s) => s.release());
+        })();
+        const tracked = one.finally(() => window.delete(tracked));
+        window.add(tracked);
+      }
+      await Promise.all(window);
+      expect(workers.slabLent).toBe(0);
+      // A place for a 100 000-byte blob is 25 grains (102 400 bytes). Pieces that wandered through
+      // the slab would touch all of its 4 MiB, and that much memory, for good.
+      expect(workers.slabTouched).toBeGreaterThan(0);
+      expect(workers.slabTouched).toBeLessThanOrEqual(6 * 102_400);
+    } finally {
+      await workers.close();
+    }
+  });
+
   it('gives every piece back: after a mix of large and batched seals and runs, none of the slab is lent', async () => {
     const workers = new BlobWorkers(sealer, master.id, 3, 2, 4 * 1024 * 1024);
     try {

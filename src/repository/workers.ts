@@ -18,7 +18,7 @@ const SEAL_SLACK = 64;
  * the most this memory can ever take, by construction; a request the slab cannot serve at that moment
  * (a restore's run that decompresses to more) gets memory of its own, freed once used.
  */
-export const SLAB_BYTES = 32 * 1024 * 1024;
+const SLAB_BYTES = 32 * 1024 * 1024;
 
 /** Blobs up to this size are sealed or opened in batches: one message each way for many. */
 const BATCH_BLOB_BYTES = 64 * 1024;
@@ -134,7 +134,7 @@ export interface SealResult {
 }
 
 /** Transfer memory lent for one request: `bytes` is as long as was asked for. */
-export interface Piece {
+interface Piece {
   bytes: Uint8Array;
   /** In the slab: goes to a worker without a copy or a transfer, and stays usable here. */
   shared: boolean;
@@ -182,6 +182,11 @@ class TransferPool {
   /** Bytes of the slab lent out now. */
   get lent(): number {
     return this.slab?.places.used ?? 0;
+  }
+
+  /** Bytes of the slab ever touched: the memory it holds. */
+  get touched(): number {
+    return this.slab?.places.highWater ?? 0;
   }
 }
 
@@ -351,6 +356,11 @@ export class BlobWorkers {
   /** Bytes of the slab lent out now: every piece comes back once its results are done with. */
   get slabLent(): number {
     return this.pool.lent;
+  }
+
+  /** Bytes of the slab ever touched (its high-water mark): what it costs in memory. */
+  get slabTouched(): number {
+    return this.pool.touched;
   }
 
   /**
