@@ -50,8 +50,9 @@ const TOOLS = (process.env['BENCH_OFFSITE_TOOLS'] ?? 'bulwark restic plain').spl
 const VERBOSE = process.env['BENCH_OFFSITE_VERBOSE'] === '1';
 const TIMEOUT_MS = Number(process.env['BENCH_TIMEOUT'] ?? 1800) * 1000;
 const BULWARK_JS = resolve(ROOT, process.env['BENCH_BULWARK_JS'] ?? 'bin/bulwark.js');
-/** Node's flags and the launcher: Bulwark as the `bulwark` command starts it. */
-const BW = [...launcherFlags(BULWARK_JS), BULWARK_JS];
+/** Node's flags, from the launcher's first line: Bulwark as the `bulwark` command starts it. */
+const BW_FLAGS = launcherFlags(BULWARK_JS);
+const BW = [...BW_FLAGS, BULWARK_JS];
 const KEEP = process.env['BENCH_KEEP'] === '1';
 const PASSWORD = 'bench';
 const MAX_FILE = 8 * 1024 * 1024;
@@ -657,7 +658,7 @@ function report(data: DataMeta, meta: Record<string, string>): string {
     '',
   );
   lines.push(
-    `Bulwark ${meta['bulwark']} (commit ${meta['commit']}, \`node ${[...launcherFlags(BULWARK_JS), relative(ROOT, BULWARK_JS)].join(" ")}\`, default zstd, encrypted), ${meta['restic']} (defaults: auto compression, encrypted), ` +
+    `Bulwark ${meta['bulwark']} (commit ${meta['commit']}, \`node ${[...BW_FLAGS, relative(ROOT, BULWARK_JS)].join(' ')}\`, default zstd, encrypted), ${meta['restic']} (defaults: auto compression, encrypted), ` +
       `plain = one \`tar\` of the tree copied up (\`cp\`, \`scp\`, \`curl -T\` FTP, \`curl -T --aws-sigv4\`) and down again (download only, not unpacked). ` +
       `Node ${meta['node']}. ${meta['caches']}. Restores to ${meta['restoreFs']}. ` +
       `CPU idle before the run: ${meta['idle']} % (load ${meta['loadStart']} → ${meta['loadEnd']})${Number(meta['idle']) < 90 ? ' — **the machine was busy: other work shares the 2 cores, wall times are inflated and noisy**' : ''}.`,
